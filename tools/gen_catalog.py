@@ -137,10 +137,17 @@ def params_for(op):
     ctype = next(iter(body), None)
     if ctype:
         schema = resolve(doc, body[ctype].get("schema", {}))
+        if schema.get("type") == "array":
+            # The body is a bare JSON array: one parameter stands for it (see `body_root`).
+            element = resolve(doc, schema.get("items", {}))
+            fields = ", ".join(element.get("properties", {}))
+            out.append({"name": "items", "in": "body", "type": "array", "items": type_of(doc, element),
+                        "required": True, "description": f"The request body: a list of objects ({fields})"})
+            return out, ctype, "items"
         required = set(schema.get("required", []))
         for name, prop in (schema.get("properties") or {}).items():
             out.append(param(doc, name, "body", prop, name in required, prop.get("description")))
-    return out, ctype
+    return out, ctype, None
 
 
 def pagination(op):
@@ -245,7 +252,7 @@ FIELDS_FROM = {"contacts.search_contacts": "contacts.get_contact", "contacts.get
 
 
 def entry(op):
-    params, ctype = params_for(op)
+    params, ctype, body_root = params_for(op)
     if op["key"] == "contacts.search_contacts" and not params:
         params = SEARCH_CONTACTS_BODY
     name = op.get("seed_name") or op.get("proposed_name")
@@ -270,6 +277,8 @@ def entry(op):
     if rc and rc != "application/json":
         e["response_type"] = rc
     e["params"] = params
+    if body_root:
+        e["body_root"] = body_root
     if op["kind"] == "trigger":
         e["trigger"] = trigger_block(op)
     else:

@@ -33,25 +33,69 @@ pub(crate) struct Parsed {
 
 pub(crate) fn parse_file(file: &str, text: &str) -> Result<Parsed, Problem> {
     let parsed: CatalogFile = serde_saphyr::from_str(text).map_err(|e| {
-        let (line, column) = e.location().map(|l| (l.line(), l.column())).unwrap_or((0, 0));
-        Problem { place: Place { file: file.to_string(), line, column }, message: first_line(&e.to_string()) }
+        let (line, column) = e
+            .location()
+            .map(|l| (l.line(), l.column()))
+            .unwrap_or((0, 0));
+        Problem {
+            place: Place {
+                file: file.to_string(),
+                line,
+                column,
+            },
+            message: first_line(&e.to_string()),
+        }
     })?;
-    let place = |s: &serde_saphyr::Location| Place { file: file.to_string(), line: s.line(), column: s.column() };
+    let place = |s: &serde_saphyr::Location| Place {
+        file: file.to_string(),
+        line: s.line(),
+        column: s.column(),
+    };
     Ok(Parsed {
-        categories: parsed.categories.into_iter().map(|s| (s.value, place(&s.referenced))).collect(),
-        operations: parsed.operations.into_iter().map(|s| (s.value, place(&s.referenced))).collect(),
+        categories: parsed
+            .categories
+            .into_iter()
+            .map(|s| (s.value, place(&s.referenced)))
+            .collect(),
+        operations: parsed
+            .operations
+            .into_iter()
+            .map(|s| (s.value, place(&s.referenced)))
+            .collect(),
     })
 }
 
-// serde-saphyr appends a source excerpt to its message; the place is reported separately.
+// serde-saphyr prefixes "error: line L column C: " and may append a source excerpt; the
+// place is reported separately, and an unknown field gets the nearest known one.
 fn first_line(message: &str) -> String {
-    let line = message.lines().next().unwrap_or(message).trim();
-    strip_location_suffix(line).to_string()
-}
-
-fn strip_location_suffix(line: &str) -> &str {
-    match line.rfind(" at line ") {
+    let mut line = message.lines().next().unwrap_or(message).trim();
+    line = line.strip_prefix("error: ").unwrap_or(line);
+    if let Some(rest) = line.strip_prefix("line ") {
+        if let Some((_, after)) = rest.split_once(": ") {
+            line = after;
+        }
+    }
+    let line = match line.rfind(" at line ") {
         Some(i) => &line[..i],
         None => line,
-    }
+    };
+    suggest_field(line).unwrap_or_else(|| line.to_string())
+}
+
+/// "unknown field `pth`, expected one of a, b" becomes "unknown field `pth`; did you mean `path`?".
+pub(crate) fn suggest_field(message: &str) -> Option<String> {
+    let rest = message.strip_prefix("unknown field `")?;
+    let (field, rest) = rest.split_once('`')?;
+    let expected = rest
+        .split_once("expected one of ")
+        .map(|(_, e)| e)
+        .or_else(|| rest.split_once("expected ").map(|(_, e)| e))?;
+    let names: Vec<&str> = expected.split(", ").map(|n| n.trim_matches('`')).collect();
+    let best = crate::suggest::nearest(field, names.iter().copied(), 1);
+    let hint = if best.is_empty() {
+        format!("; expected one of {}", names.join(", "))
+    } else {
+        crate::suggest::did_you_mean(&best)
+    };
+    Some(format!("unknown field `{field}`{hint}"))
 }

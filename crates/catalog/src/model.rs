@@ -33,6 +33,10 @@ pub struct Operation {
     pub response_type: Option<String>,
     #[serde(default)]
     pub params: Vec<Param>,
+    /// When set, the request body is this body parameter's value itself (a bare JSON
+    /// array, for example) rather than an object of the body parameters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body_root: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trigger: Option<TriggerSpec>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -190,6 +194,17 @@ impl ParamType {
             ParamType::Array => "array",
             ParamType::Object => "object",
             ParamType::Any => "any",
+        }
+    }
+
+    /// Whether a JSON value is of exactly this type (for enum values in definitions).
+    pub fn accepts_exactly(self, value: &Value) -> bool {
+        match (self, value) {
+            (ParamType::String, v) => v.is_string(),
+            (ParamType::Integer | ParamType::Number | ParamType::Boolean, Value::String(_)) => {
+                false
+            }
+            (t, v) => t.accepts(v),
         }
     }
 
@@ -356,15 +371,33 @@ impl Pagination {
     pub fn params(&self) -> Vec<&str> {
         match self {
             Pagination::None | Pagination::SingleRecord | Pagination::SingleFile => vec![],
-            Pagination::Offset { offset_param, limit_param, .. } => vec![offset_param, limit_param],
-            Pagination::Page { page_param, limit_param, .. } => vec![page_param, limit_param],
-            Pagination::Cursor { limit_param, cursor, .. } => {
+            Pagination::Offset {
+                offset_param,
+                limit_param,
+                ..
+            } => vec![offset_param, limit_param],
+            Pagination::Page {
+                page_param,
+                limit_param,
+                ..
+            } => vec![page_param, limit_param],
+            Pagination::Cursor {
+                limit_param,
+                cursor,
+                ..
+            } => {
                 let mut v: Vec<&str> = cursor.keys().map(String::as_str).collect();
                 v.push(limit_param);
                 v
             }
-            Pagination::LastItem { param, limit_param, .. } => vec![param, limit_param],
-            Pagination::TimeWindow { start_param, end_param, .. } => vec![start_param, end_param],
+            Pagination::LastItem {
+                param, limit_param, ..
+            } => vec![param, limit_param],
+            Pagination::TimeWindow {
+                start_param,
+                end_param,
+                ..
+            } => vec![start_param, end_param],
         }
     }
 
@@ -372,7 +405,9 @@ impl Pagination {
     pub fn json_paths(&self) -> Vec<&str> {
         match self {
             Pagination::Offset { has_more, .. } => has_more.iter().map(String::as_str).collect(),
-            Pagination::Cursor { cursor, has_more, .. } => cursor
+            Pagination::Cursor {
+                cursor, has_more, ..
+            } => cursor
                 .values()
                 .map(String::as_str)
                 .chain(has_more.iter().map(String::as_str))
