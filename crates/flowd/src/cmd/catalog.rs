@@ -1,0 +1,109 @@
+//! `flowd catalog list|show|categories`.
+
+use crate::cli::{CatalogCommand, Format, KindArg, ListArgs, ShowArgs};
+use crate::exit::UserError;
+use catalog::{Catalog, Kind, Operation};
+use serde::Serialize;
+use std::io::Write;
+
+pub fn run(catalog: &Catalog, command: &CatalogCommand, out: &mut dyn Write) -> anyhow::Result<()> {
+    match command {
+        CatalogCommand::List(args) => list(catalog, args, out),
+        CatalogCommand::Show(args) => show(catalog, args, out),
+        CatalogCommand::Categories => categories(catalog, out),
+    }
+}
+
+#[derive(Serialize)]
+struct Row<'a> {
+    key: &'a str,
+    name: &'a str,
+    kind: &'a str,
+    category: &'a str,
+    method: &'a str,
+    path: &'a str,
+    version: &'a str,
+    description: &'a str,
+}
+
+fn list(catalog: &Catalog, args: &ListArgs, out: &mut dyn Write) -> anyhow::Result<()> {
+    let category = match &args.category {
+        Some(wanted) => Some(resolve_category(catalog, wanted)?),
+        None => None,
+    };
+    let kind = args.kind.map(|k| match k {
+        KindArg::Trigger => Kind::Trigger,
+        KindArg::Action => Kind::Action,
+    });
+    let ops: Vec<&Operation> = catalog
+        .operations()
+        .iter()
+        .filter(|o| kind.is_none_or(|k| o.kind == k))
+        .filter(|o| category.as_deref().is_none_or(|c| o.category == c))
+        .collect();
+    let rows: Vec<Row> = ops
+        .iter()
+        .map(|o| Row {
+            key: &o.key,
+            name: &o.name,
+            kind: o.kind.as_str(),
+            category: &o.category,
+            method: o.method.as_str(),
+            path: &o.path,
+            version: &o.version,
+            description: &o.description,
+        })
+        .collect();
+    if args.json {
+        serde_json::to_writer_pretty(&mut *out, &rows)?;
+        writeln!(out)?;
+        return Ok(());
+    }
+    let width = |f: fn(&Row) -> &str, title: &str| rows.iter().map(|r| f(r).len()).max().unwrap_or(0).max(title.len());
+    let (wk, wkind, wm, wp) =
+        (width(|r| r.key, "KEY"), width(|r| r.kind, "KIND"), width(|r| r.method, "METHOD"), width(|r| r.path, "PATH"));
+    writeln!(out, "{:wk$}  {:wkind$}  {:wm$}  {:wp$}  NAME", "KEY", "KIND", "METHOD", "PATH")?;
+    for r in &rows {
+        writeln!(out, "{:wk$}  {:wkind$}  {:wm$}  {:wp$}  {}", r.key, r.kind, r.method, r.path, r.name)?;
+    }
+    let triggers = ops.iter().filter(|o| o.kind == Kind::Trigger).count();
+    writeln!(out, "\n{} operations: {} triggers, {} actions", ops.len(), triggers, ops.len() - triggers)?;
+    Ok(())
+}
+
+/// A category given by name (any case) or by the stem of its file (`calendars`).
+fn resolve_category(catalog: &Catalog, wanted: &str) -> anyhow::Result<String> {
+    let norm = |s: &str| s.to_ascii_lowercase().replace(['&', ' ', '_', '-'], "");
+    let w = norm(wanted);
+    let names: Vec<&str> = catalog.categories().iter().map(|c| c.name.as_str()).collect();
+    if let Some(hit) = names.iter().find(|n| norm(n) == w || norm(n).starts_with(&w) && w.len() >= 4) {
+        return Ok(hit.to_string());
+    }
+    let hint = catalog::did_you_mean(&catalog::nearest(wanted, names.iter().copied(), 2));
+    Err(UserError::new(format!("unknown category `{wanted}`{hint} (see `flowd catalog categories`)")).into())
+}
+
+fn show(catalog: &Catalog, args: &ShowArgs, out: &mut dyn Write) -> anyhow::Result<()> {
+    let Some(op) = catalog.get(&args.key) else {
+        let hint = catalog::did_you_mean(&catalog.suggest(&args.key));
+        return Err(UserError::new(format!("unknown operation `{}`{hint}", args.key)).into());
+    };
+    match args.format {
+        Format::Json => {
+            serde_json::to_writer_pretty(&mut *out, op)?;
+            writeln!(out)?;
+        }
+        Format::Yaml => write!(out, "{}", serde_saphyr::to_string(op)?)?,
+    }
+    Ok(())
+}
+
+fn categories(catalog: &Catalog, out: &mut dyn Write) -> anyhow::Result<()> {
+    let width = catalog.categories().iter().map(|c| c.name.len()).max().unwrap_or(8);
+    writeln!(out, "{:width$}  TRIGGERS  ACTIONS  DESCRIPTION", "CATEGORY")?;
+    for c in catalog.categories() {
+        let count = |k| catalog.operations().iter().filter(|o| o.category == c.name && o.kind == k).count();
+        writeln!(out, "{:width$}  {:>8}  {:>7}  {}", c.name, count(Kind::Trigger), count(Kind::Action), c.description)?;
+    }
+    Ok(())
+}
