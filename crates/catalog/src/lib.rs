@@ -66,14 +66,7 @@ impl Catalog {
 
     /// Like [`Catalog::suggest`], restricted to one kind.
     pub fn suggest_kind(&self, key: &str, kind: Kind) -> Vec<&str> {
-        nearest(
-            key,
-            self.operations
-                .iter()
-                .filter(|o| o.kind == kind)
-                .map(|o| o.key.as_str()),
-            3,
-        )
+        nearest(key, self.operations.iter().filter(|o| o.kind == kind).map(|o| o.key.as_str()), 3)
     }
 
     /// All operations, in catalog order (category file, then position in the file).
@@ -124,10 +117,7 @@ impl CatalogBuilder {
 
     /// Adds every `*.yaml` / `*.yml` file of a directory, in name order.
     pub fn add_dir(&mut self, dir: &Path) -> Result<&mut Self, CatalogError> {
-        let io = |source| CatalogError::Io {
-            path: dir.display().to_string(),
-            source,
-        };
+        let io = |source| CatalogError::Io { path: dir.display().to_string(), source };
         let mut files = Vec::new();
         for entry in std::fs::read_dir(dir).map_err(io)? {
             let path = entry.map_err(io)?.path();
@@ -137,10 +127,8 @@ impl CatalogBuilder {
         }
         files.sort();
         for path in files {
-            let text = std::fs::read_to_string(&path).map_err(|source| CatalogError::Io {
-                path: path.display().to_string(),
-                source,
-            })?;
+            let text = std::fs::read_to_string(&path)
+                .map_err(|source| CatalogError::Io { path: path.display().to_string(), source })?;
             self.add_source(&path.display().to_string(), &text);
         }
         Ok(self)
@@ -148,11 +136,7 @@ impl CatalogBuilder {
 
     /// Validates everything added. `builtin_counts` also checks the 55 + 71 split.
     pub fn build(self, builtin_counts: bool) -> Result<Catalog, CatalogError> {
-        let CatalogBuilder {
-            categories,
-            operations,
-            mut problems,
-        } = self;
+        let CatalogBuilder { categories, operations, mut problems } = self;
         let mut cats: Vec<Category> = Vec::new();
         for (c, place) in &categories {
             if cats.iter().any(|k| k.name == c.name) {
@@ -169,10 +153,7 @@ impl CatalogBuilder {
             validate::check_operation(op, place, &cats, &mut problems);
         }
         if builtin_counts {
-            let triggers = operations
-                .iter()
-                .filter(|(o, _)| o.kind == Kind::Trigger)
-                .count();
+            let triggers = operations.iter().filter(|(o, _)| o.kind == Kind::Trigger).count();
             let actions = operations.len() - triggers;
             if triggers != BUILTIN_TRIGGERS || actions != BUILTIN_ACTIONS {
                 problems.push(Problem {
@@ -194,11 +175,6 @@ impl CatalogBuilder {
             ops.push(op);
             places.push(place);
         }
-        Ok(Catalog {
-            operations: ops,
-            places,
-            by_key,
-            categories: cats,
-        })
+        Ok(Catalog { operations: ops, places, by_key, categories: cats })
     }
 }

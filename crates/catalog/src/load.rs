@@ -33,35 +33,13 @@ pub(crate) struct Parsed {
 
 pub(crate) fn parse_file(file: &str, text: &str) -> Result<Parsed, Problem> {
     let parsed: CatalogFile = serde_saphyr::from_str(text).map_err(|e| {
-        let (line, column) = e
-            .location()
-            .map(|l| (l.line(), l.column()))
-            .unwrap_or((0, 0));
-        Problem {
-            place: Place {
-                file: file.to_string(),
-                line,
-                column,
-            },
-            message: first_line(&e.to_string()),
-        }
+        let (line, column) = e.location().map(|l| (l.line(), l.column())).unwrap_or((0, 0));
+        Problem { place: Place { file: file.to_string(), line, column }, message: first_line(&e.to_string()) }
     })?;
-    let place = |s: &serde_saphyr::Location| Place {
-        file: file.to_string(),
-        line: s.line(),
-        column: s.column(),
-    };
+    let place = |s: &serde_saphyr::Location| Place { file: file.to_string(), line: s.line(), column: s.column() };
     Ok(Parsed {
-        categories: parsed
-            .categories
-            .into_iter()
-            .map(|s| (s.value, place(&s.referenced)))
-            .collect(),
-        operations: parsed
-            .operations
-            .into_iter()
-            .map(|s| (s.value, place(&s.referenced)))
-            .collect(),
+        categories: parsed.categories.into_iter().map(|s| (s.value, place(&s.referenced))).collect(),
+        operations: parsed.operations.into_iter().map(|s| (s.value, place(&s.referenced))).collect(),
     })
 }
 
@@ -86,10 +64,8 @@ fn first_line(message: &str) -> String {
 pub(crate) fn suggest_field(message: &str) -> Option<String> {
     let rest = message.strip_prefix("unknown field `")?;
     let (field, rest) = rest.split_once('`')?;
-    let expected = rest
-        .split_once("expected one of ")
-        .map(|(_, e)| e)
-        .or_else(|| rest.split_once("expected ").map(|(_, e)| e))?;
+    let expected =
+        rest.split_once("expected one of ").map(|(_, e)| e).or_else(|| rest.split_once("expected ").map(|(_, e)| e))?;
     let names: Vec<&str> = expected.split(", ").map(|n| n.trim_matches('`')).collect();
     let best = crate::suggest::nearest(field, names.iter().copied(), 1);
     let hint = if best.is_empty() {

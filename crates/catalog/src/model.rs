@@ -201,9 +201,7 @@ impl ParamType {
     pub fn accepts_exactly(self, value: &Value) -> bool {
         match (self, value) {
             (ParamType::String, v) => v.is_string(),
-            (ParamType::Integer | ParamType::Number | ParamType::Boolean, Value::String(_)) => {
-                false
-            }
+            (ParamType::Integer | ParamType::Number | ParamType::Boolean, Value::String(_)) => false,
             (t, v) => t.accepts(v),
         }
     }
@@ -345,12 +343,7 @@ pub enum Pagination {
         limit: u32,
     },
     /// No paging: a window of time given by two parameters is queried and slid forward.
-    TimeWindow {
-        start_param: String,
-        end_param: String,
-        unit: TimeUnit,
-        max_span_days: u32,
-    },
+    TimeWindow { start_param: String, end_param: String, unit: TimeUnit, max_span_days: u32 },
 }
 
 impl Pagination {
@@ -371,33 +364,15 @@ impl Pagination {
     pub fn params(&self) -> Vec<&str> {
         match self {
             Pagination::None | Pagination::SingleRecord | Pagination::SingleFile => vec![],
-            Pagination::Offset {
-                offset_param,
-                limit_param,
-                ..
-            } => vec![offset_param, limit_param],
-            Pagination::Page {
-                page_param,
-                limit_param,
-                ..
-            } => vec![page_param, limit_param],
-            Pagination::Cursor {
-                limit_param,
-                cursor,
-                ..
-            } => {
+            Pagination::Offset { offset_param, limit_param, .. } => vec![offset_param, limit_param],
+            Pagination::Page { page_param, limit_param, .. } => vec![page_param, limit_param],
+            Pagination::Cursor { limit_param, cursor, .. } => {
                 let mut v: Vec<&str> = cursor.keys().map(String::as_str).collect();
                 v.push(limit_param);
                 v
             }
-            Pagination::LastItem {
-                param, limit_param, ..
-            } => vec![param, limit_param],
-            Pagination::TimeWindow {
-                start_param,
-                end_param,
-                ..
-            } => vec![start_param, end_param],
+            Pagination::LastItem { param, limit_param, .. } => vec![param, limit_param],
+            Pagination::TimeWindow { start_param, end_param, .. } => vec![start_param, end_param],
         }
     }
 
@@ -405,13 +380,9 @@ impl Pagination {
     pub fn json_paths(&self) -> Vec<&str> {
         match self {
             Pagination::Offset { has_more, .. } => has_more.iter().map(String::as_str).collect(),
-            Pagination::Cursor {
-                cursor, has_more, ..
-            } => cursor
-                .values()
-                .map(String::as_str)
-                .chain(has_more.iter().map(String::as_str))
-                .collect(),
+            Pagination::Cursor { cursor, has_more, .. } => {
+                cursor.values().map(String::as_str).chain(has_more.iter().map(String::as_str)).collect()
+            }
             _ => vec![],
         }
     }

@@ -7,11 +7,7 @@ where
     I: IntoIterator<Item = &'a str>,
 {
     let wanted_lc = wanted.to_ascii_lowercase();
-    let wanted_tail = wanted_lc
-        .rsplit('.')
-        .next()
-        .unwrap_or(&wanted_lc)
-        .to_string();
+    let wanted_tail = wanted_lc.rsplit('.').next().unwrap_or(&wanted_lc).to_string();
     let mut scored: Vec<(f64, &'a str)> = candidates
         .into_iter()
         .filter_map(|c| {
@@ -19,8 +15,7 @@ where
             let tail = lc.rsplit('.').next().unwrap_or(&lc);
             let whole = strsim::jaro_winkler(&wanted_lc, &lc);
             let tail_score = strsim::jaro_winkler(&wanted_tail, tail);
-            let contains =
-                lc.contains(&wanted_lc) || (wanted_tail.len() > 3 && tail.contains(&wanted_tail));
+            let contains = lc.contains(&wanted_lc) || (wanted_tail.len() > 3 && tail.contains(&wanted_tail));
             let score = whole.max(tail_score * 0.98) + if contains { 0.1 } else { 0.0 };
             (score >= 0.8).then_some((score, c))
         })
@@ -45,19 +40,9 @@ mod tests {
 
     #[test]
     fn finds_typos_and_bare_names() {
-        let keys = [
-            "contacts.get_contact",
-            "contacts.create_task",
-            "contacts.get_contact_task",
-        ];
-        assert_eq!(
-            nearest("contacts.get_contcat", keys, 1),
-            vec!["contacts.get_contact"]
-        );
-        assert_eq!(
-            nearest("create_task", keys, 1),
-            vec!["contacts.create_task"]
-        );
+        let keys = ["contacts.get_contact", "contacts.create_task", "contacts.get_contact_task"];
+        assert_eq!(nearest("contacts.get_contcat", keys, 1), vec!["contacts.get_contact"]);
+        assert_eq!(nearest("create_task", keys, 1), vec!["contacts.create_task"]);
         assert!(nearest("zzzz", keys, 3).is_empty());
     }
 

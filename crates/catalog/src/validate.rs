@@ -7,62 +7,38 @@ use crate::problem::{Place, Problem};
 use crate::suggest::{did_you_mean, nearest};
 use std::collections::{HashMap, HashSet};
 
-pub(crate) fn check_operation(
-    op: &Operation,
-    place: &Place,
-    categories: &[Category],
-    out: &mut Vec<Problem>,
-) {
+pub(crate) fn check_operation(op: &Operation, place: &Place, categories: &[Category], out: &mut Vec<Problem>) {
     let mut problem = |message: String| {
-        out.push(Problem {
-            place: place.clone(),
-            message: format!("operation `{}`: {message}", op.key),
-        })
+        out.push(Problem { place: place.clone(), message: format!("operation `{}`: {message}", op.key) })
     };
 
     if !is_key(&op.key) {
-        problem(
-            "key must look like `module.snake_case_name` (lowercase letters, digits, `_`)".into(),
-        );
+        problem("key must look like `module.snake_case_name` (lowercase letters, digits, `_`)".into());
     }
     if !categories.iter().any(|c| c.name == op.category) {
         let names: Vec<&str> = categories.iter().map(|c| c.name.as_str()).collect();
-        problem(format!(
-            "unknown category `{}`{}",
-            op.category,
-            did_you_mean(&nearest(&op.category, names, 2))
-        ));
+        problem(format!("unknown category `{}`{}", op.category, did_you_mean(&nearest(&op.category, names, 2))));
     }
     if !op.path.starts_with('/') {
         problem(format!("path `{}` must start with `/`", op.path));
     }
     if !is_version(&op.version) {
-        problem(format!(
-            "version `{}` is not a GHL API version (YYYY-MM-DD)",
-            op.version
-        ));
+        problem(format!("version `{}` is not a GHL API version (YYYY-MM-DD)", op.version));
     }
     if op.name.trim().is_empty() {
         problem("name is empty".into());
     }
 
     let placeholders = op.path_placeholders();
-    let declared: Vec<&str> = op
-        .params_in(ParamIn::Path)
-        .map(|p| p.name.as_str())
-        .collect();
+    let declared: Vec<&str> = op.params_in(ParamIn::Path).map(|p| p.name.as_str()).collect();
     for ph in &placeholders {
         if !declared.contains(ph) {
-            problem(format!(
-                "path parameter `{{{ph}}}` is used in the path but not declared in `params`"
-            ));
+            problem(format!("path parameter `{{{ph}}}` is used in the path but not declared in `params`"));
         }
     }
     for d in &declared {
         if !placeholders.contains(d) {
-            problem(format!(
-                "path parameter `{d}` is declared but the path has no `{{{d}}}`"
-            ));
+            problem(format!("path parameter `{d}` is declared but the path has no `{{{d}}}`"));
         }
     }
     for p in op.params_in(ParamIn::Path) {
@@ -74,43 +50,25 @@ pub(crate) fn check_operation(
     let mut seen = HashSet::new();
     for p in &op.params {
         if !seen.insert((p.name.as_str(), p.location)) {
-            problem(format!(
-                "parameter `{}` is declared twice in {}",
-                p.name,
-                p.location.as_str()
-            ));
+            problem(format!("parameter `{}` is declared twice in {}", p.name, p.location.as_str()));
         }
         if let Some(values) = &p.enum_values {
-            let element = if p.ty == ParamType::Array {
-                p.items.unwrap_or(ParamType::Any)
-            } else {
-                p.ty
-            };
+            let element = if p.ty == ParamType::Array { p.items.unwrap_or(ParamType::Any) } else { p.ty };
             if values.is_empty() {
                 problem(format!("parameter `{}`: `enum` is empty", p.name));
             }
             let mut distinct = HashSet::new();
             for v in values {
                 if !distinct.insert(v.to_string()) {
-                    problem(format!(
-                        "parameter `{}`: enum value {v} appears twice",
-                        p.name
-                    ));
+                    problem(format!("parameter `{}`: enum value {v} appears twice", p.name));
                 }
                 if !element.accepts_exactly(v) {
-                    problem(format!(
-                        "parameter `{}`: enum value {v} is not a {}",
-                        p.name,
-                        element.as_str()
-                    ));
+                    problem(format!("parameter `{}`: enum value {v} is not a {}", p.name, element.as_str()));
                 }
             }
         }
         if p.items.is_some() && p.ty != ParamType::Array {
-            problem(format!(
-                "parameter `{}`: `items` is only for arrays",
-                p.name
-            ));
+            problem(format!("parameter `{}`: `items` is only for arrays", p.name));
         }
     }
 
@@ -118,9 +76,7 @@ pub(crate) fn check_operation(
         if !op.params_in(ParamIn::Body).any(|p| &p.name == root) {
             problem(format!("body_root `{root}` is not a body parameter"));
         } else if op.params_in(ParamIn::Body).count() > 1 {
-            problem(format!(
-                "with body_root `{root}`, no other body parameter can be sent"
-            ));
+            problem(format!("with body_root `{root}`, no other body parameter can be sent"));
         }
     }
 
@@ -135,9 +91,7 @@ pub(crate) fn check_operation(
             }
             if let IdSource::Param(name) = &t.id {
                 if op.param(name).is_none() {
-                    problem(format!(
-                        "id comes from parameter `{name}`, which is not declared"
-                    ));
+                    problem(format!("id comes from parameter `{name}`, which is not declared"));
                 }
             }
             match (&t.pagination, t.shape) {
@@ -146,10 +100,7 @@ pub(crate) fn check_operation(
                 }
                 (Pagination::SingleRecord | Pagination::SingleFile, _) => {}
                 (_, Shape::Single) if !matches!(t.pagination, Pagination::None) => {
-                    problem(format!(
-                        "a paginated ({}) trigger must have shape `list`",
-                        t.pagination.style()
-                    ))
+                    problem(format!("a paginated ({}) trigger must have shape `list`", t.pagination.style()))
                 }
                 _ => {}
             }
@@ -164,12 +115,8 @@ pub(crate) fn check_operation(
             }
         }
         (Kind::Action, None, Some(a)) => check_path(&a.result, "action.result", &mut problem),
-        (Kind::Trigger, _, _) => {
-            problem("a trigger needs a `trigger` block and no `action` block".into())
-        }
-        (Kind::Action, _, _) => {
-            problem("an action needs an `action` block and no `trigger` block".into())
-        }
+        (Kind::Trigger, _, _) => problem("a trigger needs a `trigger` block and no `action` block".into()),
+        (Kind::Action, _, _) => problem("an action needs an `action` block and no `trigger` block".into()),
     }
 }
 
@@ -190,14 +137,8 @@ pub(crate) fn check_unique(ops: &[(Operation, Place)], out: &mut Vec<Problem>) {
 
 fn check_path(path: &str, what: &str, problem: &mut impl FnMut(String)) {
     if let Err(e) = jsonpath_rust::parser::parse_json_path(path) {
-        let detail = e
-            .to_string()
-            .split_whitespace()
-            .collect::<Vec<_>>()
-            .join(" ");
-        problem(format!(
-            "{what}: `{path}` is not a valid JSONPath ({detail})"
-        ));
+        let detail = e.to_string().split_whitespace().collect::<Vec<_>>().join(" ");
+        problem(format!("{what}: `{path}` is not a valid JSONPath ({detail})"));
     }
 }
 
@@ -205,8 +146,7 @@ fn is_key(key: &str) -> bool {
     let mut parts = key.split('.');
     let ok = |s: &str| {
         !s.is_empty()
-            && s.chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+            && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
             && s.starts_with(|c: char| c.is_ascii_lowercase())
     };
     matches!((parts.next(), parts.next(), parts.next()), (Some(a), Some(b), None) if ok(a) && ok(b))
@@ -217,9 +157,7 @@ fn is_version(v: &str) -> bool {
     b.len() == 10
         && b[4] == b'-'
         && b[7] == b'-'
-        && b.iter()
-            .enumerate()
-            .all(|(i, c)| i == 4 || i == 7 || c.is_ascii_digit())
+        && b.iter().enumerate().all(|(i, c)| i == 4 || i == 7 || c.is_ascii_digit())
 }
 
 #[cfg(test)]

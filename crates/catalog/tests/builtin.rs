@@ -7,22 +7,10 @@ fn builtin_catalog_is_valid_and_complete() {
         Ok(c) => c,
         Err(e) => panic!("{e}"),
     };
-    let triggers = cat
-        .operations()
-        .iter()
-        .filter(|o| o.kind == Kind::Trigger)
-        .count();
-    let actions = cat
-        .operations()
-        .iter()
-        .filter(|o| o.kind == Kind::Action)
-        .count();
+    let triggers = cat.operations().iter().filter(|o| o.kind == Kind::Trigger).count();
+    let actions = cat.operations().iter().filter(|o| o.kind == Kind::Action).count();
     assert_eq!((triggers, actions), (55, 71));
-    let cats: BTreeSet<&str> = cat
-        .operations()
-        .iter()
-        .map(|o| o.category.as_str())
-        .collect();
+    let cats: BTreeSet<&str> = cat.operations().iter().map(|o| o.category.as_str()).collect();
     assert_eq!(cats.len(), 14);
     assert_eq!(cat.categories().len(), 14);
 }

@@ -14,10 +14,7 @@ fn load_alone(fixture: &Path) -> Result<Catalog, CatalogError> {
     result.map_err(|e| match e {
         CatalogError::Invalid(mut problems) => {
             for p in &mut problems {
-                p.place.file = p
-                    .place
-                    .file
-                    .replace(&format!("{}/", dir.path().display()), "");
+                p.place.file = p.place.file.replace(&format!("{}/", dir.path().display()), "");
             }
             CatalogError::Invalid(problems)
         }
@@ -34,18 +31,11 @@ fn broken_extension_files_are_reported_with_places() {
             Err(e) => e.to_string(),
         };
         for expected in text.lines().filter_map(|l| l.strip_prefix("# expect: ")) {
-            assert!(
-                rendered.contains(expected),
-                "{}: missing `{expected}` in:\n{rendered}",
-                path.display()
-            );
+            assert!(rendered.contains(expected), "{}: missing `{expected}` in:\n{rendered}", path.display());
         }
         for line in rendered.lines().skip(1) {
             let place = line.trim().split(": ").next().unwrap_or_default();
-            assert!(
-                place.matches(':').count() == 2,
-                "no line:column in `{line}`"
-            );
+            assert!(place.matches(':').count() == 2, "no line:column in `{line}`");
         }
         insta::assert_snapshot!(rendered);
     });
@@ -56,9 +46,7 @@ fn valid_extension_files_join_the_catalog() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/valid");
     let cat = Catalog::with_extensions(&dir).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(cat.len(), 127);
-    let op = cat
-        .get("acme.list_widgets")
-        .expect("extension operation present");
+    let op = cat.get("acme.list_widgets").expect("extension operation present");
     assert_eq!(op.kind, Kind::Trigger);
     assert_eq!(cat.place("acme.list_widgets").map(|p| p.line), Some(3));
 }
@@ -72,11 +60,6 @@ fn a_missing_extension_dir_is_an_io_error() {
 #[test]
 fn unknown_keys_get_suggestions() {
     let cat = Catalog::builtin().unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(
-        cat.suggest("contacts.get_contcat").first(),
-        Some(&"contacts.get_contact")
-    );
-    assert!(cat
-        .suggest_kind("create_task", Kind::Action)
-        .contains(&"contacts.create_task"));
+    assert_eq!(cat.suggest("contacts.get_contcat").first(), Some(&"contacts.get_contact"));
+    assert!(cat.suggest_kind("create_task", Kind::Action).contains(&"contacts.create_task"));
 }

@@ -59,9 +59,11 @@ fn list(catalog: &Catalog, args: &ListArgs, out: &mut dyn Write) -> anyhow::Resu
         writeln!(out)?;
         return Ok(());
     }
-    let width = |f: fn(&Row) -> &str, title: &str| rows.iter().map(|r| f(r).len()).max().unwrap_or(0).max(title.len());
-    let (wk, wkind, wm, wp) =
-        (width(|r| r.key, "KEY"), width(|r| r.kind, "KIND"), width(|r| r.method, "METHOD"), width(|r| r.path, "PATH"));
+    let width = |len: &dyn Fn(&Row) -> usize, title: &str| rows.iter().map(len).max().unwrap_or(0).max(title.len());
+    let wk = width(&|r| r.key.len(), "KEY");
+    let wkind = width(&|r| r.kind.len(), "KIND");
+    let wm = width(&|r| r.method.len(), "METHOD");
+    let wp = width(&|r| r.path.len(), "PATH");
     writeln!(out, "{:wk$}  {:wkind$}  {:wm$}  {:wp$}  NAME", "KEY", "KIND", "METHOD", "PATH")?;
     for r in &rows {
         writeln!(out, "{:wk$}  {:wkind$}  {:wm$}  {:wp$}  {}", r.key, r.kind, r.method, r.path, r.name)?;
