@@ -176,7 +176,7 @@ def pagination(op):
                 "cursor": {"startAfter": "$.meta.startAfter", "startAfterId": "$.meta.startAfterId"}}
     if style == "cursor_lastMessageId":
         return {"style": "cursor", "in": loc, "limit_param": "limit", "limit": lim or 20,
-                "cursor": {"lastMessageId": "$.messages.lastMessageId"}, "has_more": "$.messages.nextPage"}
+                "cursor": {"lastMessageId": "$.lastMessageId"}, "has_more": "$.nextPage"}
     if style == "cursor_startAfterDate":
         return {"style": "last_item", "in": loc, "param": "startAfterDate", "field": "lastMessageDate",
                 "limit_param": "limit", "limit": lim or 20}
@@ -211,7 +211,11 @@ def trigger_block(op):
         dedupe = "new"
     else:
         dedupe = "updated" if upd else "new"
-    t = {"items": op.get("response_items_path") or "$", "id": ident}
+    items = op.get("response_items_path") or "$"
+    if items == "$" and pag["style"] not in ("single_record", "single_file"):
+        # List endpoints whose spec declares a single object (associations): the list is a bare array.
+        items = "$[*]"
+    t = {"items": items, "id": ident}
     if upd:
         t["updated"] = upd
     if op.get("item_created_field"):
@@ -248,6 +252,8 @@ SEARCH_CONTACTS_BODY = [
     {"name": "pageLimit", "in": "body", "type": "integer", "description": "Page size (max 500)"},
     {"name": "searchAfter", "in": "body", "type": "array", "description": "Cursor: the searchAfter of the last record"},
 ]
+# File downloads whose spec gives no response media type (operations-notes.md, item 14).
+DOWNLOAD_TYPES = {"conversations.get_message_recording": "audio/x-wav", "conversations.download_transcription": "text/plain"}
 FIELDS_FROM = {"contacts.search_contacts": "contacts.get_contact", "contacts.get_duplicate_contact": "contacts.get_contact"}
 
 
@@ -273,7 +279,7 @@ def entry(op):
         e["deprecated"] = True
     if ctype and ctype != "application/json":
         e["content_type"] = ctype
-    rc = op.get("response_content_type")
+    rc = op.get("response_content_type") or DOWNLOAD_TYPES.get(op["key"])
     if rc and rc != "application/json":
         e["response_type"] = rc
     e["params"] = params

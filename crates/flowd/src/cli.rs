@@ -1,12 +1,14 @@
 //! The command line: every subcommand and flag, in one place.
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 
 /// flowd: a self-hosted trigger/action engine for the GoHighLevel (GHL) API v2.
 ///
 /// Write YAML flows that link a GHL trigger (a new contact, a completed task, a note...)
 /// to actions (create a task, tag a contact, call your app), and run them as a service.
+/// Start with `flowd demo`.
 #[derive(Debug, Parser)]
 #[command(name = "flowd", version, propagate_version = true, max_term_width = 100)]
 pub struct Cli {
@@ -14,20 +16,166 @@ pub struct Cli {
     #[arg(long, global = true, value_name = "DIR", env = "FLOWD_CATALOG_DIR")]
     pub catalog_dir: Option<PathBuf>,
 
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
     #[command(subcommand)]
     pub command: Command,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the service: poll triggers on schedule and execute flows.
+    Run(RunArgs),
+    /// Check flow files and print every problem, compiler-style (exit 1 if any error).
+    Validate(ValidateArgs),
+    /// Dry-run a flow for one trigger item, or run the flows' inline tests.
+    Test(TestArgs),
+    /// List runs recorded in the store.
+    Runs(RunsArgs),
+    /// Run a recorded run again (a new run with the same trigger item).
+    Replay(ReplayArgs),
+    /// Execute the runs a flood guard held for a flow.
+    Release(ReleaseArgs),
     /// Browse the GHL operations flows can use (triggers and actions).
     #[command(subcommand)]
     Catalog(CatalogCommand),
+    /// Serve a local GHL API simulator (for trying flows without a GHL account).
+    Sandbox(SandboxArgs),
+    /// See flowd work end to end against the built-in sandbox; nothing to configure.
+    Demo(DemoArgs),
+    /// Print the JSON Schema of flow files (for editor completion and checks).
+    Schema,
     /// Print a shell completion script.
     Completions {
         /// The shell to complete for.
         shell: clap_complete::Shell,
     },
+}
+
+#[derive(Debug, Args)]
+pub struct ConfigArg {
+    /// The service configuration file.
+    #[arg(long, short, value_name = "FILE", default_value = "flowd.yaml", env = "FLOWD_CONFIG")]
+    pub config: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// Poll every flow once, execute what it finds, and exit (for cron jobs and checks).
+    #[arg(long)]
+    pub once: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ValidateArgs {
+    /// Flow files or directories (default: the `flows` directory of the config, or ./flows).
+    pub paths: Vec<PathBuf>,
+    /// Check `account:` names against this config's accounts.
+    #[arg(long, short, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct TestArgs {
+    /// A flow file (with --item), or flow files and directories whose inline tests to run.
+    pub paths: Vec<PathBuf>,
+    /// A JSON file holding one trigger item: print the requests the flow would send for it.
+    #[arg(long, value_name = "ITEM.json")]
+    pub item: Option<PathBuf>,
+    /// Set `env.KEY` for the flows, as KEY=VALUE (repeatable; overrides the environment).
+    #[arg(long = "env", value_name = "KEY=VALUE")]
+    pub env: Vec<String>,
+    /// Stand-in result of a step for later steps, as STEP=JSON (repeatable).
+    #[arg(long = "result", value_name = "STEP=JSON")]
+    pub results: Vec<String>,
+    /// Output format of the dry run.
+    #[arg(long, value_enum, default_value_t = Format::Yaml)]
+    pub format: Format,
+}
+
+#[derive(Debug, Args)]
+pub struct RunsArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    #[command(subcommand)]
+    pub show: Option<RunsCommand>,
+    /// Only runs of this flow.
+    #[arg(long)]
+    pub flow: Option<String>,
+    /// Only runs in this status.
+    #[arg(long, value_enum)]
+    pub status: Option<StatusArg>,
+    /// At most this many runs, newest first.
+    #[arg(long, default_value_t = 50)]
+    pub limit: usize,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RunsCommand {
+    /// One run with its steps: rendered requests, results and errors.
+    Show { id: u64 },
+}
+
+#[derive(Debug, Args)]
+pub struct ReplayArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// The run to replay.
+    #[arg(required_unless_present = "failed")]
+    pub id: Option<u64>,
+    /// Replay every dead and in-doubt run instead.
+    #[arg(long, conflicts_with = "id")]
+    pub failed: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ReleaseArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// The flow whose held runs to execute.
+    pub flow: String,
+}
+
+#[derive(Debug, Args)]
+pub struct SandboxArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8787")]
+    pub listen: SocketAddr,
+    /// Seed data: `demo` (a small realistic account), `empty`, or a number of contacts.
+    #[arg(long, default_value = "demo")]
+    pub seed: String,
+    /// Location id the sandbox serves.
+    #[arg(long)]
+    pub location: Option<String>,
+    /// Private Integration token it accepts.
+    #[arg(long)]
+    pub token: Option<String>,
+    /// Enforce GHL's rate limits (100 requests / 10 s per location).
+    #[arg(long)]
+    pub rate_limit: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Run one full cycle, print a summary and exit.
+    #[arg(long)]
+    pub once: bool,
+    /// Seconds between cycles (without --once).
+    #[arg(long, default_value_t = 5)]
+    pub every: u64,
 }
 
 #[derive(Debug, Subcommand)]
@@ -72,4 +220,15 @@ pub enum KindArg {
 pub enum Format {
     Yaml,
     Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum StatusArg {
+    Pending,
+    Running,
+    Succeeded,
+    Failed,
+    Dead,
+    InDoubt,
+    Held,
 }

@@ -1,8 +1,12 @@
-//! flowd: parse the command line, load the catalog, dispatch, map errors to exit codes.
+//! flowd: parse the command line, load what the command needs, dispatch, and map errors
+//! to messages and exit codes.
 
 mod cli;
 mod cmd;
+mod config;
 mod exit;
+mod flows;
+mod service;
 
 use clap::{CommandFactory, Parser};
 use cli::{Cli, Command};
@@ -21,16 +25,66 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     match &cli.command {
-        Command::Catalog(command) => {
-            let catalog = load_catalog(&cli)?;
-            cmd::catalog::run(&catalog, command, &mut out)?;
+        Command::Catalog(command) => cmd::catalog::run(&load_catalog(&cli)?, command, &mut out)?,
+        Command::Validate(args) => cmd::validate::run(&load_catalog(&cli)?, args, &mut out)?,
+        Command::Test(args) => cmd::test::run(&load_catalog(&cli)?, args, &mut out)?,
+        Command::Schema => {
+            serde_json::to_writer_pretty(&mut out, &flow::json_schema_for(&load_catalog(&cli)?))?;
+            writeln!(out)?;
         }
-        Command::Completions { shell } => {
-            clap_complete::generate(*shell, &mut Cli::command(), "flowd", &mut out);
+        Command::Completions { shell } => clap_complete::generate(*shell, &mut Cli::command(), "flowd", &mut out),
+        Command::Sandbox(args) => runtime()?.block_on(cmd::sandbox::run(args))?,
+        Command::Run(args) => {
+            init_logging(cli.log_format);
+            let config = config::load(&args.config.config, &|k| std::env::var(k).ok())?;
+            let catalog = std::sync::Arc::new(match &config.catalog_dir {
+                Some(dir) if cli.catalog_dir.is_none() => {
+                    catalog::Catalog::with_extensions(dir).map_err(|e| exit::UserError::new(e.to_string()))?
+                }
+                _ => load_catalog(&cli)?,
+            });
+            runtime()?.block_on(service::run(config, catalog, args.once))?;
+        }
+        Command::Demo(args) => {
+            let catalog = std::sync::Arc::new(load_catalog(&cli)?);
+            runtime()?.block_on(cmd::demo::run(catalog, args))?;
+        }
+        Command::Runs(args) => {
+            let config = config::load(&args.config.config, &|k| std::env::var(k).ok())?;
+            runtime()?.block_on(cmd::runs::list(&config, args, &mut out))?;
+        }
+        Command::Replay(args) => {
+            init_logging(cli.log_format);
+            let config = config::load(&args.config.config, &|k| std::env::var(k).ok())?;
+            let catalog = std::sync::Arc::new(load_catalog(&cli)?);
+            runtime()?.block_on(cmd::runs::replay(&config, catalog, args, &mut out))?;
+        }
+        Command::Release(args) => {
+            init_logging(cli.log_format);
+            let config = config::load(&args.config.config, &|k| std::env::var(k).ok())?;
+            let catalog = std::sync::Arc::new(load_catalog(&cli)?);
+            runtime()?.block_on(cmd::runs::release(&config, catalog, args, &mut out))?;
         }
     }
     out.flush()?;
     Ok(())
+}
+
+/// Logs go to stderr: readable by default, JSON lines with `--log-format json`;
+/// `RUST_LOG` refines what is shown (default `info`).
+fn init_logging(format: cli::LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
+    let _ = match format {
+        cli::LogFormat::Text => builder.try_init(),
+        cli::LogFormat::Json => builder.json().try_init(),
+    };
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
 }
 
 /// The built-in catalog, plus the user's extension files when `--catalog-dir` is given.

@@ -1,1 +1,6 @@
 pub mod catalog;
+pub mod demo;
+pub mod runs;
+pub mod sandbox;
+pub mod test;
+pub mod validate;

@@ -1,0 +1,338 @@
+//! The engine: loaded flows, the GHL client, the store, and the tasks that schedule polls,
+//! execute runs and retry failed ones.
+
+use crate::error::EngineError;
+use crate::metrics::Metrics;
+use crate::runtime::FlowRuntime;
+use catalog::Catalog;
+use chrono::{DateTime, Utc};
+use flow::CompiledFlow;
+use serde_json::{json, Value};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+use store::{RunId, RunStatus, Store};
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinHandle;
+
+/// Tuning; the defaults suit a service.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Runs executing at once.
+    pub concurrency: usize,
+    /// Executions of a run before it goes dead (dead runs can be replayed).
+    pub max_attempts: u32,
+    /// Delay before the first retry; doubles each attempt up to `retry_max`.
+    pub retry_base: Duration,
+    pub retry_max: Duration,
+    /// Bounds of one poll.
+    pub max_pages: u32,
+    pub max_items: usize,
+    /// Hosts `http.request` may call; empty means any.
+    pub http_allow_hosts: Vec<String>,
+    pub http_timeout: Duration,
+    /// How often due retries are looked for.
+    pub retry_scan: Duration,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            concurrency: 16,
+            max_attempts: 5,
+            retry_base: Duration::from_secs(30),
+            retry_max: Duration::from_secs(3600),
+            max_pages: 100,
+            max_items: 10_000,
+            http_allow_hosts: Vec::new(),
+            http_timeout: Duration::from_secs(30),
+            retry_scan: Duration::from_secs(1),
+        }
+    }
+}
+
+impl EngineConfig {
+    /// Exponential backoff with jitter: `retry_base * 2^(attempt-1)`, capped, ±20%.
+    pub fn retry_delay(&self, attempt: u32) -> chrono::Duration {
+        let exp = self.retry_base.saturating_mul(1u32 << attempt.saturating_sub(1).min(20));
+        let capped = exp.min(self.retry_max);
+        let jitter = rand::random_range(0.8..1.2);
+        chrono::Duration::from_std(capped.mul_f64(jitter)).unwrap_or(chrono::Duration::seconds(60))
+    }
+}
+
+/// An account as flows see it (`{{ account.location_id }}`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccountInfo {
+    pub name: String,
+    pub location_id: String,
+}
+
+pub struct Engine {
+    catalog: Arc<Catalog>,
+    client: ghl::Client,
+    store: Arc<dyn Store>,
+    http: reqwest::Client,
+    accounts: BTreeMap<String, AccountInfo>,
+    env: BTreeMap<String, String>,
+    config: EngineConfig,
+    flows: RwLock<HashMap<String, Arc<FlowRuntime>>>,
+    scheduled: Mutex<HashSet<String>>,
+    in_flight: Mutex<HashSet<RunId>>,
+    permits: Arc<Semaphore>,
+    metrics: Arc<Metrics>,
+}
+
+/// Marks a run as being executed by this process until dropped.
+pub(crate) struct Claim<'a> {
+    engine: &'a Engine,
+    id: RunId,
+}
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut set) = self.engine.in_flight.lock() {
+            set.remove(&self.id);
+        }
+    }
+}
+
+impl Engine {
+    pub fn new(
+        catalog: Arc<Catalog>,
+        client: ghl::Client,
+        store: Arc<dyn Store>,
+        accounts: Vec<AccountInfo>,
+        env: BTreeMap<String, String>,
+        config: EngineConfig,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Engine> {
+        let http = reqwest::Client::builder()
+            .user_agent(concat!("flowd/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(Duration::from_secs(10))
+            .build()
+            .unwrap_or_default();
+        let permits = Arc::new(Semaphore::new(config.concurrency.max(1)));
+        Arc::new(Engine {
+            catalog,
+            client,
+            store,
+            http,
+            accounts: accounts.into_iter().map(|a| (a.name.clone(), a)).collect(),
+            env,
+            config,
+            flows: RwLock::new(HashMap::new()),
+            scheduled: Mutex::new(HashSet::new()),
+            in_flight: Mutex::new(HashSet::new()),
+            permits,
+            metrics,
+        })
+    }
+
+    /// Replaces the loaded flows. Every flow is checked first; on any error nothing changes.
+    pub fn set_flows(&self, flows: Vec<CompiledFlow>) -> Result<(), EngineError> {
+        let mut next = HashMap::with_capacity(flows.len());
+        for f in flows {
+            if !self.accounts.contains_key(&f.account) {
+                let known: Vec<&str> = self.accounts.keys().map(String::as_str).collect();
+                return Err(EngineError::Flow {
+                    flow: f.name.clone(),
+                    message: format!("account `{}` is not configured (configured: {})", f.account, known.join(", ")),
+                });
+            }
+            let rt = FlowRuntime::new(f, &self.catalog)?;
+            next.insert(rt.name().to_string(), rt);
+        }
+        if let Ok(mut flows) = self.flows.write() {
+            *flows = next;
+        }
+        Ok(())
+    }
+
+    pub fn flow_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.flows.read().map(|f| f.keys().cloned().collect()).unwrap_or_default();
+        names.sort();
+        names
+    }
+
+    pub(crate) fn flow(&self, name: &str) -> Result<Arc<FlowRuntime>, EngineError> {
+        self.flows
+            .read()
+            .ok()
+            .and_then(|f| f.get(name).cloned())
+            .ok_or_else(|| EngineError::UnknownFlow(name.to_string()))
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+    pub fn client(&self) -> &ghl::Client {
+        &self.client
+    }
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+    pub fn config(&self) -> &EngineConfig {
+        &self.config
+    }
+    pub fn catalog(&self) -> &Arc<Catalog> {
+        &self.catalog
+    }
+    pub(crate) fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
+    pub(crate) fn claim(&self, id: RunId) -> Option<Claim<'_>> {
+        let mut set = self.in_flight.lock().ok()?;
+        set.insert(id).then_some(Claim { engine: self, id })
+    }
+
+    /// Runs store work off the async threads (sled flushes block).
+    pub(crate) async fn blocking<T, F>(&self, f: F) -> Result<T, EngineError>
+    where
+        F: FnOnce() -> Result<T, EngineError> + Send + 'static,
+        T: Send + 'static,
+    {
+        tokio::task::spawn_blocking(f).await.map_err(|e| EngineError::Join(e.to_string()))?
+    }
+
+    /// The template context of a flow for one item.
+    pub(crate) fn context(&self, rt: &FlowRuntime, trigger: Value, run_id: &str, now: DateTime<Utc>) -> Value {
+        let account = self
+            .accounts
+            .get(&rt.flow.account)
+            .map(|a| json!({ "name": a.name, "location_id": a.location_id }))
+            .unwrap_or(Value::Null);
+        flow::context(rt.name(), trigger, account, &self.env, run_id, now)
+    }
+
+    /// Polls a flow once and executes the runs it created; returns both.
+    pub async fn poll_and_run(
+        self: &Arc<Self>,
+        name: &str,
+    ) -> Result<(crate::PollReport, Vec<RunStatus>), EngineError> {
+        let report = self.poll(name).await?;
+        let statuses = self.execute_all(report.runs.clone()).await?;
+        Ok((report, statuses))
+    }
+
+    /// Executes runs concurrently (bounded by `concurrency`) and waits for all.
+    pub async fn execute_all(self: &Arc<Self>, ids: Vec<RunId>) -> Result<Vec<RunStatus>, EngineError> {
+        let handles: Vec<JoinHandle<Result<RunStatus, EngineError>>> =
+            ids.into_iter().map(|id| self.dispatch(id)).collect();
+        let mut out = Vec::with_capacity(handles.len());
+        for h in handles {
+            out.push(h.await.map_err(|e| EngineError::Join(e.to_string()))??);
+        }
+        Ok(out)
+    }
+
+    /// Starts executing a run in the background, once a concurrency permit is free.
+    pub fn dispatch(self: &Arc<Self>, id: RunId) -> JoinHandle<Result<RunStatus, EngineError>> {
+        let engine = self.clone();
+        self.metrics.queue_depth.inc();
+        tokio::spawn(async move {
+            let permit = engine.permits.clone().acquire_owned().await;
+            engine.metrics.queue_depth.dec();
+            let _permit = permit.map_err(|e| EngineError::Join(e.to_string()))?;
+            engine.execute(id).await
+        })
+    }
+
+    /// Runs left unfinished by a previous process, and failed runs whose retry is due.
+    pub async fn resume(self: &Arc<Self>) -> Result<Vec<RunStatus>, EngineError> {
+        let store = self.store.clone();
+        let runs = self.blocking(move || Ok(store.list_resumable()?)).await?;
+        let ids: Vec<RunId> = runs.into_iter().map(|r| r.id).collect();
+        if !ids.is_empty() {
+            tracing::info!(runs = ids.len(), "resuming runs left unfinished");
+        }
+        self.execute_all(ids).await
+    }
+
+    /// Failed runs whose retry time has come; executes them and waits.
+    pub async fn retry_due(self: &Arc<Self>) -> Result<Vec<RunStatus>, EngineError> {
+        let store = self.store.clone();
+        let runs = self.blocking(move || Ok(store.list_due_retries(Utc::now(), 256)?)).await?;
+        self.execute_all(runs.into_iter().map(|r| r.id).collect()).await
+    }
+
+    /// Makes a flow's held runs pending and executes them.
+    pub async fn release(self: &Arc<Self>, flow: &str) -> Result<Vec<RunStatus>, EngineError> {
+        let store = self.store.clone();
+        let name = flow.to_string();
+        let ids = self.blocking(move || Ok(store.release_held(&name)?)).await?;
+        self.execute_all(ids).await
+    }
+
+    /// Runs a finished or stuck run again as a new run with the same item.
+    pub async fn replay(self: &Arc<Self>, id: RunId) -> Result<(RunId, RunStatus), EngineError> {
+        let store = self.store.clone();
+        let new_id = self
+            .blocking(move || {
+                let run = store.get_run(id)?.ok_or(EngineError::UnknownRun(id))?;
+                let mut new = store::NewRun::new(run.flow.clone(), run.item.clone());
+                new.trigger = run.trigger.clone();
+                Ok(store.create_run(&new)?)
+            })
+            .await?;
+        let status = self.execute(new_id).await?;
+        Ok((new_id, status))
+    }
+
+    /// Starts the background tasks: one scheduler per flow, and the retry scanner. They
+    /// stop when `shutdown` turns true; `EngineTasks::join` waits for them.
+    pub fn start(self: &Arc<Self>, shutdown: watch::Receiver<bool>) -> EngineTasks {
+        let mut tasks = self.schedule_new_flows(&shutdown);
+        tasks.push(crate::scheduler::spawn_retries(self.clone(), shutdown));
+        EngineTasks { tasks }
+    }
+
+    /// Starts a scheduler for each loaded flow that has none (after a reload). A flow
+    /// that was replaced keeps its scheduler, which picks up the new definition; one that
+    /// was removed stops its scheduler at its next wake-up.
+    pub fn schedule_new_flows(self: &Arc<Self>, shutdown: &watch::Receiver<bool>) -> Vec<JoinHandle<()>> {
+        let mut handles = Vec::new();
+        for name in self.flow_names() {
+            let fresh = self.scheduled.lock().map(|mut s| s.insert(name.clone())).unwrap_or(false);
+            if fresh {
+                handles.push(crate::scheduler::spawn_flow(self.clone(), name, shutdown.clone()));
+            }
+        }
+        handles
+    }
+
+    pub(crate) fn unscheduled(&self, name: &str) {
+        if let Ok(mut s) = self.scheduled.lock() {
+            s.remove(name);
+        }
+    }
+
+    /// Waits until no run is executing or queued, or the deadline passes; returns whether
+    /// everything finished.
+    pub async fn drain(&self, deadline: Duration) -> bool {
+        let all = u32::try_from(self.config.concurrency.max(1)).unwrap_or(u32::MAX);
+        matches!(tokio::time::timeout(deadline, self.permits.acquire_many(all)).await, Ok(Ok(_)))
+            && self.metrics.queue_depth.get() == 0
+    }
+}
+
+/// The engine's background tasks.
+pub struct EngineTasks {
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl EngineTasks {
+    /// Waits until every task has stopped.
+    pub async fn join(self) {
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+
+    pub fn abort(&self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}

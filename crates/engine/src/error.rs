@@ -1,0 +1,31 @@
+//! What can go wrong while running flows.
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("{op}: {message}")]
+    Input { op: String, message: String },
+    #[error("flow `{0}` is not loaded")]
+    UnknownFlow(String),
+    #[error("flow `{flow}`: {message}")]
+    Flow { flow: String, message: String },
+    #[error("flow `{flow}`: rendering {what}: {source}")]
+    Render {
+        flow: String,
+        what: String,
+        #[source]
+        source: Box<flow::RenderError>,
+    },
+    #[error("flow `{flow}`: polling {op}: {source}")]
+    Poll {
+        flow: String,
+        op: String,
+        #[source]
+        source: Box<ghl::Error>,
+    },
+    #[error("store: {0}")]
+    Store(#[from] store::StoreError),
+    #[error("run {0} not found")]
+    UnknownRun(store::RunId),
+    #[error("background task failed: {0}")]
+    Join(String),
+}

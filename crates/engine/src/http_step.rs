@@ -1,0 +1,84 @@
+//! The built-in `http.request` step: push data to the user's own app.
+//!
+//! Inputs: `method` (default POST), `url`, optional `headers` (map), `query` (map),
+//! and `json` (any JSON value) or `body` (text).
+
+use crate::execute::Failure;
+use serde_json::{Map, Value};
+use std::time::Duration;
+
+/// Checks the URL and the host allow-list before anything is recorded or sent.
+pub fn check(inputs: &Map<String, Value>, allow_hosts: &[String]) -> Result<(), String> {
+    let url = inputs.get("url").and_then(Value::as_str).ok_or("`url` is missing")?;
+    let parsed = url::Url::parse(url).map_err(|e| format!("`{url}` is not a URL: {e}"))?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err(format!("`{url}`: only http and https URLs can be called"));
+    }
+    let host = parsed.host_str().unwrap_or_default();
+    if !allow_hosts.is_empty() && !allow_hosts.iter().any(|h| h.eq_ignore_ascii_case(host)) {
+        return Err(format!("host `{host}` is not in http_allow_hosts"));
+    }
+    Ok(())
+}
+
+pub(crate) async fn send(
+    client: &reqwest::Client,
+    inputs: &Map<String, Value>,
+    timeout: Duration,
+    idempotent: bool,
+) -> Result<Value, Failure> {
+    let url = inputs.get("url").and_then(Value::as_str).unwrap_or_default();
+    let method = inputs.get("method").and_then(Value::as_str).unwrap_or("POST").to_ascii_uppercase();
+    let method = reqwest::Method::from_bytes(method.as_bytes())
+        .map_err(|_| Failure::Permanent(format!("`{method}` is not an HTTP method")))?;
+    let mut req = client.request(method, url).timeout(timeout);
+    if let Some(Value::Object(headers)) = inputs.get("headers") {
+        for (k, v) in headers {
+            let v = match v {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            req = req.header(k.as_str(), v);
+        }
+    }
+    if let Some(Value::Object(query)) = inputs.get("query") {
+        let pairs: Vec<(String, String)> = query
+            .iter()
+            .map(|(k, v)| (k.clone(), v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string())))
+            .collect();
+        req = req.query(&pairs);
+    }
+    if let Some(json) = inputs.get("json") {
+        req = req.json(json);
+    } else if let Some(body) = inputs.get("body") {
+        req = req.body(body.as_str().map(str::to_string).unwrap_or_else(|| body.to_string()));
+    }
+    let response = req.send().await.map_err(|e| {
+        let text = format!("{url}: {e}");
+        // A connection that never opened sent nothing; otherwise only a safe method repeats.
+        if e.is_connect() || idempotent {
+            Failure::Retry(text)
+        } else {
+            Failure::InDoubt(text)
+        }
+    })?;
+    let status = response.status();
+    let text = response.text().await.map_err(|e| Failure::Retry(format!("{url}: reading the response: {e}")))?;
+    let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    if status.is_success() {
+        return Ok(serde_json::json!({ "status": status.as_u16(), "body": body }));
+    }
+    let message = format!("{url} answered {status}: {}", truncate(&body.to_string(), 300));
+    if status.as_u16() == 429 || status.is_server_error() {
+        Err(Failure::Retry(message))
+    } else {
+        Err(Failure::Permanent(message))
+    }
+}
+
+fn truncate(s: &str, max: usize) -> &str {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}

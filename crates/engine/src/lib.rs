@@ -1,0 +1,27 @@
+//! Runs compiled flows: schedules polls, calls GHL through the `ghl` client, finds new
+//! items by dedupe key, records everything in the store before acting, and executes each
+//! run's steps in order.
+//!
+//! Architecture invariant: the engine never parses YAML (it takes compiled flows) and
+//! never reads the environment or files (flowd hands it what it needs).
+
+mod dedupe;
+mod dry_run;
+mod engine;
+mod error;
+mod execute;
+mod http_step;
+mod metrics;
+mod poll;
+mod request;
+mod runtime;
+mod scheduler;
+mod tokens;
+
+pub use dedupe::{content_hash, dedupe_key, item_id};
+pub use dry_run::{dry_run, DryRun, DryStep};
+pub use engine::{AccountInfo, Engine, EngineConfig, EngineTasks};
+pub use error::EngineError;
+pub use metrics::Metrics;
+pub use poll::PollReport;
+pub use tokens::StoreTokens;

@@ -1,0 +1,166 @@
+//! Prometheus metrics of the engine and of its GHL calls. Labels stay bounded: per flow,
+//! step, operation and status, never per contact or item.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+use std::sync::Mutex;
+use std::time::Duration;
+use store::RunStatus;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PollLabels {
+    pub flow: String,
+    pub op: String,
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FlowLabels {
+    pub flow: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RunLabels {
+    pub flow: String,
+    pub status: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StepLabels {
+    pub flow: String,
+    pub step: String,
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StatusLabels {
+    pub status: String,
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+fn latency_histogram() -> Histogram {
+    // 100 µs .. ~6.5 s
+    Histogram::new(exponential_buckets(0.0001, 2.0, 17))
+}
+
+pub struct Metrics {
+    registry: Mutex<Registry>,
+    pub polls: Family<PollLabels, Counter>,
+    pub poll_duration: HistogramFamily<FlowLabels>,
+    pub items_seen: Family<FlowLabels, Counter>,
+    pub items_new: Family<FlowLabels, Counter>,
+    pub runs: Family<RunLabels, Counter>,
+    pub step_duration: HistogramFamily<StepLabels>,
+    pub queue_depth: Gauge,
+    pub poll_drift: Histogram,
+    pub ghl_responses: Family<StatusLabels, Counter>,
+    pub ghl_transport_errors: Counter,
+    pub ghl_retries: Counter,
+    pub rate_limit_waits: Counter,
+    pub rate_limit_wait_seconds: Counter<f64, std::sync::atomic::AtomicU64>,
+    pub token_refreshes: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let m = Metrics {
+            registry: Mutex::new(Registry::with_prefix("flowd")),
+            polls: Family::default(),
+            poll_duration: Family::new_with_constructor(latency_histogram),
+            items_seen: Family::default(),
+            items_new: Family::default(),
+            runs: Family::default(),
+            step_duration: Family::new_with_constructor(latency_histogram),
+            queue_depth: Gauge::default(),
+            poll_drift: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
+            ghl_responses: Family::default(),
+            ghl_transport_errors: Counter::default(),
+            ghl_retries: Counter::default(),
+            rate_limit_waits: Counter::default(),
+            rate_limit_wait_seconds: Counter::default(),
+            token_refreshes: Counter::default(),
+        };
+        if let Ok(mut r) = m.registry.lock() {
+            r.register("polls", "Trigger polls", m.polls.clone());
+            r.register("poll_duration_seconds", "Time one poll takes, GHL calls included", m.poll_duration.clone());
+            r.register("items_seen", "Items trigger polls returned", m.items_seen.clone());
+            r.register("items_new", "Items not seen before", m.items_new.clone());
+            r.register("runs", "Runs finished, by final status", m.runs.clone());
+            r.register("step_duration_seconds", "Time one step takes, by outcome", m.step_duration.clone());
+            r.register("queue_depth", "Runs waiting for an execution slot", m.queue_depth.clone());
+            r.register("poll_drift_seconds", "How late scheduled polls start", m.poll_drift.clone());
+            r.register("ghl_responses", "GHL responses by HTTP status", m.ghl_responses.clone());
+            r.register("ghl_transport_errors", "GHL calls that got no response", m.ghl_transport_errors.clone());
+            r.register("ghl_retries", "GHL calls repeated after a failure", m.ghl_retries.clone());
+            r.register("rate_limit_waits", "Calls that waited for the rate limiter", m.rate_limit_waits.clone());
+            r.register(
+                "rate_limit_wait_seconds",
+                "Time spent waiting for the rate limiter",
+                m.rate_limit_wait_seconds.clone(),
+            );
+            r.register("token_refreshes", "OAuth token refreshes sent to GHL", m.token_refreshes.clone());
+        }
+        m
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if let Ok(r) = self.registry.lock() {
+            let _ = prometheus_client::encoding::text::encode(&mut out, &r);
+        }
+        out
+    }
+
+    pub(crate) fn record_poll(&self, flow: &str, op: &str, took: Duration, report: Option<&crate::PollReport>) {
+        let result = if report.is_some() { "ok" } else { "error" };
+        self.polls.get_or_create(&PollLabels { flow: flow.into(), op: op.into(), result }).inc();
+        let labels = FlowLabels { flow: flow.into() };
+        self.poll_duration.get_or_create(&labels).observe(took.as_secs_f64());
+        if let Some(r) = report {
+            self.items_seen.get_or_create(&labels).inc_by(r.items as u64);
+            self.items_new.get_or_create(&labels).inc_by(r.new as u64);
+        }
+    }
+
+    pub(crate) fn record_run(&self, flow: &str, status: RunStatus, _took: Duration) {
+        self.runs.get_or_create(&RunLabels { flow: flow.into(), status: status.as_str() }).inc();
+    }
+
+    pub(crate) fn record_step(&self, flow: &str, step: &str, took: Duration, ok: bool) {
+        let outcome = if ok { "ok" } else { "error" };
+        self.step_duration
+            .get_or_create(&StepLabels { flow: flow.into(), step: step.into(), outcome })
+            .observe(took.as_secs_f64());
+    }
+}
+
+impl ghl::Observer for Metrics {
+    fn response(&self, status: u16) {
+        self.ghl_responses.get_or_create(&StatusLabels { status: status.to_string() }).inc();
+    }
+    fn transport_error(&self) {
+        self.ghl_transport_errors.inc();
+    }
+    fn retry(&self, _delay: Duration) {
+        self.ghl_retries.inc();
+    }
+    fn rate_limit_wait(&self, wait: Duration) {
+        self.rate_limit_waits.inc();
+        self.rate_limit_wait_seconds.inc_by(wait.as_secs_f64());
+    }
+    fn token_refresh(&self) {
+        self.token_refreshes.inc();
+    }
+}

@@ -1,0 +1,84 @@
+//! A flow ready to run: its compiled form plus everything resolved once at load — the
+//! catalog entries of its trigger and steps and their parsed JSONPaths — so the hot path
+//! never looks anything up by name.
+
+use crate::error::EngineError;
+use catalog::{Catalog, Operation, Pagination};
+use flow::{CompiledFlow, StepTarget};
+use ghl::JsonPath;
+use std::sync::Arc;
+
+#[derive(Debug)]
+pub struct FlowRuntime {
+    pub flow: CompiledFlow,
+    pub trigger_op: Operation,
+    /// Where an item's dedupe state lives; changes when the trigger's meaning changes, so a
+    /// flow whose trigger was edited records a new baseline.
+    pub trigger_id: String,
+    pub items_path: JsonPath,
+    pub steps: Vec<StepRuntime>,
+}
+
+#[derive(Debug)]
+pub struct StepRuntime {
+    pub id: String,
+    pub kind: StepKind,
+}
+
+#[derive(Debug)]
+pub enum StepKind {
+    Ghl { op: Box<Operation>, result: JsonPath },
+    Http,
+}
+
+impl StepRuntime {
+    /// Whether sending the step twice cannot create a second effect, so a step that may
+    /// have been sent before a crash can be sent again.
+    pub fn is_idempotent(&self, rendered: &serde_json::Value) -> bool {
+        match &self.kind {
+            StepKind::Ghl { op, .. } => op.method.is_idempotent(),
+            StepKind::Http => {
+                let method = rendered.get("method").and_then(|m| m.as_str()).unwrap_or("POST");
+                matches!(method.to_ascii_uppercase().as_str(), "GET" | "HEAD" | "PUT" | "DELETE" | "OPTIONS")
+            }
+        }
+    }
+}
+
+impl FlowRuntime {
+    pub fn new(flow: CompiledFlow, catalog: &Catalog) -> Result<Arc<FlowRuntime>, EngineError> {
+        let err = |message: String| EngineError::Flow { flow: flow.name.clone(), message };
+        let trigger_op = catalog
+            .get(&flow.trigger.op)
+            .cloned()
+            .ok_or_else(|| err(format!("unknown trigger `{}`", flow.trigger.op)))?;
+        let spec = trigger_op.trigger.as_ref().ok_or_else(|| err(format!("`{}` is not a trigger", trigger_op.key)))?;
+        let items_path = JsonPath::parse(&spec.items).map_err(|e| err(e.to_string()))?;
+        let mut steps = Vec::with_capacity(flow.steps.len());
+        for s in &flow.steps {
+            let kind = match &s.uses {
+                StepTarget::Http => StepKind::Http,
+                StepTarget::Ghl(key) => {
+                    let op = catalog.get(key).cloned().ok_or_else(|| err(format!("unknown action `{key}`")))?;
+                    let path = op.action.as_ref().map(|a| a.result.as_str()).unwrap_or("$");
+                    let result = JsonPath::parse(path).map_err(|e| err(e.to_string()))?;
+                    StepKind::Ghl { op: Box::new(op), result }
+                }
+            };
+            steps.push(StepRuntime { id: s.id.clone(), kind });
+        }
+        let trigger_id = format!("{}/{}/{}", flow.name, trigger_op.key, flow.trigger.dedupe.as_str());
+        Ok(Arc::new(FlowRuntime { flow, trigger_op, trigger_id, items_path, steps }))
+    }
+
+    pub fn name(&self) -> &str {
+        &self.flow.name
+    }
+
+    pub fn is_single_record(&self) -> bool {
+        matches!(
+            self.trigger_op.trigger.as_ref().map(|t| &t.pagination),
+            Some(Pagination::SingleRecord | Pagination::SingleFile)
+        )
+    }
+}

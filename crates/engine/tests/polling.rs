@@ -1,0 +1,154 @@
+//! The engine against the sandbox over loopback, with a real sled store: new items fire
+//! exactly once, baselines fire nothing, restarts fire nothing twice.
+
+mod common;
+
+use common::*;
+use sandbox::Seed;
+use store::RunStatus;
+
+const WELCOME: &str = r#"
+name: welcome
+account: main
+trigger:
+  uses: contacts.search_contacts
+  with: { locationId: "{{ account.location_id }}" }
+  every: 1m
+  dedupe: new
+  max_new: 1000
+steps:
+  - id: task
+    uses: contacts.create_task
+    with:
+      contactId: "{{ trigger.id }}"
+      title: "Welcome call with {{ trigger.firstName }}"
+      dueDate: "{{ date_add now days=2 }}"
+      completed: false
+  - id: tag
+    uses: contacts.add_tags
+    with: { contactId: "{{ trigger.id }}", tags: [welcomed] }
+"#;
+
+fn tasks_for(h: &Harness, contact: &str) -> Vec<serde_json::Value> {
+    h.sandbox.records("tasks").into_iter().filter(|t| t["contactId"] == contact).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn n_new_contacts_make_exactly_n_tasks() {
+    let h = harness(Seed::Contacts(30), &[WELCOME], fast_retries()).await;
+    let tasks_before = h.sandbox.records("tasks").len();
+
+    let (first, runs) = h.engine.poll_and_run("welcome").await.expect("baseline poll");
+    assert!(first.baseline);
+    assert_eq!(first.items, 30);
+    assert!(runs.is_empty(), "the first poll records a baseline and fires nothing");
+
+    let added: Vec<_> = (0..25).map(|n| new_contact(&h.sandbox, n)).collect();
+    let (report, statuses) = h.engine.poll_and_run("welcome").await.expect("poll");
+    assert_eq!(report.new, 25);
+    assert_eq!(statuses.len(), 25);
+    assert!(statuses.iter().all(|s| *s == RunStatus::Succeeded), "{statuses:?}");
+    assert_eq!(h.sandbox.records("tasks").len(), tasks_before + 25);
+    for c in &added {
+        let id = c["id"].as_str().expect("id");
+        let tasks = tasks_for(&h, id);
+        assert_eq!(tasks.len(), 1, "one task for {id}");
+        assert_eq!(tasks[0]["title"], format!("Welcome call with {}", c["firstName"].as_str().unwrap_or_default()));
+        let contact = h.sandbox.record("contacts", id).expect("contact");
+        assert!(contact["tags"].as_array().is_some_and(|t| t.contains(&serde_json::json!("welcomed"))), "{contact}");
+    }
+
+    let (again, runs) = h.engine.poll_and_run("welcome").await.expect("poll");
+    assert_eq!((again.new, runs.len()), (0, 0), "nothing fires twice");
+    assert_eq!(h.sandbox.records("tasks").len(), tasks_before + 25);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_fires_nothing_twice() {
+    let sb = sandbox(Seed::Contacts(5)).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store_dir = dir.path().join("store");
+    {
+        let engine = engine_for(&sb, &store_dir, fast_retries());
+        engine.set_flows(vec![compile(WELCOME)]).expect("flows");
+        engine.poll_and_run("welcome").await.expect("baseline");
+        new_contact(&sb, 1);
+        let (r, s) = engine.poll_and_run("welcome").await.expect("poll");
+        assert_eq!((r.new, s.len()), (1, 1));
+    }
+    let tasks = sb.records("tasks").len();
+    let engine = engine_for(&sb, &store_dir, fast_retries());
+    engine.set_flows(vec![compile(WELCOME)]).expect("flows");
+    let (r, s) = engine.poll_and_run("welcome").await.expect("poll after restart");
+    assert!(!r.baseline, "the baseline survives the restart");
+    assert_eq!((r.new, s.len()), (0, 0));
+    assert_eq!(sb.records("tasks").len(), tasks);
+}
+
+const WATCH_CONTACT: &str = r#"
+name: watch
+account: main
+trigger:
+  uses: contacts.get_contact
+  with: { contactId: "{{ env.CONTACT }}" }
+  every: 1m
+steps:
+  - id: note
+    uses: contacts.create_note
+    with: { contactId: "{{ trigger.id }}", body: "changed: {{ trigger.email }}" }
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn updated_mode_fires_on_each_change_and_not_otherwise() {
+    let sb = sandbox(Seed::Contacts(3)).await;
+    let contact = sb.records("contacts").into_iter().next().expect("a contact");
+    let id = contact["id"].as_str().expect("id").to_string();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let engine = engine_for(&sb, &dir.path().join("store"), fast_retries());
+    let flow_text = WATCH_CONTACT.replace("{{ env.CONTACT }}", &id);
+    engine.set_flows(vec![compile(&flow_text)]).expect("flows");
+
+    let (r, s) = engine.poll_and_run("watch").await.expect("baseline");
+    assert!(r.baseline && s.is_empty());
+    let (_, s) = engine.poll_and_run("watch").await.expect("no change");
+    assert!(s.is_empty(), "no change, no run");
+
+    let http = reqwest::Client::new();
+    for n in 0..2 {
+        // GHL's dateUpdated has millisecond resolution; make sure it moves.
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        let res = http
+            .put(format!("{}/contacts/{id}", sb.base_url()))
+            .bearer_auth(TOKEN)
+            .header("Version", "2021-07-28")
+            .json(&serde_json::json!({ "email": format!("changed{n}@example.com") }))
+            .send()
+            .await
+            .expect("update");
+        assert!(res.status().is_success(), "{}", res.status());
+        let (r, s) = engine.poll_and_run("watch").await.expect("poll");
+        assert_eq!((r.new, s.as_slice()), (1, &[RunStatus::Succeeded][..]), "change {n} fires once");
+        let (_, s) = engine.poll_and_run("watch").await.expect("poll");
+        assert!(s.is_empty(), "and only once");
+    }
+    let notes: Vec<_> = sb.records("notes").into_iter().filter(|n| n["contactId"] == id.as_str()).collect();
+    assert!(notes.iter().any(|n| n["body"] == "changed: changed1@example.com"), "{notes:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_flood_guard_holds_runs_until_released() {
+    let flow_text = WELCOME.replace("max_new: 1000", "max_new: 3");
+    let h = harness(Seed::Contacts(2), &[&flow_text], fast_retries()).await;
+    h.engine.poll_and_run("welcome").await.expect("baseline");
+    for n in 0..5 {
+        new_contact(&h.sandbox, n);
+    }
+    let tasks = h.sandbox.records("tasks").len();
+    let (r, s) = h.engine.poll_and_run("welcome").await.expect("poll");
+    assert_eq!((r.new, r.held, s.len()), (5, 5, 0));
+    assert_eq!(h.sandbox.records("tasks").len(), tasks, "held runs send nothing");
+    let released = h.engine.release("welcome").await.expect("release");
+    assert_eq!(released.len(), 5);
+    assert!(released.iter().all(|s| *s == RunStatus::Succeeded));
+    assert_eq!(h.sandbox.records("tasks").len(), tasks + 5);
+}

@@ -1,0 +1,203 @@
+//! Run execution: retries on a backoff, dead letters and replay, in-doubt steps after a
+//! crash, and the built-in http.request step — against the sandbox and a real store.
+
+mod common;
+
+use common::*;
+use sandbox::{FaultRule, FaultSettings, Seed};
+use serde_json::json;
+use store::{NewRun, RunChange, RunStatus, StepStatus};
+
+const TASK_FLOW: &str = r#"
+name: tasks
+account: main
+trigger:
+  uses: contacts.search_contacts
+  with: { locationId: "{{ account.location_id }}" }
+  every: 1m
+steps:
+  - id: task
+    uses: contacts.create_task
+    with: { contactId: "{{ trigger.id }}", title: "Call {{ trigger.firstName }}", dueDate: "2030-01-01T10:00:00Z", completed: false }
+"#;
+
+fn fault_on(op: &str, rule: FaultRule) -> FaultSettings {
+    let mut f = FaultSettings::default();
+    f.operations.insert(op.into(), rule);
+    f
+}
+
+fn tasks_of(h: &Harness, contact: &str) -> usize {
+    h.sandbox.records("tasks").iter().filter(|t| t["contactId"] == contact).count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_step_is_retried_on_backoff_and_succeeds_once() {
+    let h = harness(Seed::Contacts(2), &[TASK_FLOW], fast_retries()).await;
+    h.engine.poll_and_run("tasks").await.expect("baseline");
+    let c = new_contact(&h.sandbox, 1);
+    let id = c["id"].as_str().expect("id");
+    h.sandbox.set_faults(
+        fault_on(
+            "contacts.create_task",
+            FaultRule { error_rate: 1.0, error_status: Some(503), times: Some(1), ..FaultRule::default() },
+        ),
+        Some(7),
+    );
+    let (_, statuses) = h.engine.poll_and_run("tasks").await.expect("poll");
+    assert_eq!(statuses, [RunStatus::Failed]);
+    assert_eq!(tasks_of(&h, id), 0);
+
+    tokio::time::sleep(std::time::Duration::from_millis(80)).await;
+    let retried = h.engine.retry_due().await.expect("retry");
+    assert_eq!(retried, [RunStatus::Succeeded]);
+    assert_eq!(tasks_of(&h, id), 1, "exactly one task after the retry");
+    assert!(h.engine.retry_due().await.expect("nothing due").is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rejected_step_goes_dead_and_replays() {
+    let h = harness(Seed::Contacts(2), &[TASK_FLOW], fast_retries()).await;
+    h.engine.poll_and_run("tasks").await.expect("baseline");
+    let c = new_contact(&h.sandbox, 1);
+    let id = c["id"].as_str().expect("id");
+    let report = h.engine.poll("tasks").await.expect("poll");
+    // The contact is deleted in GHL before the run executes: GHL answers 4xx, which is
+    // not retried: the run is dead at once, with the step's error recorded.
+    let deleted = reqwest::Client::new()
+        .delete(format!("{}/contacts/{id}", h.sandbox.base_url()))
+        .bearer_auth(TOKEN)
+        .header("Version", "2021-07-28")
+        .send()
+        .await
+        .expect("delete");
+    assert!(deleted.status().is_success());
+    let statuses = h.engine.execute_all(report.runs.clone()).await.expect("execute");
+    assert_eq!(statuses, [RunStatus::Dead]);
+    let run = h.engine.store().get_run(report.runs[0]).expect("store").expect("run");
+    assert_eq!(run.steps[0].status, StepStatus::Failed);
+    assert!(run.error.as_deref().is_some_and(|e| e.contains("step `task`")), "{:?}", run.error);
+
+    // Once the contact is back, the dead run replays as a new run.
+    h.sandbox.insert_record("contacts", c.clone()).expect("restored");
+    let (new_id, status) = h.engine.replay(report.runs[0]).await.expect("replay");
+    assert_ne!(new_id, report.runs[0]);
+    assert_eq!(status, RunStatus::Succeeded);
+    assert_eq!(tasks_of(&h, id), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_post_that_may_have_been_sent_before_a_crash_is_in_doubt_not_resent() {
+    let h = harness(Seed::Contacts(2), &[TASK_FLOW], fast_retries()).await;
+    let c = new_contact(&h.sandbox, 1);
+    let id = c["id"].as_str().expect("id").to_string();
+    // What a crash between "step started" and "step recorded" leaves behind.
+    let store = h.engine.store().clone();
+    let mut new = NewRun::new("tasks", c.clone());
+    new.trigger = Some("tasks/contacts.search_contacts/new".into());
+    let run = store.create_run(&new).expect("run");
+    store
+        .update_run(
+            run,
+            &[
+                RunChange::Status { status: RunStatus::Running, error: None },
+                RunChange::StepStarted { step: "task".into(), request: json!({"op": "contacts.create_task"}) },
+            ],
+        )
+        .expect("crash state");
+
+    let resumed = h.engine.resume().await.expect("resume");
+    assert_eq!(resumed, [RunStatus::InDoubt]);
+    assert_eq!(tasks_of(&h, &id), 0, "an in-doubt POST is never sent again by itself");
+    let run = store.get_run(run).expect("store").expect("run");
+    assert_eq!(run.steps[0].status, StepStatus::InDoubt);
+}
+
+const UPDATE_FLOW: &str = r#"
+name: mark
+account: main
+trigger:
+  uses: contacts.search_contacts
+  with: { locationId: "{{ account.location_id }}" }
+steps:
+  - id: mark
+    uses: contacts.update_contact
+    with: { contactId: "{{ trigger.id }}", city: "Marked" }
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idempotent_step_interrupted_by_a_crash_is_sent_again() {
+    let h = harness(Seed::Contacts(2), &[UPDATE_FLOW], fast_retries()).await;
+    let c = new_contact(&h.sandbox, 1);
+    let store = h.engine.store().clone();
+    let run = store.create_run(&NewRun::new("mark", c.clone())).expect("run");
+    store
+        .update_run(
+            run,
+            &[
+                RunChange::Status { status: RunStatus::Running, error: None },
+                RunChange::StepStarted { step: "mark".into(), request: json!({"op": "contacts.update_contact"}) },
+            ],
+        )
+        .expect("crash state");
+    assert_eq!(h.engine.resume().await.expect("resume"), [RunStatus::Succeeded]);
+    let id = c["id"].as_str().expect("id");
+    assert_eq!(h.sandbox.record("contacts", id).expect("contact")["city"], "Marked");
+    let run = store.get_run(run).expect("store").expect("run");
+    assert_eq!((run.steps[0].status, run.steps[0].tries), (StepStatus::Succeeded, 2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_request_pushes_to_the_users_app_and_respects_the_allow_list() {
+    use axum::routing::post;
+    let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = got.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        post(move |axum::Json(v): axum::Json<serde_json::Value>| {
+            let sink = sink.clone();
+            async move {
+                sink.lock().expect("lock").push(v);
+                axum::Json(json!({"stored": true}))
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}/hook", listener.local_addr().expect("addr"));
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let flow_text = format!(
+        r#"
+name: push
+account: main
+trigger:
+  uses: contacts.search_contacts
+  with: {{ locationId: "{{{{ account.location_id }}}}" }}
+steps:
+  - id: push
+    uses: http.request
+    with: {{ method: POST, url: "{url}", headers: {{ x-flowd: "1" }}, json: {{ contact: "{{{{ trigger }}}}", tags: "{{{{ trigger.tags }}}}" }} }}
+"#
+    );
+    let h = harness(Seed::Contacts(1), &[&flow_text], fast_retries()).await;
+    h.engine.poll_and_run("push").await.expect("baseline");
+    let c = new_contact(&h.sandbox, 7);
+    let (report, statuses) = h.engine.poll_and_run("push").await.expect("poll");
+    assert_eq!(statuses, [RunStatus::Succeeded]);
+    let pushed = got.lock().expect("lock").clone();
+    assert_eq!(pushed.len(), 1);
+    assert_eq!(pushed[0]["contact"]["id"], c["id"]);
+    assert!(pushed[0]["tags"].is_array(), "a single expression keeps its JSON type: {}", pushed[0]);
+    let run = h.engine.store().get_run(report.runs[0]).expect("store").expect("run");
+    assert_eq!(run.steps[0].response.as_ref().map(|r| r["body"]["stored"].clone()), Some(json!(true)));
+
+    // The same flow with an allow-list that does not name the host: dead, nothing sent.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = engine::EngineConfig { http_allow_hosts: vec!["hooks.example.com".into()], ..fast_retries() };
+    let strict = engine_for(&h.sandbox, &dir.path().join("s"), config);
+    strict.set_flows(vec![compile(&flow_text)]).expect("flows");
+    let id = strict.store().create_run(&NewRun::new("push", c.clone())).expect("run");
+    assert_eq!(strict.execute(id).await.expect("execute"), RunStatus::Dead);
+    assert_eq!(got.lock().expect("lock").len(), 1);
+    server.abort();
+}

@@ -1,0 +1,515 @@
+//! Load = parse + validate + compile: the engine only ever sees a [`CompiledFlow`].
+
+use std::collections::BTreeMap;
+
+use catalog::{Catalog, DedupeMode, Kind};
+use chrono::{DateTime, Utc};
+use serde_json::{Map, Value};
+
+use crate::diagnostic::{Diagnostic, Pos, Sink};
+use crate::helpers;
+use crate::parse::{self, At, FlowDoc, StepDoc, TestDoc, TriggerDoc};
+use crate::schedule::Schedule;
+use crate::template::{Filter, RenderError, ValueTemplate};
+use crate::validate::{self, Scope};
+
+/// The key of the built-in HTTP step.
+pub const HTTP_STEP: &str = "http.request";
+/// Held back when one poll finds more new items than this, unless the flow says otherwise.
+pub const DEFAULT_MAX_NEW: u64 = 100;
+/// Polling interval when a trigger gives neither `every` nor `cron`.
+pub const DEFAULT_EVERY: &str = "5m";
+/// Account used when a flow names none.
+pub const DEFAULT_ACCOUNT: &str = "default";
+
+/// What the service knows that a flow may refer to.
+#[derive(Debug, Clone, Default)]
+pub struct CompileEnv {
+    /// Environment variables visible to templates as `env.NAME`.
+    pub env: BTreeMap<String, String>,
+    /// Configured account names; empty means "do not check".
+    pub accounts: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct CompiledFlow {
+    pub name: String,
+    pub account: String,
+    pub trigger: CompiledTrigger,
+    pub filter: Option<Filter>,
+    pub steps: Vec<CompiledStep>,
+    pub tests: Vec<FlowTest>,
+}
+
+#[derive(Debug, Clone)]
+pub struct CompiledTrigger {
+    /// Catalog key of the trigger operation.
+    pub op: String,
+    /// Request parameters, as an object template (context: account, env, flow, run, now).
+    pub with: ValueTemplate,
+    pub schedule: Schedule,
+    pub dedupe: DedupeMode,
+    pub start: Start,
+    /// Flood guard: more new items than this in one poll are held, not fired.
+    pub max_new: u64,
+}
+
+/// What the first poll does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    /// Record what exists as seen, fire nothing.
+    Now,
+    /// Fire for everything that exists (subject to `max_new`).
+    All,
+    /// Fire for items created or updated after this time; older ones are recorded as seen.
+    Since(DateTime<Utc>),
+}
+
+#[derive(Debug, Clone)]
+pub struct CompiledStep {
+    pub id: String,
+    pub uses: StepTarget,
+    /// Parameters as an object template; for `Http`: method, url, headers, query, json, body.
+    pub with: ValueTemplate,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StepTarget {
+    /// A catalog action, by key.
+    Ghl(String),
+    /// The built-in `http.request`.
+    Http,
+}
+
+/// An inline test: one trigger item in, the rendered step inputs out, no network.
+#[derive(Debug, Clone)]
+pub struct FlowTest {
+    pub name: String,
+    pub item: Value,
+    /// Stand-in results of steps, visible to later steps as `steps.<id>`.
+    pub results: Map<String, Value>,
+    /// Step id -> subset the rendered `with` must contain.
+    pub expect: Vec<(String, Value)>,
+    /// Whether the `if:` filter is expected to drop the item.
+    pub filtered: Option<bool>,
+    /// Environment variables set for this test (over the process environment).
+    pub env: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TestOutcome {
+    pub name: String,
+    pub failures: Vec<String>,
+    /// Step id -> rendered `with`, for the steps that ran.
+    pub rendered: Vec<(String, Value)>,
+}
+
+impl TestOutcome {
+    pub fn passed(&self) -> bool {
+        self.failures.is_empty()
+    }
+}
+
+/// Parses, validates and compiles one flow file. The flow is returned only when there
+/// are no errors; warnings may come with it.
+pub fn load(
+    file_name: &str,
+    text: &str,
+    catalog: &Catalog,
+    env: &CompileEnv,
+) -> (Option<CompiledFlow>, Vec<Diagnostic>) {
+    let mut sink = Sink::new(file_name);
+    let Some(root) = parse::parse_yaml(text, &mut sink) else {
+        return (None, sink.finish());
+    };
+    if matches!(root.value, parse::Node::Null) {
+        sink.error(Pos::of(&root.referenced), "the flow file is empty");
+        return (None, sink.finish());
+    }
+    let doc = parse::read_doc(&root, &mut sink);
+    let flow = compile_doc(doc, Pos::of(&root.referenced), catalog, env, &mut sink);
+    let flow = if sink.has_errors() { None } else { flow };
+    (flow, sink.finish())
+}
+
+fn compile_doc(doc: FlowDoc, top: Pos, cat: &Catalog, env: &CompileEnv, sink: &mut Sink) -> Option<CompiledFlow> {
+    let name = match &doc.name {
+        Some(n) if !n.value.trim().is_empty() => Some(n.value.clone()),
+        Some(n) => {
+            sink.error(n.pos, "`name` must not be empty");
+            None
+        }
+        None => {
+            sink.error(top, "the flow needs a `name`");
+            None
+        }
+    };
+    let account = match &doc.account {
+        Some(a) if !env.accounts.is_empty() && !env.accounts.contains(&a.value) => {
+            let d = sink.error(a.pos, format!("unknown account `{}`", a.value));
+            d.suggest(&catalog::nearest(&a.value, env.accounts.iter().map(String::as_str), 2));
+            None
+        }
+        Some(a) => Some(a.value.clone()),
+        None => Some(DEFAULT_ACCOUNT.to_string()),
+    };
+    let step_ids: Vec<String> = doc.steps.iter().filter_map(|s| s.id.as_ref().map(|i| i.value.clone())).collect();
+
+    let (trigger, fields) = match &doc.trigger {
+        Some(t) => compile_trigger(t, cat, env, &step_ids, sink),
+        None => {
+            sink.error(top, "the flow needs a `trigger`");
+            (None, Vec::new())
+        }
+    };
+    let filter = doc.filter.as_ref().and_then(|f| {
+        let scope = Scope { trigger_fields: Some(&fields), earlier_steps: &[], all_steps: &step_ids, env };
+        match Filter::compile(&f.value) {
+            Ok(filter) => {
+                validate::check_paths(filter.template(), f.pos, &scope, sink);
+                Some(filter)
+            }
+            Err(e) => {
+                sink.error(f.pos, e.to_string());
+                None
+            }
+        }
+    });
+    let filter_ok = doc.filter.is_none() || filter.is_some();
+
+    if doc.steps.is_empty() {
+        sink.error(top, "the flow needs at least one step in `steps`");
+    }
+    let mut steps = Vec::with_capacity(doc.steps.len());
+    let mut earlier: Vec<String> = Vec::new();
+    let mut steps_ok = true;
+    for s in &doc.steps {
+        match compile_step(s, cat, env, &fields, &earlier, &step_ids, sink) {
+            Some(step) => steps.push(step),
+            None => steps_ok = false,
+        }
+        if let Some(id) = &s.id {
+            if earlier.contains(&id.value) {
+                sink.error(id.pos, format!("duplicate step id `{}`", id.value))
+                    .help("step ids must be unique within a flow");
+                steps_ok = false;
+            }
+            earlier.push(id.value.clone());
+        }
+    }
+    let tests: Vec<FlowTest> = doc.tests.iter().filter_map(|t| compile_test(t, &step_ids, sink)).collect();
+    let tests_ok = tests.len() == doc.tests.len();
+
+    match (name, account, trigger) {
+        (Some(name), Some(account), Some(trigger)) if filter_ok && steps_ok && tests_ok => {
+            Some(CompiledFlow { name, account, trigger, filter, steps, tests })
+        }
+        _ => None,
+    }
+}
+
+fn compile_trigger(
+    t: &TriggerDoc,
+    cat: &Catalog,
+    env: &CompileEnv,
+    step_ids: &[String],
+    sink: &mut Sink,
+) -> (Option<CompiledTrigger>, Vec<String>) {
+    // Checked first, so they are reported even when `uses` is wrong.
+    let schedule = match (&t.every, &t.cron) {
+        (Some(_), Some(c)) => {
+            sink.error(c.pos, "give `every` or `cron`, not both");
+            None
+        }
+        (Some(e), None) => Schedule::every(&e.value)
+            .map_err(|err| sink.error(e.pos, err.to_string()).help("write a duration such as `30s`, `5m` or `1h`"))
+            .ok(),
+        (None, Some(c)) => Schedule::cron(&c.value)
+            .map_err(|err| {
+                sink.error(c.pos, err.to_string())
+                    .help("5 fields: minute hour day-of-month month day-of-week, e.g. `*/15 * * * *`")
+            })
+            .ok(),
+        (None, None) => Schedule::every(DEFAULT_EVERY).ok(),
+    };
+    let start = match &t.start {
+        None => Some(Start::Now),
+        Some(s) => parse_start(&s.value).or_else(|| {
+            sink.error(s.pos, format!("invalid start `{}`", s.value))
+                .help("use `now`, `all` or an RFC 3339 time such as `2024-05-01T00:00:00Z`");
+            None
+        }),
+    };
+    let Some(uses) = &t.uses else {
+        sink.error(t.pos, "the trigger needs `uses`: the catalog key of a trigger");
+        return (None, Vec::new());
+    };
+    let op = match cat.get(&uses.value) {
+        Some(op) if op.kind == Kind::Trigger => op,
+        Some(op) => {
+            sink.error(uses.pos, format!("`{}` is an action, not a trigger", op.key))
+                .suggest(&cat.suggest_kind(&uses.value, Kind::Trigger));
+            return (None, Vec::new());
+        }
+        None => {
+            let mut d_sugg = cat.suggest_kind(&uses.value, Kind::Trigger);
+            if d_sugg.is_empty() {
+                d_sugg = cat.suggest(&uses.value);
+            }
+            sink.error(uses.pos, format!("unknown trigger `{}`", uses.value)).suggest(&d_sugg);
+            return (None, Vec::new());
+        }
+    };
+    let Some(spec) = op.trigger.as_ref() else {
+        sink.error(uses.pos, format!("`{}` has no polling description in the catalog", op.key));
+        return (None, Vec::new());
+    };
+    let fields = spec.fields.clone();
+    let scope = Scope { trigger_fields: None, earlier_steps: &[], all_steps: step_ids, env };
+    let with = validate::check_ghl_with(op, t.with.as_ref(), uses.pos, &scope, sink);
+
+    let dedupe = match &t.dedupe {
+        None => Some(spec.dedupe),
+        Some(d) => match d.value.as_str() {
+            "new" => Some(DedupeMode::New),
+            "changed" => Some(DedupeMode::Changed),
+            "updated" if spec.updated.is_some() => Some(DedupeMode::Updated),
+            "updated" => {
+                sink.error(
+                    d.pos,
+                    format!("`{}` items have no updated-at field, so `dedupe: updated` cannot work", op.key),
+                )
+                .help("use `changed` to fire whenever an item's content changes");
+                None
+            }
+            other => {
+                sink.error(d.pos, format!("unknown dedupe mode `{other}`")).help("use `new`, `updated` or `changed`");
+                None
+            }
+        },
+    };
+    let max_new = t.max_new.as_ref().map(|m| m.value).unwrap_or(DEFAULT_MAX_NEW);
+    let compiled = match (with, schedule, dedupe, start) {
+        (Some(with), Some(schedule), Some(dedupe), Some(start)) => {
+            Some(CompiledTrigger { op: op.key.clone(), with, schedule, dedupe, start, max_new })
+        }
+        _ => None,
+    };
+    (compiled, fields)
+}
+
+fn parse_start(s: &str) -> Option<Start> {
+    match s.trim() {
+        "now" => Some(Start::Now),
+        "all" => Some(Start::All),
+        t => DateTime::parse_from_rfc3339(t).ok().map(|t| Start::Since(t.with_timezone(&Utc))),
+    }
+}
+
+fn is_identifier(s: &str) -> bool {
+    let mut chars = s.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+fn compile_step(
+    s: &StepDoc,
+    cat: &Catalog,
+    env: &CompileEnv,
+    fields: &[String],
+    earlier: &[String],
+    all: &[String],
+    sink: &mut Sink,
+) -> Option<CompiledStep> {
+    let id = match &s.id {
+        Some(id) if is_identifier(&id.value) => Some(id.value.clone()),
+        Some(id) => {
+            sink.error(id.pos, format!("step id `{}` must be a name of letters, digits and `_`", id.value))
+                .help("templates refer to it as `steps.<id>`");
+            None
+        }
+        None => {
+            sink.error(s.pos, "every step needs an `id`");
+            None
+        }
+    };
+    let Some(uses) = &s.uses else {
+        sink.error(s.pos, "every step needs `uses`: a catalog action key or `http.request`");
+        return None;
+    };
+    let scope = Scope { trigger_fields: Some(fields), earlier_steps: earlier, all_steps: all, env };
+    let (target, with) = if uses.value == HTTP_STEP {
+        (StepTarget::Http, validate::check_http_with(s.with.as_ref(), uses.pos, &scope, sink))
+    } else {
+        match cat.get(&uses.value) {
+            Some(op) if op.kind == Kind::Action => {
+                (StepTarget::Ghl(op.key.clone()), validate::check_ghl_with(op, s.with.as_ref(), uses.pos, &scope, sink))
+            }
+            Some(op) => {
+                sink.error(uses.pos, format!("`{}` is a trigger; steps call actions", op.key))
+                    .suggest(&cat.suggest_kind(&uses.value, Kind::Action));
+                return None;
+            }
+            None => {
+                let mut keys: Vec<&str> =
+                    cat.operations().iter().filter(|o| o.kind == Kind::Action).map(|o| o.key.as_str()).collect();
+                keys.push(HTTP_STEP);
+                sink.error(uses.pos, format!("unknown action `{}`", uses.value)).suggest(&catalog::nearest(
+                    &uses.value,
+                    keys,
+                    3,
+                ));
+                return None;
+            }
+        }
+    };
+    Some(CompiledStep { id: id?, uses: target, with: with? })
+}
+
+fn compile_test(t: &TestDoc, step_ids: &[String], sink: &mut Sink) -> Option<FlowTest> {
+    let mut ok = true;
+    let Some(item) = &t.item else {
+        sink.error(t.pos, "a test needs an `item`: the trigger item to run the flow with");
+        return None;
+    };
+    let mut check_step = |k: &At<String>, what: &str, sink: &mut Sink| {
+        if !step_ids.contains(&k.value) {
+            sink.error(k.pos, format!("`{what}` names unknown step `{}`", k.value)).suggest(&catalog::nearest(
+                &k.value,
+                step_ids.iter().map(String::as_str),
+                2,
+            ));
+            ok = false;
+        }
+    };
+    for (k, _) in &t.results {
+        check_step(k, "results", sink);
+    }
+    for (k, _) in &t.expect {
+        check_step(k, "expect", sink);
+    }
+    if !ok {
+        return None;
+    }
+    Some(FlowTest {
+        name: t.name.as_ref().map(|n| n.value.clone()).unwrap_or_else(|| format!("test at line {}", t.pos.line)),
+        item: item.value.clone(),
+        results: t.results.iter().map(|(k, v)| (k.value.clone(), v.clone())).collect(),
+        expect: t.expect.iter().map(|(k, v)| (k.value.clone(), v.value.clone())).collect(),
+        filtered: t.filtered.as_ref().map(|f| f.value),
+        env: t
+            .env
+            .iter()
+            .map(|(k, v)| (k.value.clone(), v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string())))
+            .collect(),
+    })
+}
+
+/// The context templates render against. `steps` starts empty; the engine adds each
+/// step's result under its id as the run goes.
+pub fn context(
+    flow: &str,
+    trigger: Value,
+    account: Value,
+    env: &BTreeMap<String, String>,
+    run_id: &str,
+    now: DateTime<Utc>,
+) -> Value {
+    let env: Map<String, Value> = env.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect();
+    serde_json::json!({
+        "trigger": trigger,
+        "steps": {},
+        "account": account,
+        "env": env,
+        "flow": { "name": flow },
+        "run": { "id": run_id },
+        "now": now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+    })
+}
+
+impl CompiledFlow {
+    /// Runs one inline test: filter, then each step's inputs rendered in order, with
+    /// `results` standing in for what the steps would have returned.
+    pub fn run_test(
+        &self,
+        test: &FlowTest,
+        account: Value,
+        env: &BTreeMap<String, String>,
+        now: DateTime<Utc>,
+    ) -> TestOutcome {
+        let mut out = TestOutcome { name: test.name.clone(), failures: Vec::new(), rendered: Vec::new() };
+        let env: std::borrow::Cow<'_, BTreeMap<String, String>> = if test.env.is_empty() {
+            std::borrow::Cow::Borrowed(env)
+        } else {
+            let mut merged = env.clone();
+            merged.extend(test.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+            std::borrow::Cow::Owned(merged)
+        };
+        let mut ctx = context(&self.name, test.item.clone(), account, &env, "test", now);
+        let passes = match &self.filter {
+            Some(f) => match f.matches(&ctx) {
+                Ok(p) => p,
+                Err(e) => {
+                    out.failures.push(format!("if: {e}"));
+                    return out;
+                }
+            },
+            None => true,
+        };
+        if let Some(expected) = test.filtered {
+            if expected == passes {
+                out.failures.push(if expected {
+                    "expected the item to be filtered out, but it passed `if`".into()
+                } else {
+                    "expected the item to pass `if`, but it was filtered out".into()
+                });
+            }
+        }
+        if !passes {
+            return out;
+        }
+        for step in &self.steps {
+            match step.with.render(&ctx) {
+                Ok(v) => out.rendered.push((step.id.clone(), v)),
+                Err(e) => {
+                    out.failures.push(format!("step `{}`: {e}", step.id));
+                    return out;
+                }
+            }
+            let result = test.results.get(&step.id).cloned().unwrap_or(Value::Object(Map::new()));
+            if let Some(steps) = ctx.get_mut("steps").and_then(Value::as_object_mut) {
+                steps.insert(step.id.clone(), result);
+            }
+        }
+        for (id, want) in &test.expect {
+            match out.rendered.iter().find(|(s, _)| s == id) {
+                Some((_, got)) => {
+                    if let Some(diff) = subset_mismatch(want, got, id) {
+                        out.failures.push(diff);
+                    }
+                }
+                None => out.failures.push(format!("step `{id}` did not run")),
+            }
+        }
+        out
+    }
+
+    /// Renders the trigger's request parameters.
+    pub fn render_trigger_with(&self, ctx: &Value) -> Result<Value, RenderError> {
+        self.trigger.with.render(ctx)
+    }
+}
+
+/// Whether `want` is contained in `got` (objects by subset, everything else equal);
+/// the first difference, described, when it is not.
+pub fn subset_mismatch(want: &Value, got: &Value, path: &str) -> Option<String> {
+    match (want, got) {
+        (Value::Object(w), Value::Object(g)) => w.iter().find_map(|(k, wv)| match g.get(k) {
+            Some(gv) => subset_mismatch(wv, gv, &format!("{path}.{k}")),
+            None => Some(format!("{path}.{k}: expected {wv}, but it is not rendered")),
+        }),
+        (w, g) if w == g => None,
+        (Value::Number(a), Value::Number(b)) if a.as_f64() == b.as_f64() => None,
+        (w, g) => Some(format!("{path}: expected {w}, got {g} ({})", helpers::text(g))),
+    }
+}

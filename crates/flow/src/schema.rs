@@ -1,0 +1,143 @@
+//! JSON Schema (draft 2020-12) of the flow file format, for editors.
+//!
+//! Hand-written rather than derived with schemars: the parser reads positioned YAML nodes,
+//! not derived structs, so there is no type to derive from, and a hand-written schema can
+//! carry the descriptions and the catalog's keys that an editor shows.
+
+use catalog::{Catalog, Kind};
+use serde_json::{json, Value};
+
+use crate::compile::{DEFAULT_EVERY, DEFAULT_MAX_NEW, HTTP_STEP};
+use crate::validate::HTTP_METHODS;
+
+/// The schema without catalog keys: `uses` is any string.
+pub fn json_schema() -> Value {
+    build(None)
+}
+
+/// The schema with the catalog's trigger and action keys listed for `uses`, so editors
+/// complete them.
+pub fn json_schema_for(catalog: &Catalog) -> Value {
+    build(Some(catalog))
+}
+
+fn keys(catalog: &Catalog, kind: Kind) -> Vec<Value> {
+    catalog.operations().iter().filter(|o| o.kind == kind).map(|o| Value::from(o.key.clone())).collect()
+}
+
+fn build(catalog: Option<&Catalog>) -> Value {
+    let trigger_uses = match catalog {
+        Some(c) => {
+            json!({"type": "string", "enum": keys(c, Kind::Trigger), "description": "Catalog key of a trigger."})
+        }
+        None => {
+            json!({"type": "string", "pattern": "^[a-z0-9_]+\\.[a-z0-9_]+$", "description": "Catalog key of a trigger."})
+        }
+    };
+    let step_uses = match catalog {
+        Some(c) => {
+            let mut k = keys(c, Kind::Action);
+            k.push(Value::from(HTTP_STEP));
+            json!({"type": "string", "enum": k, "description": "Catalog key of an action, or `http.request`."})
+        }
+        None => {
+            json!({"type": "string", "pattern": "^[a-z0-9_]+\\.[a-z0-9_]+$", "description": "Catalog key of an action, or `http.request`."})
+        }
+    };
+    json!({
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": "https://flowd.dev/schema/flow.json",
+        "title": "flowd flow",
+        "description": "One GHL trigger linked to templated action steps.",
+        "type": "object",
+        "additionalProperties": false,
+        "required": ["name", "trigger", "steps"],
+        "properties": {
+            "name": {"type": "string", "minLength": 1, "description": "Unique name of the flow; also keys its state and jitter."},
+            "account": {"type": "string", "default": "default", "description": "Account (credentials + location) from the service config."},
+            "trigger": {
+                "type": "object",
+                "additionalProperties": false,
+                "required": ["uses"],
+                "properties": {
+                    "uses": trigger_uses,
+                    "with": {"type": "object", "description": "Request parameters; templates see account, env, flow, run and now."},
+                    "every": {"type": "string", "default": DEFAULT_EVERY, "description": "Polling interval (humantime: 30s, 5m, 1h); at least 1s."},
+                    "cron": {"type": "string", "description": "crontab(5) expression, 5 fields, UTC."},
+                    "dedupe": {"enum": ["new", "updated", "changed"], "description": "Which items fire; default from the catalog."},
+                    "start": {"type": "string", "default": "now", "description": "`now`, `all` or an RFC 3339 time."},
+                    "max_new": {"type": "integer", "minimum": 1, "default": DEFAULT_MAX_NEW, "description": "Flood guard: more new items than this in one poll are held."}
+                },
+                "not": {"required": ["every", "cron"]}
+            },
+            "if": {"type": "string", "description": "Template; the item fires only when it renders truthy."},
+            "steps": {
+                "type": "array",
+                "minItems": 1,
+                "items": {
+                    "type": "object",
+                    "additionalProperties": false,
+                    "required": ["id", "uses"],
+                    "properties": {
+                        "id": {"type": "string", "pattern": "^[A-Za-z_][A-Za-z0-9_]*$"},
+                        "uses": step_uses,
+                        "with": {"type": "object", "description": "Parameters; strings are templates."}
+                    },
+                    "if": {"properties": {"uses": {"const": HTTP_STEP}}},
+                    "then": {"properties": {"with": {
+                        "type": "object",
+                        "additionalProperties": false,
+                        "required": ["url"],
+                        "properties": {
+                            "method": {"anyOf": [{"enum": HTTP_METHODS}, {"type": "string", "pattern": "\\{\\{"}], "default": "POST"},
+                            "url": {"type": "string"},
+                            "headers": {"type": "object"},
+                            "query": {"type": "object"},
+                            "json": {},
+                            "body": {"type": "string"}
+                        }
+                    }}}
+                }
+            },
+            "tests": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "additionalProperties": false,
+                    "required": ["item"],
+                    "properties": {
+                        "name": {"type": "string"},
+                        "item": {"description": "The trigger item to run the flow with."},
+                        "results": {"type": "object", "description": "Stand-in step results, by step id."},
+                        "expect": {"type": "object", "description": "Step id -> subset of its rendered `with`."},
+                        "filtered": {"type": "boolean", "description": "Whether `if` is expected to drop the item."},
+                        "env": {"type": "object", "additionalProperties": {"type": "string"}, "description": "Environment variables (`env.*`) set for this test."}
+                    }
+                }
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schema_lists_every_key_and_catalog_keys() {
+        let s = json_schema();
+        let top: Vec<&String> = s["properties"].as_object().unwrap().keys().collect();
+        assert_eq!(
+            top,
+            crate::parse::TOP_KEYS.iter().map(|k| k.to_string()).collect::<Vec<_>>().iter().collect::<Vec<_>>()
+        );
+        let trig: Vec<&str> =
+            s["properties"]["trigger"]["properties"].as_object().unwrap().keys().map(String::as_str).collect();
+        assert_eq!(trig, crate::parse::TRIGGER_KEYS);
+        let cat = Catalog::builtin().unwrap();
+        let with_cat = json_schema_for(&cat);
+        let triggers = with_cat["properties"]["trigger"]["properties"]["uses"]["enum"].as_array().unwrap();
+        assert_eq!(triggers.len(), catalog::BUILTIN_TRIGGERS);
+        assert!(triggers.contains(&Value::from("contacts.search_contacts")));
+    }
+}

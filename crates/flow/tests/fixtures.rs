@@ -1,0 +1,53 @@
+//! Data-driven tests: every file under fixtures/invalid renders to a snapshot of its
+//! diagnostics; every file under fixtures/valid compiles cleanly and passes its own tests.
+
+use std::collections::BTreeMap;
+
+use catalog::Catalog;
+use chrono::TimeZone;
+use flow::{load, render_all, CompileEnv};
+
+fn env() -> CompileEnv {
+    CompileEnv {
+        env: BTreeMap::from([("APP_HOOK_URL".to_string(), "https://app.example/hook".to_string())]),
+        accounts: vec!["main".to_string(), "default".to_string()],
+    }
+}
+
+fn check(path: &std::path::Path) -> String {
+    let cat = Catalog::builtin().expect("builtin catalog");
+    let text = std::fs::read_to_string(path).expect("fixture");
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+    let (flow, diags) = load(name, &text, &cat, &env());
+    let mut out = render_all(&diags);
+    if flow.is_some() {
+        out.push_str("(compiled)\n");
+    }
+    out
+}
+
+#[test]
+fn invalid_fixtures() {
+    insta::glob!("fixtures/invalid/*.yaml", |path| {
+        let out = check(path);
+        assert!(out.contains(": error: "), "{} produced no error:\n{out}", path.display());
+        insta::assert_snapshot!(out);
+    });
+}
+
+#[test]
+fn valid_fixtures() {
+    let cat = Catalog::builtin().expect("builtin catalog");
+    let now = chrono::Utc.with_ymd_and_hms(2024, 1, 1, 0, 0, 0).unwrap();
+    insta::glob!("fixtures/valid/*.yaml", |path| {
+        let text = std::fs::read_to_string(path).expect("fixture");
+        let (flow, diags) = load("valid.yaml", &text, &cat, &env());
+        assert!(diags.is_empty(), "{}:\n{}", path.display(), render_all(&diags));
+        let flow = flow.expect("compiles");
+        for test in &flow.tests {
+            let account = serde_json::json!({"name": "main", "location_id": "loc1"});
+            let outcome = flow.run_test(test, account, &env().env, now);
+            assert!(outcome.passed(), "{}: {}: {:?}", path.display(), outcome.name, outcome.failures);
+        }
+    });
+}

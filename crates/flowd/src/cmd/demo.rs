@@ -1,0 +1,236 @@
+//! `flowd demo`: the embedded sandbox with demo data, the example flows, and changes made
+//! as a user would, with the runs printed as they happen. Nothing to configure.
+
+use crate::cli::DemoArgs;
+use crate::exit::UserError;
+use axum::routing::post;
+use axum::{Json, Router};
+use engine::{AccountInfo, Engine, EngineConfig, Metrics};
+use sandbox::{RateLimitConfig, Sandbox, SandboxConfig, Seed};
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use store::RunStatus;
+
+/// The example flows of the repository, built into the binary.
+const EXAMPLES: &[(&str, &str)] = &[
+    ("welcome-new-contacts.yaml", include_str!("../../../../flows/welcome-new-contacts.yaml")),
+    ("direct-read-contact.yaml", include_str!("../../../../flows/direct-read-contact.yaml")),
+    ("task-sync.yaml", include_str!("../../../../flows/task-sync.yaml")),
+    ("notes-to-feed.yaml", include_str!("../../../../flows/notes-to-feed.yaml")),
+    ("appointments-to-feed.yaml", include_str!("../../../../flows/appointments-to-feed.yaml")),
+];
+
+#[derive(Default)]
+struct Totals {
+    runs: usize,
+    steps: usize,
+    failures: usize,
+}
+
+pub async fn run(catalog: Arc<catalog::Catalog>, args: &DemoArgs) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let config = SandboxConfig::default().with_seed(Seed::Demo).with_rate_limit(RateLimitConfig::disabled());
+    let token = config.tokens.first().cloned().unwrap_or_default();
+    let sb = Sandbox::start(config).await.map_err(|e| UserError::new(format!("cannot start the sandbox: {e}")))?;
+    let (app_url, received) = start_app().await?;
+    let watched = watched_contact(&sb).ok_or_else(|| UserError::new("the demo data has no contact with tasks"))?;
+
+    let mut env: BTreeMap<String, String> = BTreeMap::new();
+    env.insert("APP_HOOK_URL".into(), app_url.clone());
+    env.insert("WATCH_CONTACT_ID".into(), watched.clone());
+    let compile_env = flow::CompileEnv { env: env.clone(), accounts: vec!["main".into()] };
+    let mut flows = Vec::new();
+    for (file, text) in EXAMPLES {
+        let (compiled, diags) = flow::load(file, text, &catalog, &compile_env);
+        match compiled {
+            Some(f) if !diags.iter().any(|d| d.is_error()) => flows.push(f),
+            _ => {
+                return Err(
+                    UserError::new(format!("example flow {file} is invalid:\n{}", flow::render_all(&diags))).into()
+                )
+            }
+        }
+    }
+
+    let dir = tempfile::tempdir()?;
+    let store = store::SledStore::create_or_open(dir.path().join("store"))?;
+    let metrics = Arc::new(Metrics::new());
+    let client = ghl::Client::builder().observer(metrics.clone()).build()?;
+    client.add_account(
+        ghl::Account::new("main", ghl::Credentials::PrivateToken(ghl::Secret::new(token.clone())))?
+            .with_base_url(&sb.base_url())?
+            .with_resource(sb.location_id()),
+    );
+    let accounts = vec![AccountInfo { name: "main".into(), location_id: sb.location_id().into() }];
+    let engine = Engine::new(catalog, client, Arc::new(store), accounts, env, EngineConfig::default(), metrics);
+    engine.set_flows(flows)?;
+
+    println!("flowd demo");
+    println!("  GHL sandbox   {} (location {}, demo data)", sb.base_url(), sb.location_id());
+    println!("  your app      {app_url} (receives the http.request pushes)");
+    println!("  watching      contact {watched}");
+    println!("  flows         {}", engine.flow_names().join(", "));
+    println!();
+    println!("1. first poll of every flow: record what exists, fire nothing");
+    let mut totals = Totals::default();
+    poll_all(&engine, &mut totals).await;
+
+    let user =
+        User { http: reqwest::Client::new(), base: sb.base_url(), token, location: sb.location_id().into(), watched };
+    let mut cycle = 0;
+    loop {
+        cycle += 1;
+        println!("\n{}. in GHL, a user makes changes:", cycle + 1);
+        for change in user.make_changes(cycle).await {
+            println!("   - {change}");
+        }
+        println!("   flowd polls and acts:");
+        poll_all(&engine, &mut totals).await;
+        let pushes = received.lock().map(|r| r.len()).unwrap_or(0);
+        println!("   your app has received {pushes} push(es) so far");
+        if args.once {
+            break;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(args.every.max(1))) => {}
+            _ = tokio::signal::ctrl_c() => break,
+        }
+    }
+    println!(
+        "\nsummary: {} flows, {} runs, {} steps, {} failures, {:.1}s",
+        engine.flow_names().len(),
+        totals.runs,
+        totals.steps,
+        totals.failures,
+        started.elapsed().as_secs_f64()
+    );
+    if totals.failures > 0 {
+        return Err(UserError::new(format!("{} run(s) failed", totals.failures)).into());
+    }
+    Ok(())
+}
+
+async fn poll_all(engine: &Arc<Engine>, totals: &mut Totals) {
+    for name in engine.flow_names() {
+        let t = Instant::now();
+        match engine.poll_and_run(&name).await {
+            Ok((report, statuses)) => {
+                if report.baseline {
+                    println!("   {name}: {} item(s) seen, baseline recorded", report.items);
+                    continue;
+                }
+                for (id, status) in report.runs.iter().zip(&statuses) {
+                    totals.runs += 1;
+                    let run = engine.store().get_run(*id).ok().flatten();
+                    let steps: Vec<String> = run.iter().flat_map(|r| r.steps.iter().map(|s| s.step.clone())).collect();
+                    totals.steps += steps.len();
+                    let mark = if *status == RunStatus::Succeeded { "ok  " } else { "FAIL" };
+                    if *status != RunStatus::Succeeded {
+                        totals.failures += 1;
+                    }
+                    let error = run.and_then(|r| r.error).map(|e| format!(" ({e})")).unwrap_or_default();
+                    println!("   {mark} {name} run {id}: {} [{status}]{error}", steps.join(" -> "));
+                }
+                if report.runs.is_empty() {
+                    println!("   {name}: nothing new ({} ms)", t.elapsed().as_millis());
+                }
+            }
+            Err(e) => {
+                totals.failures += 1;
+                println!("   FAIL {name}: {e}");
+            }
+        }
+    }
+}
+
+/// The demo's stand-in for "your app": it records what flows push to it.
+async fn start_app() -> anyhow::Result<(String, Arc<Mutex<Vec<Value>>>)> {
+    let received = Arc::new(Mutex::new(Vec::new()));
+    let sink = received.clone();
+    let app = Router::new().route(
+        "/hook",
+        post(move |Json(body): Json<Value>| {
+            let sink = sink.clone();
+            async move {
+                if let Ok(mut r) = sink.lock() {
+                    r.push(body);
+                }
+                Json(json!({ "ok": true }))
+            }
+        })
+        .put(|| async { Json(json!({ "ok": true })) }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}/hook", listener.local_addr()?);
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    Ok((url, received))
+}
+
+fn watched_contact(sb: &Sandbox) -> Option<String> {
+    let tasks = sb.records("tasks");
+    let with_tasks = tasks.iter().filter_map(|t| t["contactId"].as_str());
+    with_tasks.into_iter().next().map(str::to_string)
+}
+
+/// Changes a person would make in GHL, through the API.
+struct User {
+    http: reqwest::Client,
+    base: String,
+    token: String,
+    location: String,
+    watched: String,
+}
+
+impl User {
+    async fn call(&self, method: reqwest::Method, path: &str, version: &str, body: Value) -> Option<Value> {
+        let res = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+            .header("Version", version)
+            .json(&body)
+            .send()
+            .await
+            .ok()?;
+        res.json().await.ok()
+    }
+
+    async fn make_changes(&self, cycle: usize) -> Vec<String> {
+        let mut done = Vec::new();
+        let post = reqwest::Method::POST;
+        for n in 0..3 {
+            let first = ["Maya", "Omar", "Lena", "Theo", "Iris", "Noah"][(cycle * 3 + n) % 6];
+            let body = json!({ "locationId": self.location, "firstName": first, "lastName": format!("Demo{cycle}"),
+                "email": format!("{}.demo{cycle}{n}@example.com", first.to_lowercase()) });
+            if self.call(post.clone(), "/contacts/", "2021-07-28", body).await.is_some() {
+                done.push(format!("added contact {first} Demo{cycle}"));
+            }
+        }
+        let c = &self.watched;
+        let tasks = self.call(reqwest::Method::GET, &format!("/contacts/{c}/tasks"), "2021-07-28", Value::Null).await;
+        let open = tasks
+            .as_ref()
+            .and_then(|t| t["tasks"].as_array())
+            .and_then(|ts| ts.iter().find(|t| t["completed"] != true))
+            .and_then(|t| t["id"].as_str().map(str::to_string));
+        if let Some(task) = open {
+            let path = format!("/contacts/{c}/tasks/{task}/completed");
+            if self.call(reqwest::Method::PUT, &path, "2021-07-28", json!({ "completed": true })).await.is_some() {
+                done.push(format!("completed task {task}"));
+            }
+        }
+        let note = json!({ "body": format!("Called back, cycle {cycle}") });
+        if self.call(post.clone(), &format!("/contacts/{c}/notes"), "2021-07-28", note).await.is_some() {
+            done.push(format!("added a note to contact {c}"));
+        }
+        let update = json!({ "city": format!("Springfield {cycle}") });
+        if self.call(reqwest::Method::PUT, &format!("/contacts/{c}"), "2021-07-28", update).await.is_some() {
+            done.push(format!("edited contact {c}"));
+        }
+        done
+    }
+}

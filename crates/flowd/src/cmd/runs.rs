@@ -1,0 +1,220 @@
+//! `flowd runs`, `flowd runs show`, `flowd replay`, `flowd release`.
+//!
+//! The store can be open in one process only. When `flowd run` is not running these
+//! commands open it directly; when it is, they ask the service's HTTP API instead
+//! (replay and release then need the config's `admin_token`).
+
+use crate::cli::{ReleaseArgs, ReplayArgs, RunsArgs, RunsCommand, StatusArg};
+use crate::config::Config;
+use crate::exit::UserError;
+use crate::service::wiring;
+use serde_json::Value;
+use std::io::Write;
+use std::sync::Arc;
+use store::{Run, RunFilter, RunId, RunStatus, Store};
+
+enum Backend {
+    Store(Arc<dyn Store>),
+    Api { base: String, token: Option<String> },
+}
+
+fn backend(config: &Config) -> anyhow::Result<Backend> {
+    match store::SledStore::open(&config.store) {
+        Ok(s) => Ok(Backend::Store(Arc::new(s))),
+        Err(store::StoreError::Locked { .. }) => {
+            Ok(Backend::Api { base: format!("http://{}", config.listen), token: config.admin_token.clone() })
+        }
+        Err(e) => Err(UserError::new(format!("cannot open the store {}: {e}", config.store.display())).into()),
+    }
+}
+
+fn status_of(s: StatusArg) -> RunStatus {
+    match s {
+        StatusArg::Pending => RunStatus::Pending,
+        StatusArg::Running => RunStatus::Running,
+        StatusArg::Succeeded => RunStatus::Succeeded,
+        StatusArg::Failed => RunStatus::Failed,
+        StatusArg::Dead => RunStatus::Dead,
+        StatusArg::InDoubt => RunStatus::InDoubt,
+        StatusArg::Held => RunStatus::Held,
+    }
+}
+
+async fn api_get(base: &str, path: &str) -> anyhow::Result<Value> {
+    let res = reqwest::get(format!("{base}{path}")).await.map_err(|e| {
+        UserError::new(format!("the store is in use, and the service at {base} cannot be reached: {e}"))
+    })?;
+    let status = res.status();
+    let body: Value = res.json().await?;
+    if !status.is_success() {
+        return Err(
+            UserError::new(format!("{base}{path}: {}", body["error"].as_str().unwrap_or("request failed"))).into()
+        );
+    }
+    Ok(body)
+}
+
+async fn api_post(base: &str, path: &str, token: &Option<String>) -> anyhow::Result<Value> {
+    let Some(token) = token else {
+        return Err(UserError::new(
+            "the service is running: set `admin_token` in the config to replay or release through it",
+        )
+        .into());
+    };
+    let res = reqwest::Client::new().post(format!("{base}{path}")).bearer_auth(token).send().await?;
+    let status = res.status();
+    let body: Value = res.json().await?;
+    if !status.is_success() {
+        return Err(
+            UserError::new(format!("{base}{path}: {}", body["error"].as_str().unwrap_or("request failed"))).into()
+        );
+    }
+    Ok(body)
+}
+
+pub async fn list(config: &Config, args: &RunsArgs, out: &mut dyn Write) -> anyhow::Result<()> {
+    if let Some(RunsCommand::Show { id }) = &args.show {
+        return show(config, *id, args.json, out).await;
+    }
+    let runs: Vec<Run> = match backend(config)? {
+        Backend::Store(s) => {
+            let filter = RunFilter {
+                flow: args.flow.clone(),
+                status: args.status.map(status_of),
+                before: None,
+                limit: args.limit,
+            };
+            s.list_runs(&filter)?
+        }
+        Backend::Api { base, .. } => {
+            let mut q = format!("/api/runs?limit={}", args.limit);
+            if let Some(f) = &args.flow {
+                q.push_str(&format!("&flow={f}"));
+            }
+            if let Some(s) = args.status {
+                q.push_str(&format!("&status={}", status_of(s).as_str()));
+            }
+            serde_json::from_value(api_get(&base, &q).await?["runs"].clone())?
+        }
+    };
+    if args.json {
+        serde_json::to_writer_pretty(&mut *out, &runs)?;
+        writeln!(out)?;
+        return Ok(());
+    }
+    writeln!(out, "{:>10}  {:<24}  {:<9}  {:>3}  {:<20}  ERROR", "RUN", "FLOW", "STATUS", "TRY", "CREATED")?;
+    for r in &runs {
+        let error = r.error.as_deref().unwrap_or("");
+        let error: String = error.chars().take(60).collect();
+        writeln!(
+            out,
+            "{:>10}  {:<24}  {:<9}  {:>3}  {:<20}  {error}",
+            r.id,
+            r.flow,
+            r.status.as_str(),
+            r.attempts,
+            r.created_at.format("%Y-%m-%d %H:%M:%S")
+        )?;
+    }
+    writeln!(out, "{} run(s)", runs.len())?;
+    Ok(())
+}
+
+async fn show(config: &Config, id: u64, json: bool, out: &mut dyn Write) -> anyhow::Result<()> {
+    let run: Run = match backend(config)? {
+        Backend::Store(s) => s.get_run(RunId(id))?.ok_or_else(|| UserError::new(format!("run {id} not found")))?,
+        Backend::Api { base, .. } => serde_json::from_value(api_get(&base, &format!("/api/runs/{id}")).await?)?,
+    };
+    if json {
+        serde_json::to_writer_pretty(&mut *out, &run)?;
+        writeln!(out)?;
+    } else {
+        write!(out, "{}", serde_saphyr::to_string(&run)?)?;
+    }
+    Ok(())
+}
+
+pub async fn replay(
+    config: &Config,
+    catalog: Arc<catalog::Catalog>,
+    args: &ReplayArgs,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
+    match backend(config)? {
+        Backend::Store(s) => {
+            drop(s);
+            let engine = wiring::build_engine(config, catalog)?;
+            let ids: Vec<RunId> = match args.id {
+                Some(id) => vec![RunId(id)],
+                None => {
+                    let mut ids = Vec::new();
+                    for status in [RunStatus::Dead, RunStatus::InDoubt] {
+                        let f = RunFilter { flow: None, status: Some(status), before: None, limit: 10_000 };
+                        ids.extend(engine.store().list_runs(&f)?.into_iter().map(|r| r.id));
+                    }
+                    ids
+                }
+            };
+            let flows = load_flows(config, &engine)?;
+            engine.set_flows(flows)?;
+            let progress = indicatif::ProgressBar::new(ids.len() as u64);
+            let mut failed = 0;
+            for id in ids {
+                let (new_id, status) = engine.replay(id).await?;
+                if status != RunStatus::Succeeded {
+                    failed += 1;
+                }
+                progress.suspend(|| writeln!(out, "run {id} replayed as run {new_id}: {status}")).ok();
+                progress.inc(1);
+            }
+            progress.finish_and_clear();
+            if failed > 0 {
+                return Err(UserError::new(format!("{failed} replayed run(s) did not succeed")).into());
+            }
+        }
+        Backend::Api { base, token } => {
+            let Some(id) = args.id else {
+                return Err(
+                    UserError::new("with the service running, replay runs one at a time: flowd replay ID").into()
+                );
+            };
+            let body = api_post(&base, &format!("/api/runs/{id}/replay"), &token).await?;
+            writeln!(out, "run {id} replayed as run {}: {}", body["run"], body["status"].as_str().unwrap_or("?"))?;
+        }
+    }
+    Ok(())
+}
+
+pub async fn release(
+    config: &Config,
+    catalog: Arc<catalog::Catalog>,
+    args: &ReleaseArgs,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
+    match backend(config)? {
+        Backend::Store(s) => {
+            drop(s);
+            let engine = wiring::build_engine(config, catalog)?;
+            let flows = load_flows(config, &engine)?;
+            engine.set_flows(flows)?;
+            let statuses = engine.release(&args.flow).await?;
+            let ok = statuses.iter().filter(|s| **s == RunStatus::Succeeded).count();
+            writeln!(out, "released {} run(s) of {}: {ok} succeeded", statuses.len(), args.flow)?;
+        }
+        Backend::Api { base, token } => {
+            let body = api_post(&base, &format!("/api/flows/{}/release", args.flow), &token).await?;
+            writeln!(out, "released {} run(s) of {}", body["released"], args.flow)?;
+        }
+    }
+    Ok(())
+}
+
+fn load_flows(config: &Config, engine: &engine::Engine) -> anyhow::Result<Vec<flow::CompiledFlow>> {
+    let files = crate::flows::discover(std::slice::from_ref(&config.flows)).map_err(UserError::new)?;
+    let loaded = crate::flows::load_files(
+        &files,
+        engine.catalog(),
+        &crate::flows::compile_env(config.accounts.keys().cloned().collect()),
+    );
+    Ok(loaded.flows.into_iter().map(|(_, f)| f).collect())
+}

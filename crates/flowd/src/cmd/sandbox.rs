@@ -1,0 +1,37 @@
+//! `flowd sandbox`: the GHL simulator as a standalone server.
+
+use crate::cli::SandboxArgs;
+use crate::exit::UserError;
+use sandbox::{RateLimitConfig, Sandbox, SandboxConfig, Seed};
+
+pub async fn run(args: &SandboxArgs) -> anyhow::Result<()> {
+    let seed: Seed = args.seed.parse().map_err(|e: String| UserError::new(format!("--seed: {e}")))?;
+    let mut config = SandboxConfig::default().with_seed(seed);
+    if let Some(l) = &args.location {
+        config.location_id = l.clone();
+    }
+    if let Some(t) = &args.token {
+        config.tokens = vec![t.clone()];
+    }
+    if !args.rate_limit {
+        config = config.with_rate_limit(RateLimitConfig::disabled());
+    }
+    let token = config.tokens.first().cloned().unwrap_or_default();
+    let location = config.location_id.clone();
+    let sb = Sandbox::bind(args.listen, config)
+        .await
+        .map_err(|e| UserError::new(format!("cannot start the sandbox on {}: {e}", args.listen)))?;
+    let base = sb.base_url();
+    let contact = sb.records("contacts").first().and_then(|c| c["id"].as_str().map(str::to_string));
+    println!("GHL sandbox listening on {base}");
+    println!("  location id: {location}");
+    println!("  token:       {token}  (Private Integration token, as `Authorization: Bearer ...`)");
+    println!("  admin API:   {base}/_sandbox/  (requests, counters, faults, reset)");
+    if let Some(id) = contact {
+        println!("try:\n  curl -H 'Authorization: Bearer {token}' -H 'Version: 2021-07-28' {base}/contacts/{id}");
+    }
+    println!("Ctrl-C stops it.");
+    tokio::signal::ctrl_c().await?;
+    sb.shutdown().await;
+    Ok(())
+}

@@ -1,0 +1,338 @@
+//! The service configuration (`flowd.yaml`): where state and flows live, what to listen
+//! on, and the GHL accounts with their credentials given by reference.
+//!
+//! Secrets are never written into flows. In the config they are referenced: `${ENV_VAR}`
+//! (expanded here, the only crate that reads the environment) or a `*_file` path whose
+//! contents are the secret. A literal secret in the config is accepted with a warning.
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    #[serde(default = "default_store")]
+    pub store: PathBuf,
+    #[serde(default = "default_flows")]
+    pub flows: PathBuf,
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    #[serde(default = "default_concurrency")]
+    pub concurrency: usize,
+    /// Bearer token for the admin endpoints that change state (replay, release).
+    #[serde(default)]
+    pub admin_token: Option<String>,
+    /// Hosts `http.request` steps may call; empty means any.
+    #[serde(default)]
+    pub http_allow_hosts: Vec<String>,
+    /// Catalog extension files.
+    #[serde(default)]
+    pub catalog_dir: Option<PathBuf>,
+    #[serde(default)]
+    pub accounts: BTreeMap<String, RawAccount>,
+    /// Requests per window flowd allows itself per location (GHL's: 100 per 10 s and
+    /// 200,000 a day); flowd also follows the limits GHL announces in its headers.
+    #[serde(default)]
+    pub rate_limit: Option<RawRateLimit>,
+    /// How long to wait for in-flight steps on shutdown.
+    #[serde(default = "default_shutdown", with = "humantime_serde_compat")]
+    pub shutdown_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAccount {
+    pub location_id: String,
+    #[serde(default)]
+    pub base_url: Option<String>,
+    /// A Private Integration token (`${ENV_VAR}` or literal).
+    #[serde(default)]
+    pub token: Option<String>,
+    /// A file holding the Private Integration token.
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+    #[serde(default)]
+    pub oauth: Option<RawOAuth>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOAuth {
+    pub client_id: String,
+    #[serde(default)]
+    pub client_secret: Option<String>,
+    #[serde(default)]
+    pub client_secret_file: Option<PathBuf>,
+    /// The first refresh token; afterwards the rotated pair lives in the store.
+    #[serde(default)]
+    pub refresh_token: Option<String>,
+    #[serde(default)]
+    pub refresh_token_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRateLimit {
+    pub requests: u32,
+    #[serde(with = "humantime_serde_compat")]
+    pub per: Duration,
+    #[serde(default)]
+    pub daily: Option<u32>,
+}
+
+/// A configuration with every reference resolved.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub path: PathBuf,
+    pub store: PathBuf,
+    pub flows: PathBuf,
+    pub listen: SocketAddr,
+    pub concurrency: usize,
+    pub admin_token: Option<String>,
+    pub http_allow_hosts: Vec<String>,
+    pub catalog_dir: Option<PathBuf>,
+    pub accounts: BTreeMap<String, Account>,
+    pub rate_limit: Option<RawRateLimit>,
+    pub shutdown_timeout: Duration,
+    pub warnings: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Account {
+    pub location_id: String,
+    pub base_url: Option<String>,
+    pub credentials: Credentials,
+}
+
+#[derive(Clone)]
+pub enum Credentials {
+    PrivateToken(String),
+    OAuth { client_id: String, client_secret: String, refresh_token: Option<String> },
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Credentials::PrivateToken(_) => f.write_str("PrivateToken(<redacted>)"),
+            Credentials::OAuth { client_id, .. } => write!(f, "OAuth {{ client_id: {client_id:?}, .. }}"),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("{path}:{line}:{column}: {message}")]
+    Syntax { path: String, line: u64, column: u64, message: String },
+    #[error("{path}: {message}")]
+    Invalid { path: String, message: String },
+}
+
+/// Reads and resolves a config file. `env` looks up environment variables (injected so
+/// tests need not touch the process environment).
+pub fn load(path: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
+    let raw: RawConfig = serde_saphyr::from_str(&text).map_err(|e| {
+        let (line, column) = e.location().map(|l| (l.line(), l.column())).unwrap_or((0, 0));
+        let message = e.to_string();
+        let message = message.lines().next().unwrap_or_default();
+        let message = message.strip_prefix("error: ").unwrap_or(message);
+        let message = match message.strip_prefix("line ").and_then(|r| r.split_once(": ")) {
+            Some((_, m)) => m,
+            None => message,
+        };
+        ConfigError::Syntax { path: path.display().to_string(), line, column, message: message.to_string() }
+    })?;
+    resolve(path, raw, env)
+}
+
+fn resolve(path: &Path, raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+    let base = path.parent().unwrap_or(Path::new("."));
+    let invalid = |message: String| ConfigError::Invalid { path: path.display().to_string(), message };
+    let mut warnings = Vec::new();
+    let rel = |p: &Path| if p.is_absolute() { p.to_path_buf() } else { base.join(p) };
+
+    let listen: SocketAddr = raw
+        .listen
+        .parse()
+        .map_err(|_| invalid(format!("listen: `{}` is not an address like 127.0.0.1:8686", raw.listen)))?;
+    if raw.concurrency == 0 {
+        return Err(invalid("concurrency must be at least 1".into()));
+    }
+    let secret =
+        |what: &str, value: &Option<String>, file: &Option<PathBuf>, warnings: &mut Vec<String>| match (value, file) {
+            (Some(_), Some(_)) => Err(invalid(format!("{what}: give either the value or the `_file`, not both"))),
+            (Some(v), None) => {
+                if !v.contains("${") {
+                    warnings.push(format!("{what} is written in the config; prefer ${{ENV_VAR}} or a `_file`"));
+                }
+                expand(v, env).map(Some).map_err(|m| invalid(format!("{what}: {m}")))
+            }
+            (None, Some(f)) => {
+                let f = rel(f);
+                std::fs::read_to_string(&f)
+                    .map(|s| Some(s.trim().to_string()))
+                    .map_err(|e| invalid(format!("{what}: cannot read {}: {e}", f.display())))
+            }
+            (None, None) => Ok(None),
+        };
+
+    let mut accounts = BTreeMap::new();
+    for (name, a) in raw.accounts {
+        let what = |field: &str| format!("accounts.{name}.{field}");
+        let token = secret(&what("token"), &a.token, &a.token_file, &mut warnings)?;
+        let credentials = match (token, a.oauth) {
+            (Some(_), Some(_)) => return Err(invalid(format!("accounts.{name}: give `token` or `oauth`, not both"))),
+            (Some(t), None) if t.is_empty() => return Err(invalid(format!("{} is empty", what("token")))),
+            (Some(t), None) => Credentials::PrivateToken(t),
+            (None, Some(o)) => {
+                let client_secret =
+                    secret(&what("oauth.client_secret"), &o.client_secret, &o.client_secret_file, &mut warnings)?
+                        .ok_or_else(|| invalid(format!("{} is missing", what("oauth.client_secret"))))?;
+                let refresh_token =
+                    secret(&what("oauth.refresh_token"), &o.refresh_token, &o.refresh_token_file, &mut warnings)?;
+                Credentials::OAuth { client_id: o.client_id, client_secret, refresh_token }
+            }
+            (None, None) => {
+                return Err(invalid(format!(
+                    "accounts.{name}: credentials missing: give `token: ${{GHL_TOKEN}}`, `token_file` or `oauth`"
+                )))
+            }
+        };
+        if let Some(url) = &a.base_url {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(invalid(format!("{}: `{url}` is not an http(s) URL", what("base_url"))));
+            }
+        }
+        accounts.insert(name.clone(), Account { location_id: a.location_id, base_url: a.base_url, credentials });
+    }
+    let admin_token = match &raw.admin_token {
+        Some(t) => Some(expand(t, env).map_err(|m| invalid(format!("admin_token: {m}")))?),
+        None => None,
+    };
+    Ok(Config {
+        path: path.to_path_buf(),
+        store: rel(&raw.store),
+        flows: rel(&raw.flows),
+        listen,
+        concurrency: raw.concurrency,
+        admin_token,
+        http_allow_hosts: raw.http_allow_hosts,
+        catalog_dir: raw.catalog_dir.map(|d| rel(&d)),
+        accounts,
+        rate_limit: raw.rate_limit,
+        shutdown_timeout: raw.shutdown_timeout,
+        warnings,
+    })
+}
+
+/// Expands `${NAME}` references; an unset variable is an error, not an empty string.
+pub fn expand(value: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
+    let mut out = String::with_capacity(value.len());
+    let mut rest = value;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let Some(end) = after.find('}') else {
+            return Err(format!("unclosed `${{` in `{value}`"));
+        };
+        let name = &after[..end];
+        match env(name) {
+            Some(v) => out.push_str(&v),
+            None => return Err(format!("environment variable `{name}` is not set")),
+        }
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+fn default_store() -> PathBuf {
+    PathBuf::from("./flowd-data")
+}
+fn default_flows() -> PathBuf {
+    PathBuf::from("./flows")
+}
+fn default_listen() -> String {
+    "127.0.0.1:8686".into()
+}
+fn default_concurrency() -> usize {
+    16
+}
+fn default_shutdown() -> Duration {
+    Duration::from_secs(10)
+}
+
+/// Durations written as `10s`, `5m`, `1h30m`.
+mod humantime_serde_compat {
+    use serde::{Deserialize, Deserializer};
+    use std::time::Duration;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(&s).map_err(|e| serde::de::Error::custom(format!("`{s}` is not a duration ({e})")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(name: &str) -> Option<String> {
+        match name {
+            "GHL_TOKEN" => Some("pit-123".into()),
+            _ => None,
+        }
+    }
+
+    fn write(text: &str) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("flowd.yaml");
+        std::fs::write(&path, text).expect("write");
+        (dir, path)
+    }
+
+    #[test]
+    fn resolves_env_references_and_relative_paths() {
+        let (dir, path) = write(
+            "store: ./data\nflows: ./flows\naccounts:\n  main:\n    location_id: loc_demo\n    base_url: http://127.0.0.1:8787\n    token: ${GHL_TOKEN}\n",
+        );
+        let c = load(&path, &env).expect("valid");
+        assert_eq!(c.store, dir.path().join("./data"));
+        assert_eq!(c.listen.to_string(), "127.0.0.1:8686");
+        assert!(matches!(&c.accounts["main"].credentials, Credentials::PrivateToken(t) if t == "pit-123"));
+        assert!(c.warnings.is_empty());
+        assert!(!format!("{:?}", c.accounts["main"]).contains("pit-123"));
+    }
+
+    #[test]
+    fn reports_unset_variables_missing_credentials_and_bad_yaml() {
+        let (_d, path) = write("accounts:\n  main:\n    location_id: l\n    token: ${NOPE}\n");
+        let e = load(&path, &env).unwrap_err().to_string();
+        assert!(e.ends_with("accounts.main.token: environment variable `NOPE` is not set"), "{e}");
+
+        let (_d, path) = write("accounts:\n  main:\n    location_id: l\n");
+        let e = load(&path, &env).unwrap_err().to_string();
+        assert!(e.contains("accounts.main: credentials missing"), "{e}");
+
+        let (_d, path) = write("listen: 127.0.0.1:8686\nacounts: {}\n");
+        let e = load(&path, &env).unwrap_err().to_string();
+        assert!(e.contains("flowd.yaml:2:1: unknown field `acounts`"), "{e}");
+    }
+
+    #[test]
+    fn reads_token_files_and_warns_on_literal_secrets() {
+        let (dir, path) = write(
+            "accounts:\n  a:\n    location_id: l\n    token_file: tok\n  b:\n    location_id: l\n    token: literal\n",
+        );
+        std::fs::write(dir.path().join("tok"), "from-file\n").expect("write");
+        let c = load(&path, &env).expect("valid");
+        assert!(matches!(&c.accounts["a"].credentials, Credentials::PrivateToken(t) if t == "from-file"));
+        assert_eq!(c.warnings.len(), 1, "{:?}", c.warnings);
+    }
+}

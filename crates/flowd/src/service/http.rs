@@ -1,0 +1,146 @@
+//! The service's HTTP endpoints (loopback by default): health, readiness, Prometheus
+//! metrics, and a small JSON API over runs. Anything that changes state needs the admin
+//! token (`Authorization: Bearer ...`); without a configured token those endpoints are off.
+
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use engine::Engine;
+use serde::Deserialize;
+use serde_json::json;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+#[derive(Clone)]
+struct Api {
+    engine: Arc<Engine>,
+    admin_token: Option<String>,
+    ready: Arc<AtomicBool>,
+}
+
+pub fn serve(
+    listener: tokio::net::TcpListener,
+    engine: Arc<Engine>,
+    admin_token: Option<String>,
+    ready: Arc<AtomicBool>,
+    mut shutdown: watch::Receiver<bool>,
+) -> JoinHandle<()> {
+    let api = Api { engine, admin_token, ready };
+    let app = Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/api/flows", get(flows))
+        .route("/api/runs", get(list_runs))
+        .route("/api/runs/{id}", get(get_run))
+        .route("/api/runs/{id}/replay", post(replay))
+        .route("/api/flows/{name}/release", post(release))
+        .with_state(api);
+    tokio::spawn(async move {
+        let stop = async move {
+            while !*shutdown.borrow() {
+                if shutdown.changed().await.is_err() {
+                    return;
+                }
+            }
+        };
+        if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stop).await {
+            tracing::error!(error = %e, "HTTP server failed");
+        }
+    })
+}
+
+async fn readyz(State(api): State<Api>) -> Response {
+    if api.ready.load(Ordering::SeqCst) {
+        "ready\n".into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "starting or stopping\n").into_response()
+    }
+}
+
+async fn metrics(State(api): State<Api>) -> Response {
+    let body = api.engine.metrics().encode();
+    ([("content-type", "application/openmetrics-text; version=1.0.0; charset=utf-8")], body).into_response()
+}
+
+async fn flows(State(api): State<Api>) -> Json<serde_json::Value> {
+    Json(json!({ "flows": api.engine.flow_names() }))
+}
+
+#[derive(Deserialize)]
+struct RunsQuery {
+    flow: Option<String>,
+    status: Option<String>,
+    limit: Option<usize>,
+}
+
+fn parse_status(s: &str) -> Option<store::RunStatus> {
+    store::RunStatus::ALL.into_iter().find(|st| st.as_str() == s)
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, Json(json!({ "error": message.into() }))).into_response()
+}
+
+async fn list_runs(State(api): State<Api>, Query(q): Query<RunsQuery>) -> Response {
+    let status = match q.status.as_deref().map(|s| (s, parse_status(s))) {
+        Some((s, None)) => return error(StatusCode::BAD_REQUEST, format!("unknown status `{s}`")),
+        Some((_, st)) => st,
+        None => None,
+    };
+    let filter = store::RunFilter { flow: q.flow, status, before: None, limit: q.limit.unwrap_or(50).min(1000) };
+    let store = api.engine.store().clone();
+    match tokio::task::spawn_blocking(move || store.list_runs(&filter)).await {
+        Ok(Ok(runs)) => Json(json!({ "runs": runs })).into_response(),
+        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+async fn get_run(State(api): State<Api>, Path(id): Path<u64>) -> Response {
+    let store = api.engine.store().clone();
+    match tokio::task::spawn_blocking(move || store.get_run(store::RunId(id))).await {
+        Ok(Ok(Some(run))) => Json(json!(run)).into_response(),
+        Ok(Ok(None)) => error(StatusCode::NOT_FOUND, format!("run {id} not found")),
+        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+/// The error response when the request lacks the admin token, or `None`.
+fn unauthorized(api: &Api, headers: &HeaderMap) -> Option<Response> {
+    let Some(expected) = &api.admin_token else {
+        return Some(error(StatusCode::FORBIDDEN, "set `admin_token` in the config to use this endpoint"));
+    };
+    let given = headers.get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+    // Constant-time comparison: the token guards replays of real actions.
+    let ok = given.is_some_and(|g| {
+        g.len() == expected.len() && g.bytes().zip(expected.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+    });
+    (!ok).then(|| error(StatusCode::UNAUTHORIZED, "missing or wrong admin token"))
+}
+
+async fn replay(State(api): State<Api>, headers: HeaderMap, Path(id): Path<u64>) -> Response {
+    if let Some(r) = unauthorized(&api, &headers) {
+        return r;
+    }
+    match api.engine.replay(store::RunId(id)).await {
+        Ok((new_id, status)) => Json(json!({ "run": new_id, "status": status })).into_response(),
+        Err(engine::EngineError::UnknownRun(_)) => error(StatusCode::NOT_FOUND, format!("run {id} not found")),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+async fn release(State(api): State<Api>, headers: HeaderMap, Path(name): Path<String>) -> Response {
+    if let Some(r) = unauthorized(&api, &headers) {
+        return r;
+    }
+    match api.engine.release(&name).await {
+        Ok(statuses) => Json(json!({ "released": statuses.len(), "statuses": statuses })).into_response(),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}

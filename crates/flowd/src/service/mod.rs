@@ -1,0 +1,113 @@
+//! `flowd run`: the long-lived service around the engine.
+//!
+//! Start-up: open the store (refusing a damaged one), connect the accounts, load the
+//! flows that validate, resume runs a previous process left unfinished, then schedule
+//! polls and serve the HTTP endpoints. Flows reload when their directory changes or on
+//! SIGHUP. SIGTERM/SIGINT stop the schedulers, give in-flight runs a deadline to finish,
+//! flush the store and exit 0.
+
+mod http;
+mod reload;
+pub mod wiring;
+
+use crate::config::Config;
+use engine::Engine;
+use std::sync::Arc;
+use tokio::sync::watch;
+
+pub async fn run(config: Config, catalog: Arc<catalog::Catalog>, once: bool) -> anyhow::Result<()> {
+    for w in &config.warnings {
+        tracing::warn!("{}: {w}", config.path.display());
+    }
+    let engine = wiring::build_engine(&config, catalog.clone())?;
+    let mut flows = reload::FlowSet::new(config.flows.clone(), config.accounts.keys().cloned().collect());
+    let report = flows.reload(&catalog);
+    report.log();
+    engine.set_flows(flows.compiled())?;
+    tracing::info!(flows = engine.flow_names().len(), store = %config.store.display(), "flowd started");
+
+    let resumed = engine.resume().await?;
+    if !resumed.is_empty() {
+        tracing::info!(runs = resumed.len(), "resumed unfinished runs");
+    }
+
+    if once {
+        return run_once(&engine).await;
+    }
+
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
+    tracing::info!(listen = %config.listen, "serving /healthz, /readyz, /metrics and /api");
+    let server = http::serve(listener, engine.clone(), config.admin_token.clone(), ready.clone(), shutdown_rx.clone());
+
+    let tasks = engine.start(shutdown_rx.clone());
+    ready.store(true, std::sync::atomic::Ordering::SeqCst);
+    let watcher = reload::watch(engine.clone(), catalog.clone(), flows, shutdown_rx.clone());
+
+    wait_for_stop_signal().await;
+    tracing::info!("stopping: no new polls; waiting up to {:?} for running flows", config.shutdown_timeout);
+    ready.store(false, std::sync::atomic::Ordering::SeqCst);
+    let _ = shutdown_tx.send(true);
+    tasks.join().await;
+    let _ = watcher.await;
+    if !engine.drain(config.shutdown_timeout).await {
+        tracing::warn!("runs still executing at the deadline: they resume on the next start");
+    }
+    let store = engine.store().clone();
+    tokio::task::spawn_blocking(move || store.flush()).await??;
+    let _ = server.await;
+    tracing::info!("stopped cleanly");
+    Ok(())
+}
+
+async fn run_once(engine: &Arc<Engine>) -> anyhow::Result<()> {
+    let mut failures = 0;
+    for name in engine.flow_names() {
+        match engine.poll_and_run(&name).await {
+            Ok((report, statuses)) => {
+                let ok = statuses.iter().filter(|s| **s == store::RunStatus::Succeeded).count();
+                failures += statuses.len() - ok;
+                println!(
+                    "{name}: {} item(s), {} new, {} run(s) ({ok} succeeded){}{}",
+                    report.items,
+                    report.new,
+                    statuses.len(),
+                    if report.baseline { ", baseline recorded" } else { "" },
+                    if report.held > 0 { format!(", {} held", report.held) } else { String::new() },
+                );
+            }
+            Err(e) => {
+                failures += 1;
+                println!("{name}: poll failed: {e}");
+            }
+        }
+    }
+    let store = engine.store().clone();
+    tokio::task::spawn_blocking(move || store.flush()).await??;
+    if failures > 0 {
+        return Err(crate::exit::UserError::new(format!("{failures} poll(s) or run(s) failed")).into());
+    }
+    Ok(())
+}
+
+async fn wait_for_stop_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,0 +1,79 @@
+//! From a resolved config to a running engine: store, GHL client, accounts.
+
+use crate::config::{Config, Credentials};
+use crate::exit::UserError;
+use engine::{AccountInfo, Engine, EngineConfig, Metrics, StoreTokens};
+use std::sync::Arc;
+
+pub fn open_store(config: &Config) -> anyhow::Result<Arc<dyn store::Store>> {
+    let store = store::SledStore::create_or_open(&config.store).map_err(|e| match e {
+        store::StoreError::Locked { .. } => UserError::new(format!(
+            "the store {} is in use by another flowd process (only one may run per store)",
+            config.store.display()
+        )),
+        other => UserError::new(format!("cannot open the store {}: {other}", config.store.display())),
+    })?;
+    Ok(Arc::new(store))
+}
+
+pub fn build_engine(config: &Config, catalog: Arc<catalog::Catalog>) -> anyhow::Result<Arc<Engine>> {
+    let store = open_store(config)?;
+    let metrics = Arc::new(Metrics::new());
+    let mut client_config = ghl::ClientConfig::default();
+    if let Some(rl) = &config.rate_limit {
+        client_config.rate_limit = ghl::RateLimit {
+            burst_max: rl.requests,
+            burst_interval: rl.per,
+            daily_max: rl.daily.unwrap_or(client_config.rate_limit.daily_max),
+            ..client_config.rate_limit
+        };
+    }
+    let client = ghl::Client::builder()
+        .config(client_config)
+        .observer(metrics.clone())
+        .token_store(Arc::new(StoreTokens(store.clone())))
+        .build()?;
+    let mut accounts = Vec::new();
+    for (name, a) in &config.accounts {
+        let credentials = match &a.credentials {
+            Credentials::PrivateToken(t) => ghl::Credentials::PrivateToken(ghl::Secret::new(t.clone())),
+            Credentials::OAuth { client_id, client_secret, refresh_token } => {
+                // A refresh token from the config seeds the store once; after that the
+                // rotated pair in the store is the truth.
+                if let Some(rt) = refresh_token {
+                    if store.get_tokens(name)?.is_none() {
+                        let seed = ghl::TokenSet {
+                            access_token: ghl::Secret::new(""),
+                            refresh_token: Some(ghl::Secret::new(rt.clone())),
+                            expires_at: chrono::DateTime::UNIX_EPOCH,
+                            scope: None,
+                            user_type: Some("Location".into()),
+                            location_id: Some(a.location_id.clone()),
+                            company_id: None,
+                        };
+                        store.put_tokens(name, &serde_json::to_value(&seed)?)?;
+                    }
+                }
+                ghl::Credentials::OAuth {
+                    app: ghl::OAuthApp {
+                        client_id: client_id.clone(),
+                        client_secret: ghl::Secret::new(client_secret.clone()),
+                    },
+                    user_type: Some("Location".into()),
+                }
+            }
+        };
+        let mut account = ghl::Account::new(name.clone(), credentials)?.with_resource(a.location_id.clone());
+        if let Some(url) = &a.base_url {
+            account = account.with_base_url(url)?;
+        }
+        client.add_account(account);
+        accounts.push(AccountInfo { name: name.clone(), location_id: a.location_id.clone() });
+    }
+    let engine_config = EngineConfig {
+        concurrency: config.concurrency,
+        http_allow_hosts: config.http_allow_hosts.clone(),
+        ..EngineConfig::default()
+    };
+    Ok(Engine::new(catalog, client, store, accounts, crate::flows::process_env(), engine_config, metrics))
+}

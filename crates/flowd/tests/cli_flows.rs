@@ -1,0 +1,115 @@
+//! `flowd validate`, `flowd test`, `flowd schema` and `flowd demo --once`, run as a user
+//! runs them.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn flowd(args: &[&str], dir: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_flowd")).args(args).current_dir(dir).output().expect("flowd runs")
+}
+
+fn text(o: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+fn repo() -> &'static Path {
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
+}
+
+#[test]
+fn the_example_flows_validate_and_pass_their_tests() {
+    let out = flowd(&["validate", "flows"], repo());
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("5 file(s), 5 flow(s) valid, 0 error(s)"), "{}", text(&out));
+    let out = flowd(&["test", "flows"], repo());
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("4 passed, 0 failed"), "{}", text(&out));
+}
+
+#[test]
+fn validate_reports_every_problem_with_its_place_and_exits_1() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        dir.path().join("broken.yaml"),
+        "name: broken\ntrigger:\n  uses: contacts.serch_contacts\n  every: 5x\nsteps:\n  - id: t\n    uses: contacts.create_task\n    with: { contactId: \"{{ steps.later.id }}\" }\n",
+    )
+    .expect("write");
+    std::fs::write(dir.path().join("bad-yaml.yaml"), "name: [unclosed\n").expect("write");
+    let out = flowd(&["validate", "."], dir.path());
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let t = text(&out);
+    assert!(t.contains("./broken.yaml:3:9: error: unknown trigger `contacts.serch_contacts`"), "{t}");
+    assert!(t.contains("contacts.search_contacts"), "suggests the nearest key: {t}");
+    assert!(t.contains("./broken.yaml:4:10: error"), "bad interval: {t}");
+    assert!(t.contains("./bad-yaml.yaml:1:"), "{t}");
+    assert!(t.contains("error(s)") && !t.contains("panicked"), "{t}");
+}
+
+#[test]
+fn test_item_prints_the_requests_without_sending() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let item = dir.path().join("item.json");
+    std::fs::write(&item, r#"{"id":"c9","firstName":"Zoe","email":"zoe@example.com"}"#).expect("write");
+    let flow = repo().join("flows/welcome-new-contacts.yaml");
+    let out = flowd(
+        &[
+            "test",
+            flow.to_str().expect("utf-8"),
+            "--item",
+            item.to_str().expect("utf-8"),
+            "--env",
+            "APP_HOOK_URL=https://app.test/hook",
+            "--format",
+            "json",
+        ],
+        dir.path(),
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let dry: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(dry["steps"][0]["request"]["path"], "/contacts/c9/tasks");
+    assert_eq!(dry["steps"][0]["request"]["body"]["title"], "Welcome call with Zoe");
+    assert_eq!(dry["steps"][2]["request"]["url"], "https://app.test/hook");
+
+    std::fs::write(&item, "{not json").expect("write");
+    let out = flowd(&["test", flow.to_str().expect("utf-8"), "--item", item.to_str().expect("utf-8")], dir.path());
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out).contains("item.json:1:2: not JSON"), "{}", text(&out));
+}
+
+#[test]
+fn schema_is_json_schema_listing_catalog_keys() {
+    let out = flowd(&["schema"], repo());
+    assert!(out.status.success(), "{}", text(&out));
+    let schema: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert!(schema.to_string().contains("contacts.create_task"));
+}
+
+#[test]
+fn demo_once_runs_the_examples_end_to_end() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = flowd(&["demo", "--once"], dir.path());
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    assert!(t.contains("summary: 5 flows"), "{t}");
+    assert!(t.contains(", 0 failures"), "{t}");
+    assert!(t.contains("welcome-new-contacts run"), "{t}");
+    assert!(t.contains("task -> tag -> push [succeeded]"), "{t}");
+}
+
+#[test]
+fn bad_config_gives_a_clear_message_not_a_backtrace() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        dir.path().join("flowd.yaml"),
+        "store: ./data\naccounts:\n  main:\n    location_id: l\n    token: ${NOPE_NOT_SET}\n",
+    )
+    .expect("write");
+    let out = flowd(&["run", "--once"], dir.path());
+    assert_eq!(out.status.code(), Some(1));
+    let t = text(&out);
+    assert!(t.contains("accounts.main.token: environment variable `NOPE_NOT_SET` is not set"), "{t}");
+    assert!(!t.contains("panicked") && !t.contains("backtrace"), "{t}");
+    let out = flowd(&["run", "--config", "missing.yaml"], dir.path());
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out).contains("cannot read missing.yaml"), "{}", text(&out));
+}

@@ -1,0 +1,494 @@
+//! Per-location pacing so callers wait instead of collecting 429s.
+//!
+//! Not `governor`: its GCRA lets a full burst through and then refills continuously, so in
+//! one window of length T it admits up to 2N-1 requests, which a windowed server counter
+//! (GHL's "100 per 10 s") rejects; and its quota is fixed at construction, while GHL's
+//! headers can change the limit at run time. Instead every location keeps the start times of
+//! its last N requests: a new request starts no earlier than T after the N-th latest one.
+//! That holds "at most N in any window of length T" exactly. Slots are handed out in order
+//! (each caller reserves its start time, then sleeps until it), so hundreds of waiting
+//! callers are served first come, first served without waking each other. A caller that
+//! wakes late (a busy runtime) must not squeeze into a window that a punctual later caller
+//! already fills, so on waking each caller also checks the actual start times of the last N
+//! requests and waits a little more when needed.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use chrono::{NaiveDate, Utc};
+use tokio::time::Instant;
+
+use crate::error::Error;
+
+/// Limits applied to every location until its responses say otherwise.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RateLimit {
+    /// Requests per `burst_interval` (GHL: 100).
+    pub burst_max: u32,
+    /// GHL: 10 s.
+    pub burst_interval: Duration,
+    /// Requests per UTC day (GHL: 200,000).
+    pub daily_max: u32,
+    /// Added to the interval so network jitter cannot squeeze N+1 arrivals into one server
+    /// window. `None` = 2% of the interval.
+    pub margin: Option<Duration>,
+    /// A caller that would wait longer than this gets `Error::RateLimited` instead.
+    pub max_wait: Duration,
+    /// Follow the X-RateLimit-* headers GHL returns (limits, remaining, daily budget).
+    pub adapt_to_headers: bool,
+}
+
+impl Default for RateLimit {
+    fn default() -> Self {
+        RateLimit {
+            burst_max: 100,
+            burst_interval: Duration::from_secs(10),
+            daily_max: 200_000,
+            margin: None,
+            max_wait: Duration::from_secs(120),
+            adapt_to_headers: true,
+        }
+    }
+}
+
+impl RateLimit {
+    /// A limit of `max` requests per `interval`, other fields default.
+    pub fn per(max: u32, interval: Duration) -> Self {
+        RateLimit { burst_max: max, burst_interval: interval, ..RateLimit::default() }
+    }
+}
+
+/// The X-RateLimit-* headers of one response, and Retry-After.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RateHeaders {
+    pub daily_limit: Option<u32>,
+    pub daily_remaining: Option<u32>,
+    pub interval: Option<Duration>,
+    pub max: Option<u32>,
+    pub remaining: Option<u32>,
+    pub retry_after: Option<Duration>,
+}
+
+impl RateHeaders {
+    pub fn from_headers(h: &reqwest::header::HeaderMap) -> Self {
+        let num = |name: &str| -> Option<u64> { h.get(name)?.to_str().ok()?.trim().parse().ok() };
+        let num32 = |name: &str| num(name).and_then(|n| u32::try_from(n).ok());
+        RateHeaders {
+            daily_limit: num32("x-ratelimit-limit-daily"),
+            daily_remaining: num32("x-ratelimit-daily-remaining"),
+            interval: num("x-ratelimit-interval-milliseconds").map(Duration::from_millis),
+            max: num32("x-ratelimit-max"),
+            remaining: num32("x-ratelimit-remaining"),
+            retry_after: h.get(reqwest::header::RETRY_AFTER).and_then(|v| v.to_str().ok()).and_then(parse_retry_after),
+        }
+    }
+
+    /// How long a 429 asks us to pause: Retry-After, else the burst interval.
+    pub fn pause_after_429(&self) -> Option<Duration> {
+        self.retry_after.or(self.interval)
+    }
+}
+
+/// `Retry-After` is either delay-seconds or an HTTP date.
+pub fn parse_retry_after(v: &str) -> Option<Duration> {
+    let v = v.trim();
+    if let Ok(secs) = v.parse::<f64>() {
+        return (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs.min(86_400.0)));
+    }
+    let at = chrono::DateTime::parse_from_rfc2822(v).ok()?;
+    let delta = at.with_timezone(&Utc) - Utc::now();
+    Some(delta.to_std().unwrap_or(Duration::ZERO))
+}
+
+/// Longest interval/limit accepted from headers; beyond that a header is treated as noise.
+const MAX_SANE_INTERVAL: Duration = Duration::from_secs(3600);
+const MAX_SANE_BURST: u32 = 100_000;
+
+/// The limiter of one location.
+#[derive(Debug)]
+pub struct LocationLimiter {
+    location: String,
+    config: RateLimit,
+    state: Mutex<State>,
+}
+
+#[derive(Debug)]
+struct State {
+    max: u32,
+    interval: Duration,
+    /// Start times of the latest `max` requests, oldest first, never decreasing; may lie in
+    /// the future (reserved by callers still sleeping).
+    slots: VecDeque<Instant>,
+    /// Actual start times of the latest `max` requests, oldest first.
+    started: VecDeque<Instant>,
+    blocked_until: Option<Instant>,
+    daily_max: u32,
+    daily_used: u32,
+    day: NaiveDate,
+}
+
+impl LocationLimiter {
+    pub fn new(location: impl Into<String>, config: RateLimit) -> Self {
+        LocationLimiter {
+            location: location.into(),
+            state: Mutex::new(State {
+                max: config.burst_max.max(1),
+                interval: config.burst_interval,
+                slots: VecDeque::new(),
+                started: VecDeque::new(),
+                blocked_until: None,
+                daily_max: config.daily_max,
+                daily_used: 0,
+                day: Utc::now().date_naive(),
+            }),
+            config,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // The state is a handful of numbers updated atomically under the lock; a panic
+        // elsewhere cannot leave it half-written, so a poisoned lock is still usable.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn margin(&self, interval: Duration) -> Duration {
+        self.config.margin.unwrap_or(interval / 50)
+    }
+
+    /// Reserves the next start time and returns how long the caller must wait for it.
+    pub fn reserve(&self) -> Result<Duration, Error> {
+        let now = Instant::now();
+        let mut s = self.lock();
+        let today = Utc::now().date_naive();
+        if today != s.day {
+            s.day = today;
+            s.daily_used = 0;
+        }
+        if s.daily_used >= s.daily_max {
+            return Err(Error::RateLimited {
+                location: self.location.clone(),
+                why: format!("daily budget of {} requests spent", s.daily_max),
+                retry_after: until_next_utc_day(),
+            });
+        }
+        let mut at = now;
+        if let Some(b) = s.blocked_until {
+            at = at.max(b);
+        }
+        let max = s.max as usize;
+        if s.slots.len() >= max {
+            if let Some(&nth_latest) = s.slots.get(s.slots.len() - max) {
+                at = at.max(nth_latest + s.interval + self.margin(s.interval));
+            }
+        }
+        let wait = at.saturating_duration_since(now);
+        if wait > self.config.max_wait {
+            return Err(Error::RateLimited {
+                location: self.location.clone(),
+                why: format!("{} requests per {:?} already queued", s.max, s.interval),
+                retry_after: wait,
+            });
+        }
+        s.slots.push_back(at);
+        while s.slots.len() > max {
+            s.slots.pop_front();
+        }
+        s.daily_used = s.daily_used.saturating_add(1);
+        Ok(wait)
+    }
+
+    /// Records a start now if the window allows it; otherwise how much longer to wait.
+    pub fn commit(&self) -> Duration {
+        let now = Instant::now();
+        let mut s = self.lock();
+        let max = s.max as usize;
+        let mut at = now;
+        if let Some(b) = s.blocked_until {
+            at = at.max(b);
+        }
+        if s.started.len() >= max {
+            if let Some(&nth_latest) = s.started.get(s.started.len() - max) {
+                at = at.max(nth_latest + s.interval + self.margin(s.interval));
+            }
+        }
+        let wait = at.saturating_duration_since(now);
+        if wait.is_zero() {
+            s.started.push_back(now);
+            while s.started.len() > max {
+                s.started.pop_front();
+            }
+        }
+        wait
+    }
+
+    /// Waits for a slot; returns how long it waited. The request should go out right after.
+    pub async fn acquire(&self) -> Result<Duration, Error> {
+        let mut waited = self.reserve()?;
+        if !waited.is_zero() {
+            tokio::time::sleep(waited).await;
+        }
+        loop {
+            let extra = self.commit();
+            if extra.is_zero() {
+                return Ok(waited);
+            }
+            waited += extra;
+            tokio::time::sleep(extra).await;
+        }
+    }
+
+    /// Learns from a response's headers. On a 429 the remaining count is ignored: the
+    /// pause derived from Retry-After (see [`LocationLimiter::pause`]) is the better signal.
+    pub fn observe(&self, h: &RateHeaders, status: u16) {
+        if !self.config.adapt_to_headers {
+            return;
+        }
+        let now = Instant::now();
+        let mut s = self.lock();
+        if let Some(max) = h.max.filter(|m| (1..=MAX_SANE_BURST).contains(m)) {
+            s.max = max;
+            while s.slots.len() > max as usize {
+                s.slots.pop_front();
+            }
+            while s.started.len() > max as usize {
+                s.started.pop_front();
+            }
+        }
+        if let Some(iv) = h.interval.filter(|d| !d.is_zero() && *d <= MAX_SANE_INTERVAL) {
+            s.interval = iv;
+        }
+        if let Some(remaining) = h.remaining.filter(|_| status != 429) {
+            // The server saw more requests in its window than we sent: someone else (another
+            // process with the same app) spends this location's budget. Book the difference
+            // as our own so we slow down accordingly.
+            let server_used = s.max.saturating_sub(remaining) as usize;
+            let horizon = s.interval + self.margin(s.interval);
+            let local_used = s.slots.iter().filter(|&&t| t + horizon > now).count();
+            if server_used > local_used {
+                let at = s.slots.back().copied().unwrap_or(now).max(now);
+                for _ in local_used..server_used {
+                    s.slots.push_back(at);
+                }
+                let max = s.max as usize;
+                while s.slots.len() > max {
+                    s.slots.pop_front();
+                }
+            }
+        }
+        if let Some(limit) = h.daily_limit {
+            s.daily_max = limit;
+        }
+        if let Some(rem) = h.daily_remaining {
+            let used = s.daily_max.saturating_sub(rem);
+            s.daily_used = s.daily_used.max(used);
+        }
+    }
+
+    /// Holds every caller of this location back for `pause` (after a 429).
+    pub fn pause(&self, pause: Duration) {
+        let until = Instant::now() + pause.min(MAX_SANE_INTERVAL);
+        let mut s = self.lock();
+        s.blocked_until = Some(s.blocked_until.map_or(until, |b| b.max(until)));
+    }
+
+    /// The burst limit currently applied: (max, interval).
+    pub fn current_limit(&self) -> (u32, Duration) {
+        let s = self.lock();
+        (s.max, s.interval)
+    }
+
+    /// Requests counted against today's budget.
+    pub fn daily_used(&self) -> u32 {
+        self.lock().daily_used
+    }
+}
+
+fn until_next_utc_day() -> Duration {
+    let now = Utc::now();
+    let next = now.date_naive().succ_opt().and_then(|d| d.and_hms_opt(0, 0, 0)).map(|d| d.and_utc());
+    next.and_then(|n| (n - now).to_std().ok()).unwrap_or(Duration::from_secs(3600))
+}
+
+/// Limiters by location, shared by every caller of one client.
+#[derive(Debug, Default)]
+pub struct RateLimiters {
+    config: RateLimit,
+    map: Mutex<HashMap<String, Arc<LocationLimiter>>>,
+}
+
+impl RateLimiters {
+    pub fn new(config: RateLimit) -> Self {
+        RateLimiters { config, map: Mutex::new(HashMap::new()) }
+    }
+
+    pub fn get(&self, location: &str) -> Arc<LocationLimiter> {
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        map.entry(location.to_owned()).or_insert_with(|| Arc::new(LocationLimiter::new(location, self.config))).clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limiter(max: u32, ms: u64) -> LocationLimiter {
+        LocationLimiter::new(
+            "loc",
+            RateLimit { margin: Some(Duration::ZERO), ..RateLimit::per(max, Duration::from_millis(ms)) },
+        )
+    }
+
+    /// At most `max` starts in any window of `interval`.
+    fn assert_windows(starts: &[Instant], max: usize, interval: Duration) {
+        for (i, &t) in starts.iter().enumerate() {
+            let in_window = starts[i..].iter().take_while(|&&u| u < t + interval).count();
+            assert!(in_window <= max, "{in_window} starts in one window from index {i}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn never_more_than_max_in_any_window() {
+        let l = Arc::new(limiter(5, 1000));
+        let mut tasks = Vec::new();
+        for _ in 0..23 {
+            let l = l.clone();
+            tasks.push(tokio::spawn(async move {
+                l.acquire().await.unwrap();
+                Instant::now()
+            }));
+        }
+        let mut starts = Vec::new();
+        for t in tasks {
+            starts.push(t.await.unwrap());
+        }
+        starts.sort();
+        assert_windows(&starts, 5, Duration::from_millis(1000));
+        // And it is not slower than it must be: 23 requests at 5/s need 4 full intervals.
+        let span = *starts.last().unwrap() - starts[0];
+        assert_eq!(span, Duration::from_millis(4000));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_late_waker_cannot_overfill_a_window() {
+        let l = limiter(2, 1000);
+        // Two callers reserve the first window; the first one wakes late.
+        assert_eq!(l.reserve().unwrap(), Duration::ZERO);
+        assert_eq!(l.reserve().unwrap(), Duration::ZERO);
+        assert_eq!(l.commit(), Duration::ZERO);
+        tokio::time::advance(Duration::from_millis(300)).await;
+        assert_eq!(l.commit(), Duration::ZERO, "late, at 300 ms");
+        // Two more callers both get the slot at 1000 ms; the second of them would make
+        // three starts within [300, 1300), so on waking it waits until 1300 ms.
+        assert_eq!(l.reserve().unwrap(), Duration::from_millis(700));
+        assert_eq!(l.reserve().unwrap(), Duration::from_millis(700));
+        tokio::time::advance(Duration::from_millis(700)).await;
+        assert_eq!(l.commit(), Duration::ZERO);
+        assert_eq!(l.commit(), Duration::from_millis(300));
+        tokio::time::advance(Duration::from_millis(300)).await;
+        assert_eq!(l.commit(), Duration::ZERO);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn margin_spaces_windows() {
+        let l = LocationLimiter::new(
+            "loc",
+            RateLimit { margin: Some(Duration::from_millis(30)), ..RateLimit::per(2, Duration::from_millis(100)) },
+        );
+        assert_eq!(l.reserve().unwrap(), Duration::ZERO);
+        assert_eq!(l.reserve().unwrap(), Duration::ZERO);
+        assert_eq!(l.reserve().unwrap(), Duration::from_millis(130));
+        // Default margin is 2% of the interval.
+        let d = LocationLimiter::new("x", RateLimit::per(1, Duration::from_secs(10)));
+        d.reserve().unwrap();
+        assert_eq!(d.reserve().unwrap(), Duration::from_millis(10_200));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn long_waits_are_refused_not_queued() {
+        let l = LocationLimiter::new(
+            "loc",
+            RateLimit { max_wait: Duration::from_millis(1500), ..RateLimit::per(1, Duration::from_secs(1)) },
+        );
+        l.reserve().unwrap();
+        l.reserve().unwrap();
+        assert!(matches!(l.reserve(), Err(Error::RateLimited { .. })));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn pause_after_429_holds_everyone() {
+        let l = limiter(100, 1000);
+        l.pause(Duration::from_millis(700));
+        assert_eq!(l.reserve().unwrap(), Duration::from_millis(700));
+        assert_eq!(l.reserve().unwrap(), Duration::from_millis(700));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn adapts_limit_and_books_foreign_usage() {
+        let l = limiter(100, 10_000);
+        l.observe(&RateHeaders { max: Some(3), interval: Some(Duration::from_millis(500)), ..Default::default() }, 200);
+        assert_eq!(l.current_limit(), (3, Duration::from_millis(500)));
+        assert_eq!(l.reserve().unwrap(), Duration::ZERO);
+        // The server says only 1 remains although we sent 1 of 3: someone else sent one.
+        l.observe(&RateHeaders { remaining: Some(0), ..Default::default() }, 429);
+        assert_eq!(l.reserve().unwrap(), Duration::ZERO, "a 429's remaining count is not booked");
+        l.observe(&RateHeaders { remaining: Some(0), ..Default::default() }, 200);
+        assert_eq!(l.reserve().unwrap(), Duration::from_millis(500));
+        let l = limiter(100, 10_000);
+        l.observe(&RateHeaders { max: Some(3), interval: Some(Duration::from_millis(500)), ..Default::default() }, 200);
+        assert_eq!(l.reserve().unwrap(), Duration::ZERO);
+        l.observe(&RateHeaders { remaining: Some(1), ..Default::default() }, 200);
+        assert_eq!(l.reserve().unwrap(), Duration::ZERO);
+        assert_eq!(l.reserve().unwrap(), Duration::from_millis(500));
+        // Nonsense is ignored.
+        l.observe(&RateHeaders { max: Some(0), interval: Some(Duration::ZERO), ..Default::default() }, 200);
+        assert_eq!(l.current_limit(), (3, Duration::from_millis(500)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn daily_budget_is_enforced_and_follows_headers() {
+        let l = LocationLimiter::new("loc", RateLimit { daily_max: 2, ..RateLimit::default() });
+        l.reserve().unwrap();
+        l.reserve().unwrap();
+        let e = l.reserve().unwrap_err();
+        assert!(matches!(e, Error::RateLimited { .. }));
+        assert!(e.to_string().contains("daily"));
+        let l = limiter(100, 1000);
+        l.observe(&RateHeaders { daily_limit: Some(10), daily_remaining: Some(0), ..Default::default() }, 200);
+        assert!(l.reserve().is_err());
+    }
+
+    #[test]
+    fn parses_headers() {
+        let mut h = reqwest::header::HeaderMap::new();
+        h.insert("X-RateLimit-Max", "50".parse().unwrap());
+        h.insert("X-RateLimit-Remaining", "49".parse().unwrap());
+        h.insert("X-RateLimit-Interval-Milliseconds", "1000".parse().unwrap());
+        h.insert("X-RateLimit-Limit-Daily", "200000".parse().unwrap());
+        h.insert("X-RateLimit-Daily-Remaining", "199999".parse().unwrap());
+        h.insert("Retry-After", "2".parse().unwrap());
+        let r = RateHeaders::from_headers(&h);
+        assert_eq!(
+            r,
+            RateHeaders {
+                daily_limit: Some(200_000),
+                daily_remaining: Some(199_999),
+                interval: Some(Duration::from_secs(1)),
+                max: Some(50),
+                remaining: Some(49),
+                retry_after: Some(Duration::from_secs(2)),
+            }
+        );
+        h.insert("X-RateLimit-Max", "lots".parse().unwrap());
+        assert_eq!(RateHeaders::from_headers(&h).max, None);
+    }
+
+    #[test]
+    fn retry_after_forms() {
+        assert_eq!(parse_retry_after("3"), Some(Duration::from_secs(3)));
+        assert_eq!(parse_retry_after("0.5"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_retry_after("-1"), None);
+        assert_eq!(parse_retry_after("soon"), None);
+        assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"), Some(Duration::ZERO));
+    }
+}

@@ -1,0 +1,8 @@
+//! The client against the real sandbox over loopback.
+
+mod common;
+mod faults;
+mod oauth;
+mod paginate;
+mod rate_limit;
+mod request;

@@ -1,0 +1,552 @@
+//! Contacts, their tasks, notes, tags, followers and campaign/workflow enrolment; plus
+//! the workflows and campaigns lists.
+
+use serde_json::{json, Value};
+
+use super::{
+    add_to_set, created, field_is, k, merge, new_record, not_found, ok, remove_from_set, require_ref, strings,
+    text_matches, to_values, Ctx, HandlerFn, Reply,
+};
+use crate::clock::parse_ms;
+use crate::error::ApiError;
+use crate::paginate::{uint, window};
+use crate::store::{str_of, Record};
+
+pub fn handler(key: &str) -> Option<HandlerFn> {
+    Some(match key {
+        "contacts.get_contact" => get_contact,
+        "contacts.search_contacts" => search_contacts,
+        "contacts.get_contacts_by_business" => contacts_by_business,
+        "contacts.get_duplicate_contact" | "contacts.find_contact" => duplicate_contact,
+        "contacts.get_contact_appointments" => contact_appointments,
+        "contacts.get_contact_tasks" => contact_tasks,
+        "contacts.get_contact_task" => contact_task,
+        "contacts.get_contact_notes" => contact_notes,
+        "contacts.get_contact_note" => contact_note,
+        "contacts.list_contacts_deprecated" => list_contacts,
+        "contacts.create_contact" => create_contact,
+        "contacts.update_contact" => update_contact,
+        "contacts.delete_contact" => delete_contact,
+        "contacts.upsert_contact" => upsert_contact,
+        "contacts.add_tags" => add_tags,
+        "contacts.remove_tags" => remove_tags,
+        "contacts.bulk_update_tags" => bulk_tags,
+        "contacts.create_task" => create_task,
+        "contacts.update_task" => update_task,
+        "contacts.complete_task" => complete_task,
+        "contacts.delete_task" => delete_task,
+        "contacts.create_note" => create_note,
+        "contacts.update_note" => update_note,
+        "contacts.delete_note" => delete_note,
+        "contacts.add_to_campaign" => add_to_campaign,
+        "contacts.remove_from_campaign" => remove_from_campaign,
+        "contacts.remove_from_all_campaigns" => remove_from_all_campaigns,
+        "contacts.add_followers" => add_followers,
+        "contacts.remove_followers" => remove_followers,
+        "workflows.list_workflows" => list_workflows,
+        "workflows.add_contact_to_workflow" => workflow_enrol,
+        "workflows.remove_contact_from_workflow" => workflow_enrol,
+        "campaigns.list_campaigns" => list_campaigns,
+        _ => return None,
+    })
+}
+
+const CONTACT: &str = "contact";
+
+/// Fills the derived fields GHL keeps on a contact (names, lower-case copies, defaults).
+pub fn normalise_contact(r: &mut Record) {
+    let first = str_of(r, "firstName").unwrap_or_default().to_string();
+    let last = str_of(r, "lastName").unwrap_or_default().to_string();
+    if (!first.is_empty() || !last.is_empty()) && r.get("name").is_none_or(Value::is_null) {
+        r.insert("name".into(), json!(format!("{first} {last}").trim().to_string()));
+    }
+    let full = str_of(r, "name").map(str::to_lowercase);
+    r.insert("firstNameLowerCase".into(), json!(first.to_lowercase()));
+    r.insert("lastNameLowerCase".into(), json!(last.to_lowercase()));
+    r.insert("fullNameLowerCase".into(), json!(full.unwrap_or_default()));
+    let email = str_of(r, "email").map(str::to_lowercase);
+    r.insert("emailLowerCase".into(), email.map(Value::String).unwrap_or(Value::Null));
+    for (field, default) in [
+        ("tags", json!([])),
+        ("customFields", json!([])),
+        ("followers", json!([])),
+        ("attachments", json!("")),
+        ("type", json!("lead")),
+        ("dnd", json!(false)),
+        ("source", json!("public api")),
+    ] {
+        if r.get(field).is_none_or(Value::is_null) {
+            r.insert(field.into(), default);
+        }
+    }
+}
+
+fn digits(s: &str) -> String {
+    s.chars().filter(char::is_ascii_digit).collect()
+}
+
+/// A contact of the location with this email or phone (GHL's duplicate rule).
+fn find_duplicate(ctx: &Ctx, email: Option<&str>, phone: Option<&str>) -> Option<Record> {
+    let loc = ctx.loc();
+    let email = email.map(str::to_lowercase);
+    let phone = phone.map(digits).filter(|p| !p.is_empty());
+    let col = ctx.st.store.read(k::CONTACTS);
+    let found = col
+        .iter()
+        .find(|r| {
+            field_is(r, "locationId", &loc)
+                && (email.as_deref().is_some_and(|e| str_of(r, "emailLowerCase") == Some(e))
+                    || phone.as_deref().is_some_and(|p| str_of(r, "phone").map(digits).as_deref() == Some(p)))
+        })
+        .cloned();
+    found
+}
+
+fn get_contact(ctx: &Ctx) -> Result<Reply, ApiError> {
+    let c = ctx.fetch(k::CONTACTS, ctx.p("contactId"), CONTACT)?;
+    ok(json!({ "contact": c }))
+}
+
+fn duplicate_contact(ctx: &Ctx) -> Result<Reply, ApiError> {
+    let email = ctx.q("email");
+    let number = ctx.q("number");
+    let c = if email.is_none() && number.is_none() { None } else { find_duplicate(ctx, email, number) };
+    ok(json!({ "contact": c }))
+}
+
+fn create_contact(ctx: &Ctx) -> Result<Reply, ApiError> {
+    if let Some(dup) = find_duplicate(ctx, ctx.b_str("email"), ctx.b_str("phone")) {
+        let mut e = ApiError::bad_request("This location does not allow duplicated contacts.");
+        e.message = json!(format!(
+            "This location does not allow duplicated contacts. Existing contact id: {}",
+            str_of(&dup, "id").unwrap_or_default()
+        ));
+        return Err(e);
+    }
+    let now = ctx.now();
+    let mut r = new_record(ctx, ctx.declared_body());
+    r.insert("dateAdded".into(), json!(now));
+    r.insert("dateUpdated".into(), json!(now));
+    r.insert("deleted".into(), json!(false));
+    normalise_contact(&mut r);
+    created(json!({ "contact": ctx.insert(k::CONTACTS, r) }))
+}
+
+fn touch(ctx: &Ctx, r: &mut Record) {
+    r.insert("dateUpdated".into(), json!(ctx.now()));
+}
+
+fn update_contact(ctx: &Ctx) -> Result<Reply, ApiError> {
+    let fields = ctx.declared_body();
+    let c = ctx.update(k::CONTACTS, ctx.p("contactId"), CONTACT, |r| {
+        merge(r, fields);
+        normalise_contact(r);
+        touch(ctx, r);
+    })?;
+    ok(json!({ "succeded": true, "contact": c }))
+}
+
+fn delete_contact(ctx: &Ctx) -> Result<Reply, ApiError> {
+    let id = ctx.p("contactId").to_string();
+    ctx.delete(k::CONTACTS, &id, CONTACT)?;
+    // Tasks and notes go with their contact, as in GHL.
+    for kind in [k::TASKS, k::NOTES] {
+        let ids: Vec<String> =
+            ctx.st.store.read(kind).iter().filter(|r| field_is(r, "contactId", &id)).map(super::id_of).collect();
+        let mut col = ctx.st.store.write(kind);
+        for t in ids {
+            col.remove(&t);
+        }
+    }
+    ok(json!({ "succeded": true }))
+}
+
+fn upsert_contact(ctx: &Ctx) -> Result<Reply, ApiError> {
+    let trace = ctx.st.trace_id();
+    let fields = ctx.declared_body();
+    let allow_dup = ctx.b("createNewIfDuplicateAllowed").and_then(Value::as_bool).unwrap_or(false);
+    let existing = if allow_dup { None } else { find_duplicate(ctx, ctx.b_str("email"), ctx.b_str("phone")) };
+    match existing {
+        Some(e) => {
+            let id = super::id_of(&e);
+            let c = ctx.update(k::CONTACTS, &id, CONTACT, |r| {
+                merge(r, fields);
+                r.remove("createNewIfDuplicateAllowed");
+                normalise_contact(r);
+                touch(ctx, r);
+            })?;
+            ok(json!({ "new": false, "contact": c, "traceId": trace }))
+        }
+        None => {
+            let now = ctx.now();
+            let mut r = new_record(ctx, fields);
+            r.remove("createNewIfDuplicateAllowed");
+            r.insert("dateAdded".into(), json!(now));
+            r.insert("dateUpdated".into(), json!(now));
+            normalise_contact(&mut r);
+            ok(json!({ "new": true, "contact": ctx.insert(k::CONTACTS, r), "traceId": trace }))
+        }
+    }
+}
+
+/// A filter `{field, operator, value}` or a group `{group: "AND"|"OR", filters: [...]}`.
+fn filter_matches(r: &Record, f: &Value) -> bool {
+    if let Some(group) = f.get("filters").and_then(Value::as_array) {
+        let or = f.get("group").and_then(Value::as_str).is_some_and(|g| g.eq_ignore_ascii_case("OR"));
+        return if or {
+            group.iter().any(|g| filter_matches(r, g))
+        } else {
+            group.iter().all(|g| filter_matches(r, g))
+        };
+    }
+    let Some(field) = f.get("field").and_then(Value::as_str) else { return true };
+    let op = f.get("operator").and_then(Value::as_str).unwrap_or("eq");
+    let want = f.get("value").cloned().unwrap_or(Value::Null);
+    let have = r.get(field).cloned().unwrap_or(Value::Null);
+    let text = |v: &Value| match v {
+        Value::String(s) => s.to_lowercase(),
+        Value::Null => String::new(),
+        other => other.to_string().to_lowercase(),
+    };
+    let eq = |h: &Value, w: &Value| match (h, w) {
+        (Value::Array(items), Value::Array(ws)) => ws.iter().all(|w| items.iter().any(|i| text(i) == text(w))),
+        (Value::Array(items), w) => items.iter().any(|i| text(i) == text(w)),
+        (h, Value::Array(ws)) => ws.iter().any(|w| text(h) == text(w)),
+        (h, w) => text(h) == text(w),
+    };
+    let num = |v: &Value| parse_ms(v).or_else(|| v.as_f64().map(|f| f as i64));
+    match op {
+        "eq" => eq(&have, &want),
+        "not_eq" => !eq(&have, &want),
+        "contains" => text(&have).contains(&text(&want)),
+        "not_contains" => !text(&have).contains(&text(&want)),
+        "exists" => !have.is_null() && !text(&have).is_empty() && have != json!([]),
+        "not_exists" => have.is_null() || text(&have).is_empty() || have == json!([]),
+        "range" => {
+            let h = num(&have);
+            let gte = want.get("gte").or_else(|| want.get("gt")).and_then(num);
+            let lte = want.get("lte").or_else(|| want.get("lt")).and_then(num);
+            h.is_some_and(|h| gte.is_none_or(|g| h >= g) && lte.is_none_or(|l| h <= l))
+        }
+        _ => true,
+    }
+}
+
+fn search_contacts(ctx: &Ctx) -> Result<Reply, ApiError> {
+    let page_limit = uint(ctx.b("pageLimit")).unwrap_or(20);
+    if page_limit == 0 || page_limit > 500 {
+        return Err(ApiError::unprocessable(vec!["pageLimit must not be greater than 500".into()]));
+    }
+    let page = uint(ctx.b("page")).unwrap_or(1).max(1);
+    let query = ctx.b_str("query").map(str::to_lowercase);
+    let filters: Vec<Value> = ctx.b("filters").and_then(Value::as_array).cloned().unwrap_or_default();
+    let loc = ctx.loc();
+    let mut hits: Vec<&Record> = Vec::new();
+    let col = ctx.st.store.read(k::CONTACTS);
+    for r in col.iter() {
+        if !field_is(r, "locationId", &loc) {
+            continue;
+        }
+        if let Some(q) = &query {
+            if !text_matches(r, &["name", "email", "phone", "companyName", "firstName", "lastName"], q) {
+                continue;
+            }
+        }
+        if filters.iter().all(|f| filter_matches(r, f)) {
+            hits.push(r);
+        }
+    }
+    if let Some(sort) = ctx.b("sort").and_then(Value::as_array).and_then(|s| s.first()) {
+        let field = sort.get("field").and_then(Value::as_str).unwrap_or("dateAdded").to_string();
+        let desc = sort.get("direction").and_then(Value::as_str).is_some_and(|d| d.eq_ignore_ascii_case("desc"));
+        hits.sort_by(|a, b| {
+            let key = |r: &Record| r.get(&field).map(|v| v.to_string().to_lowercase()).unwrap_or_default();
+            let o = key(a).cmp(&key(b)).then_with(|| str_of(a, "id").cmp(&str_of(b, "id")));
+            if desc {
+                o.reverse()
+            } else {
+                o
+            }
+        });
+    }
+    let total = hits.len();
+    let start = match ctx.b("searchAfter").and_then(Value::as_array) {
+        // The cursor is the last contact's `searchAfter` ([dateAdded ms, id]).
+        Some(after) => {
+            let id = after.get(1).and_then(Value::as_str).unwrap_or_default();
+            hits.iter().position(|r| field_is(r, "id", id)).map(|i| i + 1).unwrap_or(hits.len())
+        }
+        None => (page - 1).saturating_mul(page_limit),
+    };
+    let contacts: Vec<Value> = window(&hits, start, page_limit)
+        .into_iter()
+        .map(|r| {
+            let mut c = r.clone();
+            let added = r.get("dateAdded").and_then(parse_ms).unwrap_or(0);
+            c.insert("searchAfter".into(), json!([added, str_of(r, "id").unwrap_or_default()]));
+            Value::Object(c)
+        })
+        .collect();
+    ok(json!({ "contacts": contacts, "total": total }))
+}
+
+fn contacts_by_business(ctx: &Ctx) -> Result<Reply, ApiError> {
+    let business = ctx.p("businessId").to_string();
+    let query = ctx.q("query").map(str::to_string);
+    let all = ctx.list(k::CONTACTS, |r| {
+        field_is(r, "businessId", &business)
+            && query.as_deref().is_none_or(|q| text_matches(r, &["name", "email", "phone"], q))
+    });
+    let (skip, limit) = ctx.offset_query("skip", "limit", 25);
+    let count = all.len();
+    ok(json!({ "contacts": to_values(window(&all, skip, limit)), "count": count }))
+}
+
+fn list_contacts(ctx: &Ctx) -> Result<Reply, ApiError> {
+    let limit = uint(ctx.query.get("limit")).unwrap_or(20);
+    if limit > 100 {
+        return Err(ApiError::unprocessable(vec!["limit must not be greater than 100".into()]));
+    }
+    let query = ctx.q("query").map(str::to_string);
+    let loc = ctx.loc();
+    // Sort references under the read lock and clone only the page: the list may be huge.
+    let col = ctx.st.store.read(k::CONTACTS);
+    let mut all: Vec<(i64, &str, &Record)> = col
+        .iter()
+        .filter(|r| field_is(r, "locationId", &loc))
+        .filter(|r| query.as_deref().is_none_or(|q| text_matches(r, &["name", "email", "phone", "companyName"], q)))
+        .map(|r| (r.get("dateAdded").and_then(parse_ms).unwrap_or(0), str_of(r, "id").unwrap_or_default(), r))
+        .collect();
+    all.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+    let total = all.len();
+    let after_ms = ctx.query.get("startAfter").and_then(parse_ms);
+    let after_id = ctx.q("startAfterId").unwrap_or_default();
+    let start = match after_ms {
+        Some(ms) => all.partition_point(|(t, id, _)| (*t, *id) <= (ms, after_id)),
+        None => 0,
+    };
+    let page: Vec<Record> = all.iter().skip(start).take(limit.max(1)).map(|(_, _, r)| (*r).clone()).collect();
+    drop(all);
+    drop(col);
+    let more = start + page.len() < total;
+    let last = page.last();
+    let (next_ms, next_id) = match (more, last) {
+        (true, Some(l)) => (l.get("dateAdded").and_then(parse_ms).map(Value::from), l.get("id").cloned()),
+        _ => (None, None),
+    };
+    let next_url = match (&next_ms, &next_id) {
+        (Some(ms), Some(id)) => json!(format!(
+            "/contacts/?locationId={}&startAfter={}&startAfterId={}&limit={}",
+            ctx.loc(),
+            ms,
+            id.as_str().unwrap_or_default(),
+            limit
+        )),
+        _ => Value::Null,
+    };
+    let current = start / limit.max(1) + 1;
+    ok(json!({
+        "contacts": to_values(page),
+        "count": total,
+        "meta": {
+            "total": total,
+            "nextPageUrl": next_url,
+            "startAfterId": next_id,
+            "startAfter": next_ms,
+            "currentPage": current,
+            "nextPage": if more { json!(current + 1) } else { Value::Null },
+            "prevPage": if current > 1 { json!(current - 1) } else { Value::Null },
+        }
+    }))
+}
+
+fn contact_appointments(ctx: &Ctx) -> Result<Reply, ApiError> {
+    let id = ctx.fetch(k::CONTACTS, ctx.p("contactId"), CONTACT).map(|c| super::id_of(&c))?;
+    let events = ctx.list(k::EVENTS, |r| {
+        field_is(r, "contactId", &id) && !r.get("isBlockSlot").and_then(Value::as_bool).unwrap_or(false)
+    });
+    let events: Vec<Value> = events.into_iter().map(|e| Value::Object(super::calendars::public_event(e))).collect();
+    ok(json!({ "events": events }))
+}
+
+fn children(ctx: &Ctx, kind: &str) -> Result<Vec<Record>, ApiError> {
+    let id = ctx.fetch(k::CONTACTS, ctx.p("contactId"), CONTACT).map(|c| super::id_of(&c))?;
+    Ok(ctx.list(kind, |r| field_is(r, "contactId", &id)))
+}
+
+/// A task or note by id that must belong to the contact in the path.
+fn child(ctx: &Ctx, kind: &str, id: &str, noun: &str) -> Result<Record, ApiError> {
+    let r = ctx.fetch(kind, id, noun)?;
+    if !field_is(&r, "contactId", ctx.p("contactId")) {
+        return Err(not_found(noun));
+    }
+    Ok(r)
+}
+
+fn contact_tasks(ctx: &Ctx) -> Result<Reply, ApiError> {
+    ok(json!({ "tasks": to_values(children(ctx, k::TASKS)?) }))
+}
+
+fn contact_task(ctx: &Ctx) -> Result<Reply, ApiError> {
+    ok(json!({ "task": child(ctx, k::TASKS, ctx.p("taskId"), "task")? }))
+}
+
+fn contact_notes(ctx: &Ctx) -> Result<Reply, ApiError> {
+    ok(json!({ "notes": to_values(children(ctx, k::NOTES)?) }))
+}
+
+fn contact_note(ctx: &Ctx) -> Result<Reply, ApiError> {
+    ok(json!({ "note": child(ctx, k::NOTES, ctx.p("id"), "note")? }))
+}
+
+fn add_tags(ctx: &Ctx) -> Result<Reply, ApiError> {
+    let tags = strings(ctx.b("tags"));
+    let c = ctx.update(k::CONTACTS, ctx.p("contactId"), CONTACT, |r| {
+        add_to_set(r, "tags", &tags);
+        touch(ctx, r);
+    })?;
+    created(json!({ "tags": c.get("tags").cloned().unwrap_or(json!([])) }))
+}
+
+fn remove_tags(ctx: &Ctx) -> Result<Reply, ApiError> {
+    let tags = strings(ctx.b("tags"));
+    let c = ctx.update(k::CONTACTS, ctx.p("contactId"), CONTACT, |r| {
+        remove_from_set(r, "tags", &tags);
+        touch(ctx, r);
+    })?;
+    ok(json!({ "tags": c.get("tags").cloned().unwrap_or(json!([])) }))
+}
+
+fn bulk_tags(ctx: &Ctx) -> Result<Reply, ApiError> {
+    let kind = ctx.p("type");
+    if kind != "add" && kind != "remove" {
+        return Err(ApiError::unprocessable(vec!["type must be one of the following values: add, remove".into()]));
+    }
+    let tags = strings(ctx.b("tags"));
+    let remove_all =
+        matches!(ctx.b("removeAllTags"), Some(Value::Bool(true))) || ctx.b_str("removeAllTags") == Some("true");
+    let mut errors = Vec::new();
+    for id in strings(ctx.b("contacts")) {
+        let res = ctx.update(k::CONTACTS, &id, CONTACT, |r| {
+            if kind == "add" {
+                add_to_set(r, "tags", &tags);
+            } else if remove_all {
+                r.insert("tags".into(), json!([]));
+            } else {
+                remove_from_set(r, "tags", &tags);
+            }
+            touch(ctx, r);
+        });
+        if let Err(e) = res {
+            errors.push(format!("{id}: {}", e.message.as_str().unwrap_or("failed")));
+        }
+    }
+    created(json!({ "succeded": errors.is_empty(), "errorCount": errors.len(), "responses": errors }))
+}
+
+fn create_task(ctx: &Ctx) -> Result<Reply, ApiError> {
+    let contact = ctx.fetch(k::CONTACTS, ctx.p("contactId"), CONTACT)?;
+    let mut r = new_record(ctx, ctx.declared_body());
+    r.insert("contactId".into(), json!(super::id_of(&contact)));
+    if r.get("completed").is_none() {
+        r.insert("completed".into(), json!(false));
+    }
+    r.insert("dateAdded".into(), json!(ctx.now()));
+    created(json!({ "task": ctx.insert(k::TASKS, r) }))
+}
+
+fn update_task(ctx: &Ctx) -> Result<Reply, ApiError> {
+    child(ctx, k::TASKS, ctx.p("taskId"), "task")?;
+    let fields = ctx.declared_body();
+    let t = ctx.update(k::TASKS, ctx.p("taskId"), "task", |r| merge(r, fields))?;
+    ok(json!({ "task": t }))
+}
+
+fn complete_task(ctx: &Ctx) -> Result<Reply, ApiError> {
+    child(ctx, k::TASKS, ctx.p("taskId"), "task")?;
+    let done = ctx.b("completed").and_then(Value::as_bool).unwrap_or(true);
+    let t = ctx.update(k::TASKS, ctx.p("taskId"), "task", |r| {
+        r.insert("completed".into(), json!(done));
+    })?;
+    ok(json!({ "task": t }))
+}
+
+fn delete_task(ctx: &Ctx) -> Result<Reply, ApiError> {
+    child(ctx, k::TASKS, ctx.p("taskId"), "task")?;
+    ctx.delete(k::TASKS, ctx.p("taskId"), "task")?;
+    ok(json!({ "succeded": true }))
+}
+
+fn create_note(ctx: &Ctx) -> Result<Reply, ApiError> {
+    let contact = ctx.fetch(k::CONTACTS, ctx.p("contactId"), CONTACT)?;
+    let mut r = new_record(ctx, ctx.declared_body());
+    r.insert("contactId".into(), json!(super::id_of(&contact)));
+    r.insert("dateAdded".into(), json!(ctx.now()));
+    created(json!({ "note": ctx.insert(k::NOTES, r) }))
+}
+
+fn update_note(ctx: &Ctx) -> Result<Reply, ApiError> {
+    child(ctx, k::NOTES, ctx.p("id"), "note")?;
+    let fields = ctx.declared_body();
+    let n = ctx.update(k::NOTES, ctx.p("id"), "note", |r| merge(r, fields))?;
+    ok(json!({ "note": n }))
+}
+
+fn delete_note(ctx: &Ctx) -> Result<Reply, ApiError> {
+    child(ctx, k::NOTES, ctx.p("id"), "note")?;
+    ctx.delete(k::NOTES, ctx.p("id"), "note")?;
+    ok(json!({ "succeded": true }))
+}
+
+fn add_to_campaign(ctx: &Ctx) -> Result<Reply, ApiError> {
+    ctx.fetch(k::CONTACTS, ctx.p("contactId"), CONTACT)?;
+    ctx.fetch(k::CAMPAIGNS, ctx.p("campaignId"), "campaign")?;
+    created(json!({ "succeded": true }))
+}
+
+fn remove_from_campaign(ctx: &Ctx) -> Result<Reply, ApiError> {
+    ctx.fetch(k::CONTACTS, ctx.p("contactId"), CONTACT)?;
+    ctx.fetch(k::CAMPAIGNS, ctx.p("campaignId"), "campaign")?;
+    ok(json!({ "succeded": true }))
+}
+
+fn remove_from_all_campaigns(ctx: &Ctx) -> Result<Reply, ApiError> {
+    ctx.fetch(k::CONTACTS, ctx.p("contactId"), CONTACT)?;
+    ok(json!({ "succeded": true }))
+}
+
+fn add_followers(ctx: &Ctx) -> Result<Reply, ApiError> {
+    let followers = strings(ctx.b("followers"));
+    let mut added = Vec::new();
+    let c = ctx.update(k::CONTACTS, ctx.p("contactId"), CONTACT, |r| {
+        added = add_to_set(r, "followers", &followers);
+        touch(ctx, r);
+    })?;
+    created(json!({ "followers": c.get("followers").cloned().unwrap_or(json!([])), "followersAdded": added }))
+}
+
+fn remove_followers(ctx: &Ctx) -> Result<Reply, ApiError> {
+    let followers = strings(ctx.b("followers"));
+    let mut removed = Vec::new();
+    let c = ctx.update(k::CONTACTS, ctx.p("contactId"), CONTACT, |r| {
+        removed = remove_from_set(r, "followers", &followers);
+        touch(ctx, r);
+    })?;
+    ok(json!({ "followers": c.get("followers").cloned().unwrap_or(json!([])), "followersRemoved": removed }))
+}
+
+fn list_workflows(ctx: &Ctx) -> Result<Reply, ApiError> {
+    ok(json!({ "workflows": to_values(ctx.list(k::WORKFLOWS, |_| true)) }))
+}
+
+fn workflow_enrol(ctx: &Ctx) -> Result<Reply, ApiError> {
+    ctx.fetch(k::CONTACTS, ctx.p("contactId"), CONTACT)?;
+    require_ref(ctx, k::WORKFLOWS, Some(ctx.p("workflowId")), "workflow")?;
+    ok(json!({ "succeded": true }))
+}
+
+fn list_campaigns(ctx: &Ctx) -> Result<Reply, ApiError> {
+    let status = ctx.q("status").map(str::to_string);
+    let list = ctx.list(k::CAMPAIGNS, |r| status.as_deref().is_none_or(|s| field_is(r, "status", s)));
+    ok(json!({ "campaigns": to_values(list) }))
+}

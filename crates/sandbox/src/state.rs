@@ -1,0 +1,126 @@
+//! Everything a request handler can reach, shared behind one `Arc`.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use serde::Serialize;
+use tokio::sync::watch;
+
+use crate::auth::Auth;
+use crate::config::SandboxConfig;
+use crate::faults::Faults;
+use crate::handlers::HandlerFn;
+use crate::ratelimit::RateLimiter;
+use crate::routes::RouteTable;
+use crate::store::Store;
+
+pub struct AppState {
+    pub routes: RouteTable,
+    /// Handler of each operation, indexed like `routes.operations`.
+    pub handlers: Vec<HandlerFn>,
+    pub store: Store,
+    pub auth: Auth,
+    pub limiter: RateLimiter,
+    pub faults: Faults,
+    pub log: RequestLog,
+    pub location_id: String,
+    pub company_id: String,
+    /// Turns true when the sandbox stops; hanging requests wait for it.
+    pub stopping: watch::Receiver<bool>,
+    trace: AtomicU64,
+}
+
+impl AppState {
+    pub fn new(
+        routes: RouteTable,
+        handlers: Vec<HandlerFn>,
+        config: &SandboxConfig,
+        stopping: watch::Receiver<bool>,
+    ) -> AppState {
+        AppState {
+            routes,
+            handlers,
+            store: Store::default(),
+            auth: Auth::new(config),
+            limiter: RateLimiter::new(config.rate_limit),
+            faults: Faults::new(config.faults.clone(), config.rng_seed),
+            log: RequestLog::new(config.request_log_capacity),
+            location_id: config.location_id.clone(),
+            company_id: config.company_id.clone(),
+            stopping,
+            trace: AtomicU64::new(1),
+        }
+    }
+
+    pub fn trace_id(&self) -> String {
+        let n = self.trace.fetch_add(1, Ordering::Relaxed);
+        format!("trace-{n:012x}")
+    }
+}
+
+/// One served request, as the admin log shows it.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LogEntry {
+    pub seq: u64,
+    pub method: String,
+    pub path: String,
+    pub op: Option<String>,
+    pub status: u16,
+    /// The fault injected, if any (`drop`, `hang`, `error`, `throttle`, `malformed`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fault: Option<&'static str>,
+    pub trace_id: String,
+}
+
+#[derive(Debug, Default)]
+struct LogInner {
+    entries: VecDeque<LogEntry>,
+    next_seq: u64,
+    counters: BTreeMap<String, BTreeMap<u16, u64>>,
+}
+
+#[derive(Debug)]
+pub struct RequestLog {
+    capacity: usize,
+    inner: Mutex<LogInner>,
+}
+
+impl RequestLog {
+    pub fn new(capacity: usize) -> Self {
+        RequestLog { capacity, inner: Mutex::new(LogInner::default()) }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, LogInner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn record(&self, mut entry: LogEntry) {
+        let mut inner = self.lock();
+        entry.seq = inner.next_seq;
+        inner.next_seq += 1;
+        let key = entry.op.clone().unwrap_or_else(|| "(unrouted)".into());
+        *inner.counters.entry(key).or_default().entry(entry.status).or_default() += 1;
+        if self.capacity > 0 {
+            if inner.entries.len() >= self.capacity {
+                inner.entries.pop_front();
+            }
+            inner.entries.push_back(entry);
+        }
+    }
+
+    pub fn entries(&self, since: u64, limit: usize) -> Vec<LogEntry> {
+        self.lock().entries.iter().filter(|e| e.seq >= since).take(limit).cloned().collect()
+    }
+
+    pub fn counters(&self) -> BTreeMap<String, BTreeMap<u16, u64>> {
+        self.lock().counters.clone()
+    }
+
+    pub fn clear(&self) {
+        let mut inner = self.lock();
+        inner.entries.clear();
+        inner.counters.clear();
+    }
+}

@@ -1,0 +1,57 @@
+use std::path::PathBuf;
+
+use crate::model::RunId;
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A store existed here but is missing or unreadable: refuse to start
+    /// fresh, since that would forget every seen item and fire them all again.
+    #[error("the store at {path} is damaged: {reason}. Restore it from a backup, or move it aside to start a new store (every trigger will baseline again)")]
+    Damaged { path: PathBuf, reason: String },
+
+    #[error("no store at {path}: {reason}")]
+    NotFound { path: PathBuf, reason: String },
+
+    #[error("{path} is not empty and holds no flowd store; refusing to create one inside it")]
+    NotAStore { path: PathBuf },
+
+    #[error("the store at {path} is in use by another process")]
+    Locked { path: PathBuf },
+
+    #[error("{op} {path}: {source}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// A record read from the database does not decode.
+    #[error("corrupt record in {tree} (key {key}): {reason}")]
+    Corrupt { tree: &'static str, key: String, reason: String },
+
+    #[error("run {0} not found")]
+    RunNotFound(RunId),
+
+    /// The change would break an invariant (e.g. send a step twice, or
+    /// process a webhook event twice).
+    #[error("{0}")]
+    Conflict(String),
+
+    #[error("invalid input: {0}")]
+    Invalid(String),
+
+    #[error("database: {0}")]
+    Db(#[from] sled::Error),
+}
+
+impl From<sled::transaction::TransactionError<StoreError>> for StoreError {
+    fn from(e: sled::transaction::TransactionError<StoreError>) -> Self {
+        match e {
+            sled::transaction::TransactionError::Abort(e) => e,
+            sled::transaction::TransactionError::Storage(e) => StoreError::Db(e),
+        }
+    }
+}

@@ -1,0 +1,228 @@
+//! The store on disk, and the checks that tell a new store from a lost one.
+//!
+//! ```text
+//! <path>/          0700
+//! <path>/STORE     marker: {"format":1,"store_id":..,"created_at":..}  0600
+//! <path>/db/       sled's files (0700 dir, 0600 files)
+//! ```
+//!
+//! The marker sits *beside* the database, not in it, so that losing the
+//! database (a deleted or un-mounted `db/`, a restore that forgot it) leaves
+//! evidence behind. The same facts are kept inside the database in the `meta`
+//! tree; each copy vouches for the other. Without this, sled would quietly
+//! create an empty database, every trigger would baseline again and — worse,
+//! for triggers past baseline — fire for items already handled.
+//!
+//! Creation order is: directory, sled files, `meta` (flushed), then the marker.
+//! A crash before the marker leaves a database with no marker; if that database
+//! also holds no meta and no data it is an unfinished creation and is finished,
+//! otherwise the marker is rewritten from `meta` (which proves a store existed).
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Result, StoreError};
+
+/// Version of the on-disk layout and record formats. Bump it on any change a
+/// previous build could misread; opening an unknown version is `Damaged`.
+pub const FORMAT: u32 = 1;
+
+pub const MARKER_FILE: &str = "STORE";
+pub const DB_DIR: &str = "db";
+
+pub const META_FORMAT: &[u8] = b"format";
+pub const META_STORE_ID: &[u8] = b"store_id";
+pub const META_CREATED_AT: &[u8] = b"created_at";
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Marker {
+    pub format: u32,
+    pub store_id: String,
+    pub created_at: DateTime<Utc>,
+}
+
+/// What the directory looked like before sled was opened.
+pub struct Found {
+    pub marker: Option<Marker>,
+}
+
+pub fn db_dir(root: &Path) -> PathBuf {
+    root.join(DB_DIR)
+}
+
+fn io(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> StoreError {
+    let path = path.to_path_buf();
+    move |source| StoreError::Io { op, path, source }
+}
+
+pub fn damaged(root: &Path, reason: impl Into<String>) -> StoreError {
+    StoreError::Damaged { path: root.to_path_buf(), reason: reason.into() }
+}
+
+/// Inspects `root` without changing it, then makes sure the directories exist
+/// with private permissions (creating them only when `create` is set).
+pub fn prepare(root: &Path, create: bool) -> Result<Found> {
+    if !root.exists() {
+        if !create {
+            return Err(StoreError::NotFound {
+                path: root.to_path_buf(),
+                reason: "the directory does not exist".into(),
+            });
+        }
+        make_private_dir(root)?;
+    } else if !root.is_dir() {
+        return Err(StoreError::NotAStore { path: root.to_path_buf() });
+    }
+
+    let marker = read_marker(root)?;
+    let db_present = db_has_data_file(root)?;
+
+    match (&marker, db_present) {
+        (Some(m), false) => {
+            return Err(damaged(
+                root,
+                format!(
+                    "the marker file says store {} was created here on {}, but its database ({}/) is missing or empty",
+                    m.store_id,
+                    m.created_at.to_rfc3339(),
+                    DB_DIR
+                ),
+            ))
+        }
+        (None, false) => {
+            let foreign = fs::read_dir(root)
+                .map_err(io("read directory", root))?
+                .filter_map(|e| e.ok())
+                // An empty db/ directory is what a crash right after creating
+                // it leaves: nothing was ever stored.
+                .any(|e| e.file_name() != DB_DIR);
+            if foreign {
+                return Err(StoreError::NotAStore { path: root.to_path_buf() });
+            }
+            if !create {
+                return Err(StoreError::NotFound {
+                    path: root.to_path_buf(),
+                    reason: "no store has been created here yet".into(),
+                });
+            }
+        }
+        _ => {}
+    }
+
+    let db = db_dir(root);
+    if !db.exists() {
+        make_private_dir(&db)?;
+    }
+    Ok(Found { marker })
+}
+
+/// sled 0.34 keeps its log in `db/db`; a missing or zero-length file means no
+/// database, whatever else the directory holds.
+fn db_has_data_file(root: &Path) -> Result<bool> {
+    let file = db_dir(root).join("db");
+    match fs::metadata(&file) {
+        Ok(m) => Ok(m.is_file() && m.len() > 0),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(io("inspect", &file)(e)),
+    }
+}
+
+fn read_marker(root: &Path) -> Result<Option<Marker>> {
+    let path = root.join(MARKER_FILE);
+    let bytes = match fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io("read", &path)(e)),
+    };
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .map_err(|e| damaged(root, format!("the marker file {MARKER_FILE} is unreadable: {e}")))
+}
+
+/// Writes the marker atomically (temp file, fsync, rename, fsync directory):
+/// a torn marker would make a healthy store look damaged.
+pub fn write_marker(root: &Path, marker: &Marker) -> Result<()> {
+    let path = root.join(MARKER_FILE);
+    let tmp = root.join(format!("{MARKER_FILE}.tmp"));
+    let bytes =
+        serde_json::to_vec_pretty(marker).map_err(|e| StoreError::Invalid(format!("cannot encode marker: {e}")))?;
+    {
+        let mut f = private_file(&tmp)?;
+        f.write_all(&bytes).map_err(io("write", &tmp))?;
+        f.sync_all().map_err(io("sync", &tmp))?;
+    }
+    fs::rename(&tmp, &path).map_err(io("rename", &tmp))?;
+    sync_dir(root)
+}
+
+fn private_file(path: &Path) -> Result<fs::File> {
+    let mut opts = fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    opts.open(path).map_err(io("create", path))
+}
+
+fn make_private_dir(path: &Path) -> Result<()> {
+    let mut b = fs::DirBuilder::new();
+    b.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        b.mode(0o700);
+    }
+    b.create(path).map_err(io("create directory", path))?;
+    set_mode(path, 0o700)
+}
+
+fn sync_dir(path: &Path) -> Result<()> {
+    #[cfg(unix)]
+    {
+        let d = fs::File::open(path).map_err(io("open", path))?;
+        d.sync_all().map_err(io("sync", path))?;
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+    Ok(())
+}
+
+#[cfg(unix)]
+fn set_mode(path: &Path, mode: u32) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(io("chmod", path))
+}
+
+#[cfg(not(unix))]
+fn set_mode(_path: &Path, _mode: u32) -> Result<()> {
+    Ok(())
+}
+
+/// sled creates its files with the process umask (usually 0644). The store
+/// holds OAuth tokens and customer data, so after opening, every file is made
+/// 0600 and every directory 0700. The root directory is 0700 from the start,
+/// so nothing is readable by others even before this runs; files sled creates
+/// later (snapshots) are behind that directory too and are fixed on next open.
+pub fn restrict_permissions(root: &Path) -> Result<()> {
+    fn walk(dir: &Path) -> Result<()> {
+        set_mode(dir, 0o700)?;
+        for entry in fs::read_dir(dir).map_err(io("read directory", dir))? {
+            let entry = entry.map_err(io("read directory", dir))?;
+            let path = entry.path();
+            let ty = entry.file_type().map_err(io("inspect", &path))?;
+            if ty.is_dir() {
+                walk(&path)?;
+            } else if ty.is_file() {
+                set_mode(&path, 0o600)?;
+            }
+        }
+        Ok(())
+    }
+    walk(root)
+}

@@ -1,0 +1,145 @@
+//! flowd's durable state: which trigger items were seen, each trigger's cursor,
+//! the runs created for new items and the result of each of their steps, OAuth
+//! tokens and the webhook inbox.
+//!
+//! The engine's promise — never lose an item, never fire twice for one, even
+//! across SIGKILL — rests on three calls, each flushed to disk before it
+//! returns:
+//!
+//! 1. [`Store::commit_poll`] records a poll's seen keys, the trigger's new
+//!    state and a `pending` run per new item in **one** transaction, before any
+//!    action is sent. A crash before it: the items are polled again. After it:
+//!    the runs are found by [`Store::list_resumable`].
+//! 2. [`Store::mark_step_started`] records the rendered request *before* it is
+//!    sent, so a step found `sent` after a crash is known to be in doubt.
+//! 3. [`Store::record_step_result`] records what came back.
+//!
+//! [`SledStore`] is the implementation (see [`sled_store`] for the data
+//! layout); [`SledStore::temporary`] gives a throw-away store for other
+//! crates' tests.
+
+pub mod clock;
+pub mod error;
+mod keys;
+pub mod layout;
+pub mod model;
+pub mod sled_store;
+mod transitions;
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+
+pub use clock::Clock;
+pub use error::{Result, StoreError};
+pub use model::{
+    NewRun, PollCommit, PollItem, PollOutcome, PruneStats, Retention, Run, RunChange, RunFilter, RunId, RunStatus,
+    StepRecord, StepStatus, WebhookEvent,
+};
+pub use sled_store::SledStore;
+
+/// The engine's durable state. Methods are synchronous (sled is): call them
+/// from async code through `spawn_blocking`, or directly for the short reads.
+/// Every method that changes state has flushed it to disk when it returns Ok.
+pub trait Store: Send + Sync {
+    /// The id written at creation, in the database and in the marker file.
+    fn store_id(&self) -> &str;
+
+    // --- dedupe and triggers ---
+
+    /// For each key, whether it has never been recorded for `trigger`.
+    fn filter_unseen(&self, trigger: &str, keys: &[String]) -> Result<Vec<bool>>;
+    /// When `key` was first recorded for `trigger`.
+    fn seen_at(&self, trigger: &str, key: &str) -> Result<Option<DateTime<Utc>>>;
+    /// The state blob last committed for `trigger`.
+    fn trigger_state(&self, trigger: &str) -> Result<Option<Value>>;
+    /// Records a poll atomically and durably; see [`PollCommit`]. A key in the
+    /// commit that is already recorded gets no run (see
+    /// [`PollOutcome::already_seen`]); a key twice in one commit is refused and
+    /// nothing is written.
+    fn commit_poll(&self, commit: &PollCommit) -> Result<PollOutcome>;
+    /// Forgets a trigger's seen keys and state (its definition changed and it
+    /// must baseline again). Returns the number of keys removed.
+    fn reset_trigger(&self, trigger: &str) -> Result<u64>;
+
+    // --- runs ---
+
+    /// Creates a run outside a poll (manual or webhook-less runs).
+    fn create_run(&self, run: &NewRun) -> Result<RunId>;
+    fn get_run(&self, id: RunId) -> Result<Option<Run>>;
+    /// Newest first.
+    fn list_runs(&self, filter: &RunFilter) -> Result<Vec<Run>>;
+    /// Applies `changes` in order, in one transaction and one flush; nothing is
+    /// written if any change is refused. Returns the run as stored.
+    fn update_run(&self, id: RunId, changes: &[RunChange]) -> Result<Run>;
+    /// Runs a restarted engine must pick up: `pending` and `running`, oldest
+    /// first. A `running` run's steps show how far it got.
+    fn list_resumable(&self) -> Result<Vec<Run>>;
+    /// `failed` runs whose retry time is at or before `now`, earliest first.
+    fn list_due_retries(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<Run>>;
+    /// `held` runs of `flow`, oldest first.
+    fn list_held(&self, flow: &str) -> Result<Vec<Run>>;
+    /// Makes every `held` run of `flow` `pending`, atomically; returns them.
+    fn release_held(&self, flow: &str) -> Result<Vec<RunId>>;
+
+    /// Durably records that `step` is about to be sent with `request`. Call it
+    /// before sending; the run must be `running`.
+    fn mark_step_started(&self, id: RunId, step: &str, request: &Value) -> Result<()> {
+        self.update_run(id, &[RunChange::StepStarted { step: step.to_string(), request: request.clone() }]).map(drop)
+    }
+
+    fn record_step_result(
+        &self,
+        id: RunId,
+        step: &str,
+        status: StepStatus,
+        response: Option<&Value>,
+        error: Option<&str>,
+    ) -> Result<()> {
+        self.update_run(
+            id,
+            &[RunChange::StepFinished {
+                step: step.to_string(),
+                status,
+                response: response.cloned(),
+                error: error.map(str::to_string),
+            }],
+        )
+        .map(drop)
+    }
+
+    fn set_run_status(&self, id: RunId, status: RunStatus, error: Option<&str>) -> Result<()> {
+        self.update_run(id, &[RunChange::Status { status, error: error.map(str::to_string) }]).map(drop)
+    }
+
+    fn schedule_retry(&self, id: RunId, at: DateTime<Utc>, error: &str) -> Result<()> {
+        self.update_run(id, &[RunChange::RetryAt { at, error: error.to_string() }]).map(drop)
+    }
+
+    // --- OAuth tokens, per account (location or company id) ---
+
+    fn get_tokens(&self, account: &str) -> Result<Option<Value>>;
+    fn put_tokens(&self, account: &str, tokens: &Value) -> Result<()>;
+    /// Returns whether there were tokens to delete.
+    fn delete_tokens(&self, account: &str) -> Result<bool>;
+
+    // --- webhook inbox, by GHL's webhookId ---
+
+    /// Stores an event; `false` if an event with this id was already stored
+    /// (a redelivery), in which case nothing changes.
+    fn put_webhook_event(&self, id: &str, payload: &Value) -> Result<bool>;
+    fn webhook_seen(&self, id: &str) -> Result<bool>;
+    fn get_webhook_event(&self, id: &str) -> Result<Option<WebhookEvent>>;
+    /// Unprocessed events, oldest first; `limit` 0 means all.
+    fn list_unprocessed_webhooks(&self, limit: usize) -> Result<Vec<WebhookEvent>>;
+    /// Marks the event processed and creates `runs` for it, atomically, so an
+    /// event is never lost between the two nor processed twice (a second call
+    /// is a [`StoreError::Conflict`]).
+    fn complete_webhook_event(&self, id: &str, runs: &[NewRun]) -> Result<Vec<RunId>>;
+
+    // --- maintenance ---
+
+    fn prune(&self, policy: &Retention) -> Result<PruneStats>;
+    /// Forces everything written so far to disk. Every changing method already
+    /// does this; it is here for callers that want an explicit point.
+    fn flush(&self) -> Result<()>;
+}

@@ -1,0 +1,267 @@
+//! The records the store keeps and the inputs that change them.
+//!
+//! Records are stored as JSON (not a binary format) so that a damaged or
+//! hand-inspected database can still be read with `serde_json`, and so that the
+//! JSON payloads they carry (trigger items, rendered requests) need no second
+//! encoding.
+
+use std::fmt;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// A run's id: sled's `generate_id`, monotonic across restarts of one store,
+/// so ids sort in creation order and "newest first" is a reverse scan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct RunId(pub u64);
+
+impl fmt::Display for RunId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// Where a run is in its life.
+///
+/// A run waiting for a retry is `Failed` with `next_retry_at` set; `Dead` is a
+/// failure the engine has given up on. `InDoubt` means a request may or may not
+/// have reached GHL and a person (or an idempotency check) must decide; `Held`
+/// runs wait for their flow to be released.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunStatus {
+    Pending,
+    Running,
+    Succeeded,
+    Failed,
+    Dead,
+    InDoubt,
+    Held,
+}
+
+impl RunStatus {
+    pub const ALL: [RunStatus; 7] = [
+        RunStatus::Pending,
+        RunStatus::Running,
+        RunStatus::Succeeded,
+        RunStatus::Failed,
+        RunStatus::Dead,
+        RunStatus::InDoubt,
+        RunStatus::Held,
+    ];
+
+    /// The one-byte tag used as the prefix of the status index; stable on disk.
+    pub(crate) fn tag(self) -> u8 {
+        match self {
+            RunStatus::Pending => b'p',
+            RunStatus::Running => b'r',
+            RunStatus::Succeeded => b's',
+            RunStatus::Failed => b'f',
+            RunStatus::Dead => b'd',
+            RunStatus::InDoubt => b'i',
+            RunStatus::Held => b'h',
+        }
+    }
+
+    /// Finished runs never change again, so they are the ones retention may drop.
+    pub fn is_final(self) -> bool {
+        matches!(self, RunStatus::Succeeded | RunStatus::Dead)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Pending => "pending",
+            RunStatus::Running => "running",
+            RunStatus::Succeeded => "succeeded",
+            RunStatus::Failed => "failed",
+            RunStatus::Dead => "dead",
+            RunStatus::InDoubt => "in_doubt",
+            RunStatus::Held => "held",
+        }
+    }
+}
+
+impl fmt::Display for RunStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Where one step of a run is. `Sent` is written before the request leaves, so
+/// a step found `Sent` after a crash may or may not have reached GHL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepStatus {
+    Sent,
+    Succeeded,
+    Failed,
+    InDoubt,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepRecord {
+    pub step: String,
+    pub status: StepStatus,
+    pub request: Value,
+    #[serde(default)]
+    pub response: Option<Value>,
+    pub started_at: DateTime<Utc>,
+    #[serde(default)]
+    pub finished_at: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub error: Option<String>,
+    /// How many times this step was started (re-sends after a failure or an
+    /// in-doubt decision count).
+    pub tries: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Run {
+    pub id: RunId,
+    pub flow: String,
+    /// The trigger id (flow name + trigger hash) that produced the run, if any.
+    #[serde(default)]
+    pub trigger: Option<String>,
+    /// The dedupe key of the trigger item, if the run came from a poll.
+    #[serde(default)]
+    pub dedupe_key: Option<String>,
+    pub item: Value,
+    pub status: RunStatus,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    /// Times the run entered `Running`.
+    pub attempts: u32,
+    #[serde(default)]
+    pub next_retry_at: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub error: Option<String>,
+    #[serde(default)]
+    pub steps: Vec<StepRecord>,
+}
+
+impl Run {
+    pub fn step(&self, step: &str) -> Option<&StepRecord> {
+        self.steps.iter().find(|s| s.step == step)
+    }
+}
+
+/// A run to create. Runs start `Pending` (or `Held` when `held` is set, for a
+/// paused flow).
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewRun {
+    pub flow: String,
+    pub trigger: Option<String>,
+    pub item: Value,
+    pub held: bool,
+}
+
+impl NewRun {
+    pub fn new(flow: impl Into<String>, item: Value) -> Self {
+        NewRun { flow: flow.into(), trigger: None, item, held: false }
+    }
+}
+
+/// One item of a poll: its dedupe key is recorded as seen, and if `run` is set
+/// a run is created for it in the same transaction. Baseline polls (the first
+/// poll of a trigger, which must not fire for what already exists) pass no run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PollItem {
+    pub key: String,
+    pub run: Option<NewRun>,
+}
+
+/// Everything one poll changes, committed atomically and flushed by
+/// [`crate::Store::commit_poll`] before the engine sends any action.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PollCommit {
+    pub trigger: String,
+    /// The trigger's new cursor/state; `None` leaves the stored state as is.
+    pub state: Option<Value>,
+    pub items: Vec<PollItem>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PollOutcome {
+    /// The runs created, with the dedupe key each was created for, in item order.
+    pub created: Vec<(String, RunId)>,
+    /// Keys that were already recorded (another poller got there first): no run
+    /// was created for them. The engine should treat this as a bug or a race.
+    pub already_seen: Vec<String>,
+}
+
+/// Which runs [`crate::Store::list_runs`] returns: newest first.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunFilter {
+    pub flow: Option<String>,
+    pub status: Option<RunStatus>,
+    /// Only runs older than this id (for paging).
+    pub before: Option<RunId>,
+    /// At most this many; `0` means no limit.
+    pub limit: usize,
+}
+
+/// One change to a run; several are applied in one transaction and one flush
+/// by [`crate::Store::update_run`], which is how the engine batches.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RunChange {
+    /// The request is about to be sent. Refused if the step already succeeded
+    /// or is still `Sent` (a crash left it in doubt: record `InDoubt` or a
+    /// result first, so a re-send is always an explicit decision).
+    StepStarted { step: String, request: Value },
+    /// The result of a started step: status must not be `Sent`.
+    StepFinished { step: String, status: StepStatus, response: Option<Value>, error: Option<String> },
+    /// Entering `Running` counts an attempt; any status change clears a
+    /// scheduled retry. `Succeeded` and `Dead` are final.
+    Status { status: RunStatus, error: Option<String> },
+    /// Fail the run and schedule it for another attempt at `at`.
+    RetryAt { at: DateTime<Utc>, error: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WebhookEvent {
+    pub id: String,
+    pub payload: Value,
+    pub received_at: DateTime<Utc>,
+    #[serde(default)]
+    pub processed_at: Option<DateTime<Utc>>,
+}
+
+/// What [`crate::Store::prune`] may drop. `None` limits are not applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Retention {
+    /// Drop seen keys first seen longer ago than this...
+    pub seen_max_age: Option<Duration>,
+    /// ...but always keep this many of the most recently seen keys per trigger,
+    /// so items still inside the poll window never fire again. Set it to at
+    /// least the largest page a trigger reads.
+    pub seen_keep_per_trigger: usize,
+    /// Drop finished runs (succeeded, dead) last updated longer ago than this.
+    pub runs_max_age: Option<Duration>,
+    /// Keep at most this many finished runs (the newest) in the whole store.
+    pub runs_keep: Option<usize>,
+    /// Drop processed webhook events received longer ago than this.
+    pub webhooks_max_age: Option<Duration>,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        const DAY: u64 = 24 * 3600;
+        Retention {
+            seen_max_age: Some(Duration::from_secs(90 * DAY)),
+            seen_keep_per_trigger: 1000,
+            runs_max_age: Some(Duration::from_secs(30 * DAY)),
+            runs_keep: Some(100_000),
+            webhooks_max_age: Some(Duration::from_secs(7 * DAY)),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PruneStats {
+    pub seen_removed: u64,
+    pub runs_removed: u64,
+    pub webhooks_removed: u64,
+}

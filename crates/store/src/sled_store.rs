@@ -1,0 +1,845 @@
+//! [`Store`] on sled 0.34.
+//!
+//! # Trees
+//!
+//! | tree             | key                                   | value                     |
+//! |------------------|---------------------------------------|---------------------------|
+//! | `meta`           | `format`, `store_id`, `created_at`    | text                      |
+//! | `seen`           | `len(trigger) ++ trigger ++ key`      | first-seen ms (u64 BE)    |
+//! | `triggers`       | trigger                               | state (JSON)              |
+//! | `runs`           | run id (u64 BE)                       | [`Run`] (JSON, with steps)|
+//! | `run_status`     | status tag (1 byte) ++ run id         | empty                     |
+//! | `run_flow`       | `len(flow) ++ flow ++ run id`         | empty                     |
+//! | `run_retry`      | retry ms (u64 BE) ++ run id           | empty                     |
+//! | `tokens`         | account                               | JSON                      |
+//! | `webhooks`       | webhook id                            | [`WebhookEvent`] (JSON)   |
+//! | `webhook_queue`  | received ms (u64 BE) ++ webhook id    | empty (unprocessed only)  |
+//!
+//! Separate trees rather than one prefixed tree: each index is a plain
+//! ordered scan, `sled` transactions span several trees of one database
+//! atomically (one log batch), and a `Tree::len` or a corrupt record names the
+//! tree it is in. The `run_*` trees are indexes over `runs` and are only
+//! written in the same transaction as the run record, so they cannot drift.
+//!
+//! A run's steps live inside its record: runs have a handful of steps, and
+//! rewriting the record keeps a run and its steps consistent for free.
+//!
+//! # Durability
+//!
+//! sled acknowledges writes before they reach disk (its background flush runs
+//! every 500 ms), so a SIGKILL can lose acknowledged writes. Every changing
+//! method therefore ends with `Db::flush` (one fsync'd log write; all trees
+//! share one log). Batching is by grouping changes into one call:
+//! [`Store::commit_poll`] for a poll, [`Store::update_run`] with several
+//! [`RunChange`]s for a run, [`Store::complete_webhook_event`] for an event.
+//!
+//! All writes go through transactions, including pruning: sled does not
+//! isolate transactions from plain writes to the same trees.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use sled::transaction::{ConflictableTransactionError, ConflictableTransactionResult, TransactionalTree};
+use sled::{Transactional, Tree};
+
+use crate::clock::Clock;
+use crate::error::{Result, StoreError};
+use crate::keys::{self, decode_json, encode_json};
+use crate::layout::{self, Marker, FORMAT, META_CREATED_AT, META_FORMAT, META_STORE_ID};
+use crate::model::*;
+use crate::transitions;
+use crate::Store;
+
+const T_META: &str = "meta";
+const T_SEEN: &str = "seen";
+const T_TRIGGERS: &str = "triggers";
+const T_RUNS: &str = "runs";
+const T_RUN_STATUS: &str = "run_status";
+const T_RUN_FLOW: &str = "run_flow";
+const T_RUN_RETRY: &str = "run_retry";
+const T_TOKENS: &str = "tokens";
+const T_WEBHOOKS: &str = "webhooks";
+const T_WEBHOOK_QUEUE: &str = "webhook_queue";
+
+/// Deletions per transaction when pruning: bounds the transaction's memory
+/// and how long it holds sled's write lock.
+const PRUNE_CHUNK: usize = 512;
+
+/// sled's default page cache is 1 GiB; flowd's working set (recent seen keys,
+/// open runs) is far smaller and shares the machine with the engine.
+const CACHE_BYTES: u64 = 64 * 1024 * 1024;
+
+struct Trees {
+    seen: Tree,
+    triggers: Tree,
+    runs: Tree,
+    run_status: Tree,
+    run_flow: Tree,
+    run_retry: Tree,
+    tokens: Tree,
+    webhooks: Tree,
+    webhook_queue: Tree,
+}
+
+impl Trees {
+    fn open(db: &sled::Db) -> Result<Trees> {
+        Ok(Trees {
+            seen: db.open_tree(T_SEEN)?,
+            triggers: db.open_tree(T_TRIGGERS)?,
+            runs: db.open_tree(T_RUNS)?,
+            run_status: db.open_tree(T_RUN_STATUS)?,
+            run_flow: db.open_tree(T_RUN_FLOW)?,
+            run_retry: db.open_tree(T_RUN_RETRY)?,
+            tokens: db.open_tree(T_TOKENS)?,
+            webhooks: db.open_tree(T_WEBHOOKS)?,
+            webhook_queue: db.open_tree(T_WEBHOOK_QUEUE)?,
+        })
+    }
+}
+
+pub struct SledStore {
+    db: sled::Db,
+    t: Trees,
+    root: Option<PathBuf>,
+    store_id: String,
+    clock: Clock,
+}
+
+impl std::fmt::Debug for SledStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SledStore").field("root", &self.root).field("store_id", &self.store_id).finish()
+    }
+}
+
+type TxResult<T> = ConflictableTransactionResult<T, StoreError>;
+
+fn abort<T>(e: StoreError) -> TxResult<T> {
+    Err(ConflictableTransactionError::Abort(e))
+}
+
+/// Lifts a store error into a transaction abort.
+fn tx<T>(r: Result<T>) -> TxResult<T> {
+    r.map_err(ConflictableTransactionError::Abort)
+}
+
+impl SledStore {
+    /// Opens the store at `path`, which must have been created before (by
+    /// [`SledStore::create_or_open`]). The engine's normal start-up uses this:
+    /// a missing store is then a mistake (wrong path, lost volume), not a
+    /// reason to start from nothing.
+    pub fn open(path: impl AsRef<Path>) -> Result<SledStore> {
+        Self::open_at(path.as_ref(), false)
+    }
+
+    /// Creates a store at `path` if there is none (the directory is absent or
+    /// empty), else opens it. Used by `flowd init` and first runs. Damage is
+    /// reported the same way as by [`SledStore::open`]: a marker without its
+    /// database is never taken for "no store yet".
+    pub fn create_or_open(path: impl AsRef<Path>) -> Result<SledStore> {
+        Self::open_at(path.as_ref(), true)
+    }
+
+    /// A store in a temporary file that sled deletes on drop: the real
+    /// implementation, for other crates' tests (there is no separate
+    /// in-memory store to drift from this one).
+    pub fn temporary() -> Result<SledStore> {
+        let db = sled::Config::new().temporary(true).cache_capacity(CACHE_BYTES).open()?;
+        let meta = db.open_tree(T_META)?;
+        let marker = init_meta(&meta, &Clock::system())?;
+        Self::assemble(db, None, marker.store_id)
+    }
+
+    /// Replaces the clock (tests age records with it).
+    pub fn with_clock(mut self, clock: Clock) -> SledStore {
+        self.clock = clock;
+        self
+    }
+
+    pub fn path(&self) -> Option<&Path> {
+        self.root.as_deref()
+    }
+
+    fn open_at(root: &Path, create: bool) -> Result<SledStore> {
+        let found = layout::prepare(root, create)?;
+        let db = open_sled(root)?;
+        layout::restrict_permissions(root)?;
+
+        let meta = db.open_tree(T_META)?;
+        let marker = match read_meta(&meta).map_err(|r| layout::damaged(root, r))? {
+            Some(m) => {
+                if m.format != FORMAT {
+                    return Err(layout::damaged(
+                        root,
+                        format!(
+                            "it has format version {}, which this flowd does not know (it knows {FORMAT})",
+                            m.format
+                        ),
+                    ));
+                }
+                match &found.marker {
+                    Some(mk) if mk.store_id != m.store_id => {
+                        return Err(layout::damaged(
+                            root,
+                            format!(
+                            "the marker file names store {} but the database is store {}: the database was replaced",
+                            mk.store_id, m.store_id
+                        ),
+                        ))
+                    }
+                    Some(_) => {}
+                    // Meta proves a store; the marker was lost or creation
+                    // stopped just before writing it.
+                    None => layout::write_marker(root, &m)?,
+                }
+                m
+            }
+            None => {
+                if found.marker.is_some() {
+                    return Err(layout::damaged(
+                        root,
+                        "its database has no meta record (the database was replaced or damaged)",
+                    ));
+                }
+                if !db_is_empty(&db)? {
+                    return Err(layout::damaged(root, "its database holds data but no meta record"));
+                }
+                let m = init_meta(&meta, &Clock::system())?;
+                layout::write_marker(root, &m)?;
+                layout::restrict_permissions(root)?;
+                m
+            }
+        };
+        Self::assemble(db, Some(root.to_path_buf()), marker.store_id)
+    }
+
+    fn assemble(db: sled::Db, root: Option<PathBuf>, store_id: String) -> Result<SledStore> {
+        let t = Trees::open(&db)?;
+        Ok(SledStore { db, t, root, store_id, clock: Clock::system() })
+    }
+
+    fn now(&self) -> DateTime<Utc> {
+        self.clock.now()
+    }
+
+    fn durable(&self) -> Result<()> {
+        self.db.flush()?;
+        Ok(())
+    }
+
+    fn load_run(&self, id: RunId) -> Result<Option<Run>> {
+        let k = keys::run_key(id);
+        match self.t.runs.get(k)? {
+            Some(v) => Ok(Some(decode_json(T_RUNS, &k, &v)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Loads the run an index entry points at; a dangling entry is corruption.
+    fn run_from_index(&self, tree: &'static str, key: &[u8]) -> Result<Run> {
+        let id = keys::trailing_run_id(tree, key)?;
+        self.load_run(id)?.ok_or_else(|| keys::corrupt_key(tree, key, &format!("points at missing run {id}")))
+    }
+
+    fn collect_runs(
+        &self,
+        tree: &'static str,
+        iter: impl Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>,
+        keep: impl Fn(&Run) -> bool,
+        limit: usize,
+    ) -> Result<Vec<Run>> {
+        let mut out = Vec::new();
+        for item in iter {
+            let (k, _) = item?;
+            let run = self.run_from_index(tree, &k)?;
+            if keep(&run) {
+                out.push(run);
+                if limit != 0 && out.len() >= limit {
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn runs_with_status(&self, status: RunStatus) -> Result<Vec<Run>> {
+        self.collect_runs(T_RUN_STATUS, self.t.run_status.scan_prefix([status.tag()]), |r| r.status == status, 0)
+    }
+
+    fn prune_seen(&self, policy: &Retention, now: DateTime<Utc>) -> Result<u64> {
+        let Some(max_age) = policy.seen_max_age else {
+            return Ok(0);
+        };
+        let cutoff = cutoff_ms(now, max_age);
+        let mut doomed: Vec<Vec<u8>> = Vec::new();
+        // Keys of one trigger are contiguous (length-prefixed trigger first),
+        // so one pass groups them; only one trigger's keys are held at a time.
+        let mut group: Vec<(u64, sled::IVec)> = Vec::new();
+        let mut current: Option<Vec<u8>> = None;
+        let mut flush_group = |group: &mut Vec<(u64, sled::IVec)>| {
+            group.sort_by_key(|g| std::cmp::Reverse(g.0));
+            for (ms, k) in group.drain(..).skip(policy.seen_keep_per_trigger) {
+                if ms < cutoff {
+                    doomed.push(k.to_vec());
+                }
+            }
+        };
+        for item in self.t.seen.iter() {
+            let (k, v) = item?;
+            let (trigger, _) = keys::split_str_prefix(T_SEEN, &k)?;
+            let prefix = keys::str_prefix(trigger);
+            if current.as_deref() != Some(prefix.as_slice()) {
+                flush_group(&mut group);
+                current = Some(prefix);
+            }
+            let ms = keys::millis(keys::time_from(T_SEEN, &k, &v)?);
+            group.push((ms, k));
+        }
+        flush_group(&mut group);
+
+        for chunk in doomed.chunks(PRUNE_CHUNK) {
+            self.t.seen.transaction(|seen| {
+                for k in chunk {
+                    seen.remove(k.as_slice())?;
+                }
+                Ok(())
+            })?;
+        }
+        Ok(doomed.len() as u64)
+    }
+
+    fn prune_runs(&self, policy: &Retention, now: DateTime<Utc>) -> Result<u64> {
+        if policy.runs_max_age.is_none() && policy.runs_keep.is_none() {
+            return Ok(0);
+        }
+        let mut finished: Vec<(RunId, u64)> = Vec::new();
+        for status in [RunStatus::Succeeded, RunStatus::Dead] {
+            for run in self.runs_with_status(status)? {
+                finished.push((run.id, keys::millis(run.updated_at)));
+            }
+        }
+        finished.sort_by_key(|f| std::cmp::Reverse(f.0));
+        let cutoff = policy.runs_max_age.map(|a| cutoff_ms(now, a));
+        let keep = policy.runs_keep.unwrap_or(usize::MAX);
+        let doomed: Vec<RunId> = finished
+            .iter()
+            .enumerate()
+            .filter(|(i, (_, ms))| *i >= keep || cutoff.is_some_and(|c| *ms < c))
+            .map(|(_, (id, _))| *id)
+            .collect();
+
+        let trees = (&self.t.runs, &self.t.run_status, &self.t.run_flow, &self.t.run_retry);
+        let mut removed = 0;
+        for chunk in doomed.chunks(PRUNE_CHUNK) {
+            removed += trees.transaction(|(runs, status, flow, retry)| {
+                let mut n = 0u64;
+                for id in chunk {
+                    let k = keys::run_key(*id);
+                    let Some(v) = runs.get(k)? else { continue };
+                    let run: Run = tx(decode_json(T_RUNS, &k, &v))?;
+                    // Re-checked inside the transaction: the run may have
+                    // changed since the scan.
+                    if !run.status.is_final() {
+                        continue;
+                    }
+                    runs.remove(&k)?;
+                    unindex_run(status, retry, &run)?;
+                    flow.remove(keys::flow_index_key(&run.flow, run.id))?;
+                    n += 1;
+                }
+                Ok(n)
+            })?;
+        }
+        Ok(removed)
+    }
+
+    fn prune_webhooks(&self, policy: &Retention, now: DateTime<Utc>) -> Result<u64> {
+        let Some(max_age) = policy.webhooks_max_age else {
+            return Ok(0);
+        };
+        let cutoff = cutoff_ms(now, max_age);
+        let mut doomed = Vec::new();
+        for item in self.t.webhooks.iter() {
+            let (k, v) = item?;
+            let ev: WebhookEvent = decode_json(T_WEBHOOKS, &k, &v)?;
+            if ev.processed_at.is_some() && keys::millis(ev.received_at) < cutoff {
+                doomed.push(k);
+            }
+        }
+        for chunk in doomed.chunks(PRUNE_CHUNK) {
+            self.t.webhooks.transaction(|w| {
+                for k in chunk {
+                    w.remove(k)?;
+                }
+                Ok(())
+            })?;
+        }
+        Ok(doomed.len() as u64)
+    }
+}
+
+fn cutoff_ms(now: DateTime<Utc>, age: std::time::Duration) -> u64 {
+    keys::millis(now).saturating_sub(age.as_millis().min(u64::MAX as u128) as u64)
+}
+
+/// How long to wait for sled's file lock. sled releases the lock of a dropped
+/// `Db` only when its last epoch-deferred reference is reclaimed, which can be
+/// a moment after the drop; a reopen in the same process (tests, a restart of
+/// the engine's store handle) would otherwise fail spuriously. A lock held by
+/// another process outlasts this and is reported as `Locked`.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
+fn open_sled(root: &Path) -> Result<sled::Db> {
+    let started = std::time::Instant::now();
+    loop {
+        let opened = sled::Config::new()
+            .path(layout::db_dir(root))
+            .cache_capacity(CACHE_BYTES)
+            .open()
+            .map_err(|e| map_open_error(root, e));
+        match opened {
+            Err(StoreError::Locked { .. }) if started.elapsed() < LOCK_WAIT => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => return other,
+        }
+    }
+}
+
+fn map_open_error(root: &Path, e: sled::Error) -> StoreError {
+    match e {
+        sled::Error::Io(io) if io.to_string().contains("could not acquire lock") => {
+            StoreError::Locked { path: root.to_path_buf() }
+        }
+        sled::Error::Corruption { .. } | sled::Error::Unsupported(_) => {
+            layout::damaged(root, format!("sled cannot read its database: {e}"))
+        }
+        other => StoreError::Db(other),
+    }
+}
+
+/// `Ok(None)`: no meta at all. `Err(reason)`: meta present but unreadable.
+fn read_meta(meta: &Tree) -> std::result::Result<Option<Marker>, String> {
+    let get = |k: &[u8]| meta.get(k).map_err(|e| format!("cannot read meta: {e}"));
+    let (format, id, created) = (get(META_FORMAT)?, get(META_STORE_ID)?, get(META_CREATED_AT)?);
+    if format.is_none() && id.is_none() && created.is_none() {
+        return Ok(None);
+    }
+    let text = |v: Option<sled::IVec>, what: &str| -> std::result::Result<String, String> {
+        let v = v.ok_or_else(|| format!("its meta record has no {what}"))?;
+        String::from_utf8(v.to_vec()).map_err(|_| format!("its meta {what} is not text"))
+    };
+    let format: u32 =
+        text(format, "format version")?.parse().map_err(|_| "its meta format version is not a number".to_string())?;
+    let store_id = text(id, "store id")?;
+    let created_at = DateTime::parse_from_rfc3339(&text(created, "creation time")?)
+        .map_err(|_| "its meta creation time is not a time".to_string())?
+        .with_timezone(&Utc);
+    Ok(Some(Marker { format, store_id, created_at }))
+}
+
+fn init_meta(meta: &Tree, clock: &Clock) -> Result<Marker> {
+    let m = Marker { format: FORMAT, store_id: uuid::Uuid::new_v4().to_string(), created_at: clock.now() };
+    meta.transaction(|t| {
+        t.insert(META_FORMAT, m.format.to_string().as_bytes())?;
+        t.insert(META_STORE_ID, m.store_id.as_bytes())?;
+        t.insert(META_CREATED_AT, m.created_at.to_rfc3339().as_bytes())?;
+        Ok(())
+    })
+    .map_err(|e: sled::transaction::TransactionError<StoreError>| StoreError::from(e))?;
+    meta.flush()?;
+    Ok(m)
+}
+
+fn db_is_empty(db: &sled::Db) -> Result<bool> {
+    for name in db.tree_names() {
+        if !db.open_tree(&name)?.is_empty() {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// Inserts a new run and its indexes; the id comes from sled's generator.
+fn insert_new_run(
+    runs: &TransactionalTree,
+    status: &TransactionalTree,
+    flow: &TransactionalTree,
+    new: &NewRun,
+    trigger: Option<&str>,
+    dedupe_key: Option<&str>,
+    now: DateTime<Utc>,
+) -> TxResult<RunId> {
+    if new.flow.is_empty() {
+        return abort(StoreError::Invalid("a run needs a flow name".into()));
+    }
+    let id = RunId(runs.generate_id().map_err(|e| ConflictableTransactionError::Abort(e.into()))?);
+    let run = transitions::new_run(id, new, trigger, dedupe_key, now);
+    runs.insert(&keys::run_key(id), tx(encode_json(&run))?)?;
+    status.insert(&keys::status_index_key(run.status.tag(), id), &[])?;
+    flow.insert(keys::flow_index_key(&run.flow, id), &[])?;
+    Ok(id)
+}
+
+fn unindex_run(status: &TransactionalTree, retry: &TransactionalTree, run: &Run) -> TxResult<()> {
+    status.remove(&keys::status_index_key(run.status.tag(), run.id))?;
+    if let Some(at) = run.next_retry_at {
+        retry.remove(keys::time_key(at, &keys::run_key(run.id)))?;
+    }
+    Ok(())
+}
+
+fn index_run(status: &TransactionalTree, retry: &TransactionalTree, run: &Run) -> TxResult<()> {
+    status.insert(&keys::status_index_key(run.status.tag(), run.id), &[])?;
+    if let (RunStatus::Failed, Some(at)) = (run.status, run.next_retry_at) {
+        retry.insert(keys::time_key(at, &keys::run_key(run.id)), &[])?;
+    }
+    Ok(())
+}
+
+/// Applies `changes` to the run `id` inside a transaction over
+/// (runs, run_status, run_retry).
+fn update_run_tx(
+    runs: &TransactionalTree,
+    status: &TransactionalTree,
+    retry: &TransactionalTree,
+    id: RunId,
+    changes: &[RunChange],
+    now: DateTime<Utc>,
+) -> TxResult<Run> {
+    let k = keys::run_key(id);
+    let Some(v) = runs.get(k)? else {
+        return abort(StoreError::RunNotFound(id));
+    };
+    let old: Run = tx(decode_json(T_RUNS, &k, &v))?;
+    let mut run = old.clone();
+    for change in changes {
+        tx(transitions::apply(&mut run, change, now))?;
+    }
+    unindex_run(status, retry, &old)?;
+    index_run(status, retry, &run)?;
+    runs.insert(&k, tx(encode_json(&run))?)?;
+    Ok(run)
+}
+
+impl Store for SledStore {
+    fn store_id(&self) -> &str {
+        &self.store_id
+    }
+
+    fn filter_unseen(&self, trigger: &str, keys: &[String]) -> Result<Vec<bool>> {
+        let prefix = keys::str_prefix(trigger);
+        let mut k = prefix.clone();
+        keys.iter()
+            .map(|key| {
+                k.truncate(prefix.len());
+                k.extend_from_slice(key.as_bytes());
+                Ok(!self.t.seen.contains_key(&k)?)
+            })
+            .collect()
+    }
+
+    fn seen_at(&self, trigger: &str, key: &str) -> Result<Option<DateTime<Utc>>> {
+        let k = keys::seen_key(trigger, key);
+        match self.t.seen.get(&k)? {
+            Some(v) => Ok(Some(keys::time_from(T_SEEN, &k, &v)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn trigger_state(&self, trigger: &str) -> Result<Option<Value>> {
+        match self.t.triggers.get(trigger)? {
+            Some(v) => Ok(Some(decode_json(T_TRIGGERS, trigger.as_bytes(), &v)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn commit_poll(&self, commit: &PollCommit) -> Result<PollOutcome> {
+        if commit.trigger.is_empty() {
+            return Err(StoreError::Invalid("a poll commit needs a trigger id".into()));
+        }
+        let now = self.now();
+        let state = commit.state.as_ref().map(encode_json).transpose()?;
+        let seen_value = keys::time_value(now);
+        let trees = (&self.t.seen, &self.t.triggers, &self.t.runs, &self.t.run_status, &self.t.run_flow);
+        let outcome = trees.transaction(|(seen, triggers, runs, status, flow)| {
+            if let Some(state) = &state {
+                triggers.insert(commit.trigger.as_bytes(), state.as_slice())?;
+            }
+            let mut outcome = PollOutcome::default();
+            let mut in_commit = HashSet::with_capacity(commit.items.len());
+            for item in &commit.items {
+                if !in_commit.insert(item.key.as_str()) {
+                    return abort(StoreError::Invalid(format!(
+                        "dedupe key {:?} appears twice in one poll of {}",
+                        item.key, commit.trigger
+                    )));
+                }
+                let k = keys::seen_key(&commit.trigger, &item.key);
+                if seen.get(&k)?.is_some() {
+                    outcome.already_seen.push(item.key.clone());
+                    continue;
+                }
+                seen.insert(k, &seen_value)?;
+                if let Some(new) = &item.run {
+                    let id = insert_new_run(runs, status, flow, new, Some(&commit.trigger), Some(&item.key), now)?;
+                    outcome.created.push((item.key.clone(), id));
+                }
+            }
+            Ok(outcome)
+        })?;
+        self.durable()?;
+        Ok(outcome)
+    }
+
+    fn reset_trigger(&self, trigger: &str) -> Result<u64> {
+        let doomed: Vec<sled::IVec> =
+            self.t.seen.scan_prefix(keys::str_prefix(trigger)).keys().collect::<sled::Result<_>>()?;
+        for chunk in doomed.chunks(PRUNE_CHUNK) {
+            self.t.seen.transaction(|seen| {
+                for k in chunk {
+                    seen.remove(k)?;
+                }
+                Ok(())
+            })?;
+        }
+        self.t.triggers.transaction(|t| {
+            t.remove(trigger.as_bytes())?;
+            Ok(())
+        })?;
+        self.durable()?;
+        Ok(doomed.len() as u64)
+    }
+
+    fn create_run(&self, new: &NewRun) -> Result<RunId> {
+        let now = self.now();
+        let trees = (&self.t.runs, &self.t.run_status, &self.t.run_flow);
+        let id = trees.transaction(|(runs, status, flow)| insert_new_run(runs, status, flow, new, None, None, now))?;
+        self.durable()?;
+        Ok(id)
+    }
+
+    fn get_run(&self, id: RunId) -> Result<Option<Run>> {
+        self.load_run(id)
+    }
+
+    fn list_runs(&self, f: &RunFilter) -> Result<Vec<Run>> {
+        let before = f.before.map(keys::run_key);
+        if let Some(status) = f.status {
+            let tag = [status.tag()];
+            let iter = match before {
+                Some(b) => self
+                    .t
+                    .run_status
+                    .range(tag.to_vec()..keys::status_index_key(tag[0], RunId(u64::from_be_bytes(b))).to_vec()),
+                None => self.t.run_status.scan_prefix(tag),
+            };
+            let flow = f.flow.as_deref();
+            return self.collect_runs(
+                T_RUN_STATUS,
+                iter.rev(),
+                |r| r.status == status && flow.is_none_or(|fl| r.flow == fl),
+                f.limit,
+            );
+        }
+        if let Some(flow) = &f.flow {
+            let prefix = keys::str_prefix(flow);
+            let iter = match before {
+                Some(b) => {
+                    let mut end = prefix.clone();
+                    end.extend_from_slice(&b);
+                    self.t.run_flow.range(prefix..end)
+                }
+                None => self.t.run_flow.scan_prefix(prefix),
+            };
+            return self.collect_runs(T_RUN_FLOW, iter.rev(), |r| &r.flow == flow, f.limit);
+        }
+        let iter = match before {
+            Some(b) => self.t.runs.range(..b),
+            None => self.t.runs.iter(),
+        };
+        let mut out = Vec::new();
+        for item in iter.rev() {
+            let (k, v) = item?;
+            out.push(decode_json(T_RUNS, &k, &v)?);
+            if f.limit != 0 && out.len() >= f.limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    fn update_run(&self, id: RunId, changes: &[RunChange]) -> Result<Run> {
+        let now = self.now();
+        let trees = (&self.t.runs, &self.t.run_status, &self.t.run_retry);
+        let run = trees.transaction(|(runs, status, retry)| update_run_tx(runs, status, retry, id, changes, now))?;
+        self.durable()?;
+        Ok(run)
+    }
+
+    fn list_resumable(&self) -> Result<Vec<Run>> {
+        let mut runs = self.runs_with_status(RunStatus::Pending)?;
+        runs.extend(self.runs_with_status(RunStatus::Running)?);
+        runs.sort_by_key(|r| r.id);
+        Ok(runs)
+    }
+
+    fn list_due_retries(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<Run>> {
+        // Every key at or before `now` sorts below `now ms + 1`.
+        let end = (keys::millis(now).saturating_add(1)).to_be_bytes();
+        self.collect_runs(
+            T_RUN_RETRY,
+            self.t.run_retry.range(..end),
+            |r| r.status == RunStatus::Failed && r.next_retry_at.is_some_and(|at| at <= now),
+            limit,
+        )
+    }
+
+    fn list_held(&self, flow: &str) -> Result<Vec<Run>> {
+        let mut runs = self.runs_with_status(RunStatus::Held)?;
+        runs.retain(|r| r.flow == flow);
+        Ok(runs)
+    }
+
+    fn release_held(&self, flow: &str) -> Result<Vec<RunId>> {
+        let held: Vec<RunId> = self.list_held(flow)?.iter().map(|r| r.id).collect();
+        if held.is_empty() {
+            return Ok(held);
+        }
+        let now = self.now();
+        let trees = (&self.t.runs, &self.t.run_status, &self.t.run_retry);
+        let released = trees.transaction(|(runs, status, retry)| {
+            let mut released = Vec::with_capacity(held.len());
+            for id in &held {
+                // Re-read inside the transaction: only runs still held move.
+                let k = keys::run_key(*id);
+                let Some(v) = runs.get(k)? else { continue };
+                let run: Run = tx(decode_json(T_RUNS, &k, &v))?;
+                if run.status != RunStatus::Held {
+                    continue;
+                }
+                let change = RunChange::Status { status: RunStatus::Pending, error: None };
+                update_run_tx(runs, status, retry, *id, &[change], now)?;
+                released.push(*id);
+            }
+            Ok(released)
+        })?;
+        self.durable()?;
+        Ok(released)
+    }
+
+    fn get_tokens(&self, account: &str) -> Result<Option<Value>> {
+        match self.t.tokens.get(account)? {
+            Some(v) => Ok(Some(decode_json(T_TOKENS, account.as_bytes(), &v)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn put_tokens(&self, account: &str, tokens: &Value) -> Result<()> {
+        let v = encode_json(tokens)?;
+        self.t.tokens.transaction(|t| {
+            t.insert(account.as_bytes(), v.as_slice())?;
+            Ok(())
+        })?;
+        // A refreshed token pair replaces the old refresh token at GHL: losing
+        // it on a crash would lock the account out.
+        self.durable()
+    }
+
+    fn delete_tokens(&self, account: &str) -> Result<bool> {
+        let existed = self.t.tokens.transaction(|t| Ok(t.remove(account.as_bytes())?.is_some()))?;
+        self.durable()?;
+        Ok(existed)
+    }
+
+    fn put_webhook_event(&self, id: &str, payload: &Value) -> Result<bool> {
+        if id.is_empty() {
+            return Err(StoreError::Invalid("a webhook event needs an id".into()));
+        }
+        let ev =
+            WebhookEvent { id: id.to_string(), payload: payload.clone(), received_at: self.now(), processed_at: None };
+        let v = encode_json(&ev)?;
+        let queue_key = keys::time_key(ev.received_at, id.as_bytes());
+        let trees = (&self.t.webhooks, &self.t.webhook_queue);
+        let inserted = trees.transaction(|(hooks, queue)| {
+            if hooks.get(id.as_bytes())?.is_some() {
+                return Ok(false);
+            }
+            hooks.insert(id.as_bytes(), v.as_slice())?;
+            queue.insert(queue_key.as_slice(), &[])?;
+            Ok(true)
+        })?;
+        if inserted {
+            self.durable()?;
+        }
+        Ok(inserted)
+    }
+
+    fn webhook_seen(&self, id: &str) -> Result<bool> {
+        Ok(self.t.webhooks.contains_key(id)?)
+    }
+
+    fn get_webhook_event(&self, id: &str) -> Result<Option<WebhookEvent>> {
+        match self.t.webhooks.get(id)? {
+            Some(v) => Ok(Some(decode_json(T_WEBHOOKS, id.as_bytes(), &v)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn list_unprocessed_webhooks(&self, limit: usize) -> Result<Vec<WebhookEvent>> {
+        let mut out = Vec::new();
+        for item in self.t.webhook_queue.iter() {
+            let (k, _) = item?;
+            let id = k.get(8..).ok_or_else(|| keys::corrupt_key(T_WEBHOOK_QUEUE, &k, "short key"))?;
+            let id = std::str::from_utf8(id).map_err(|_| keys::corrupt_key(T_WEBHOOK_QUEUE, &k, "id is not utf-8"))?;
+            let ev = self
+                .get_webhook_event(id)?
+                .ok_or_else(|| keys::corrupt_key(T_WEBHOOK_QUEUE, &k, "points at a missing event"))?;
+            out.push(ev);
+            if limit != 0 && out.len() >= limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    fn complete_webhook_event(&self, id: &str, new_runs: &[NewRun]) -> Result<Vec<RunId>> {
+        let now = self.now();
+        let trees = (&self.t.webhooks, &self.t.webhook_queue, &self.t.runs, &self.t.run_status, &self.t.run_flow);
+        let ids = trees.transaction(|(hooks, queue, runs, status, flow)| {
+            let Some(v) = hooks.get(id.as_bytes())? else {
+                return abort(StoreError::Invalid(format!("webhook event {id:?} was never stored")));
+            };
+            let mut ev: WebhookEvent = tx(decode_json(T_WEBHOOKS, id.as_bytes(), &v))?;
+            if ev.processed_at.is_some() {
+                return abort(StoreError::Conflict(format!("webhook event {id:?} was already processed")));
+            }
+            ev.processed_at = Some(now);
+            hooks.insert(id.as_bytes(), tx(encode_json(&ev))?)?;
+            queue.remove(keys::time_key(ev.received_at, id.as_bytes()))?;
+            let mut ids = Vec::with_capacity(new_runs.len());
+            for new in new_runs {
+                ids.push(insert_new_run(runs, status, flow, new, None, None, now)?);
+            }
+            Ok(ids)
+        })?;
+        self.durable()?;
+        Ok(ids)
+    }
+
+    fn prune(&self, policy: &Retention) -> Result<PruneStats> {
+        let now = self.now();
+        let stats = PruneStats {
+            seen_removed: self.prune_seen(policy, now)?,
+            runs_removed: self.prune_runs(policy, now)?,
+            webhooks_removed: self.prune_webhooks(policy, now)?,
+        };
+        self.durable()?;
+        Ok(stats)
+    }
+
+    fn flush(&self) -> Result<()> {
+        self.durable()
+    }
+}

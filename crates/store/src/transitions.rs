@@ -1,0 +1,125 @@
+//! The rules for changing a run, kept apart from storage so that both the
+//! rules and their refusals are the same whatever writes the record.
+//!
+//! The rules exist for the "never fire twice" promise: a step that succeeded
+//! cannot be started again, a step left `Sent` by a crash cannot be silently
+//! re-sent, and finished runs stay finished.
+
+use chrono::{DateTime, Utc};
+
+use crate::error::{Result, StoreError};
+use crate::model::{NewRun, Run, RunChange, RunId, RunStatus, StepRecord, StepStatus};
+
+pub fn new_run(id: RunId, new: &NewRun, trigger: Option<&str>, dedupe_key: Option<&str>, now: DateTime<Utc>) -> Run {
+    Run {
+        id,
+        flow: new.flow.clone(),
+        trigger: trigger.map(str::to_string).or_else(|| new.trigger.clone()),
+        dedupe_key: dedupe_key.map(str::to_string),
+        item: new.item.clone(),
+        status: if new.held { RunStatus::Held } else { RunStatus::Pending },
+        created_at: now,
+        updated_at: now,
+        attempts: 0,
+        next_retry_at: None,
+        error: None,
+        steps: Vec::new(),
+    }
+}
+
+fn conflict(run: &Run, reason: String) -> StoreError {
+    StoreError::Conflict(format!("run {} ({}): {reason}", run.id, run.flow))
+}
+
+pub fn apply(run: &mut Run, change: &RunChange, now: DateTime<Utc>) -> Result<()> {
+    match change {
+        RunChange::StepStarted { step, request } => {
+            if run.status != RunStatus::Running {
+                return Err(conflict(
+                    run,
+                    format!("cannot start step {step:?}: the run is {}, not running", run.status),
+                ));
+            }
+            match run.steps.iter_mut().find(|s| &s.step == step) {
+                Some(s) if s.status == StepStatus::Succeeded => {
+                    return Err(conflict(
+                        run,
+                        format!("step {step:?} already succeeded; sending it again would fire twice"),
+                    ))
+                }
+                Some(s) if s.status == StepStatus::Sent => {
+                    return Err(conflict(
+                        run,
+                        format!("step {step:?} was sent and has no result (it may have reached GHL); record its outcome before sending it again"),
+                    ))
+                }
+                Some(s) => {
+                    s.status = StepStatus::Sent;
+                    s.request = request.clone();
+                    s.response = None;
+                    s.error = None;
+                    s.started_at = now;
+                    s.finished_at = None;
+                    s.tries = s.tries.saturating_add(1);
+                }
+                None => run.steps.push(StepRecord {
+                    step: step.clone(),
+                    status: StepStatus::Sent,
+                    request: request.clone(),
+                    response: None,
+                    started_at: now,
+                    finished_at: None,
+                    error: None,
+                    tries: 1,
+                }),
+            }
+        }
+        RunChange::StepFinished { step, status, response, error } => {
+            if *status == StepStatus::Sent {
+                return Err(StoreError::Invalid("a step result cannot have status `sent`".into()));
+            }
+            let run_id = run.id;
+            let flow = run.flow.clone();
+            let Some(s) = run.steps.iter_mut().find(|s| &s.step == step) else {
+                return Err(StoreError::Conflict(format!(
+                    "run {run_id} ({flow}): step {step:?} has no record of being started"
+                )));
+            };
+            if !matches!(s.status, StepStatus::Sent | StepStatus::InDoubt) {
+                return Err(StoreError::Conflict(format!(
+                    "run {run_id} ({flow}): step {step:?} already finished as {:?}",
+                    s.status
+                )));
+            }
+            s.status = *status;
+            s.response = response.clone();
+            s.error = error.clone();
+            s.finished_at = Some(now);
+        }
+        RunChange::Status { status, error } => {
+            if run.status.is_final() && run.status != *status {
+                return Err(conflict(run, format!("the run is {} (final); cannot make it {status}", run.status)));
+            }
+            if *status == RunStatus::Running && run.status != RunStatus::Running {
+                run.attempts = run.attempts.saturating_add(1);
+            }
+            run.status = *status;
+            run.next_retry_at = None;
+            if *status == RunStatus::Succeeded {
+                run.error = None;
+            } else if error.is_some() {
+                run.error = error.clone();
+            }
+        }
+        RunChange::RetryAt { at, error } => {
+            if run.status.is_final() {
+                return Err(conflict(run, format!("the run is {} (final); cannot retry it", run.status)));
+            }
+            run.status = RunStatus::Failed;
+            run.next_retry_at = Some(*at);
+            run.error = Some(error.clone());
+        }
+    }
+    run.updated_at = now;
+    Ok(())
+}

@@ -1,0 +1,72 @@
+mod common;
+
+use common::*;
+use serde_json::json;
+use store::{NewRun, RunStatus, SledStore, Store, StoreError};
+
+#[test]
+fn tokens_round_trip_per_account_and_survive_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = store_in(&dir);
+    assert_eq!(s.get_tokens("loc1").unwrap(), None);
+    let t1 = json!({"access_token": "a1", "refresh_token": "r1", "expires_at": 123});
+    s.put_tokens("loc1", &t1).unwrap();
+    s.put_tokens("loc2", &json!({"access_token": "b"})).unwrap();
+    let t1b = json!({"access_token": "a2", "refresh_token": "r2"});
+    s.put_tokens("loc1", &t1b).unwrap();
+    let path = s.path().unwrap().to_path_buf();
+    drop(s);
+    let s = SledStore::open(&path).unwrap();
+    assert_eq!(s.get_tokens("loc1").unwrap(), Some(t1b));
+    assert!(s.delete_tokens("loc2").unwrap());
+    assert!(!s.delete_tokens("loc2").unwrap());
+    assert_eq!(s.get_tokens("loc2").unwrap(), None);
+}
+
+#[test]
+fn webhook_inbox_dedupes_lists_and_completes_atomically() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new();
+    let s = store_in(&dir).with_clock(clock.clock());
+    assert!(!s.webhook_seen("w1").unwrap());
+    assert!(s.put_webhook_event("w1", &json!({"type": "ContactCreate"})).unwrap());
+    clock.advance_secs(1);
+    assert!(s.put_webhook_event("w2", &json!({"type": "ContactUpdate"})).unwrap());
+    // A redelivery changes nothing.
+    assert!(!s.put_webhook_event("w1", &json!({"type": "other"})).unwrap());
+    assert!(s.webhook_seen("w1").unwrap());
+    let ev = s.get_webhook_event("w1").unwrap().unwrap();
+    assert_eq!(ev.payload, json!({"type": "ContactCreate"}));
+    assert_eq!(ev.processed_at, None);
+
+    let pending = s.list_unprocessed_webhooks(0).unwrap();
+    assert_eq!(pending.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(), ["w1", "w2"]);
+    assert_eq!(s.list_unprocessed_webhooks(1).unwrap().len(), 1);
+
+    let ids = s.complete_webhook_event("w1", &[NewRun::new("on-contact", json!({"c": 1}))]).unwrap();
+    assert_eq!(ids.len(), 1);
+    assert_eq!(s.get_run(ids[0]).unwrap().unwrap().status, RunStatus::Pending);
+    assert!(s.get_webhook_event("w1").unwrap().unwrap().processed_at.is_some());
+    assert_eq!(s.list_unprocessed_webhooks(0).unwrap().len(), 1);
+    // Twice would fire twice: refused, and no run is created.
+    assert!(matches!(
+        s.complete_webhook_event("w1", &[NewRun::new("on-contact", json!({}))]),
+        Err(StoreError::Conflict(_))
+    ));
+    assert_eq!(s.list_resumable().unwrap().len(), 1);
+    assert!(matches!(s.complete_webhook_event("nope", &[]), Err(StoreError::Invalid(_))));
+    // A refused run (no flow) leaves the event unprocessed.
+    assert!(s.complete_webhook_event("w2", &[NewRun::new("", json!({}))]).is_err());
+    assert_eq!(s.list_unprocessed_webhooks(0).unwrap()[0].id, "w2");
+    assert!(s.complete_webhook_event("w2", &[]).unwrap().is_empty());
+    assert!(s.list_unprocessed_webhooks(0).unwrap().is_empty());
+}
+
+#[test]
+fn temporary_store_works_for_other_crates_tests() {
+    let s = SledStore::temporary().unwrap();
+    assert!(s.path().is_none());
+    s.put_tokens("a", &json!(1)).unwrap();
+    assert_eq!(s.get_tokens("a").unwrap(), Some(json!(1)));
+    assert!(!s.store_id().is_empty());
+}

@@ -1,0 +1,203 @@
+mod common;
+
+use common::*;
+use serde_json::json;
+use store::{NewRun, RunChange, RunFilter, RunId, RunStatus, SledStore, StepStatus, Store, StoreError};
+
+fn running(s: &SledStore, flow: &str) -> RunId {
+    let id = s.create_run(&NewRun::new(flow, json!({"x": 1}))).unwrap();
+    s.set_run_status(id, RunStatus::Running, None).unwrap();
+    id
+}
+
+#[test]
+fn a_run_and_its_steps_round_trip_across_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new();
+    let s = store_in(&dir).with_clock(clock.clock());
+    let id = running(&s, "f");
+    let t0 = clock.now();
+    s.mark_step_started(id, "create_contact", &json!({"method": "POST", "path": "/contacts/"})).unwrap();
+    let mid = s.get_run(id).unwrap().unwrap();
+    assert_eq!(mid.step("create_contact").unwrap().status, StepStatus::Sent);
+    clock.advance_secs(2);
+    s.record_step_result(id, "create_contact", StepStatus::Succeeded, Some(&json!({"id": "c1"})), None).unwrap();
+    s.mark_step_started(id, "tag", &json!({"tags": ["new"]})).unwrap();
+    s.record_step_result(id, "tag", StepStatus::Failed, None, Some("422 bad tag")).unwrap();
+    s.set_run_status(id, RunStatus::Dead, Some("tag failed")).unwrap();
+
+    let path = s.path().unwrap().to_path_buf();
+    drop(s);
+    let s = SledStore::open(&path).unwrap();
+    let run = s.get_run(id).unwrap().unwrap();
+    assert_eq!(run.status, RunStatus::Dead);
+    assert_eq!(run.attempts, 1);
+    assert_eq!(run.error.as_deref(), Some("tag failed"));
+    assert_eq!(run.item, json!({"x": 1}));
+    let c = run.step("create_contact").unwrap();
+    assert_eq!(c.status, StepStatus::Succeeded);
+    assert_eq!(c.request, json!({"method": "POST", "path": "/contacts/"}));
+    assert_eq!(c.response, Some(json!({"id": "c1"})));
+    assert_eq!(c.started_at, t0);
+    assert_eq!(c.finished_at, Some(t0 + chrono::Duration::seconds(2)));
+    assert_eq!(c.tries, 1);
+    let t = run.step("tag").unwrap();
+    assert_eq!(t.status, StepStatus::Failed);
+    assert_eq!(t.error.as_deref(), Some("422 bad tag"));
+    assert_eq!(run.steps.iter().map(|s| s.step.as_str()).collect::<Vec<_>>(), ["create_contact", "tag"]);
+    assert!(s.get_run(RunId(999_999)).unwrap().is_none());
+}
+
+#[test]
+fn steps_cannot_fire_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = store_in(&dir);
+    let id = running(&s, "f");
+    s.mark_step_started(id, "a", &json!(1)).unwrap();
+    // Still `sent` (as after a crash): a re-send must be decided explicitly.
+    assert!(matches!(s.mark_step_started(id, "a", &json!(1)), Err(StoreError::Conflict(_))));
+    s.record_step_result(id, "a", StepStatus::InDoubt, None, Some("timeout")).unwrap();
+    s.mark_step_started(id, "a", &json!(2)).unwrap();
+    assert_eq!(s.get_run(id).unwrap().unwrap().step("a").unwrap().tries, 2);
+    s.record_step_result(id, "a", StepStatus::Succeeded, None, None).unwrap();
+    let err = s.mark_step_started(id, "a", &json!(3)).unwrap_err();
+    assert!(matches!(err, StoreError::Conflict(_)), "{err}");
+    // Results need a started step, and `sent` is not a result.
+    assert!(matches!(
+        s.record_step_result(id, "never", StepStatus::Succeeded, None, None),
+        Err(StoreError::Conflict(_))
+    ));
+    assert!(matches!(s.record_step_result(id, "a", StepStatus::Sent, None, None), Err(StoreError::Invalid(_))));
+    assert!(matches!(s.record_step_result(id, "a", StepStatus::Failed, None, None), Err(StoreError::Conflict(_))));
+    // Steps only start on running runs; finished runs stay finished.
+    let p = s.create_run(&NewRun::new("f", json!(null))).unwrap();
+    assert!(matches!(s.mark_step_started(p, "a", &json!(1)), Err(StoreError::Conflict(_))));
+    s.set_run_status(id, RunStatus::Succeeded, None).unwrap();
+    assert!(matches!(s.set_run_status(id, RunStatus::Running, None), Err(StoreError::Conflict(_))));
+    assert!(matches!(s.set_run_status(RunId(424242), RunStatus::Running, None), Err(StoreError::RunNotFound(_))));
+}
+
+#[test]
+fn a_refused_batch_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = store_in(&dir);
+    let id = s.create_run(&NewRun::new("f", json!(null))).unwrap();
+    let changes = [
+        RunChange::Status { status: RunStatus::Running, error: None },
+        RunChange::StepStarted { step: "a".into(), request: json!(1) },
+        RunChange::StepStarted { step: "a".into(), request: json!(1) },
+    ];
+    assert!(s.update_run(id, &changes).is_err());
+    let run = s.get_run(id).unwrap().unwrap();
+    assert_eq!(run.status, RunStatus::Pending);
+    assert!(run.steps.is_empty());
+    assert_eq!(run.attempts, 0);
+    // The batch without the bad change applies as one.
+    let run = s.update_run(id, &changes[..2]).unwrap();
+    assert_eq!(run.status, RunStatus::Running);
+    assert_eq!(run.steps.len(), 1);
+    assert_eq!(s.get_run(id).unwrap().unwrap(), run);
+}
+
+#[test]
+fn list_runs_filters_newest_first_and_pages() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = store_in(&dir);
+    let mut a = vec![];
+    let mut b = vec![];
+    for i in 0..5 {
+        a.push(s.create_run(&NewRun::new("a", json!(i))).unwrap());
+        b.push(s.create_run(&NewRun::new("a-b", json!(i))).unwrap());
+    }
+    s.set_run_status(a[1], RunStatus::Running, None).unwrap();
+    s.set_run_status(b[2], RunStatus::Running, None).unwrap();
+
+    let all = s.list_runs(&RunFilter::default()).unwrap();
+    assert_eq!(all.len(), 10);
+    assert!(all.windows(2).all(|w| w[0].id > w[1].id), "newest first");
+
+    let ids = |f: RunFilter| s.list_runs(&f).unwrap().iter().map(|r| r.id).collect::<Vec<_>>();
+    let mut a_rev = a.clone();
+    a_rev.reverse();
+    assert_eq!(ids(RunFilter { flow: Some("a".into()), ..Default::default() }), a_rev);
+    assert_eq!(ids(RunFilter { flow: Some("a".into()), limit: 2, ..Default::default() }), a_rev[..2]);
+    assert_eq!(
+        ids(RunFilter { flow: Some("a".into()), before: Some(a[3]), ..Default::default() }),
+        vec![a[2], a[1], a[0]]
+    );
+    assert_eq!(ids(RunFilter { status: Some(RunStatus::Running), ..Default::default() }), vec![b[2], a[1]]);
+    assert_eq!(
+        ids(RunFilter { status: Some(RunStatus::Running), flow: Some("a".into()), ..Default::default() }),
+        vec![a[1]]
+    );
+    assert_eq!(
+        ids(RunFilter { status: Some(RunStatus::Pending), before: Some(a[1]), ..Default::default() }),
+        vec![b[0], a[0]]
+    );
+    assert_eq!(ids(RunFilter { before: Some(a[1]), ..Default::default() }), vec![b[0], a[0]]);
+    assert_eq!(ids(RunFilter { limit: 3, ..Default::default() }), vec![b[4], a[4], b[3]]);
+}
+
+#[test]
+fn resumable_retries_and_held_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new();
+    let s = store_in(&dir).with_clock(clock.clock());
+    let pending = s.create_run(&NewRun::new("f", json!(1))).unwrap();
+    let run = running(&s, "f");
+    let done = running(&s, "f");
+    s.set_run_status(done, RunStatus::Succeeded, None).unwrap();
+    let r1 = running(&s, "f");
+    let r2 = running(&s, "f");
+    let t = clock.now();
+    s.schedule_retry(r1, t + chrono::Duration::seconds(10), "429").unwrap();
+    s.schedule_retry(r2, t + chrono::Duration::seconds(60), "500").unwrap();
+    let held1 = s.create_run(&NewRun { held: true, ..NewRun::new("paused", json!(1)) }).unwrap();
+    let held2 = s.create_run(&NewRun { held: true, ..NewRun::new("paused", json!(2)) }).unwrap();
+    let held_other = s.create_run(&NewRun { held: true, ..NewRun::new("other", json!(3)) }).unwrap();
+
+    let ids = |v: Vec<store::Run>| v.iter().map(|r| r.id).collect::<Vec<_>>();
+    assert_eq!(ids(s.list_resumable().unwrap()), vec![pending, run]);
+
+    assert!(s.list_due_retries(t, 0).unwrap().is_empty());
+    assert_eq!(ids(s.list_due_retries(t + chrono::Duration::seconds(10), 0).unwrap()), vec![r1]);
+    assert_eq!(ids(s.list_due_retries(t + chrono::Duration::seconds(61), 0).unwrap()), vec![r1, r2]);
+    assert_eq!(ids(s.list_due_retries(t + chrono::Duration::seconds(61), 1).unwrap()), vec![r1]);
+    let r = s.get_run(r1).unwrap().unwrap();
+    assert_eq!(r.status, RunStatus::Failed);
+    assert_eq!(r.error.as_deref(), Some("429"));
+    // Picking the retry up takes it off the retry list and counts an attempt.
+    s.set_run_status(r1, RunStatus::Running, None).unwrap();
+    let r = s.get_run(r1).unwrap().unwrap();
+    assert_eq!((r.attempts, r.next_retry_at), (2, None));
+    assert_eq!(ids(s.list_due_retries(t + chrono::Duration::seconds(61), 0).unwrap()), vec![r2]);
+    // Rescheduling moves it in the index rather than adding a second entry.
+    s.schedule_retry(r2, t + chrono::Duration::seconds(5), "500").unwrap();
+    assert_eq!(ids(s.list_due_retries(t + chrono::Duration::seconds(61), 0).unwrap()), vec![r2]);
+
+    assert_eq!(ids(s.list_held("paused").unwrap()), vec![held1, held2]);
+    assert_eq!(s.release_held("paused").unwrap(), vec![held1, held2]);
+    assert!(s.list_held("paused").unwrap().is_empty());
+    assert_eq!(ids(s.list_held("other").unwrap()), vec![held_other]);
+    assert_eq!(s.get_run(held1).unwrap().unwrap().status, RunStatus::Pending);
+    assert!(s.release_held("paused").unwrap().is_empty());
+    assert_eq!(ids(s.list_resumable().unwrap()), vec![pending, run, r1, held1, held2]);
+}
+
+#[test]
+fn a_corrupt_run_record_is_an_error_not_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store");
+    let s = SledStore::create_or_open(&path).unwrap();
+    let id = s.create_run(&NewRun::new("f", json!(1))).unwrap();
+    drop(s);
+    {
+        let db = sled::open(path.join("db")).unwrap();
+        db.open_tree("runs").unwrap().insert(id.0.to_be_bytes(), &b"{not json"[..]).unwrap();
+        db.flush().unwrap();
+    }
+    let s = SledStore::open(&path).unwrap();
+    assert!(matches!(s.get_run(id), Err(StoreError::Corrupt { tree: "runs", .. })));
+    assert!(matches!(s.list_resumable(), Err(StoreError::Corrupt { .. })));
+    assert!(matches!(s.set_run_status(id, RunStatus::Running, None), Err(StoreError::Corrupt { .. })));
+}
