@@ -268,6 +268,10 @@ impl Engine {
     /// Runs a finished or stuck run again as a new run with the same item.
     pub async fn replay(self: &Arc<Self>, id: RunId) -> Result<(RunId, RunStatus), EngineError> {
         let store = self.store.clone();
+        let flow = self.blocking(move || Ok(store.get_run(id)?.ok_or(EngineError::UnknownRun(id))?.flow)).await?;
+        // Checked first so a replay never leaves a run nobody will execute.
+        self.flow(&flow)?;
+        let store = self.store.clone();
         let new_id = self
             .blocking(move || {
                 let run = store.get_run(id)?.ok_or(EngineError::UnknownRun(id))?;

@@ -17,6 +17,7 @@ mod request;
 mod runtime;
 mod scheduler;
 mod tokens;
+mod webhook;
 
 pub use dedupe::{content_hash, dedupe_key, item_id};
 pub use dry_run::{dry_run, DryRun, DryStep};
@@ -25,3 +26,4 @@ pub use error::EngineError;
 pub use metrics::Metrics;
 pub use poll::PollReport;
 pub use tokens::StoreTokens;
+pub use webhook::WebhookReport;

@@ -114,6 +114,14 @@ impl Metrics {
         m
     }
 
+    /// Adds metrics kept elsewhere (the webhook receiver's) to this registry, so one
+    /// `/metrics` shows everything.
+    pub fn register_with(&self, add: impl FnOnce(&mut Registry)) {
+        if let Ok(mut r) = self.registry.lock() {
+            add(&mut r);
+        }
+    }
+
     /// The Prometheus text exposition of every metric.
     pub fn encode(&self) -> String {
         let mut out = String::new();

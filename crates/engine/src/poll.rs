@@ -37,6 +37,10 @@ impl Engine {
     /// returned, not executed; see [`Engine::poll_and_run`].
     pub async fn poll(&self, name: &str) -> Result<PollReport, EngineError> {
         let rt = self.flow(name)?;
+        if rt.webhook_only() {
+            // Webhook deliveries feed it; there is nothing to poll.
+            return Ok(PollReport::default());
+        }
         let started = std::time::Instant::now();
         let result = self.poll_inner(&rt).await;
         self.metrics().record_poll(rt.name(), &rt.trigger_op.key, started.elapsed(), result.as_ref().ok());
@@ -68,11 +72,13 @@ impl Engine {
             return Err(EngineError::Flow { flow: flow.name.clone(), message: "trigger has no trigger spec".into() });
         };
         let mode = flow.trigger.dedupe;
-        let mut keyed: Vec<(String, Value)> = Vec::with_capacity(items.len());
-        let mut in_poll = HashSet::with_capacity(items.len());
-        for item in items.iter() {
-            match dedupe_key(spec, mode, item, &inputs) {
-                Some(k) if in_poll.insert(k.clone()) => keyed.push((k, item.clone())),
+        let item_count = items.len();
+        let mut keyed: Vec<(String, Value)> = Vec::with_capacity(item_count);
+        let mut in_poll = HashSet::with_capacity(item_count);
+        // Items move into the runs; nothing is cloned per item.
+        for item in items {
+            match dedupe_key(spec, mode, &item, &inputs) {
+                Some(k) if in_poll.insert(k.clone()) => keyed.push((k, item)),
                 Some(_) => {}
                 None => tracing::debug!(flow = %flow.name, "item without an id skipped"),
             }
@@ -85,7 +91,7 @@ impl Engine {
             .await?;
         let baseline = state.is_none();
 
-        let mut report = PollReport { items: items.len(), baseline, ..PollReport::default() };
+        let mut report = PollReport { items: item_count, baseline, ..PollReport::default() };
         let mut poll_items = Vec::new();
         let mut ctx = ctx;
         for ((key, item), is_new) in keyed.into_iter().zip(unseen) {

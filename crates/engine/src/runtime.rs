@@ -48,25 +48,20 @@ impl StepRuntime {
 impl FlowRuntime {
     pub fn new(flow: CompiledFlow, catalog: &Catalog) -> Result<Arc<FlowRuntime>, EngineError> {
         let err = |message: String| EngineError::Flow { flow: flow.name.clone(), message };
+        if let (false, Some(hook)) = (flow.trigger.polls(), flow.trigger.webhook.as_ref()) {
+            let trigger_op = webhook_operation(&hook.event);
+            let trigger_id = format!("{}/{}", flow.name, trigger_op.key);
+            let items_path = JsonPath::parse("$").map_err(|e| err(e.to_string()))?;
+            let steps = step_runtimes(&flow, catalog)?;
+            return Ok(Arc::new(FlowRuntime { flow, trigger_op, trigger_id, items_path, steps }));
+        }
         let trigger_op = catalog
             .get(&flow.trigger.op)
             .cloned()
             .ok_or_else(|| err(format!("unknown trigger `{}`", flow.trigger.op)))?;
         let spec = trigger_op.trigger.as_ref().ok_or_else(|| err(format!("`{}` is not a trigger", trigger_op.key)))?;
         let items_path = JsonPath::parse(&spec.items).map_err(|e| err(e.to_string()))?;
-        let mut steps = Vec::with_capacity(flow.steps.len());
-        for s in &flow.steps {
-            let kind = match &s.uses {
-                StepTarget::Http => StepKind::Http,
-                StepTarget::Ghl(key) => {
-                    let op = catalog.get(key).cloned().ok_or_else(|| err(format!("unknown action `{key}`")))?;
-                    let path = op.action.as_ref().map(|a| a.result.as_str()).unwrap_or("$");
-                    let result = JsonPath::parse(path).map_err(|e| err(e.to_string()))?;
-                    StepKind::Ghl { op: Box::new(op), result }
-                }
-            };
-            steps.push(StepRuntime { id: s.id.clone(), kind });
-        }
+        let steps = step_runtimes(&flow, catalog)?;
         let trigger_id = format!("{}/{}/{}", flow.name, trigger_op.key, flow.trigger.dedupe.as_str());
         Ok(Arc::new(FlowRuntime { flow, trigger_op, trigger_id, items_path, steps }))
     }
@@ -75,10 +70,58 @@ impl FlowRuntime {
         &self.flow.name
     }
 
+    /// A `webhook:` trigger without `reconcile`: nothing to poll.
+    pub fn webhook_only(&self) -> bool {
+        !self.flow.trigger.polls()
+    }
+
     pub fn is_single_record(&self) -> bool {
         matches!(
             self.trigger_op.trigger.as_ref().map(|t| &t.pagination),
             Some(Pagination::SingleRecord | Pagination::SingleFile)
         )
+    }
+}
+
+fn step_runtimes(flow: &CompiledFlow, catalog: &Catalog) -> Result<Vec<StepRuntime>, EngineError> {
+    let err = |message: String| EngineError::Flow { flow: flow.name.clone(), message };
+    let mut steps = Vec::with_capacity(flow.steps.len());
+    for s in &flow.steps {
+        let kind = match &s.uses {
+            StepTarget::Http => StepKind::Http,
+            StepTarget::Ghl(key) => {
+                let op = catalog.get(key).cloned().ok_or_else(|| err(format!("unknown action `{key}`")))?;
+                let path = op.action.as_ref().map(|a| a.result.as_str()).unwrap_or("$");
+                let result = JsonPath::parse(path).map_err(|e| err(e.to_string()))?;
+                StepKind::Ghl { op: Box::new(op), result }
+            }
+        };
+        steps.push(StepRuntime { id: s.id.clone(), kind });
+    }
+    Ok(steps)
+}
+
+/// Stands in for the catalog entry a webhook-only flow lacks, so the runtime keeps one
+/// shape; it has no trigger spec, so it can never be polled.
+fn webhook_operation(event: &str) -> Operation {
+    Operation {
+        key: format!("webhook.{event}"),
+        name: event.to_string(),
+        description: format!("GHL webhook event {event}"),
+        kind: catalog::Kind::Trigger,
+        category: "webhooks".into(),
+        method: catalog::Method::Post,
+        path: String::new(),
+        version: String::new(),
+        scopes: Vec::new(),
+        tokens: Vec::new(),
+        deprecated: false,
+        content_type: None,
+        response_type: None,
+        params: Vec::new(),
+        body_root: None,
+        trigger: None,
+        action: None,
+        notes: None,
     }
 }

@@ -17,6 +17,16 @@ pub(crate) fn spawn_flow(engine: Arc<Engine>, name: String, mut shutdown: watch:
                 engine.unscheduled(&name);
                 return;
             };
+            if rt.webhook_only() {
+                // Kept alive rather than ended: a reload may turn the flow into a polling one.
+                drop(rt);
+                tokio::select! {
+                    _ = tokio::time::sleep(std::time::Duration::from_secs(5)) => {}
+                    _ = shutdown.changed() => return,
+                }
+                previous = None;
+                continue;
+            }
             let schedule = &rt.flow.trigger.schedule;
             let now = Utc::now();
             let jitter =

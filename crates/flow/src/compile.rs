@@ -12,6 +12,7 @@ use crate::parse::{self, At, FlowDoc, StepDoc, TestDoc, TriggerDoc};
 use crate::schedule::Schedule;
 use crate::template::{Filter, RenderError, ValueTemplate};
 use crate::validate::{self, Scope};
+use crate::webhook_events::WEBHOOK_EVENTS;
 
 /// The key of the built-in HTTP step.
 pub const HTTP_STEP: &str = "http.request";
@@ -52,6 +53,28 @@ pub struct CompiledTrigger {
     pub start: Start,
     /// Flood guard: more new items than this in one poll are held, not fired.
     pub max_new: u64,
+    /// Set for `webhook:` triggers. Without `reconcile`, `op` is empty and the flow is
+    /// never polled; with it, the fields above describe the reconciling poll.
+    pub webhook: Option<WebhookTrigger>,
+}
+
+/// A trigger fired by GHL webhook deliveries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebhookTrigger {
+    /// The event `type`, e.g. `ContactCreate`.
+    pub event: String,
+    /// Paired with the polling trigger (`op`): both record the same dedupe key, so a
+    /// change fires once whichever sees it first.
+    pub reconcile: bool,
+    /// Events for the same record closer together than this fire once, for the latest.
+    pub coalesce: Option<std::time::Duration>,
+}
+
+impl CompiledTrigger {
+    /// Whether the trigger has a catalog operation to poll.
+    pub fn polls(&self) -> bool {
+        !self.op.is_empty()
+    }
 }
 
 /// What the first poll does.
@@ -215,6 +238,86 @@ fn compile_trigger(
     step_ids: &[String],
     sink: &mut Sink,
 ) -> (Option<CompiledTrigger>, Vec<String>) {
+    let Some(event) = &t.webhook else {
+        if let Some(r) = &t.reconcile {
+            sink.error(r.pos, "`reconcile` pairs a polling trigger with a webhook one")
+                .help("add `webhook: <EventType>`, or move the polling keys up into `trigger`");
+        }
+        if let Some(c) = &t.coalesce {
+            sink.error(c.pos, "`coalesce` applies to `webhook` triggers only");
+        }
+        return compile_poll_trigger(t, cat, env, step_ids, sink);
+    };
+    let mut ok = true;
+    if !WEBHOOK_EVENTS.contains(&event.value.as_str()) {
+        sink.error(event.pos, format!("unknown webhook event `{}`", event.value)).suggest(&catalog::nearest(
+            &event.value,
+            WEBHOOK_EVENTS.iter().copied(),
+            3,
+        ));
+        ok = false;
+    }
+    let polling_keys = [
+        ("uses", t.uses.as_ref().map(|a| a.pos)),
+        ("with", t.with.as_ref().map(|a| a.pos)),
+        ("every", t.every.as_ref().map(|a| a.pos)),
+        ("cron", t.cron.as_ref().map(|a| a.pos)),
+        ("dedupe", t.dedupe.as_ref().map(|a| a.pos)),
+        ("start", t.start.as_ref().map(|a| a.pos)),
+        ("max_new", t.max_new.as_ref().map(|a| a.pos)),
+    ];
+    for (key, at) in polling_keys {
+        if let Some(at) = at {
+            sink.error(at, format!("`{key}` belongs to polling; a `webhook` trigger takes it under `reconcile`"))
+                .help("`reconcile: { uses: <catalog trigger>, every: 10m }` adds a poll that catches lost webhooks");
+            ok = false;
+        }
+    }
+    let coalesce = match &t.coalesce {
+        None => None,
+        Some(c) => match humantime::parse_duration(c.value.trim()) {
+            Ok(d) if d <= std::time::Duration::from_secs(3600) => Some(d),
+            Ok(_) => {
+                sink.error(c.pos, format!("`coalesce: {}` is longer than an hour", c.value))
+                    .help("coalescing waits this long before firing; keep it to seconds");
+                ok = false;
+                None
+            }
+            Err(e) => {
+                sink.error(c.pos, format!("invalid duration `{}`: {e}", c.value))
+                    .help("write a duration such as `2s` or `500ms`");
+                ok = false;
+                None
+            }
+        },
+    };
+    let webhook = WebhookTrigger { event: event.value.clone(), reconcile: t.reconcile.is_some(), coalesce };
+    // Webhook payloads are not the poll's items: their fields are not checked.
+    let compiled = match &t.reconcile {
+        Some(r) => compile_poll_trigger(r, cat, env, step_ids, sink).0.map(|mut c| {
+            c.webhook = Some(webhook);
+            c
+        }),
+        None => Schedule::every(DEFAULT_EVERY).ok().map(|schedule| CompiledTrigger {
+            op: String::new(),
+            with: ValueTemplate::object(Vec::new()),
+            schedule,
+            dedupe: DedupeMode::New,
+            start: Start::Now,
+            max_new: DEFAULT_MAX_NEW,
+            webhook: Some(webhook),
+        }),
+    };
+    (compiled.filter(|_| ok), Vec::new())
+}
+
+fn compile_poll_trigger(
+    t: &TriggerDoc,
+    cat: &Catalog,
+    env: &CompileEnv,
+    step_ids: &[String],
+    sink: &mut Sink,
+) -> (Option<CompiledTrigger>, Vec<String>) {
     // Checked first, so they are reported even when `uses` is wrong.
     let schedule = match (&t.every, &t.cron) {
         (Some(_), Some(c)) => {
@@ -291,7 +394,7 @@ fn compile_trigger(
     let max_new = t.max_new.as_ref().map(|m| m.value).unwrap_or(DEFAULT_MAX_NEW);
     let compiled = match (with, schedule, dedupe, start) {
         (Some(with), Some(schedule), Some(dedupe), Some(start)) => {
-            Some(CompiledTrigger { op: op.key.clone(), with, schedule, dedupe, start, max_new })
+            Some(CompiledTrigger { op: op.key.clone(), with, schedule, dedupe, start, max_new, webhook: None })
         }
         _ => None,
     };

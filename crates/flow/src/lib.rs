@@ -10,14 +10,16 @@ mod schedule;
 mod schema;
 mod template;
 mod validate;
+mod webhook_events;
 
 pub use catalog::DedupeMode;
 pub use compile::{
     context, load, subset_mismatch, CompileEnv, CompiledFlow, CompiledStep, CompiledTrigger, FlowTest, Start,
-    StepTarget, TestOutcome, DEFAULT_ACCOUNT, DEFAULT_EVERY, DEFAULT_MAX_NEW, HTTP_STEP,
+    StepTarget, TestOutcome, WebhookTrigger, DEFAULT_ACCOUNT, DEFAULT_EVERY, DEFAULT_MAX_NEW, HTTP_STEP,
 };
 pub use diagnostic::{render_all, Diagnostic, Pos, Severity};
 pub use helpers::Helper;
 pub use schedule::{jitter, CronSchedule, Schedule, ScheduleError, MIN_INTERVAL};
 pub use schema::{json_schema, json_schema_for};
 pub use template::{Filter, RenderError, TemplateError, ValueTemplate};
+pub use webhook_events::WEBHOOK_EVENTS;

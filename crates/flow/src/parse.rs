@@ -204,6 +204,11 @@ pub(crate) struct TriggerDoc {
     pub dedupe: Option<At<String>>,
     pub start: Option<At<String>>,
     pub max_new: Option<At<u64>>,
+    /// A GHL webhook event type: the trigger fires on deliveries instead of polls.
+    pub webhook: Option<At<String>>,
+    /// The polling trigger paired with `webhook`, sharing its dedupe keys.
+    pub reconcile: Option<Box<TriggerDoc>>,
+    pub coalesce: Option<At<String>>,
 }
 
 #[derive(Debug)]
@@ -226,7 +231,10 @@ pub(crate) struct TestDoc {
 }
 
 pub(crate) const TOP_KEYS: &[&str] = &["name", "account", "trigger", "if", "steps", "tests"];
-pub(crate) const TRIGGER_KEYS: &[&str] = &["uses", "with", "every", "cron", "dedupe", "start", "max_new"];
+pub(crate) const TRIGGER_KEYS: &[&str] =
+    &["uses", "with", "every", "cron", "dedupe", "start", "max_new", "webhook", "reconcile", "coalesce"];
+/// `reconcile:` is a polling trigger: the trigger's keys minus the webhook ones.
+pub(crate) const RECONCILE_KEYS: &[&str] = &["uses", "with", "every", "cron", "dedupe", "start", "max_new"];
 pub(crate) const STEP_KEYS: &[&str] = &["id", "uses", "with"];
 pub(crate) const TEST_KEYS: &[&str] = &["name", "item", "env", "results", "expect", "filtered"];
 
@@ -239,7 +247,7 @@ pub(crate) fn read_doc(root: &Spanned<Node>, sink: &mut Sink) -> FlowDoc {
             "name" => doc.name = string(value, "name", sink),
             "account" => doc.account = string(value, "account", sink),
             "if" => doc.filter = string(value, "if", sink),
-            "trigger" => doc.trigger = read_trigger(value, sink),
+            "trigger" => doc.trigger = read_trigger(value, "trigger", TRIGGER_KEYS, sink),
             "steps" => {
                 if let Some(items) = sequence(value, "steps", sink) {
                     doc.steps = items.iter().filter_map(|s| read_step(s, sink)).collect();
@@ -256,8 +264,8 @@ pub(crate) fn read_doc(root: &Spanned<Node>, sink: &mut Sink) -> FlowDoc {
     doc
 }
 
-fn read_trigger(node: &Spanned<Node>, sink: &mut Sink) -> Option<TriggerDoc> {
-    let entries = mapping(node, "trigger", sink)?;
+fn read_trigger(node: &Spanned<Node>, what: &str, keys: &[&str], sink: &mut Sink) -> Option<TriggerDoc> {
+    let entries = mapping(node, what, sink)?;
     let mut t = TriggerDoc {
         pos: pos(node),
         uses: None,
@@ -267,26 +275,34 @@ fn read_trigger(node: &Spanned<Node>, sink: &mut Sink) -> Option<TriggerDoc> {
         dedupe: None,
         start: None,
         max_new: None,
+        webhook: None,
+        reconcile: None,
+        coalesce: None,
     };
+    let nested = keys.len() < TRIGGER_KEYS.len();
     for (key, value) in entries {
+        let name = format!("{what}.{}", key.value);
         match key.value.as_str() {
-            "uses" => t.uses = string(value, "trigger.uses", sink),
-            "with" => t.with = with_block(value, "trigger.with", sink),
-            "every" => t.every = string(value, "trigger.every", sink),
-            "cron" => t.cron = string(value, "trigger.cron", sink),
-            "dedupe" => t.dedupe = string(value, "trigger.dedupe", sink),
-            "start" => t.start = string(value, "trigger.start", sink),
+            k if !keys.contains(&k) => unknown_key(&key, k, keys, &format!(" in `{what}`"), sink),
+            "uses" => t.uses = string(value, &name, sink),
+            "with" => t.with = with_block(value, &name, sink),
+            "every" => t.every = string(value, &name, sink),
+            "cron" => t.cron = string(value, &name, sink),
+            "dedupe" => t.dedupe = string(value, &name, sink),
+            "start" => t.start = string(value, &name, sink),
+            "webhook" => t.webhook = string(value, &name, sink),
+            "coalesce" => t.coalesce = string(value, &name, sink),
+            "reconcile" if !nested => {
+                t.reconcile = read_trigger(value, "trigger.reconcile", RECONCILE_KEYS, sink).map(Box::new)
+            }
             "max_new" => match &value.value {
                 Node::UInt(n) if *n > 0 => t.max_new = Some(At { value: *n, pos: pos(value) }),
                 Node::Int(n) if *n > 0 => t.max_new = Some(At { value: n.unsigned_abs(), pos: pos(value) }),
                 other => {
-                    sink.error(
-                        pos(value),
-                        format!("`trigger.max_new` must be a positive integer, found {}", describe(other)),
-                    );
+                    sink.error(pos(value), format!("`{name}` must be a positive integer, found {}", describe(other)));
                 }
             },
-            other => unknown_key(&key, other, TRIGGER_KEYS, " in `trigger`", sink),
+            other => unknown_key(&key, other, keys, &format!(" in `{what}`"), sink),
         }
     }
     Some(t)

@@ -9,6 +9,7 @@ use serde_json::{json, Value};
 
 use crate::compile::{DEFAULT_EVERY, DEFAULT_MAX_NEW, HTTP_STEP};
 use crate::validate::HTTP_METHODS;
+use crate::webhook_events::WEBHOOK_EVENTS;
 
 /// The schema without catalog keys: `uses` is any string.
 pub fn json_schema() -> Value {
@@ -58,15 +59,32 @@ fn build(catalog: Option<&Catalog>) -> Value {
             "trigger": {
                 "type": "object",
                 "additionalProperties": false,
-                "required": ["uses"],
+                "anyOf": [{"required": ["uses"]}, {"required": ["webhook"]}],
                 "properties": {
-                    "uses": trigger_uses,
+                    "uses": trigger_uses.clone(),
                     "with": {"type": "object", "description": "Request parameters; templates see account, env, flow, run and now."},
                     "every": {"type": "string", "default": DEFAULT_EVERY, "description": "Polling interval (humantime: 30s, 5m, 1h); at least 1s."},
                     "cron": {"type": "string", "description": "crontab(5) expression, 5 fields, UTC."},
                     "dedupe": {"enum": ["new", "updated", "changed"], "description": "Which items fire; default from the catalog."},
                     "start": {"type": "string", "default": "now", "description": "`now`, `all` or an RFC 3339 time."},
-                    "max_new": {"type": "integer", "minimum": 1, "default": DEFAULT_MAX_NEW, "description": "Flood guard: more new items than this in one poll are held."}
+                    "max_new": {"type": "integer", "minimum": 1, "default": DEFAULT_MAX_NEW, "description": "Flood guard: more new items than this in one poll are held."},
+                    "webhook": {"type": "string", "enum": WEBHOOK_EVENTS, "description": "GHL webhook event type; the flow fires on deliveries instead of polls."},
+                    "reconcile": {
+                        "type": "object",
+                        "additionalProperties": false,
+                        "required": ["uses"],
+                        "description": "A polling trigger paired with `webhook`, sharing its dedupe keys: catches lost webhooks.",
+                        "properties": {
+                            "uses": trigger_uses,
+                            "with": {"type": "object"},
+                            "every": {"type": "string", "default": DEFAULT_EVERY},
+                            "cron": {"type": "string"},
+                            "dedupe": {"enum": ["new", "updated", "changed"]},
+                            "start": {"type": "string", "default": "now"},
+                            "max_new": {"type": "integer", "minimum": 1, "default": DEFAULT_MAX_NEW}
+                        }
+                    },
+                    "coalesce": {"type": "string", "description": "Webhook events for one record closer together than this fire once (humantime, e.g. 2s)."}
                 },
                 "not": {"required": ["every", "cron"]}
             },

@@ -51,6 +51,9 @@ pub enum Command {
     Sandbox(SandboxArgs),
     /// See flowd work end to end against the built-in sandbox; nothing to configure.
     Demo(DemoArgs),
+    /// Connect GHL accounts (OAuth) and check that every account's credentials work.
+    #[command(subcommand)]
+    Auth(AuthCommand),
     /// Print the JSON Schema of flow files (for editor completion and checks).
     Schema,
     /// Print a shell completion script.
@@ -63,7 +66,7 @@ pub enum Command {
 #[derive(Debug, Args)]
 pub struct ConfigArg {
     /// The service configuration file.
-    #[arg(long, short, value_name = "FILE", default_value = "flowd.yaml", env = "FLOWD_CONFIG")]
+    #[arg(long, short, value_name = "FILE", default_value = "flowd.yaml", env = "FLOWD_CONFIG", global = true)]
     pub config: PathBuf,
 }
 
@@ -220,6 +223,62 @@ pub enum KindArg {
 pub enum Format {
     Yaml,
     Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuthCommand {
+    /// Connect an account through GHL's OAuth authorization-code flow (installing the app).
+    ///
+    /// Prints the install URL, receives the code on a loopback redirect, exchanges it and
+    /// stores the tokens in the store. The account needs `oauth: {client_id, client_secret}`.
+    Oauth(AuthOAuthArgs),
+    /// Call GHL once per account: which credentials work, which scopes the flows miss,
+    /// which accounts must be reconnected (exit 1 if any account is not ok).
+    Check(AuthCheckArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct AuthOAuthArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// The account to connect (a name under `accounts:`).
+    #[arg(long, value_name = "NAME")]
+    pub account: String,
+    /// Port of the loopback listener GHL redirects to (default: any free port). The app's
+    /// redirect URL must be http://127.0.0.1:PORT/oauth/callback.
+    #[arg(long, value_name = "PORT", conflicts_with = "redirect_uri")]
+    pub redirect_port: Option<u16>,
+    /// A redirect URI other than the loopback listener (with --no-wait, then --code).
+    #[arg(long, value_name = "URI")]
+    pub redirect_uri: Option<String>,
+    /// Scopes to ask for (repeatable or space-separated; default: those of the operations
+    /// the account's flows use, plus locations.readonly for `flowd auth check`).
+    #[arg(long = "scope", value_name = "SCOPE")]
+    pub scopes: Vec<String>,
+    /// The consent page (white-label: https://marketplace.leadconnectorhq.com/v2/oauth/chooselocation).
+    #[arg(long, value_name = "URL", default_value = "https://marketplace.gohighlevel.com/v2/oauth/chooselocation")]
+    pub authorize_url: String,
+    /// Print the install URL and exit; finish with --code.
+    #[arg(long, conflicts_with = "code")]
+    pub no_wait: bool,
+    /// Exchange this authorization code (the redirect's `?code=`) instead of waiting.
+    #[arg(long, value_name = "CODE")]
+    pub code: Option<String>,
+    /// How long to wait for the redirect.
+    #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = humantime::parse_duration)]
+    pub timeout: std::time::Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct AuthCheckArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// Only this account (repeatable).
+    #[arg(long = "account", value_name = "NAME")]
+    pub accounts: Vec<String>,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -11,6 +11,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub mod webhooks;
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawConfig {
@@ -40,6 +42,9 @@ pub struct RawConfig {
     /// How long to wait for in-flight steps on shutdown.
     #[serde(default = "default_shutdown", with = "humantime_serde_compat")]
     pub shutdown_timeout: Duration,
+    /// The GHL webhook receiver; off when absent.
+    #[serde(default)]
+    pub webhooks: Option<webhooks::RawWebhooks>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -97,6 +102,7 @@ pub struct Config {
     pub accounts: BTreeMap<String, Account>,
     pub rate_limit: Option<RawRateLimit>,
     pub shutdown_timeout: Duration,
+    pub webhooks: Option<webhooks::Webhooks>,
     pub warnings: Vec<String>,
 }
 
@@ -211,6 +217,12 @@ fn resolve(path: &Path, raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) ->
         }
         accounts.insert(name.clone(), Account { location_id: a.location_id, base_url: a.base_url, credentials });
     }
+    let webhooks = raw
+        .webhooks
+        .as_ref()
+        .map(|w| webhooks::resolve(w, base, listen, &mut warnings))
+        .transpose()
+        .map_err(invalid)?;
     let admin_token = match &raw.admin_token {
         Some(t) => Some(expand(t, env).map_err(|m| invalid(format!("admin_token: {m}")))?),
         None => None,
@@ -227,6 +239,7 @@ fn resolve(path: &Path, raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) ->
         accounts,
         rate_limit: raw.rate_limit,
         shutdown_timeout: raw.shutdown_timeout,
+        webhooks,
         warnings,
     })
 }

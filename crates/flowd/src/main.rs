@@ -34,6 +34,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Completions { shell } => clap_complete::generate(*shell, &mut Cli::command(), "flowd", &mut out),
         Command::Sandbox(args) => runtime()?.block_on(cmd::sandbox::run(args))?,
+        Command::Auth(command) => runtime()?.block_on(cmd::auth::run(command, cli.catalog_dir.as_deref(), &mut out))?,
         Command::Run(args) => {
             init_logging(cli.log_format);
             let config = config::load(&args.config.config, &|k| std::env::var(k).ok())?;

@@ -20,10 +20,10 @@ fn repo() -> &'static Path {
 fn the_example_flows_validate_and_pass_their_tests() {
     let out = flowd(&["validate", "flows"], repo());
     assert!(out.status.success(), "{}", text(&out));
-    assert!(text(&out).contains("5 file(s), 5 flow(s) valid, 0 error(s)"), "{}", text(&out));
+    assert!(text(&out).contains("6 file(s), 6 flow(s) valid, 0 error(s)"), "{}", text(&out));
     let out = flowd(&["test", "flows"], repo());
     assert!(out.status.success(), "{}", text(&out));
-    assert!(text(&out).contains("4 passed, 0 failed"), "{}", text(&out));
+    assert!(text(&out).contains("5 passed, 0 failed"), "{}", text(&out));
 }
 
 #[test]
@@ -90,7 +90,10 @@ fn demo_once_runs_the_examples_end_to_end() {
     let out = flowd(&["demo", "--once"], dir.path());
     let t = text(&out);
     assert!(out.status.success(), "{t}");
-    assert!(t.contains("summary: 5 flows"), "{t}");
+    assert!(t.contains("summary: 6 flows"), "{t}");
+    assert!(t.contains("instant-welcome run"), "webhooks fire the instant flow: {t}");
+    assert!(t.contains("(webhook ContactCreate): tag [succeeded]"), "{t}");
+    assert!(t.contains("instant-welcome: nothing new"), "the reconciling poll fires nothing twice: {t}");
     assert!(t.contains(", 0 failures"), "{t}");
     assert!(t.contains("welcome-new-contacts run"), "{t}");
     assert!(t.contains("task -> tag -> push [succeeded]"), "{t}");

@@ -193,9 +193,49 @@ async fn serves_health_and_metrics_reloads_flows_and_stops_cleanly_on_sigterm() 
     assert_eq!(svc.wait_exit(Duration::from_secs(15)), Some(0), "log:\n{}", svc.log());
     assert!(svc.log().contains("stopped cleanly"), "{}", svc.log());
     // The store reopens: nothing is left half-written.
-    let store = store::SledStore::open(store_path(svc.dir.path())).expect("store reopens after SIGTERM");
-    let runs = store::Store::list_runs(&store, &store::RunFilter { limit: 100, ..Default::default() }).expect("runs");
+    let runs = {
+        let store = store::SledStore::open(store_path(svc.dir.path())).expect("store reopens after SIGTERM");
+        store::Store::list_runs(&store, &store::RunFilter { limit: 100, ..Default::default() }).expect("runs")
+    };
     assert!(runs.iter().all(|r| r.status == store::RunStatus::Succeeded), "{runs:?}");
+
+    // With the service stopped, the CLI reads and acts on the store directly.
+    let cli = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_flowd"))
+            .args(args)
+            .args(["--config", "flowd.yaml"])
+            .current_dir(svc.dir.path())
+            .env("SERVICE_TEST_TOKEN", TOKEN)
+            .output()
+            .expect("flowd runs");
+        (out.status.code(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+    };
+    let (code, listing) = cli(&["runs", "--flow", "tasks"]);
+    assert_eq!(code, Some(0), "{listing}");
+    assert!(listing.contains("succeeded") && listing.contains("1 run(s)"), "{listing}");
+    let id = runs[0].id.to_string();
+    let (code, shown) = cli(&["runs", "show", &id]);
+    assert_eq!(code, Some(0), "{shown}");
+    assert!(
+        shown.contains("contacts.create_task")
+            && shown.contains(&format!("/contacts/{}/tasks", c["id"].as_str().unwrap_or_default())),
+        "{shown}"
+    );
+    let tasks_before = sb.records("tasks").len();
+    let (code, refused) = cli(&["replay", &id]);
+    assert_eq!(code, Some(1), "the flow file is broken, so its runs cannot replay: {refused}");
+    assert!(refused.contains("flow `tasks` is not loaded"), "{refused}");
+    std::fs::write(svc.path("flows/tasks.yaml"), task_flow("tasks", "1s", "now")).expect("fix the flow");
+    let (code, replayed) = cli(&["replay", &id]);
+    assert_eq!(code, Some(0), "{replayed}");
+    assert!(replayed.contains(&format!("run {id} replayed as run")) && replayed.contains("succeeded"), "{replayed}");
+    assert_eq!(sb.records("tasks").len(), tasks_before + 1, "a replay acts again, as asked");
+    let (code, released) = cli(&["release", "tasks"]);
+    assert_eq!(code, Some(0), "{released}");
+    assert!(released.contains("released 0 run(s) of tasks"), "{released}");
+    let (code, missing) = cli(&["runs", "show", "999999"]);
+    assert_eq!(code, Some(1));
+    assert!(missing.contains("run 999999 not found"), "{missing}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -217,8 +257,14 @@ async fn sigkill_at_random_moments_loses_nothing() {
     };
     while kills < 6 {
         svc.start();
-        let wait = 150 + next() % 900;
-        tokio::time::sleep(Duration::from_millis(wait)).await;
+        // Kill while runs execute: once this process has sent something (or, on the
+        // first start, once the first poll has committed its 1,000 runs).
+        let before = sb.records("tasks").len();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while sb.records("tasks").len() == before && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(next() % 400)).await;
         let done = sb.records("tasks").len();
         svc.signal("-KILL");
         let _ = svc.wait_exit(Duration::from_secs(10));
@@ -229,7 +275,7 @@ async fn sigkill_at_random_moments_loses_nothing() {
     }
     // A last, undisturbed start finishes the work.
     svc.start();
-    let deadline = Instant::now() + Duration::from_secs(90);
+    let deadline = Instant::now() + Duration::from_secs(240);
     loop {
         let (_, body) = svc.get("/api/runs?status=pending&limit=1").await.unwrap_or((0, String::new()));
         let (_, running) = svc.get("/api/runs?status=running&limit=1").await.unwrap_or((0, String::new()));

@@ -20,6 +20,7 @@ use crate::seed::{self, Seed};
 use crate::server::reseed;
 use crate::state::AppState;
 use crate::store::{kinds, Record};
+use crate::webhooks::{Change, WebhookSettings};
 
 fn reply(status: StatusCode, body: Value) -> Response {
     let mut r = Response::new(Body::from(serde_json::to_vec(&body).unwrap_or_default()));
@@ -99,7 +100,11 @@ pub fn insert_record(st: &AppState, kind: &str, record: Value) -> Result<Value, 
         crate::handlers::normalise_contact(&mut r);
     }
     let id = st.store.insert(kind, r);
-    Ok(st.store.get(kind, &id).map(Value::Object).unwrap_or(Value::Null))
+    let stored = st.store.get(kind, &id);
+    if let Some(r) = &stored {
+        st.webhooks.record_changed(kind, Change::Create, r, &st.location_id);
+    }
+    Ok(stored.map(Value::Object).unwrap_or(Value::Null))
 }
 
 fn patch_record(st: &AppState, kind: &str, id: &str, fields: Value) -> Result<Value, ApiError> {
@@ -117,7 +122,10 @@ fn patch_record(st: &AppState, kind: &str, id: &str, fields: Value) -> Result<Va
     if kind == kinds::CONTACTS {
         crate::handlers::normalise_contact(r);
     }
-    Ok(Value::Object(r.clone()))
+    let r = r.clone();
+    drop(col);
+    st.webhooks.record_changed(kind, Change::Update, &r, &st.location_id);
+    Ok(Value::Object(r))
 }
 
 pub async fn handle(st: Arc<AppState>, req: Request) -> Response {
@@ -261,8 +269,19 @@ fn route(
         ("DELETE", ["records", kind, id]) => {
             let kind =
                 st.store.kind(kind).ok_or_else(|| ApiError::not_found(format!("unknown resource kind {kind}")))?;
-            st.store.remove(kind, id).ok_or_else(|| ApiError::not_found("record not found"))?;
+            let r = st.store.remove(kind, id).ok_or_else(|| ApiError::not_found("record not found"))?;
+            st.webhooks.record_changed(kind, Change::Delete, &r, &st.location_id);
             okj(json!({ "deleted": true, "id": id }))
+        }
+        ("GET", ["webhooks"]) => okj(json!({ "settings": st.webhooks.settings(), "stats": st.webhooks.stats() })),
+        ("PUT", ["webhooks"]) | ("POST", ["webhooks"]) => {
+            let body: WebhookSettings = parse(bytes)?;
+            st.webhooks.set(body).map_err(|e| ApiError::bad_request(e.to_string()))?;
+            okj(json!({ "settings": st.webhooks.settings() }))
+        }
+        ("DELETE", ["webhooks"]) => {
+            let _ = st.webhooks.set(WebhookSettings::default());
+            okj(json!({ "ok": true }))
         }
         _ => Err(ApiError::not_found(format!("no admin endpoint {method} /_sandbox/{}", parts.join("/")))),
     }

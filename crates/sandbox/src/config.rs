@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::faults::FaultSettings;
 use crate::seed::Seed;
+use crate::webhooks::WebhookSettings;
 
 /// Default sub-account (location) the sandbox serves.
 pub const DEFAULT_LOCATION_ID: &str = "loc_demo";
@@ -36,6 +37,8 @@ pub struct SandboxConfig {
     pub seed: Seed,
     /// How many requests the admin request log keeps (oldest dropped first).
     pub request_log_capacity: usize,
+    /// Webhooks sent when data changes (off until a URL is set).
+    pub webhooks: WebhookSettings,
 }
 
 impl Default for SandboxConfig {
@@ -52,6 +55,7 @@ impl Default for SandboxConfig {
             rng_seed: 42,
             seed: Seed::Demo,
             request_log_capacity: 10_000,
+            webhooks: WebhookSettings::default(),
         }
     }
 }
@@ -64,6 +68,11 @@ impl SandboxConfig {
 
     pub fn with_rate_limit(mut self, rate_limit: RateLimitConfig) -> Self {
         self.rate_limit = rate_limit;
+        self
+    }
+
+    pub fn with_webhooks(mut self, webhooks: WebhookSettings) -> Self {
+        self.webhooks = webhooks;
         self
     }
 

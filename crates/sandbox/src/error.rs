@@ -12,6 +12,8 @@ pub enum SandboxError {
     Catalog(#[from] catalog::CatalogError),
     #[error("the route table is inconsistent: {0}")]
     Routes(String),
+    #[error(transparent)]
+    Webhooks(#[from] crate::webhooks::KeyError),
 }
 
 /// An error answer. `message` is a list for 422 (GHL's `UnprocessableDTO`), text otherwise.

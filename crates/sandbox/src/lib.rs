@@ -29,6 +29,7 @@ mod server;
 mod state;
 mod store;
 mod validate;
+mod webhooks;
 
 pub use config::{
     OAuthClient, RateLimitConfig, SandboxConfig, DEFAULT_AGENCY_TOKEN, DEFAULT_COMPANY_ID, DEFAULT_LOCATION_ID,
@@ -39,3 +40,4 @@ pub use faults::{FaultRule, FaultSettings};
 pub use seed::{Seed, OTHER_LOCATION_ID};
 pub use server::Sandbox;
 pub use store::kinds as resource_kinds;
+pub use webhooks::{WebhookSettings, WebhookStats};

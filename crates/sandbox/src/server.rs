@@ -124,6 +124,15 @@ impl Sandbox {
         self.state.limiter.reset();
     }
 
+    /// Where and how the sandbox sends webhooks; `Err` for a bad signing key.
+    pub fn set_webhooks(&self, settings: crate::webhooks::WebhookSettings) -> Result<(), SandboxError> {
+        Ok(self.state.webhooks.set(settings)?)
+    }
+
+    pub fn webhook_stats(&self) -> crate::webhooks::WebhookStats {
+        self.state.webhooks.stats()
+    }
+
     pub fn set_faults(&self, faults: FaultSettings, rng_seed: Option<u64>) {
         self.state.faults.set(faults, rng_seed);
     }
@@ -447,6 +456,11 @@ async fn serve_op(
     }
     let ctx = Ctx { st, op, path: &path_params, query: &query, body: &body, who: &who };
     let reply = (st.handlers[op_index])(&ctx);
+    if let Ok(Reply::Json(status, value)) = &reply {
+        if status.is_success() {
+            emit_webhook(st, &op.key, &path_params, value);
+        }
+    }
     let malformed = malformed && matches!(reply, Ok(Reply::Json(..)));
     let (status, mut response) = match reply {
         Ok(Reply::Json(status, value)) if malformed => {
@@ -470,6 +484,25 @@ async fn serve_op(
     };
     quota.write_headers(response.headers_mut());
     Outcome { status, response, fault: malformed.then_some("malformed") }
+}
+
+/// Sends the event GHL would send for a successful change made through the API.
+fn emit_webhook(st: &AppState, op: &str, path_params: &[(String, String)], reply: &Value) {
+    let Some((kind, change)) = crate::webhooks::api_change(op) else { return };
+    let record = match change {
+        crate::webhooks::Change::Delete => {
+            let Some((_, id)) = path_params.last() else { return };
+            let mut r = Map::new();
+            r.insert("id".into(), Value::String(id.clone()));
+            r
+        }
+        _ => {
+            let Some(id) = crate::webhooks::reply_record_id(reply) else { return };
+            let Some(r) = st.store.get(kind, &id) else { return };
+            r
+        }
+    };
+    st.webhooks.record_changed(kind, change, &record, &st.location_id);
 }
 
 fn log(

@@ -14,6 +14,7 @@ use crate::handlers::HandlerFn;
 use crate::ratelimit::RateLimiter;
 use crate::routes::RouteTable;
 use crate::store::Store;
+use crate::webhooks::Emitter;
 
 pub struct AppState {
     pub routes: RouteTable,
@@ -24,6 +25,7 @@ pub struct AppState {
     pub limiter: RateLimiter,
     pub faults: Faults,
     pub log: RequestLog,
+    pub webhooks: Emitter,
     pub location_id: String,
     pub company_id: String,
     /// Turns true when the sandbox stops; hanging requests wait for it.
@@ -46,6 +48,7 @@ impl AppState {
             limiter: RateLimiter::new(config.rate_limit),
             faults: Faults::new(config.faults.clone(), config.rng_seed),
             log: RequestLog::new(config.request_log_capacity),
+            webhooks: Emitter::new(config.webhooks.clone(), config.rng_seed),
             location_id: config.location_id.clone(),
             company_id: config.company_id.clone(),
             stopping,

@@ -33,6 +33,12 @@
 //! [`Store::commit_poll`] for a poll, [`Store::update_run`] with several
 //! [`RunChange`]s for a run, [`Store::complete_webhook_event`] for an event.
 //!
+//! Concurrent callers also share flushes (group commit, see [`GroupFlush`]):
+//! a caller whose transaction has committed waits for a flush that *started*
+//! after its commit; one caller at a time runs `Db::flush` for everyone
+//! waiting, so N runs finishing together cost one fsync'd write, not N, and
+//! each call still returns only once its own change is on disk.
+//!
 //! All writes go through transactions, including pruning: sled does not
 //! isolate transactions from plain writes to the same trees.
 
@@ -99,9 +105,61 @@ impl Trees {
     }
 }
 
+/// Group commit: tickets taken after a transaction commits, and the highest
+/// ticket known to be on disk.
+#[derive(Default)]
+struct GroupFlush {
+    state: std::sync::Mutex<FlushState>,
+    done: std::sync::Condvar,
+}
+
+#[derive(Default)]
+struct FlushState {
+    /// Tickets handed out so far (each after its caller's writes).
+    issued: u64,
+    /// Every ticket up to this one is durable.
+    durable: u64,
+    /// A caller is running `Db::flush` right now.
+    flushing: bool,
+}
+
+impl GroupFlush {
+    /// Returns once every write made before the call is on disk, running
+    /// `flush` (for everyone waiting) or waiting for a flush that started
+    /// after the call.
+    fn flush(&self, flush: impl Fn() -> Result<()>) -> Result<()> {
+        let lock = || self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut st = lock();
+        st.issued += 1;
+        let ticket = st.issued;
+        loop {
+            if st.durable >= ticket {
+                return Ok(());
+            }
+            if !st.flushing {
+                // Lead: this flush covers every ticket issued so far.
+                st.flushing = true;
+                let target = st.issued;
+                drop(st);
+                let result = flush();
+                st = lock();
+                st.flushing = false;
+                if result.is_ok() {
+                    st.durable = st.durable.max(target);
+                }
+                self.done.notify_all();
+                // On failure, waiters retry with a flush of their own.
+                return result;
+            }
+            st = self.done.wait(st).unwrap_or_else(std::sync::PoisonError::into_inner);
+        }
+    }
+}
+
 pub struct SledStore {
     db: sled::Db,
     t: Trees,
+    group: GroupFlush,
     root: Option<PathBuf>,
     store_id: String,
     clock: Clock,
@@ -216,7 +274,7 @@ impl SledStore {
 
     fn assemble(db: sled::Db, root: Option<PathBuf>, store_id: String) -> Result<SledStore> {
         let t = Trees::open(&db)?;
-        Ok(SledStore { db, t, root, store_id, clock: Clock::system() })
+        Ok(SledStore { db, t, group: GroupFlush::default(), root, store_id, clock: Clock::system() })
     }
 
     fn now(&self) -> DateTime<Utc> {
@@ -224,8 +282,10 @@ impl SledStore {
     }
 
     fn durable(&self) -> Result<()> {
-        self.db.flush()?;
-        Ok(())
+        self.group.flush(|| {
+            self.db.flush()?;
+            Ok(())
+        })
     }
 
     fn load_run(&self, id: RunId) -> Result<Option<Run>> {

@@ -1,6 +1,8 @@
 //! `flowd demo`: the embedded sandbox with demo data, the example flows, and changes made
 //! as a user would, with the runs printed as they happen. Nothing to configure.
 
+mod instant;
+
 use crate::cli::DemoArgs;
 use crate::exit::UserError;
 use axum::routing::post;
@@ -20,6 +22,7 @@ const EXAMPLES: &[(&str, &str)] = &[
     ("task-sync.yaml", include_str!("../../../../flows/task-sync.yaml")),
     ("notes-to-feed.yaml", include_str!("../../../../flows/notes-to-feed.yaml")),
     ("appointments-to-feed.yaml", include_str!("../../../../flows/appointments-to-feed.yaml")),
+    ("instant-welcome.yaml", include_str!("../../../../flows/instant-welcome.yaml")),
 ];
 
 #[derive(Default)]
@@ -66,11 +69,13 @@ pub async fn run(catalog: Arc<catalog::Catalog>, args: &DemoArgs) -> anyhow::Res
     let accounts = vec![AccountInfo { name: "main".into(), location_id: sb.location_id().into() }];
     let engine = Engine::new(catalog, client, Arc::new(store), accounts, env, EngineConfig::default(), metrics);
     engine.set_flows(flows)?;
+    let mut hooks = instant::Webhooks::start(&sb, &engine).await?;
 
     println!("flowd demo");
     println!("  GHL sandbox   {} (location {}, demo data)", sb.base_url(), sb.location_id());
     println!("  your app      {app_url} (receives the http.request pushes)");
     println!("  watching      contact {watched}");
+    println!("  webhooks      {} (the sandbox sends signed GHL webhooks here)", hooks.url());
     println!("  flows         {}", engine.flow_names().join(", "));
     println!();
     println!("1. first poll of every flow: record what exists, fire nothing");
@@ -86,6 +91,8 @@ pub async fn run(catalog: Arc<catalog::Catalog>, args: &DemoArgs) -> anyhow::Res
         for change in user.make_changes(cycle).await {
             println!("   - {change}");
         }
+        println!("   webhooks fire instant flows at once:");
+        hooks.report(&engine, &mut totals).await;
         println!("   flowd polls and acts:");
         poll_all(&engine, &mut totals).await;
         let pushes = received.lock().map(|r| r.len()).unwrap_or(0);
@@ -226,6 +233,19 @@ impl User {
         let note = json!({ "body": format!("Called back, cycle {cycle}") });
         if self.call(post.clone(), &format!("/contacts/{c}/notes"), "2021-07-28", note).await.is_some() {
             done.push(format!("added a note to contact {c}"));
+        }
+        let calendars = self
+            .call(reqwest::Method::GET, &format!("/calendars/?locationId={}", self.location), "2021-04-15", Value::Null)
+            .await;
+        if let Some(calendar) = calendars.as_ref().and_then(|c| c["calendars"][0]["id"].as_str()) {
+            let start = chrono::Utc::now() + chrono::Duration::days(2 + cycle as i64);
+            let start = start.format("%Y-%m-%dT10:00:00Z").to_string();
+            let appointment = json!({ "calendarId": calendar, "locationId": self.location, "contactId": c,
+                "startTime": start, "title": format!("Demo call {cycle}"), "ignoreFreeSlotValidation": true });
+            let made = self.call(post.clone(), "/calendars/events/appointments", "2021-04-15", appointment).await;
+            if made.is_some_and(|m| m.get("id").is_some() || m.get("event").is_some()) {
+                done.push(format!("booked an appointment for contact {c}"));
+            }
         }
         let update = json!({ "city": format!("Springfield {cycle}") });
         if self.call(reqwest::Method::PUT, &format!("/contacts/{c}"), "2021-07-28", update).await.is_some() {

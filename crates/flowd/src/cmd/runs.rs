@@ -142,8 +142,7 @@ pub async fn replay(
 ) -> anyhow::Result<()> {
     match backend(config)? {
         Backend::Store(s) => {
-            drop(s);
-            let engine = wiring::build_engine(config, catalog)?;
+            let engine = offline_engine(config, catalog, s)?;
             let ids: Vec<RunId> = match args.id {
                 Some(id) => vec![RunId(id)],
                 None => {
@@ -155,8 +154,6 @@ pub async fn replay(
                     ids
                 }
             };
-            let flows = load_flows(config, &engine)?;
-            engine.set_flows(flows)?;
             let progress = indicatif::ProgressBar::new(ids.len() as u64);
             let mut failed = 0;
             for id in ids {
@@ -193,10 +190,7 @@ pub async fn release(
 ) -> anyhow::Result<()> {
     match backend(config)? {
         Backend::Store(s) => {
-            drop(s);
-            let engine = wiring::build_engine(config, catalog)?;
-            let flows = load_flows(config, &engine)?;
-            engine.set_flows(flows)?;
+            let engine = offline_engine(config, catalog, s)?;
             let statuses = engine.release(&args.flow).await?;
             let ok = statuses.iter().filter(|s| **s == RunStatus::Succeeded).count();
             writeln!(out, "released {} run(s) of {}: {ok} succeeded", statuses.len(), args.flow)?;
@@ -209,12 +203,17 @@ pub async fn release(
     Ok(())
 }
 
-fn load_flows(config: &Config, engine: &engine::Engine) -> anyhow::Result<Vec<flow::CompiledFlow>> {
+/// An engine over the store with the flows that validate, for commands run while the
+/// service is stopped.
+fn offline_engine(
+    config: &Config,
+    catalog: Arc<catalog::Catalog>,
+    store: Arc<dyn Store>,
+) -> anyhow::Result<Arc<engine::Engine>> {
+    let engine = wiring::build_engine_on(config, catalog, store)?;
     let files = crate::flows::discover(std::slice::from_ref(&config.flows)).map_err(UserError::new)?;
-    let loaded = crate::flows::load_files(
-        &files,
-        engine.catalog(),
-        &crate::flows::compile_env(config.accounts.keys().cloned().collect()),
-    );
-    Ok(loaded.flows.into_iter().map(|(_, f)| f).collect())
+    let env = crate::flows::compile_env(config.accounts.keys().cloned().collect());
+    let loaded = crate::flows::load_files(&files, engine.catalog(), &env);
+    engine.set_flows(loaded.flows.into_iter().map(|(_, f)| f).collect())?;
+    Ok(engine)
 }

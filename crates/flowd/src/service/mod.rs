@@ -8,6 +8,7 @@
 
 mod http;
 mod reload;
+mod webhooks;
 pub mod wiring;
 
 use crate::config::Config;
@@ -44,15 +45,24 @@ pub async fn run(config: Config, catalog: Arc<catalog::Catalog>, once: bool) -> 
     let server = http::serve(listener, engine.clone(), config.admin_token.clone(), ready.clone(), shutdown_rx.clone());
 
     let tasks = engine.start(shutdown_rx.clone());
+    let receiver = match &config.webhooks {
+        Some(w) => Some(webhooks::start(w, &engine, shutdown_rx.clone()).await?),
+        None => None,
+    };
     ready.store(true, std::sync::atomic::Ordering::SeqCst);
     let watcher = reload::watch(engine.clone(), catalog.clone(), flows, shutdown_rx.clone());
+    let pruner = spawn_pruner(engine.store().clone(), shutdown_rx.clone());
 
     wait_for_stop_signal().await;
     tracing::info!("stopping: no new polls; waiting up to {:?} for running flows", config.shutdown_timeout);
     ready.store(false, std::sync::atomic::Ordering::SeqCst);
     let _ = shutdown_tx.send(true);
     tasks.join().await;
+    if let Some(r) = receiver {
+        r.join().await;
+    }
     let _ = watcher.await;
+    let _ = pruner.await;
     if !engine.drain(config.shutdown_timeout).await {
         tracing::warn!("runs still executing at the deadline: they resume on the next start");
     }
@@ -61,6 +71,33 @@ pub async fn run(config: Config, catalog: Arc<catalog::Catalog>, once: bool) -> 
     let _ = server.await;
     tracing::info!("stopped cleanly");
     Ok(())
+}
+
+/// Keeps the store bounded: prunes old seen keys and finished runs hourly.
+fn spawn_pruner(store: Arc<dyn store::Store>, mut shutdown: watch::Receiver<bool>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(3600));
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = shutdown.changed() => return,
+            }
+            let s = store.clone();
+            match tokio::task::spawn_blocking(move || s.prune(&store::Retention::default())).await {
+                Ok(Ok(stats)) if stats != store::PruneStats::default() => {
+                    tracing::info!(
+                        seen = stats.seen_removed,
+                        runs = stats.runs_removed,
+                        webhooks = stats.webhooks_removed,
+                        "store pruned"
+                    )
+                }
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "pruning the store failed"),
+                Err(e) => tracing::warn!(error = %e, "pruning the store failed"),
+            }
+        }
+    })
 }
 
 async fn run_once(engine: &Arc<Engine>) -> anyhow::Result<()> {

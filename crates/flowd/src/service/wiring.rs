@@ -17,7 +17,15 @@ pub fn open_store(config: &Config) -> anyhow::Result<Arc<dyn store::Store>> {
 }
 
 pub fn build_engine(config: &Config, catalog: Arc<catalog::Catalog>) -> anyhow::Result<Arc<Engine>> {
-    let store = open_store(config)?;
+    build_engine_on(config, catalog, open_store(config)?)
+}
+
+/// An engine over a store that is already open.
+pub fn build_engine_on(
+    config: &Config,
+    catalog: Arc<catalog::Catalog>,
+    store: Arc<dyn store::Store>,
+) -> anyhow::Result<Arc<Engine>> {
     let metrics = Arc::new(Metrics::new());
     let mut client_config = ghl::ClientConfig::default();
     if let Some(rl) = &config.rate_limit {
@@ -41,18 +49,7 @@ pub fn build_engine(config: &Config, catalog: Arc<catalog::Catalog>) -> anyhow::
                 // A refresh token from the config seeds the store once; after that the
                 // rotated pair in the store is the truth.
                 if let Some(rt) = refresh_token {
-                    if store.get_tokens(name)?.is_none() {
-                        let seed = ghl::TokenSet {
-                            access_token: ghl::Secret::new(""),
-                            refresh_token: Some(ghl::Secret::new(rt.clone())),
-                            expires_at: chrono::DateTime::UNIX_EPOCH,
-                            scope: None,
-                            user_type: Some("Location".into()),
-                            location_id: Some(a.location_id.clone()),
-                            company_id: None,
-                        };
-                        store.put_tokens(name, &serde_json::to_value(&seed)?)?;
-                    }
+                    seed_refresh_token(store.as_ref(), name, &a.location_id, rt)?;
                 }
                 ghl::Credentials::OAuth {
                     app: ghl::OAuthApp {
@@ -76,4 +73,22 @@ pub fn build_engine(config: &Config, catalog: Arc<catalog::Catalog>) -> anyhow::
         ..EngineConfig::default()
     };
     Ok(Engine::new(catalog, client, store, accounts, crate::flows::process_env(), engine_config, metrics))
+}
+
+/// A refresh token written in the config seeds the store once (the first connection);
+/// later rotations live in the store only.
+pub fn seed_refresh_token(store: &dyn store::Store, name: &str, location_id: &str, rt: &str) -> anyhow::Result<()> {
+    if store.get_tokens(name)?.is_none() {
+        let seed = ghl::TokenSet {
+            access_token: ghl::Secret::new(""),
+            refresh_token: Some(ghl::Secret::new(rt)),
+            expires_at: chrono::DateTime::UNIX_EPOCH,
+            scope: None,
+            user_type: Some("Location".into()),
+            location_id: Some(location_id.to_string()),
+            company_id: None,
+        };
+        store.put_tokens(name, &serde_json::to_value(&seed)?)?;
+    }
+    Ok(())
 }

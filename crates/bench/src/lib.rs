@@ -1,0 +1,137 @@
+//! Shared pieces of flowd's benchmarks: the benchmark flows, an engine wired to a
+//! sandbox and a store on disk, and process measurements (RSS, CPU time) from `/proc`.
+
+use anyhow::{anyhow, Context, Result};
+use engine::{AccountInfo, Engine, EngineConfig, Metrics};
+use sandbox::{Sandbox, SandboxConfig, Seed};
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+pub const TOKEN: &str = "pit-bench";
+
+/// New contact → create a task.
+pub const ONE_STEP: &str = r#"
+name: welcome
+account: main
+trigger:
+  uses: contacts.search_contacts
+  with: { locationId: "{{ account.location_id }}", pageLimit: 500 }
+  every: 1m
+  dedupe: new
+  max_new: 1000000
+steps:
+  - id: task
+    uses: contacts.create_task
+    with:
+      contactId: "{{ trigger.id }}"
+      title: "Welcome call with {{ trigger.firstName }}"
+      dueDate: "{{ date_add now days=2 }}"
+      completed: false
+"#;
+
+/// New contact → create a task, tag the contact, add a note.
+pub const THREE_STEPS: &str = r#"
+name: welcome
+account: main
+trigger:
+  uses: contacts.search_contacts
+  with: { locationId: "{{ account.location_id }}", pageLimit: 500 }
+  every: 1m
+  dedupe: new
+  max_new: 1000000
+steps:
+  - id: task
+    uses: contacts.create_task
+    with:
+      contactId: "{{ trigger.id }}"
+      title: "Welcome call with {{ trigger.firstName }}"
+      dueDate: "{{ date_add now days=2 }}"
+      completed: false
+  - id: tag
+    uses: contacts.add_tags
+    with: { contactId: "{{ trigger.id }}", tags: [welcomed] }
+  - id: note
+    uses: contacts.create_note
+    with: { contactId: "{{ trigger.id }}", body: "Task {{ steps.task.id }} created for {{ trigger.email }}" }
+"#;
+
+/// Starts a sandbox (rate limits as given) that accepts [`TOKEN`].
+pub async fn sandbox(seed: Seed, rate_limit: sandbox::RateLimitConfig) -> Result<Sandbox> {
+    let mut config = SandboxConfig::default().with_seed(seed).with_rate_limit(rate_limit);
+    config.tokens = vec![TOKEN.into()];
+    Sandbox::start(config).await.map_err(|e| anyhow!("sandbox: {e}"))
+}
+
+/// An engine talking to `sb`, with a real sled store at `store_dir`. `limited`: the
+/// client enforces GHL's 100 requests / 10 s per location (its default); else a limit
+/// no benchmark reaches, to match a sandbox with rate limits off.
+pub fn engine_for(sb: &Sandbox, store_dir: &Path, config: EngineConfig, limited: bool) -> Result<Arc<Engine>> {
+    let metrics = Arc::new(Metrics::new());
+    let mut client_config = ghl::ClientConfig::default();
+    if !limited {
+        client_config.rate_limit = ghl::RateLimit {
+            burst_max: 100_000,
+            burst_interval: std::time::Duration::from_secs(1),
+            daily_max: u32::MAX,
+            adapt_to_headers: false,
+            ..ghl::RateLimit::default()
+        };
+    }
+    let client = ghl::Client::builder().config(client_config).observer(metrics.clone()).build().context("client")?;
+    let account = ghl::Account::new("main", ghl::Credentials::PrivateToken(ghl::Secret::new(TOKEN)))
+        .context("account")?
+        .with_base_url(&sb.base_url())
+        .context("base url")?
+        .with_resource(sb.location_id());
+    client.add_account(account);
+    let store = store::SledStore::create_or_open(store_dir).context("store")?;
+    let catalog = Arc::new(catalog::Catalog::builtin().map_err(|e| anyhow!("catalog: {e:?}"))?);
+    let accounts = vec![AccountInfo { name: "main".into(), location_id: sb.location_id().into() }];
+    Ok(Engine::new(catalog, client, Arc::new(store), accounts, BTreeMap::new(), config, metrics))
+}
+
+/// Compiles a flow against the built-in catalog.
+pub fn compile(text: &str) -> Result<flow::CompiledFlow> {
+    let catalog = catalog::Catalog::builtin().map_err(|e| anyhow!("catalog: {e:?}"))?;
+    let env = flow::CompileEnv { env: BTreeMap::new(), accounts: vec!["main".into()] };
+    let (flow, diags) = flow::load("bench.yaml", text, &catalog, &env);
+    flow.ok_or_else(|| anyhow!("flow does not compile:\n{}", flow::render_all(&diags)))
+}
+
+/// Peak resident set size of this process, in bytes (`VmHWM`).
+pub fn peak_rss() -> Option<u64> {
+    proc_status_kb("VmHWM:").map(|kb| kb * 1024)
+}
+
+/// Current resident set size of this process, in bytes (`VmRSS`).
+pub fn rss() -> Option<u64> {
+    proc_status_kb("VmRSS:").map(|kb| kb * 1024)
+}
+
+fn proc_status_kb(field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with(field))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// User + system CPU time of this process so far, in seconds (`/proc/self/stat`, at
+/// the kernel's usual 100 ticks per second).
+pub fn cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the parenthesised command name; utime and stime are the 14th and 15th.
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) / 100.0)
+}
+
+/// The value at quantile `q` (0..=1) of sorted `v`.
+pub fn quantile(v: &[f64], q: f64) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((v.len() - 1) as f64 * q).round() as usize;
+    v[i.min(v.len() - 1)]
+}

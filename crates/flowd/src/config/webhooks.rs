@@ -1,0 +1,136 @@
+//! The `webhooks:` section: where the GHL webhook receiver listens and which keys it
+//! trusts. Keys are public, so they may be written inline; files are read relative to
+//! the config file.
+
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawWebhooks {
+    /// Its own address: the receiver is the one endpoint that faces the internet.
+    pub listen: String,
+    #[serde(default = "default_path")]
+    pub path: String,
+    /// Ed25519 keys for `X-GHL-Signature`: PEM or base64, inline.
+    #[serde(default)]
+    pub ed25519_keys: Vec<String>,
+    #[serde(default)]
+    pub ed25519_key_files: Vec<PathBuf>,
+    /// RSA keys for the legacy `x-wh-signature`; GHL's published key when none is given.
+    #[serde(default)]
+    pub rsa_keys: Vec<String>,
+    #[serde(default)]
+    pub rsa_key_files: Vec<PathBuf>,
+    /// Deliveries whose `timestamp` is further than this from now are rejected.
+    #[serde(default = "default_tolerance", with = "super::humantime_serde_compat")]
+    pub tolerance: Duration,
+}
+
+/// The receiver's settings, keys parsed.
+#[derive(Debug, Clone)]
+pub struct Webhooks {
+    pub listen: SocketAddr,
+    pub path: String,
+    pub verifier: Arc<webhooks::Verifier>,
+}
+
+fn default_path() -> String {
+    webhooks::DEFAULT_PATH.to_string()
+}
+
+fn default_tolerance() -> Duration {
+    Duration::from_secs(300)
+}
+
+pub(super) fn resolve(
+    raw: &RawWebhooks,
+    base: &Path,
+    admin: SocketAddr,
+    warnings: &mut Vec<String>,
+) -> Result<Webhooks, String> {
+    let listen: SocketAddr = raw
+        .listen
+        .parse()
+        .map_err(|_| format!("webhooks.listen: `{}` is not an address like 0.0.0.0:8687", raw.listen))?;
+    if listen == admin {
+        return Err("webhooks.listen must differ from `listen`: admin and metrics stay off the internet".into());
+    }
+    if !raw.path.starts_with('/') || raw.path.len() < 2 {
+        return Err(format!("webhooks.path: `{}` must be a path such as /hooks/ghl", raw.path));
+    }
+    let texts = |inline: &[String], files: &[PathBuf], what: &str| -> Result<Vec<(String, String)>, String> {
+        let mut out: Vec<(String, String)> =
+            inline.iter().enumerate().map(|(i, k)| (format!("webhooks.{what}[{i}]"), k.clone())).collect();
+        for f in files {
+            let path = if f.is_absolute() { f.clone() } else { base.join(f) };
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| format!("webhooks.{what}_files: cannot read {}: {e}", path.display()))?;
+            out.push((path.display().to_string(), text));
+        }
+        Ok(out)
+    };
+    let mut ed25519 = Vec::new();
+    for (at, text) in texts(&raw.ed25519_keys, &raw.ed25519_key_files, "ed25519_keys")? {
+        ed25519.push(webhooks::parse_ed25519(&text).map_err(|e| format!("{at}: {e}"))?);
+    }
+    let mut rsa = Vec::new();
+    for (at, text) in texts(&raw.rsa_keys, &raw.rsa_key_files, "rsa_keys")? {
+        rsa.push(webhooks::parse_rsa(&text).map_err(|e| format!("{at}: {e}"))?);
+    }
+    if rsa.is_empty() {
+        rsa.push(webhooks::parse_rsa(webhooks::GHL_RSA_PUBLIC_KEY_PEM).map_err(|e| format!("GHL's RSA key: {e}"))?);
+    }
+    if ed25519.is_empty() {
+        warnings.push(
+            "webhooks: no ed25519_keys: only deliveries with the legacy x-wh-signature (RSA) are accepted".into(),
+        );
+    }
+    Ok(Webhooks {
+        listen,
+        path: raw.path.clone(),
+        verifier: Arc::new(webhooks::Verifier::new(ed25519, rsa, raw.tolerance)),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw(yaml: &str) -> RawWebhooks {
+        serde_saphyr::from_str(yaml).expect("yaml")
+    }
+
+    const ED25519: &str = "A6EHv/POEL4dcN0Y50vAmWfk1jCbpQ1fHdyGZBJVMbg=";
+
+    #[test]
+    fn parses_keys_and_defaults() {
+        let admin: SocketAddr = "127.0.0.1:8686".parse().expect("addr");
+        let mut warnings = Vec::new();
+        let w = resolve(
+            &raw(&format!("listen: 0.0.0.0:8687\ned25519_keys: [\"{ED25519}\"]\n")),
+            Path::new("."),
+            admin,
+            &mut warnings,
+        )
+        .expect("valid");
+        assert_eq!(w.path, "/hooks/ghl");
+        assert_eq!(w.verifier.tolerance(), Duration::from_secs(300));
+        assert!(warnings.is_empty());
+
+        let e = resolve(&raw("listen: 127.0.0.1:8686\n"), Path::new("."), admin, &mut warnings).unwrap_err();
+        assert!(e.contains("must differ"), "{e}");
+        let e = resolve(&raw("listen: 0.0.0.0:1\ned25519_keys: [nope]\n"), Path::new("."), admin, &mut warnings)
+            .unwrap_err();
+        assert!(e.starts_with("webhooks.ed25519_keys[0]: "), "{e}");
+        let e =
+            resolve(&raw("listen: 0.0.0.0:1\nrsa_key_files: [missing.pem]\n"), Path::new("."), admin, &mut warnings)
+                .unwrap_err();
+        assert!(e.contains("cannot read"), "{e}");
+        resolve(&raw("listen: 0.0.0.0:1\n"), Path::new("."), admin, &mut warnings).expect("RSA only");
+        assert_eq!(warnings.len(), 1, "no Ed25519 key is worth a warning");
+    }
+}

@@ -1,0 +1,56 @@
+//! The GHL webhook receiver of `flowd run`, on its own listener (the one endpoint that
+//! faces the internet), and the engine task that turns what it stores into runs.
+
+use crate::config::webhooks::Webhooks;
+use engine::Engine;
+use std::sync::Arc;
+use tokio::sync::{watch, Notify};
+use tokio::task::JoinHandle;
+
+pub struct Receiver {
+    server: JoinHandle<()>,
+    processor: JoinHandle<()>,
+}
+
+impl Receiver {
+    pub async fn join(self) {
+        let _ = self.server.await;
+        let _ = self.processor.await;
+    }
+}
+
+pub async fn start(
+    config: &Webhooks,
+    engine: &Arc<Engine>,
+    mut shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<Receiver> {
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen for webhooks on {}: {e}", config.listen))?;
+    let metrics = Arc::new(webhooks::WebhookMetrics::default());
+    engine.metrics().register_with(|r| metrics.register(r));
+    let wake = Arc::new(Notify::new());
+    let receiver = webhooks::Receiver {
+        verifier: config.verifier.clone(),
+        store: engine.store().clone(),
+        metrics,
+        wake: wake.clone(),
+    };
+    // Events stored by an earlier process are picked up by the processor's first pass.
+    let processor = engine.start_webhooks(wake, shutdown.clone());
+    let app = webhooks::router(receiver, &config.path);
+    tracing::info!(listen = %config.listen, path = %config.path, "receiving GHL webhooks");
+    let server = tokio::spawn(async move {
+        let stop = async move {
+            while !*shutdown.borrow() {
+                if shutdown.changed().await.is_err() {
+                    return;
+                }
+            }
+        };
+        if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stop).await {
+            tracing::error!(error = %e, "webhook receiver failed");
+        }
+    });
+    Ok(Receiver { server, processor })
+}
