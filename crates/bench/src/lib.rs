@@ -135,3 +135,55 @@ pub fn quantile(v: &[f64], q: f64) -> f64 {
     let i = ((v.len() - 1) as f64 * q).round() as usize;
     v[i.min(v.len() - 1)]
 }
+
+/// Cumulative buckets `(upper bound in seconds, count)` of the engine's
+/// `poll_drift_seconds` histogram, read from its Prometheus text encoding
+/// (`Metrics::encode`). The last bucket is `+Inf`.
+pub fn drift_buckets(encoded: &str) -> Vec<(f64, u64)> {
+    let mut out = Vec::new();
+    for line in encoded.lines() {
+        let Some(rest) = line.strip_prefix("flowd_poll_drift_seconds_bucket{le=\"") else {
+            continue;
+        };
+        let Some((le, count)) = rest.split_once("\"}") else {
+            continue;
+        };
+        let le = if le == "+Inf" { f64::INFINITY } else { le.parse().unwrap_or(f64::NAN) };
+        if let Ok(count) = count.trim().parse::<u64>() {
+            out.push((le, count));
+        }
+    }
+    out
+}
+
+/// `after - before`, bucket by bucket (both from [`drift_buckets`] of the same histogram).
+pub fn bucket_delta(before: &[(f64, u64)], after: &[(f64, u64)]) -> Vec<(f64, u64)> {
+    after
+        .iter()
+        .map(|(le, n)| {
+            let old = before.iter().find(|(l, _)| l == le).map(|(_, c)| *c).unwrap_or(0);
+            (*le, n.saturating_sub(old))
+        })
+        .collect()
+}
+
+/// The upper bound of the bucket holding quantile `q` of cumulative `buckets`
+/// (`NaN` when empty): the value is at most this.
+pub fn bucket_quantile(buckets: &[(f64, u64)], q: f64) -> f64 {
+    let total = buckets.last().map(|(_, n)| *n).unwrap_or(0);
+    if total == 0 {
+        return f64::NAN;
+    }
+    let rank = (total as f64 * q).ceil().max(1.0) as u64;
+    buckets.iter().find(|(_, n)| *n >= rank).map(|(le, _)| *le).unwrap_or(f64::INFINITY)
+}
+
+/// Observations in cumulative `buckets` (the `+Inf` bucket).
+pub fn bucket_count(buckets: &[(f64, u64)]) -> u64 {
+    buckets.last().map(|(_, n)| *n).unwrap_or(0)
+}
+
+/// Megabytes, for printing.
+pub fn mb(bytes: Option<u64>) -> f64 {
+    bytes.map(|b| b as f64 / 1_048_576.0).unwrap_or(f64::NAN)
+}

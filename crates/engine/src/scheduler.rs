@@ -12,6 +12,10 @@ pub(crate) fn spawn_flow(engine: Arc<Engine>, name: String, mut shutdown: watch:
         // Due time of the previous poll: intervals run at a fixed rate from it, so a slow
         // poll does not push every later poll back.
         let mut previous: Option<chrono::DateTime<Utc>> = None;
+        // The first poll comes quickly (within 2 s); the second moves the flow to its full
+        // stable offset, so many flows on one interval spread over the whole jitter bound
+        // instead of polling in the same two seconds for ever.
+        let mut spread_pending = true;
         loop {
             let Ok(rt) = engine.flow(&name) else {
                 engine.unscheduled(&name);
@@ -39,7 +43,11 @@ pub(crate) fn spawn_flow(engine: Arc<Engine>, name: String, mut shutdown: watch:
                 }
                 (flow::Schedule::Every(every), Some(prev)) => {
                     let every = chrono::Duration::from_std(*every).unwrap_or_default();
-                    let next = prev + every;
+                    let mut next = prev + every;
+                    if std::mem::take(&mut spread_pending) {
+                        let bound = schedule.jitter_bound();
+                        next += jitter(bound) - jitter(bound.min(std::time::Duration::from_secs(2)));
+                    }
                     // Far behind (the machine slept, a poll took ages): start again from now.
                     if next + every < now {
                         now

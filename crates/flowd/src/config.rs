@@ -42,6 +42,12 @@ pub struct RawConfig {
     /// How long to wait for in-flight steps on shutdown.
     #[serde(default = "default_shutdown", with = "humantime_serde_compat")]
     pub shutdown_timeout: Duration,
+    /// Longest a GHL request (body included) may take before it counts as failed.
+    #[serde(default = "default_request_timeout", with = "humantime_serde_compat")]
+    pub request_timeout: Duration,
+    /// How failed runs are retried.
+    #[serde(default)]
+    pub retry: RawRetry,
     /// The GHL webhook receiver; off when absent.
     #[serde(default)]
     pub webhooks: Option<webhooks::RawWebhooks>,
@@ -78,6 +84,25 @@ pub struct RawOAuth {
     pub refresh_token_file: Option<PathBuf>,
 }
 
+/// Failed runs (429, 5xx, timeouts) are executed again after `base`, doubling up to
+/// `max`, at most `attempts` executions in all; then they are dead (and can be replayed).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRetry {
+    #[serde(default = "default_retry_base", with = "humantime_serde_compat")]
+    pub base: Duration,
+    #[serde(default = "default_retry_max", with = "humantime_serde_compat")]
+    pub max: Duration,
+    #[serde(default = "default_retry_attempts")]
+    pub attempts: u32,
+}
+
+impl Default for RawRetry {
+    fn default() -> Self {
+        RawRetry { base: default_retry_base(), max: default_retry_max(), attempts: default_retry_attempts() }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawRateLimit {
@@ -102,6 +127,8 @@ pub struct Config {
     pub accounts: BTreeMap<String, Account>,
     pub rate_limit: Option<RawRateLimit>,
     pub shutdown_timeout: Duration,
+    pub request_timeout: Duration,
+    pub retry: RawRetry,
     pub webhooks: Option<webhooks::Webhooks>,
     pub warnings: Vec<String>,
 }
@@ -239,6 +266,8 @@ fn resolve(path: &Path, raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) ->
         accounts,
         rate_limit: raw.rate_limit,
         shutdown_timeout: raw.shutdown_timeout,
+        request_timeout: raw.request_timeout,
+        retry: raw.retry,
         webhooks,
         warnings,
     })
@@ -276,6 +305,18 @@ fn default_listen() -> String {
 }
 fn default_concurrency() -> usize {
     16
+}
+fn default_request_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_retry_base() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_retry_max() -> Duration {
+    Duration::from_secs(3600)
+}
+fn default_retry_attempts() -> u32 {
+    5
 }
 fn default_shutdown() -> Duration {
     Duration::from_secs(10)

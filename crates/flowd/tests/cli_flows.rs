@@ -116,3 +116,50 @@ fn bad_config_gives_a_clear_message_not_a_backtrace() {
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out).contains("cannot read missing.yaml"), "{}", text(&out));
 }
+
+#[test]
+fn completions_are_generated() {
+    let out = flowd(&["completions", "bash"], repo());
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("_flowd()"), "a bash completion function");
+    let out = flowd(&["completions", "nosuchshell"], repo());
+    assert_eq!(out.status.code(), Some(2), "clap rejects an unknown shell: {}", text(&out));
+}
+
+#[test]
+fn sandbox_serves_ghl_as_printed_and_rejects_bad_seeds() {
+    use std::io::{BufRead, BufReader};
+    let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("port");
+    let listen = format!("127.0.0.1:{port}");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_flowd"))
+        .args(["sandbox", "--listen", &listen, "--seed", "5", "--token", "tok-cli"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("sandbox starts");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let mut curl = None;
+    for line in lines.by_ref() {
+        let line = line.expect("line");
+        if line.trim_start().starts_with("curl ") {
+            curl = Some(line);
+            break;
+        }
+    }
+    let curl = curl.expect("the sandbox prints a curl example");
+    let url = curl.split_whitespace().last().expect("url").to_string();
+    assert!(url.starts_with(&format!("http://{listen}/contacts/")), "{curl}");
+    let client = reqwest::blocking::Client::new();
+    let ok = client.get(&url).bearer_auth("tok-cli").header("Version", "2021-07-28").send().expect("GET");
+    assert_eq!(ok.status().as_u16(), 200);
+    let body: serde_json::Value = ok.json().expect("json");
+    assert!(body["contact"]["id"].is_string(), "{body}");
+    let denied = client.get(&url).bearer_auth("wrong").header("Version", "2021-07-28").send().expect("GET");
+    assert_eq!(denied.status().as_u16(), 401);
+    let _ = child.kill();
+    let _ = child.wait();
+
+    let out = flowd(&["sandbox", "--seed", "lots"], repo());
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out).contains("--seed"), "{}", text(&out));
+}

@@ -27,7 +27,8 @@ pub fn build_engine_on(
     store: Arc<dyn store::Store>,
 ) -> anyhow::Result<Arc<Engine>> {
     let metrics = Arc::new(Metrics::new());
-    let mut client_config = ghl::ClientConfig::default();
+    let mut client_config =
+        ghl::ClientConfig { request_timeout: config.request_timeout, ..ghl::ClientConfig::default() };
     if let Some(rl) = &config.rate_limit {
         client_config.rate_limit = ghl::RateLimit {
             burst_max: rl.requests,
@@ -70,6 +71,9 @@ pub fn build_engine_on(
     let engine_config = EngineConfig {
         concurrency: config.concurrency,
         http_allow_hosts: config.http_allow_hosts.clone(),
+        retry_base: config.retry.base,
+        retry_max: config.retry.max,
+        max_attempts: config.retry.attempts.max(1),
         ..EngineConfig::default()
     };
     Ok(Engine::new(catalog, client, store, accounts, crate::flows::process_env(), engine_config, metrics))
