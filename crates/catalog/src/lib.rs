@@ -12,6 +12,7 @@ mod validate;
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Arc;
 
 pub use load::Category;
 pub use model::*;
@@ -27,7 +28,9 @@ pub const BUILTIN_ACTIONS: usize = 71;
 /// A validated set of operations, looked up by key.
 #[derive(Debug, Clone)]
 pub struct Catalog {
-    operations: Vec<Operation>,
+    /// Shared, so a loaded flow can keep its operations ([`SharedOperation`]) without
+    /// copying them: an operation is kilobytes, and a service may load 10,000 flows.
+    operations: Arc<[Operation]>,
     places: Vec<Place>,
     by_key: HashMap<String, usize>,
     categories: Vec<Category>,
@@ -52,6 +55,12 @@ impl Catalog {
 
     pub fn get(&self, key: &str) -> Option<&Operation> {
         self.by_key.get(key).map(|&i| &self.operations[i])
+    }
+
+    /// Like [`Catalog::get`], as a handle that keeps the operation without copying it
+    /// (it keeps the catalog's operations alive, not a clone of one).
+    pub fn get_shared(&self, key: &str) -> Option<SharedOperation> {
+        self.by_key.get(key).map(|&i| SharedOperation { all: self.operations.clone(), index: i })
     }
 
     /// Where an operation was defined.
@@ -175,6 +184,34 @@ impl CatalogBuilder {
             ops.push(op);
             places.push(place);
         }
-        Ok(Catalog { operations: ops, places, by_key, categories: cats })
+        Ok(Catalog { operations: ops.into(), places, by_key, categories: cats })
+    }
+}
+
+/// One operation of a catalog, shared with it: cloning the handle copies a pointer, not
+/// the operation. Dereferences to [`Operation`].
+#[derive(Clone)]
+pub struct SharedOperation {
+    all: Arc<[Operation]>,
+    index: usize,
+}
+
+impl SharedOperation {
+    /// A handle to an operation that is in no catalog (a stand-in built by the caller).
+    pub fn new(op: Operation) -> SharedOperation {
+        SharedOperation { all: Arc::new([op]), index: 0 }
+    }
+}
+
+impl std::ops::Deref for SharedOperation {
+    type Target = Operation;
+    fn deref(&self) -> &Operation {
+        &self.all[self.index]
+    }
+}
+
+impl std::fmt::Debug for SharedOperation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(&**self, f)
     }
 }

@@ -4,6 +4,7 @@
 use crate::error::EngineError;
 use crate::metrics::Metrics;
 use crate::runtime::FlowRuntime;
+use crate::writer::Writer;
 use catalog::Catalog;
 use chrono::{DateTime, Utc};
 use flow::CompiledFlow;
@@ -20,6 +21,11 @@ use tokio::task::JoinHandle;
 pub struct EngineConfig {
     /// Runs executing at once.
     pub concurrency: usize,
+    /// Scheduled polls in progress at once per account; more wait their turn (in due
+    /// order). GHL's rate limits are per location, so more polls at once would only wait
+    /// in the rate limiter, each holding its request and items: this bounds the memory
+    /// of a burst of polls (10,000 flows starting together) by accounts × this.
+    pub poll_concurrency: usize,
     /// Executions of a run before it goes dead (dead runs can be replayed).
     pub max_attempts: u32,
     /// Delay before the first retry; doubles each attempt up to `retry_max`.
@@ -39,6 +45,7 @@ impl Default for EngineConfig {
     fn default() -> Self {
         EngineConfig {
             concurrency: 16,
+            poll_concurrency: 8,
             max_attempts: 5,
             retry_base: Duration::from_secs(30),
             retry_max: Duration::from_secs(3600),
@@ -80,7 +87,9 @@ pub struct Engine {
     scheduled: Mutex<HashSet<String>>,
     in_flight: Mutex<HashSet<RunId>>,
     permits: Arc<Semaphore>,
+    poll_slots: crate::scheduler::PollSlots,
     metrics: Arc<Metrics>,
+    writer: Writer,
 }
 
 /// Marks a run as being executed by this process until dropped.
@@ -113,6 +122,9 @@ impl Engine {
             .build()
             .unwrap_or_default();
         let permits = Arc::new(Semaphore::new(config.concurrency.max(1)));
+        let poll_slots =
+            crate::scheduler::PollSlots::new(accounts.iter().map(|a| a.name.as_str()), config.poll_concurrency);
+        let writer = Writer::start(store.clone());
         Arc::new(Engine {
             catalog,
             client,
@@ -125,7 +137,9 @@ impl Engine {
             scheduled: Mutex::new(HashSet::new()),
             in_flight: Mutex::new(HashSet::new()),
             permits,
+            poll_slots,
             metrics,
+            writer,
         })
     }
 
@@ -182,6 +196,14 @@ impl Engine {
         &self.http
     }
 
+    pub(crate) fn writer(&self) -> &Writer {
+        &self.writer
+    }
+
+    pub(crate) fn poll_slots(&self) -> &crate::scheduler::PollSlots {
+        &self.poll_slots
+    }
+
     pub(crate) fn claim(&self, id: RunId) -> Option<Claim<'_>> {
         let mut set = self.in_flight.lock().ok()?;
         set.insert(id).then_some(Claim { engine: self, id })
@@ -211,8 +233,11 @@ impl Engine {
         self: &Arc<Self>,
         name: &str,
     ) -> Result<(crate::PollReport, Vec<RunStatus>), EngineError> {
-        let report = self.poll(name).await?;
-        let statuses = self.execute_all(report.runs.clone()).await?;
+        let (report, handles) = self.poll_and_dispatch(name).await?;
+        let mut statuses = Vec::with_capacity(handles.len());
+        for h in handles {
+            statuses.push(h.await.map_err(|e| EngineError::Join(e.to_string()))??);
+        }
         Ok((report, statuses))
     }
 

@@ -41,7 +41,7 @@ impl Engine {
             return Ok(RunStatus::Running);
         };
         // A point read (no flush): cheaper inline than on the blocking pool.
-        let run = self.store().get_run(id)?.ok_or(EngineError::UnknownRun(id))?;
+        let mut run = self.store().get_run(id)?.ok_or(EngineError::UnknownRun(id))?;
         match run.status {
             RunStatus::Pending | RunStatus::Running | RunStatus::Failed => {}
             other => return Ok(other),
@@ -58,7 +58,8 @@ impl Engine {
         if run.status != RunStatus::Running {
             pending.0.push(RunChange::Status { status: RunStatus::Running, error: None });
         }
-        let mut ctx = self.context(&rt, run.item.clone(), &id.to_string(), Utc::now());
+        // The item moves into the context; the run's record is only read for its steps below.
+        let mut ctx = self.context(&rt, std::mem::take(&mut run.item), &id.to_string(), Utc::now());
         let mut outcome = RunStatus::Succeeded;
         let mut error_text = None;
         for step in &rt.steps {
@@ -218,14 +219,13 @@ impl Engine {
         self.write(id, pending).await
     }
 
-    /// Writes the pending changes in one transaction and one (shared) flush.
+    /// Writes the pending changes durably, batched with other runs' writes (see `writer`).
     async fn write(&self, id: RunId, pending: &mut Pending) -> Result<(), EngineError> {
         if pending.0.is_empty() {
             return Ok(());
         }
         let changes = std::mem::take(&mut pending.0);
-        let store = self.store().clone();
-        self.blocking(move || Ok(store.update_run(id, &changes).map(drop)?)).await
+        self.writer().write(id, changes).await
     }
 }
 

@@ -18,6 +18,7 @@ mod runtime;
 mod scheduler;
 mod tokens;
 mod webhook;
+mod writer;
 
 pub use dedupe::{content_hash, dedupe_key, item_id};
 pub use dry_run::{dry_run, DryRun, DryStep};

@@ -58,6 +58,8 @@ pub struct Metrics {
     pub step_duration: HistogramFamily<StepLabels>,
     pub queue_depth: Gauge,
     pub poll_drift: Histogram,
+    pub poll_slot_waits: Counter,
+    pub poll_slot_wait_seconds: Counter<f64, std::sync::atomic::AtomicU64>,
     pub ghl_responses: Family<StatusLabels, Counter>,
     pub ghl_transport_errors: Counter,
     pub ghl_retries: Counter,
@@ -84,6 +86,8 @@ impl Metrics {
             step_duration: Family::new_with_constructor(latency_histogram),
             queue_depth: Gauge::default(),
             poll_drift: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
+            poll_slot_waits: Counter::default(),
+            poll_slot_wait_seconds: Counter::default(),
             ghl_responses: Family::default(),
             ghl_transport_errors: Counter::default(),
             ghl_retries: Counter::default(),
@@ -100,6 +104,16 @@ impl Metrics {
             r.register("step_duration_seconds", "Time one step takes, by outcome", m.step_duration.clone());
             r.register("queue_depth", "Runs waiting for an execution slot", m.queue_depth.clone());
             r.register("poll_drift_seconds", "How late scheduled polls start", m.poll_drift.clone());
+            r.register(
+                "poll_slot_waits",
+                "Scheduled polls that waited for a slot of their account (poll_concurrency)",
+                m.poll_slot_waits.clone(),
+            );
+            r.register(
+                "poll_slot_wait_seconds",
+                "Time scheduled polls spent waiting for a slot of their account",
+                m.poll_slot_wait_seconds.clone(),
+            );
             r.register("ghl_responses", "GHL responses by HTTP status", m.ghl_responses.clone());
             r.register("ghl_transport_errors", "GHL calls that got no response", m.ghl_transport_errors.clone());
             r.register("ghl_retries", "GHL calls repeated after a failure", m.ghl_retries.clone());
@@ -139,6 +153,14 @@ impl Metrics {
         if let Some(r) = report {
             self.items_seen.get_or_create(&labels).inc_by(r.items as u64);
             self.items_new.get_or_create(&labels).inc_by(r.new as u64);
+        }
+    }
+
+    pub(crate) fn record_poll_slot_wait(&self, waited: Duration) {
+        // Under a millisecond is a free slot, not a wait.
+        if waited >= Duration::from_millis(1) {
+            self.poll_slot_waits.inc();
+            self.poll_slot_wait_seconds.inc_by(waited.as_secs_f64());
         }
     }
 

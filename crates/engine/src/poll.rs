@@ -1,6 +1,11 @@
 //! One poll of a flow's trigger: call GHL (following pagination), extract the items, find
 //! the new ones by dedupe key, and commit — seen keys, trigger state and one run per new
 //! item, in one durable transaction — before anything is sent.
+//!
+//! When the flood guard cannot trip (see [`Engine::poll_and_dispatch`]) each page is
+//! committed on its own (seen keys and runs; the trigger's state with the last page) and
+//! its runs start while the next page is fetched: a poll that finds thousands of items
+//! does not hold them all back until the last page has arrived.
 
 use crate::dedupe::dedupe_key;
 use crate::engine::Engine;
@@ -9,11 +14,13 @@ use crate::request;
 use crate::runtime::FlowRuntime;
 use chrono::{DateTime, Duration as ChronoDuration, Utc};
 use flow::Start;
+use futures::stream::BoxStream;
 use futures::StreamExt;
 use serde_json::{json, Map, Value};
 use std::collections::HashSet;
 use std::sync::Arc;
-use store::{NewRun, PollCommit, PollItem, RunId};
+use store::{NewRun, PollCommit, PollItem, RunId, RunStatus};
+use tokio::task::JoinHandle;
 
 /// What one poll found and did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -32,22 +39,52 @@ pub struct PollReport {
     pub baseline: bool,
 }
 
+/// Runs created by a commit, handed over as soon as they are durable.
+type OnRuns<'a> = dyn FnMut(&[RunId]) + Send + 'a;
+
 impl Engine {
     /// Polls a flow's trigger once and commits what it found. The runs it creates are
-    /// returned, not executed; see [`Engine::poll_and_run`].
+    /// returned, not executed; see [`Engine::poll_and_run`] and [`Engine::poll_and_dispatch`].
     pub async fn poll(&self, name: &str) -> Result<PollReport, EngineError> {
+        self.poll_with(name, &mut |_| {}).await
+    }
+
+    /// Polls a flow's trigger and dispatches each run as soon as its commit is durable:
+    /// for a flow whose flood guard cannot trip (`max_new` at least the engine's
+    /// `max_items`), every page is committed and its runs start while later pages are
+    /// still being fetched. Returns the report and the dispatched runs' handles.
+    pub async fn poll_and_dispatch(
+        self: &Arc<Self>,
+        name: &str,
+    ) -> Result<(PollReport, Vec<JoinHandle<Result<RunStatus, EngineError>>>), EngineError> {
+        let mut handles = Vec::new();
+        let engine = self.clone();
+        let report = self.poll_with(name, &mut |ids| handles.extend(ids.iter().map(|id| engine.dispatch(*id)))).await;
+        // Runs already dispatched keep going even when a later page failed: they are durable.
+        match report {
+            Ok(report) => Ok((report, handles)),
+            Err(e) => {
+                if !handles.is_empty() {
+                    tracing::warn!(runs = handles.len(), error = %e, "poll failed after some pages were committed; their runs go on");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn poll_with(&self, name: &str, on_runs: &mut OnRuns<'_>) -> Result<PollReport, EngineError> {
         let rt = self.flow(name)?;
         if rt.webhook_only() {
             // Webhook deliveries feed it; there is nothing to poll.
             return Ok(PollReport::default());
         }
         let started = std::time::Instant::now();
-        let result = self.poll_inner(&rt).await;
+        let result = self.poll_inner(&rt, on_runs).await;
         self.metrics().record_poll(rt.name(), &rt.trigger_op.key, started.elapsed(), result.as_ref().ok());
         result
     }
 
-    async fn poll_inner(&self, rt: &Arc<FlowRuntime>) -> Result<PollReport, EngineError> {
+    async fn poll_inner(&self, rt: &Arc<FlowRuntime>, on_runs: &mut OnRuns<'_>) -> Result<PollReport, EngineError> {
         let now = Utc::now();
         let flow = &rt.flow;
         let ctx = self.context(rt, Value::Null, "", now);
@@ -66,34 +103,103 @@ impl Engine {
                 })
             }
         };
-        let items = self.fetch_items(rt, &inputs, now).await?;
-
         let Some(spec) = rt.trigger_op.trigger.as_ref() else {
             return Err(EngineError::Flow { flow: flow.name.clone(), message: "trigger has no trigger spec".into() });
         };
+        let store = self.store().clone();
+        let trigger_id = rt.trigger_id.clone();
+        let state = self.blocking(move || Ok(store.trigger_state(&trigger_id)?)).await?;
+        let baseline = state.is_none();
+        // The flood guard holds every run of a poll that finds more than `max_new` new
+        // items, so runs may only start before the last page when it cannot trip.
+        let pipelined = flow.trigger.max_new >= self.config().max_items as u64;
+
+        let mut report = PollReport { baseline, ..PollReport::default() };
+        let mut seen_in_poll = HashSet::new();
+        let mut ctx = ctx;
+        let mut held_back = Vec::new();
+        let mut pages = self.fetch_pages(rt, &inputs, now)?;
+        let mut current = pages.next().await;
+        while let Some(page) = current {
+            let page = page?;
+            report.items += page.len();
+            let work = async {
+                let items =
+                    self.new_items(rt, spec, &inputs, page, &mut seen_in_poll, baseline, &mut ctx, &mut report).await?;
+                if pipelined {
+                    // The trigger's state moves only with the last commit, so a crash between
+                    // pages polls again from the old state; the keys committed here are not
+                    // new then, and a baseline stays a baseline.
+                    let ids = self.commit(rt, None, items).await?;
+                    on_runs(&ids);
+                    report.runs.extend(ids);
+                } else {
+                    held_back.extend(items);
+                }
+                Ok::<_, EngineError>(())
+            };
+            // The next page is fetched while this one is checked and committed.
+            let (done, next) = tokio::join!(work, pages.next());
+            done?;
+            current = next;
+        }
+        let firing = held_back.iter().filter(|p| p.run.is_some()).count();
+        let held = firing as u64 > flow.trigger.max_new;
+        if held {
+            for p in held_back.iter_mut() {
+                if let Some(r) = p.run.as_mut() {
+                    r.held = true;
+                }
+            }
+            tracing::warn!(flow = %flow.name, new = firing, max_new = flow.trigger.max_new,
+                "flood guard: runs held until `flowd release {}`", flow.name);
+        }
+        let polls = state.as_ref().and_then(|s| s.get("polls")).and_then(Value::as_u64).unwrap_or(0);
+        let baseline_at = state.as_ref().and_then(|s| s.get("baseline_at").cloned()).unwrap_or_else(|| json!(now));
+        let state = json!({ "baseline_at": baseline_at, "last_poll_at": now, "polls": polls + 1 });
+        let ids = self.commit(rt, Some(state), held_back).await?;
+        if held {
+            report.held = ids.len();
+        } else {
+            on_runs(&ids);
+            report.runs.extend(ids);
+        }
+        Ok(report)
+    }
+
+    /// The items of one page whose dedupe key was never recorded, each with the run it
+    /// fires (none on a baseline or when the `if:` filter leaves it out).
+    #[allow(clippy::too_many_arguments)]
+    async fn new_items(
+        &self,
+        rt: &FlowRuntime,
+        spec: &catalog::TriggerSpec,
+        inputs: &Map<String, Value>,
+        page: Vec<Value>,
+        seen_in_poll: &mut HashSet<String>,
+        baseline: bool,
+        ctx: &mut Value,
+        report: &mut PollReport,
+    ) -> Result<Vec<PollItem>, EngineError> {
+        let flow = &rt.flow;
         let mode = flow.trigger.dedupe;
-        let item_count = items.len();
-        let mut keyed: Vec<(String, Value)> = Vec::with_capacity(item_count);
-        let mut in_poll = HashSet::with_capacity(item_count);
+        let mut keyed: Vec<(String, Value)> = Vec::with_capacity(page.len());
         // Items move into the runs; nothing is cloned per item.
-        for item in items {
-            match dedupe_key(spec, mode, &item, &inputs) {
-                Some(k) if in_poll.insert(k.clone()) => keyed.push((k, item)),
+        for item in page {
+            match dedupe_key(spec, mode, &item, inputs) {
+                Some(k) if seen_in_poll.insert(k.clone()) => keyed.push((k, item)),
                 Some(_) => {}
                 None => tracing::debug!(flow = %flow.name, "item without an id skipped"),
             }
         }
+        if keyed.is_empty() {
+            return Ok(Vec::new());
+        }
         let store = self.store().clone();
         let trigger_id = rt.trigger_id.clone();
         let keys: Vec<String> = keyed.iter().map(|(k, _)| k.clone()).collect();
-        let (unseen, state) = self
-            .blocking(move || Ok((store.filter_unseen(&trigger_id, &keys)?, store.trigger_state(&trigger_id)?)))
-            .await?;
-        let baseline = state.is_none();
-
-        let mut report = PollReport { items: item_count, baseline, ..PollReport::default() };
-        let mut poll_items = Vec::new();
-        let mut ctx = ctx;
+        let unseen = self.blocking(move || Ok(store.filter_unseen(&trigger_id, &keys)?)).await?;
+        let mut out = Vec::new();
         for ((key, item), is_new) in keyed.into_iter().zip(unseen) {
             if !is_new {
                 continue;
@@ -105,41 +211,32 @@ impl Engine {
                     Start::All => true,
                     Start::Since(t) => item_time(spec, &item).is_some_and(|at| at >= *t),
                 };
-            let fire = fire && self.passes_filter(rt, &mut ctx, &item, &mut report)?;
+            let fire = fire && self.passes_filter(rt, ctx, &item, report)?;
             let run = fire.then(|| {
                 let mut run = NewRun::new(flow.name.clone(), item);
                 run.trigger = Some(rt.trigger_id.clone());
                 run
             });
-            poll_items.push(PollItem { key, run });
+            out.push(PollItem { key, run });
         }
-        let firing = poll_items.iter().filter(|p| p.run.is_some()).count();
-        let held = firing as u64 > flow.trigger.max_new;
-        if held {
-            for p in poll_items.iter_mut() {
-                if let Some(r) = p.run.as_mut() {
-                    r.held = true;
-                }
-            }
-            tracing::warn!(flow = %flow.name, new = firing, max_new = flow.trigger.max_new,
-                "flood guard: runs held until `flowd release {}`", flow.name);
+        Ok(out)
+    }
+
+    /// Records seen keys, runs and (with the last commit of a poll) the trigger's state,
+    /// durably; returns the runs created.
+    async fn commit(
+        &self,
+        rt: &FlowRuntime,
+        state: Option<Value>,
+        items: Vec<PollItem>,
+    ) -> Result<Vec<RunId>, EngineError> {
+        if items.is_empty() && state.is_none() {
+            return Ok(Vec::new());
         }
-        let polls = state.as_ref().and_then(|s| s.get("polls")).and_then(Value::as_u64).unwrap_or(0);
-        let baseline_at = state.as_ref().and_then(|s| s.get("baseline_at").cloned()).unwrap_or_else(|| json!(now));
-        let commit = PollCommit {
-            trigger: rt.trigger_id.clone(),
-            state: Some(json!({ "baseline_at": baseline_at, "last_poll_at": now, "polls": polls + 1 })),
-            items: poll_items,
-        };
+        let commit = PollCommit { trigger: rt.trigger_id.clone(), state, items };
         let store = self.store().clone();
         let outcome = self.blocking(move || Ok(store.commit_poll(&commit)?)).await?;
-        let created: Vec<RunId> = outcome.created.into_iter().map(|(_, id)| id).collect();
-        if held {
-            report.held = created.len();
-        } else {
-            report.runs = created;
-        }
-        Ok(report)
+        Ok(outcome.created.into_iter().map(|(_, id)| id).collect())
     }
 
     fn passes_filter(
@@ -162,50 +259,78 @@ impl Engine {
         Ok(keep)
     }
 
-    async fn fetch_items(
-        &self,
-        rt: &FlowRuntime,
+    /// The trigger's items, a page at a time (a single-record trigger is one page).
+    fn fetch_pages<'a>(
+        &'a self,
+        rt: &'a FlowRuntime,
         inputs: &Map<String, Value>,
         now: DateTime<Utc>,
-    ) -> Result<Vec<Value>, EngineError> {
+    ) -> Result<BoxStream<'a, Result<Vec<Value>, EngineError>>, EngineError> {
         let op = &rt.trigger_op;
-        let err =
-            |source| EngineError::Poll { flow: rt.flow.name.clone(), op: op.key.clone(), source: Box::new(source) };
+        let err = move |source| EngineError::Poll {
+            flow: rt.flow.name.clone(),
+            op: rt.trigger_op.key.clone(),
+            source: Box::new(source),
+        };
         let req = request::build(op, inputs)?;
         let account = &rt.flow.account;
         if rt.is_single_record() {
-            return match self.client().send(account, &req).await {
-                Ok(ghl::Body::Json(body)) => {
-                    Ok(rt.items_path.first(&body).filter(|v| !v.is_null()).cloned().into_iter().collect())
+            let one = async move {
+                match self.client().send(account, &req).await {
+                    Ok(ghl::Body::Json(body)) => {
+                        Ok(rt.items_path.first(&body).filter(|v| !v.is_null()).cloned().into_iter().collect())
+                    }
+                    Ok(ghl::Body::Text { content_type, text }) => {
+                        Ok(vec![json!({ "contentType": content_type, "size": text.len(), "text": text })])
+                    }
+                    Ok(ghl::Body::Bytes { content_type, bytes }) => {
+                        Ok(vec![json!({ "contentType": content_type, "size": bytes.len() })])
+                    }
+                    // The record does not exist (yet): nothing to fire for.
+                    Err(ghl::Error::Api(e)) if e.status == 404 => Ok(Vec::new()),
+                    Err(e) => Err(err(e)),
                 }
-                Ok(ghl::Body::Text { content_type, text }) => {
-                    Ok(vec![json!({ "contentType": content_type, "size": text.len(), "text": text })])
-                }
-                Ok(ghl::Body::Bytes { content_type, bytes }) => {
-                    Ok(vec![json!({ "contentType": content_type, "size": bytes.len() })])
-                }
-                // The record does not exist (yet): nothing to fire for.
-                Err(ghl::Error::Api(e)) if e.status == 404 => Ok(Vec::new()),
-                Err(e) => Err(err(e)),
             };
+            return Ok(futures::stream::once(one).boxed());
         }
-        let Some(spec) = op.trigger.as_ref() else { return Ok(Vec::new()) };
+        let Some(spec) = op.trigger.as_ref() else { return Ok(futures::stream::empty().boxed()) };
         let mut opts = ghl::PageOptions {
             max_pages: self.config().max_pages,
             max_items: self.config().max_items,
             ..ghl::PageOptions::default()
         };
+        // A page size the flow asks for (`pageLimit: 50`) is kept; the pager would otherwise
+        // use the catalog's, and the flow's value would silently not apply.
+        opts.page_size = requested_page_size(&spec.pagination, inputs);
         if matches!(spec.pagination, catalog::Pagination::TimeWindow { .. }) {
             // Upcoming events and slots: from a day ago to four weeks ahead.
             opts.window = Some((now - ChronoDuration::days(1), now + ChronoDuration::days(28)));
         }
-        let mut stream = self.client().paginate(account, req, &spec.pagination, &spec.items, opts).map_err(err)?;
-        let mut items = Vec::new();
-        while let Some(item) = stream.next().await {
-            items.push(item.map_err(err)?);
-        }
-        Ok(items)
+        let items = self.client().paginate(account, req, &spec.pagination, &spec.items, opts).map_err(err)?;
+        // Items arrive a page at a time: what is ready together is one page (or less).
+        Ok(items
+            .ready_chunks(PAGE_CHUNK)
+            .map(move |chunk| chunk.into_iter().collect::<Result<Vec<Value>, ghl::Error>>().map_err(err))
+            .boxed())
     }
+}
+
+/// At most this many items per commit when a poll commits page by page.
+const PAGE_CHUNK: usize = 1000;
+
+/// The page size a trigger's `with` sets through the operation's limit parameter.
+fn requested_page_size(pagination: &catalog::Pagination, inputs: &Map<String, Value>) -> Option<u32> {
+    use catalog::Pagination as P;
+    let param = match pagination {
+        P::Offset { limit_param, .. }
+        | P::Page { limit_param, .. }
+        | P::Cursor { limit_param, .. }
+        | P::LastItem { limit_param, .. } => limit_param,
+        _ => return None,
+    };
+    let value = inputs.get(param)?;
+    let n = value.as_u64().or_else(|| value.as_str().and_then(|s| s.trim().parse().ok()))?;
+    u32::try_from(n).ok().filter(|n| *n > 0)
 }
 
 /// When an item was created (or else last updated), for `start: <time>`.

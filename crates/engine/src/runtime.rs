@@ -3,19 +3,22 @@
 //! never looks anything up by name.
 
 use crate::error::EngineError;
-use catalog::{Catalog, Operation, Pagination};
+use catalog::{Catalog, Operation, Pagination, SharedOperation};
 use flow::{CompiledFlow, StepTarget};
 use ghl::JsonPath;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
 
 #[derive(Debug)]
 pub struct FlowRuntime {
     pub flow: CompiledFlow,
-    pub trigger_op: Operation,
+    /// Shared with the catalog (not a copy: an operation is kilobytes, times 10,000 flows).
+    pub trigger_op: SharedOperation,
     /// Where an item's dedupe state lives; changes when the trigger's meaning changes, so a
     /// flow whose trigger was edited records a new baseline.
     pub trigger_id: String,
-    pub items_path: JsonPath,
+    /// Parsed once per distinct path and shared by every flow using it (see [`json_path`]).
+    pub items_path: Arc<JsonPath>,
     pub steps: Vec<StepRuntime>,
 }
 
@@ -27,7 +30,7 @@ pub struct StepRuntime {
 
 #[derive(Debug)]
 pub enum StepKind {
-    Ghl { op: Box<Operation>, result: JsonPath },
+    Ghl { op: SharedOperation, result: Arc<JsonPath> },
     Http,
 }
 
@@ -51,16 +54,15 @@ impl FlowRuntime {
         if let (false, Some(hook)) = (flow.trigger.polls(), flow.trigger.webhook.as_ref()) {
             let trigger_op = webhook_operation(&hook.event);
             let trigger_id = format!("{}/{}", flow.name, trigger_op.key);
-            let items_path = JsonPath::parse("$").map_err(|e| err(e.to_string()))?;
+            let items_path = json_path("$").map_err(err)?;
             let steps = step_runtimes(&flow, catalog)?;
             return Ok(Arc::new(FlowRuntime { flow, trigger_op, trigger_id, items_path, steps }));
         }
         let trigger_op = catalog
-            .get(&flow.trigger.op)
-            .cloned()
+            .get_shared(&flow.trigger.op)
             .ok_or_else(|| err(format!("unknown trigger `{}`", flow.trigger.op)))?;
         let spec = trigger_op.trigger.as_ref().ok_or_else(|| err(format!("`{}` is not a trigger", trigger_op.key)))?;
-        let items_path = JsonPath::parse(&spec.items).map_err(|e| err(e.to_string()))?;
+        let items_path = json_path(&spec.items).map_err(err)?;
         let steps = step_runtimes(&flow, catalog)?;
         let trigger_id = format!("{}/{}/{}", flow.name, trigger_op.key, flow.trigger.dedupe.as_str());
         Ok(Arc::new(FlowRuntime { flow, trigger_op, trigger_id, items_path, steps }))
@@ -90,10 +92,10 @@ fn step_runtimes(flow: &CompiledFlow, catalog: &Catalog) -> Result<Vec<StepRunti
         let kind = match &s.uses {
             StepTarget::Http => StepKind::Http,
             StepTarget::Ghl(key) => {
-                let op = catalog.get(key).cloned().ok_or_else(|| err(format!("unknown action `{key}`")))?;
+                let op = catalog.get_shared(key).ok_or_else(|| err(format!("unknown action `{key}`")))?;
                 let path = op.action.as_ref().map(|a| a.result.as_str()).unwrap_or("$");
-                let result = JsonPath::parse(path).map_err(|e| err(e.to_string()))?;
-                StepKind::Ghl { op: Box::new(op), result }
+                let result = json_path(path).map_err(err)?;
+                StepKind::Ghl { op, result }
             }
         };
         steps.push(StepRuntime { id: s.id.clone(), kind });
@@ -101,10 +103,27 @@ fn step_runtimes(flow: &CompiledFlow, catalog: &Catalog) -> Result<Vec<StepRunti
     Ok(steps)
 }
 
+/// A parsed JSONPath, shared: the paths come from catalog entries (a trigger's `items`,
+/// an action's `result`), so 10,000 flows use a few dozen distinct ones, and each parsed
+/// path is a few hundred bytes. The cache holds every path parsed so far (bounded by the
+/// catalogs loaded: built-in plus extensions).
+fn json_path(text: &str) -> Result<Arc<JsonPath>, String> {
+    static PATHS: OnceLock<Mutex<HashMap<String, Arc<JsonPath>>>> = OnceLock::new();
+    let paths = PATHS.get_or_init(Default::default);
+    if let Some(p) = paths.lock().ok().and_then(|m| m.get(text).cloned()) {
+        return Ok(p);
+    }
+    let parsed = Arc::new(JsonPath::parse(text).map_err(|e| e.to_string())?);
+    if let Ok(mut m) = paths.lock() {
+        m.entry(text.to_string()).or_insert_with(|| parsed.clone());
+    }
+    Ok(parsed)
+}
+
 /// Stands in for the catalog entry a webhook-only flow lacks, so the runtime keeps one
 /// shape; it has no trigger spec, so it can never be polled.
-fn webhook_operation(event: &str) -> Operation {
-    Operation {
+fn webhook_operation(event: &str) -> SharedOperation {
+    SharedOperation::new(Operation {
         key: format!("webhook.{event}"),
         name: event.to_string(),
         description: format!("GHL webhook event {event}"),
@@ -123,5 +142,5 @@ fn webhook_operation(event: &str) -> Operation {
         trigger: None,
         action: None,
         notes: None,
-    }
+    })
 }

@@ -3,9 +3,41 @@
 
 use crate::engine::Engine;
 use chrono::Utc;
+use std::collections::HashMap;
 use std::sync::Arc;
-use tokio::sync::watch;
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
+
+/// How many scheduled polls of one account may be in progress at once
+/// ([`crate::EngineConfig::poll_concurrency`]). GHL limits requests per location, so a
+/// burst of polls on one account (every flow's first poll after a start, 100 flows on
+/// one location) would otherwise all be in flight together, each waiting in the rate
+/// limiter with its request, template context and items: at 10,000 flows that burst was
+/// most of the process's memory. Waiting for a slot holds nothing; slots are handed out
+/// in request order (the semaphore is fair), so the earliest due poll goes first.
+pub(crate) struct PollSlots {
+    per_account: usize,
+    accounts: HashMap<String, Arc<Semaphore>>,
+}
+
+impl PollSlots {
+    pub(crate) fn new<'a>(accounts: impl Iterator<Item = &'a str>, per_account: usize) -> PollSlots {
+        let per_account = per_account.max(1);
+        let accounts = accounts.map(|a| (a.to_string(), Arc::new(Semaphore::new(per_account)))).collect();
+        PollSlots { per_account, accounts }
+    }
+
+    /// Waits for a slot of `account`; the slot is free again when the permit is dropped.
+    /// An account the engine was not given (flows naming one are refused at load) gets a
+    /// slot of its own.
+    pub(crate) async fn acquire(&self, account: &str) -> Option<OwnedSemaphorePermit> {
+        let slots = match self.accounts.get(account) {
+            Some(s) => s.clone(),
+            None => Arc::new(Semaphore::new(self.per_account)),
+        };
+        slots.acquire_owned().await.ok()
+    }
+}
 
 pub(crate) fn spawn_flow(engine: Arc<Engine>, name: String, mut shutdown: watch::Receiver<bool>) -> JoinHandle<()> {
     tokio::spawn(async move {
@@ -76,15 +108,30 @@ pub(crate) fn spawn_flow(engine: Arc<Engine>, name: String, mut shutdown: watch:
             }
             let drift = (Utc::now() - due).to_std().unwrap_or_default();
             engine.metrics().poll_drift.observe(drift.as_secs_f64());
-            match engine.poll(&name).await {
-                Ok(report) => {
+            // A slot of the flow's account first (see `PollSlots`). Drift above is the
+            // scheduler's lateness alone, as before slots existed; the wait for a slot (the
+            // account's earlier polls, mostly waiting for its rate limit) is counted apart.
+            let Ok(rt) = engine.flow(&name) else { continue };
+            let waiting = std::time::Instant::now();
+            let slot = tokio::select! {
+                slot = engine.poll_slots().acquire(&rt.flow.account) => slot,
+                _ = shutdown.changed() => return,
+            };
+            drop(rt);
+            if *shutdown.borrow() {
+                return;
+            }
+            engine.metrics().record_poll_slot_wait(waiting.elapsed());
+            // Runs are dispatched as they are committed; they outlive a shutdown signal only
+            // until the deadline flowd enforces. The poll's future is boxed: inline, its
+            // size would be every sleeping scheduler task's size (10,000 flows, 10,000 tasks).
+            let polled = Box::pin(engine.poll_and_dispatch(&name)).await;
+            drop(slot);
+            match polled {
+                Ok((report, _runs)) => {
                     if report.new > 0 || report.held > 0 {
                         tracing::info!(flow = %name, items = report.items, new = report.new, runs = report.runs.len(),
                             held = report.held, baseline = report.baseline, "poll");
-                    }
-                    for id in report.runs {
-                        // Runs outlive a shutdown signal only until the deadline flowd enforces.
-                        drop(engine.dispatch(id));
                     }
                 }
                 Err(e) => tracing::warn!(flow = %name, error = %e, "poll failed"),
@@ -109,4 +156,23 @@ pub(crate) fn spawn_retries(engine: Arc<Engine>, mut shutdown: watch::Receiver<b
             }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::PollSlots;
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn poll_slots_bound_each_account_apart() {
+        let slots = PollSlots::new(["a", "b"].into_iter(), 2);
+        let a1 = slots.acquire("a").await.expect("slot");
+        let _a2 = slots.acquire("a").await.expect("slot");
+        // `a` is full; `b` is not.
+        assert!(tokio::time::timeout(Duration::from_millis(50), slots.acquire("a")).await.is_err());
+        let _b1 = slots.acquire("b").await.expect("slot");
+        // A slot comes back when its poll ends.
+        drop(a1);
+        assert!(tokio::time::timeout(Duration::from_millis(50), slots.acquire("a")).await.is_ok());
+    }
 }

@@ -152,3 +152,97 @@ async fn the_flood_guard_holds_runs_until_released() {
     assert!(released.iter().all(|s| *s == RunStatus::Succeeded));
     assert_eq!(h.sandbox.records("tasks").len(), tasks + 5);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_flood_guard_holds_every_run_of_a_poll_across_pages() {
+    // Pages of 2: the guard must see the whole poll before any run starts.
+    let flow_text = WELCOME.replace("max_new: 1000", "max_new: 3").replace(
+        r#"with: { locationId: "{{ account.location_id }}" }"#,
+        r#"with: { locationId: "{{ account.location_id }}", pageLimit: 2 }"#,
+    );
+    let h = harness(Seed::Contacts(2), &[&flow_text], fast_retries()).await;
+    h.engine.poll_and_run("welcome").await.expect("baseline");
+    for n in 0..5 {
+        new_contact(&h.sandbox, n);
+    }
+    let tasks = h.sandbox.records("tasks").len();
+    let (r, s) = h.engine.poll_and_run("welcome").await.expect("poll");
+    assert_eq!((r.items, r.new, r.held, s.len()), (7, 5, 5, 0));
+    assert_eq!(h.sandbox.records("tasks").len(), tasks, "held runs send nothing");
+}
+
+const BULK: &str = r#"
+name: bulk
+account: main
+trigger:
+  uses: contacts.search_contacts
+  with: { locationId: "{{ account.location_id }}", pageLimit: 10 }
+  every: 1m
+  dedupe: new
+  max_new: 100000
+steps:
+  - id: task
+    uses: contacts.create_task
+    with: { contactId: "{{ trigger.id }}", title: "Hello {{ trigger.firstName }}", dueDate: "{{ date_add now days=2 }}", completed: false }
+"#;
+
+fn tasks_per_contact(sb: &sandbox::Sandbox) -> std::collections::HashMap<String, usize> {
+    let mut out = std::collections::HashMap::new();
+    for t in sb.records("tasks") {
+        *out.entry(t["contactId"].as_str().unwrap_or_default().to_string()).or_insert(0) += 1;
+    }
+    out
+}
+
+/// With a flood guard that cannot trip, each page is committed and its runs start while
+/// later pages are fetched; a poll that fails half-way keeps what it committed, and the
+/// next poll picks up the rest without firing anything twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bulk_poll_runs_each_page_as_it_arrives_and_survives_a_failure_half_way() {
+    let h = harness(Seed::Contacts(5), &[BULK], fast_retries()).await;
+    h.engine.poll_and_run("bulk").await.expect("baseline");
+    let added: Vec<String> =
+        (0..35).map(|n| new_contact(&h.sandbox, n)["id"].as_str().unwrap_or_default().to_string()).collect();
+    assert_eq!(h.sandbox.records("tasks").len(), 0);
+
+    // Slow pages: the first page's tasks exist long before the last page could arrive.
+    let slow = sandbox::FaultRule { latency_ms: 800, ..Default::default() };
+    let mut faults = sandbox::FaultSettings::default();
+    faults.operations.insert("contacts.search_contacts".into(), slow);
+    h.sandbox.set_faults(faults, Some(1));
+    let engine = h.engine.clone();
+    let poll = tokio::spawn(async move { engine.poll_and_dispatch("bulk").await });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while h.sandbox.records("tasks").len() < 10 {
+        assert!(std::time::Instant::now() < deadline, "the first page's runs never ran");
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    assert!(!poll.is_finished(), "runs started before the poll had fetched its last page");
+
+    // Every further page fails (after the client's retries): the poll errs.
+    let broken = sandbox::FaultRule { error_rate: 1.0, error_status: Some(500), ..Default::default() };
+    let mut faults = sandbox::FaultSettings::default();
+    faults.operations.insert("contacts.search_contacts".into(), broken);
+    h.sandbox.set_faults(faults, Some(1));
+    let result = poll.await.expect("poll task");
+    assert!(result.is_err(), "the poll should fail: {result:?}");
+    // Runs of committed pages went on and finished.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !h.engine.store().list_resumable().expect("resumable").is_empty() {
+        assert!(std::time::Instant::now() < deadline, "runs of committed pages did not finish");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let done = tasks_per_contact(&h.sandbox);
+    assert!((10..35).contains(&done.len()), "the committed pages' items, not all: {}", done.len());
+    assert!(done.values().all(|n| *n == 1), "{done:?}");
+
+    h.sandbox.set_faults(sandbox::FaultSettings::default(), Some(1));
+    let (r, statuses) = h.engine.poll_and_run("bulk").await.expect("poll after the failure");
+    assert!(!r.baseline);
+    assert_eq!(r.new, 35 - done.len(), "only what the failed poll had not committed is new");
+    assert!(statuses.iter().all(|s| *s == RunStatus::Succeeded), "{statuses:?}");
+    let done = tasks_per_contact(&h.sandbox);
+    for id in &added {
+        assert_eq!(done.get(id), Some(&1), "one task for {id}");
+    }
+}

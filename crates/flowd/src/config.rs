@@ -24,6 +24,9 @@ pub struct RawConfig {
     pub listen: String,
     #[serde(default = "default_concurrency")]
     pub concurrency: usize,
+    /// Scheduled polls in progress at once per account (more wait their turn).
+    #[serde(default = "default_poll_concurrency")]
+    pub poll_concurrency: usize,
     /// Bearer token for the admin endpoints that change state (replay, release).
     #[serde(default)]
     pub admin_token: Option<String>,
@@ -121,6 +124,7 @@ pub struct Config {
     pub flows: PathBuf,
     pub listen: SocketAddr,
     pub concurrency: usize,
+    pub poll_concurrency: usize,
     pub admin_token: Option<String>,
     pub http_allow_hosts: Vec<String>,
     pub catalog_dir: Option<PathBuf>,
@@ -197,6 +201,9 @@ fn resolve(path: &Path, raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) ->
     if raw.concurrency == 0 {
         return Err(invalid("concurrency must be at least 1".into()));
     }
+    if raw.poll_concurrency == 0 {
+        return Err(invalid("poll_concurrency must be at least 1".into()));
+    }
     let secret =
         |what: &str, value: &Option<String>, file: &Option<PathBuf>, warnings: &mut Vec<String>| match (value, file) {
             (Some(_), Some(_)) => Err(invalid(format!("{what}: give either the value or the `_file`, not both"))),
@@ -260,6 +267,7 @@ fn resolve(path: &Path, raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) ->
         flows: rel(&raw.flows),
         listen,
         concurrency: raw.concurrency,
+        poll_concurrency: raw.poll_concurrency,
         admin_token,
         http_allow_hosts: raw.http_allow_hosts,
         catalog_dir: raw.catalog_dir.map(|d| rel(&d)),
@@ -305,6 +313,9 @@ fn default_listen() -> String {
 }
 fn default_concurrency() -> usize {
     16
+}
+fn default_poll_concurrency() -> usize {
+    engine::EngineConfig::default().poll_concurrency
 }
 fn default_request_timeout() -> Duration {
     Duration::from_secs(60)
@@ -359,6 +370,7 @@ mod tests {
         let c = load(&path, &env).expect("valid");
         assert_eq!(c.store, dir.path().join("./data"));
         assert_eq!(c.listen.to_string(), "127.0.0.1:8686");
+        assert_eq!(c.poll_concurrency, engine::EngineConfig::default().poll_concurrency);
         assert!(matches!(&c.accounts["main"].credentials, Credentials::PrivateToken(t) if t == "pit-123"));
         assert!(c.warnings.is_empty());
         assert!(!format!("{:?}", c.accounts["main"]).contains("pit-123"));
@@ -373,6 +385,10 @@ mod tests {
         let (_d, path) = write("accounts:\n  main:\n    location_id: l\n");
         let e = load(&path, &env).unwrap_err().to_string();
         assert!(e.contains("accounts.main: credentials missing"), "{e}");
+
+        let (_d, path) = write("poll_concurrency: 0\naccounts: {}\n");
+        let e = load(&path, &env).unwrap_err().to_string();
+        assert!(e.contains("poll_concurrency must be at least 1"), "{e}");
 
         let (_d, path) = write("listen: 127.0.0.1:8686\nacounts: {}\n");
         let e = load(&path, &env).unwrap_err().to_string();

@@ -84,8 +84,15 @@ fn init_logging(format: cli::LogFormat) {
     };
 }
 
+/// Threads for blocking work at most (tokio's default is 512). flowd's blocking work is
+/// store calls (sled): CPU-bound or waiting on one shared flush, so more threads than this
+/// add no throughput. Unbounded, a burst of polls (10,000 flows starting together) grew
+/// the pool to 512 threads, each with its stack and its share of malloc arenas: hundreds
+/// of MB of RSS that stayed after the burst (see BENCHMARKS.md, "Scale").
+const BLOCKING_THREADS: usize = 16;
+
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().max_blocking_threads(BLOCKING_THREADS).build()?)
 }
 
 /// The built-in catalog, plus the user's extension files when `--catalog-dir` is given.

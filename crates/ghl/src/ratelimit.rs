@@ -1,16 +1,52 @@
-//! Per-location pacing so callers wait instead of collecting 429s.
+//! Per-location pacing so callers wait instead of collecting 429s, and a backlog flows at an
+//! even rate instead of in bursts.
 //!
-//! Not `governor`: its GCRA lets a full burst through and then refills continuously, so in
-//! one window of length T it admits up to 2N-1 requests, which a windowed server counter
-//! (GHL's "100 per 10 s") rejects; and its quota is fixed at construction, while GHL's
-//! headers can change the limit at run time. Instead every location keeps the start times of
-//! its last N requests: a new request starts no earlier than T after the N-th latest one.
-//! That holds "at most N in any window of length T" exactly. Slots are handed out in order
-//! (each caller reserves its start time, then sleeps until it), so hundreds of waiting
-//! callers are served first come, first served without waking each other. A caller that
-//! wakes late (a busy runtime) must not squeeze into a window that a punctual later caller
-//! already fills, so on waking each caller also checks the actual start times of the last N
-//! requests and waits a little more when needed.
+//! Every caller reserves the earliest start time two rules allow (in order, under one lock,
+//! so hundreds of waiting callers are served first come, first served without waking each
+//! other), then sleeps until it. With N requests per interval T (GHL: 100 per 10 s), a
+//! margin m (default 2% of T) and a burst B (default N/32, at least 2):
+//!
+//! 1. **Window** (no 429s): a request starts no earlier than T + m after the N-th latest one.
+//!    That holds "at most N in any window of length T + m" exactly, whatever the callers do;
+//!    m absorbs network jitter, so the server's view of any T holds at most N as well.
+//! 2. **Pace** (an even flow): GCRA with emission interval τ = (T + m) / N and tolerance
+//!    (B − 1)·τ. An idle location lets B requests through at once; with work queued, one
+//!    starts every τ. When rule 1 holds a request back beyond what rule 2 allows, the burst
+//!    credit counts as spent (the next request may start τ after it): otherwise the credit
+//!    GCRA accrues while rule 1 holds callers back would let the idle burst recur as a
+//!    B-clump once every T + m.
+//!
+//! Rule 1 alone (the limiter before pacing) let a backlog out as N requests in a burst of
+//! ≈ 1 s and then nothing for ≈ 9.2 s: 100 in every *fixed* GHL window, but a sliding 10 s
+//! window opening mid-burst held as few as 2. Rule 2 alone would not prevent 429s: B + N − 1
+//! starts fit into T + m. Together, for GHL (N = 100, T = 10 s, m = 200 ms, B = 3,
+//! τ = 102 ms):
+//!
+//! - any window of T + m = 10.2 s holds at most 100 starts (rule 1); a fixed server window
+//!   of T (GHL's, the sandbox's) holds 99 of a steadily paced backlog, as 99·τ ≥ T;
+//! - a backlog, after its first T + m: one start every τ, so a window of T holds
+//!   ⌊T/τ⌋ = 98 or ⌈T/τ⌉ = 99 starts (T/τ = 98.04), 99 when it opens with a start;
+//! - a backlog, its first T + m: B starts at 0, one every τ until (N − B)·τ = 9.894 s, then
+//!   rule 1 holds the next until T + m (and spends the credit). A window of T that opens
+//!   at a start holds at least N − B = 97 (the one opening at τ); any window at least
+//!   N − B − 1 = 96 (the one opening just after τ).
+//!
+//! So while work is queued every window of T holds ≥ min(N − B − 1, ⌊N·T/(T + m)⌋) = 96
+//! starts, and at most 100. B ≤ 4% of N keeps that at or above 95% of N; m = 2% costs 2 of
+//! the steady 100 (m = 1% would give 99 and halve the jitter headroom: not worth it). The
+//! idle burst could be larger only at the price of the first window (B = 5 → 94 in the
+//! worst window). B scales with N so that τ stays large against the timer: with the loose
+//! limits used where rate limits are off (100,000 per second, τ ≈ 10 µs) a fixed B of 3
+//! would make concurrent callers sleep a few µs, which the runtime rounds up to 1 ms.
+//! `burst` ≥ N turns pacing off (rule 1 only: N at once, then a wait).
+//!
+//! Not `governor`: its GCRA is rule 2 without rule 1; with a burst of N it admits up to 2N − 1
+//! in one window of T, which a windowed server counter rejects, and its quota is fixed at
+//! construction while GHL's headers can change the limit at run time.
+//!
+//! A caller that wakes late (a busy runtime) must not squeeze into a window that a punctual
+//! later caller already fills, so on waking each caller also checks the actual start times of
+//! the last N requests (rule 1 again) and waits a little more when needed.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -33,6 +69,10 @@ pub struct RateLimit {
     /// Added to the interval so network jitter cannot squeeze N+1 arrivals into one server
     /// window. `None` = 2% of the interval.
     pub margin: Option<Duration>,
+    /// Requests an idle location may start at once; with work queued, the rest are spaced
+    /// (interval + margin) / `burst_max` apart. `None` = `burst_max` / 32, at least 2.
+    /// `burst_max` or more turns pacing off: a whole window's requests at once, then a wait.
+    pub burst: Option<u32>,
     /// A caller that would wait longer than this gets `Error::RateLimited` instead.
     pub max_wait: Duration,
     /// Follow the X-RateLimit-* headers GHL returns (limits, remaining, daily budget).
@@ -46,6 +86,7 @@ impl Default for RateLimit {
             burst_interval: Duration::from_secs(10),
             daily_max: 200_000,
             margin: None,
+            burst: None,
             max_wait: Duration::from_secs(120),
             adapt_to_headers: true,
         }
@@ -123,6 +164,9 @@ struct State {
     /// Actual start times of the latest `max` requests, oldest first.
     started: VecDeque<Instant>,
     blocked_until: Option<Instant>,
+    /// Pacing (GCRA): the theoretical arrival time. A request may start at
+    /// `tat - (burst - 1)·τ`; each start moves it on by τ. `None` until the first request.
+    tat: Option<Instant>,
     daily_max: u32,
     daily_used: u32,
     day: NaiveDate,
@@ -138,6 +182,7 @@ impl LocationLimiter {
                 slots: VecDeque::new(),
                 started: VecDeque::new(),
                 blocked_until: None,
+                tat: None,
                 daily_max: config.daily_max,
                 daily_used: 0,
                 day: Utc::now().date_naive(),
@@ -156,6 +201,13 @@ impl LocationLimiter {
         self.config.margin.unwrap_or(interval / 50)
     }
 
+    /// The burst B and emission interval τ for `max` requests per `interval`; `None` when
+    /// pacing is off (B ≥ `max`).
+    fn pacing(&self, max: u32, interval: Duration) -> Option<(u32, Duration)> {
+        let burst = self.config.burst.unwrap_or((max / 32).max(2)).max(1);
+        (burst < max).then(|| (burst, (interval + self.margin(interval)) / max))
+    }
+
     /// Reserves the next start time and returns how long the caller must wait for it.
     pub fn reserve(&self) -> Result<Duration, Error> {
         let now = Instant::now();
@@ -172,13 +224,23 @@ impl LocationLimiter {
                 retry_after: until_next_utc_day(),
             });
         }
-        let mut at = now;
+        let mut paced = now;
         if let Some(b) = s.blocked_until {
-            at = at.max(b);
+            paced = paced.max(b);
         }
+        let pacing = self.pacing(s.max, s.interval);
+        if let (Some((burst, tau)), Some(tat)) = (pacing, s.tat) {
+            // Rule 2: no earlier than tat - (B - 1)·τ.
+            let tolerance = tau * (burst - 1);
+            if tat > paced + tolerance {
+                paced = tat - tolerance;
+            }
+        }
+        let mut at = paced;
         let max = s.max as usize;
         if s.slots.len() >= max {
             if let Some(&nth_latest) = s.slots.get(s.slots.len() - max) {
+                // Rule 1: no earlier than T + margin after the N-th latest.
                 at = at.max(nth_latest + s.interval + self.margin(s.interval));
             }
         }
@@ -194,6 +256,14 @@ impl LocationLimiter {
         while s.slots.len() > max {
             s.slots.pop_front();
         }
+        s.tat = pacing.map(|(burst, tau)| {
+            if at > paced {
+                // Held back by the window: the burst credit is spent, the next may start τ later.
+                at + tau * burst
+            } else {
+                s.tat.map_or(at, |t| t.max(at)) + tau
+            }
+        });
         s.daily_used = s.daily_used.saturating_add(1);
         Ok(wait)
     }
@@ -347,11 +417,10 @@ mod tests {
         }
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn never_more_than_max_in_any_window() {
-        let l = Arc::new(limiter(5, 1000));
+    /// `callers` tasks acquire at once; their start times, sorted.
+    async fn backlog(l: &Arc<LocationLimiter>, callers: usize) -> Vec<Instant> {
         let mut tasks = Vec::new();
-        for _ in 0..23 {
+        for _ in 0..callers {
             let l = l.clone();
             tasks.push(tokio::spawn(async move {
                 l.acquire().await.unwrap();
@@ -363,10 +432,145 @@ mod tests {
             starts.push(t.await.unwrap());
         }
         starts.sort();
+        starts
+    }
+
+    /// The fewest starts in a window of `interval` that opens at a start (`[s, s + interval)`)
+    /// or just after one (`(s, s + interval]`) and ends by the last start: (at, after).
+    fn fewest_in_full_windows(starts: &[Instant], interval: Duration) -> (usize, usize) {
+        let last = *starts.last().unwrap();
+        let (mut at, mut after) = (usize::MAX, usize::MAX);
+        for (i, &t) in starts.iter().enumerate() {
+            if t + interval > last {
+                break;
+            }
+            at = at.min(starts[i..].iter().take_while(|&&u| u < t + interval).count());
+            after = after.min(starts[i..].iter().filter(|&&u| u > t && u <= t + interval).count());
+        }
+        (at, after)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn never_more_than_max_in_any_window() {
+        // Pacing off (burst = max): the window rule alone.
+        let l = LocationLimiter::new(
+            "loc",
+            RateLimit {
+                margin: Some(Duration::ZERO),
+                burst: Some(5),
+                ..RateLimit::per(5, Duration::from_millis(1000))
+            },
+        );
+        let starts = backlog(&Arc::new(l), 23).await;
         assert_windows(&starts, 5, Duration::from_millis(1000));
         // And it is not slower than it must be: 23 requests at 5/s need 4 full intervals.
         let span = *starts.last().unwrap() - starts[0];
         assert_eq!(span, Duration::from_millis(4000));
+
+        // Paced (default burst 2): 2 at once, then one every 200 ms; the window rule holds
+        // the 6th until 1000 ms, and from there on the flow is even.
+        let starts = backlog(&Arc::new(limiter(5, 1000)), 23).await;
+        assert_windows(&starts, 5, Duration::from_millis(1000));
+        let ms: Vec<u64> = starts.iter().map(|t| (*t - starts[0]).as_millis() as u64).collect();
+        let mut want = vec![0, 0, 200, 400, 600];
+        want.extend((5..23).map(|i| i * 200));
+        assert_eq!(ms, want);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_ghl_backlog_is_paced_evenly() {
+        // GHL's limits with the default margin (200 ms) and burst (3): τ = 102 ms.
+        let l = Arc::new(LocationLimiter::new("loc", RateLimit::default()));
+        let starts = backlog(&l, 450).await;
+        let t = Duration::from_secs(10);
+        // (a) Never more than 100 in any window of T + margin, let alone of T.
+        assert_windows(&starts, 100, Duration::from_millis(10_200));
+        assert_eq!(
+            (0..starts.len()).map(|i| starts[i..].iter().take_while(|&&u| u < starts[i] + t).count()).max(),
+            Some(100),
+            "the first window is full"
+        );
+        // (b) While work is queued, at least 97 in every window of T that opens at a start
+        // and 96 in every window at all (the first window: 3 at once, 97 paced, then the
+        // window rule holds the 101st until 10.2 s) ...
+        assert_eq!(fewest_in_full_windows(&starts, t), (97, 96));
+        // ... and after the first window, one start every 102 ms: 99 (or 98) in every T.
+        let first = starts[0] + Duration::from_millis(10_200);
+        let steady: Vec<Instant> = starts.iter().copied().filter(|&s| s >= first).collect();
+        assert!(steady.len() > 300);
+        assert!(steady.windows(2).all(|w| w[1] - w[0] == Duration::from_millis(102)), "evenly spaced");
+        assert_eq!(fewest_in_full_windows(&steady, t), (99, 98));
+        // The throughput is what the window rule allows: 100 per 10.2 s.
+        let span = *starts.last().unwrap() - starts[0];
+        assert_eq!(span, Duration::from_millis(102 * 449));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_limiter_admits_a_burst_without_waiting() {
+        let l = LocationLimiter::new("loc", RateLimit::default());
+        // (c) The first three go at once, the fourth waits τ.
+        for _ in 0..3 {
+            assert_eq!(l.acquire().await.unwrap(), Duration::ZERO);
+        }
+        assert_eq!(l.acquire().await.unwrap(), Duration::from_millis(102));
+        // Sporadic work: a request every 500 ms never waits.
+        for _ in 0..50 {
+            tokio::time::advance(Duration::from_millis(500)).await;
+            assert_eq!(l.acquire().await.unwrap(), Duration::ZERO);
+        }
+        // After a backlog, an idle spell of 3·τ earns the whole burst back.
+        let l = Arc::new(l);
+        backlog(&l, 250).await;
+        tokio::time::advance(Duration::from_millis(306)).await;
+        for _ in 0..3 {
+            assert_eq!(l.acquire().await.unwrap(), Duration::ZERO);
+        }
+        assert_eq!(l.acquire().await.unwrap(), Duration::from_millis(102));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn random_arrivals_never_overfill_a_window() {
+        // Callers arrive in random clumps (up to 25 at once) with idle spells (up to 3 s)
+        // between them, at times faster than the limit allows; the limit learned from the
+        // headers changes halfway.
+        let l = Arc::new(LocationLimiter::new("loc", RateLimit::default()));
+        let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = move |n: u64| {
+            seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+            (seed >> 33) % n
+        };
+        let mut tasks = Vec::new();
+        let mut changed = None;
+        for round in 0..400 {
+            if round == 200 {
+                l.observe(
+                    &RateHeaders { max: Some(50), interval: Some(Duration::from_secs(5)), ..Default::default() },
+                    200,
+                );
+                changed = Some(Instant::now());
+            }
+            for _ in 0..next(26) {
+                let l = l.clone();
+                tasks.push(tokio::spawn(async move {
+                    l.acquire().await.unwrap();
+                    Instant::now()
+                }));
+            }
+            tokio::time::advance(Duration::from_millis(next(3000))).await;
+        }
+        let mut starts = Vec::new();
+        for t in tasks {
+            starts.push(t.await.unwrap());
+        }
+        starts.sort();
+        // 100 per 10 s, then 50 per 5 s: never more than 100 in 10.2 s, nor 50 in 5.1 s once
+        // the callers that reserved under the old limit have gone.
+        assert!(starts.len() > 4000, "{}", starts.len());
+        assert_windows(&starts, 100, Duration::from_millis(10_200));
+        let later = changed.unwrap() + Duration::from_secs(60);
+        let i = starts.partition_point(|&s| s < later);
+        assert!(starts.len() - i > 1500, "{}", starts.len() - i);
+        assert_windows(&starts[i..], 50, Duration::from_millis(5_100));
     }
 
     #[tokio::test(start_paused = true)]

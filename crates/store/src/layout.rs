@@ -29,7 +29,10 @@ use crate::error::{Result, StoreError};
 
 /// Version of the on-disk layout and record formats. Bump it on any change a
 /// previous build could misread; opening an unknown version is `Damaged`.
-pub const FORMAT: u32 = 1;
+/// Format 2 keeps run items in their own tree.
+pub const FORMAT: u32 = 2;
+/// The previous format, opened and upgraded in place (its records stay readable as they are).
+pub const FORMAT_1: u32 = 1;
 
 pub const MARKER_FILE: &str = "STORE";
 pub const DB_DIR: &str = "db";

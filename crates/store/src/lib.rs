@@ -71,6 +71,13 @@ pub trait Store: Send + Sync {
     /// Applies `changes` in order, in one transaction and one flush; nothing is
     /// written if any change is refused. Returns the run as stored.
     fn update_run(&self, id: RunId, changes: &[RunChange]) -> Result<Run>;
+    /// Applies each run's changes as [`Store::update_run`] would, for many runs in one
+    /// transaction and one flush: the engine's writer batches concurrent runs' writes
+    /// through it. A run whose change is refused gets its error in its slot and is left
+    /// as it was; the others are written. The outer error means nothing was written.
+    fn update_runs(&self, batch: &[(RunId, Vec<RunChange>)]) -> Result<Vec<Result<()>>> {
+        Ok(batch.iter().map(|(id, changes)| self.update_run(*id, changes).map(drop)).collect())
+    }
     /// Runs a restarted engine must pick up: `pending` and `running`, oldest
     /// first. A `running` run's steps show how far it got.
     fn list_resumable(&self) -> Result<Vec<Run>>;

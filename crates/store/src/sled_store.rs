@@ -7,7 +7,8 @@
 //! | `meta`           | `format`, `store_id`, `created_at`    | text                      |
 //! | `seen`           | `len(trigger) ++ trigger ++ key`      | first-seen ms (u64 BE)    |
 //! | `triggers`       | trigger                               | state (JSON)              |
-//! | `runs`           | run id (u64 BE)                       | [`Run`] (JSON, with steps)|
+//! | `runs`           | run id (u64 BE)                       | [`Run`] (JSON, with steps, item `null`) |
+//! | `run_items`      | run id (u64 BE)                       | the run's trigger item (JSON) |
 //! | `run_status`     | status tag (1 byte) ++ run id         | empty                     |
 //! | `run_flow`       | `len(flow) ++ flow ++ run id`         | empty                     |
 //! | `run_retry`      | retry ms (u64 BE) ++ run id           | empty                     |
@@ -22,7 +23,11 @@
 //! written in the same transaction as the run record, so they cannot drift.
 //!
 //! A run's steps live inside its record: runs have a handful of steps, and
-//! rewriting the record keeps a run and its steps consistent for free.
+//! rewriting the record keeps a run and its steps consistent for free. Its
+//! trigger item does not: the item never changes and is most of the record, so
+//! it is written once to `run_items` and each of the run's several updates
+//! decodes and rewrites only the small rest. (Format 1 kept the item inside the
+//! record; such records are still read as they are.)
 //!
 //! # Durability
 //!
@@ -53,7 +58,7 @@ use sled::{Transactional, Tree};
 use crate::clock::Clock;
 use crate::error::{Result, StoreError};
 use crate::keys::{self, decode_json, encode_json};
-use crate::layout::{self, Marker, FORMAT, META_CREATED_AT, META_FORMAT, META_STORE_ID};
+use crate::layout::{self, Marker, FORMAT, FORMAT_1, META_CREATED_AT, META_FORMAT, META_STORE_ID};
 use crate::model::*;
 use crate::transitions;
 use crate::Store;
@@ -62,6 +67,7 @@ const T_META: &str = "meta";
 const T_SEEN: &str = "seen";
 const T_TRIGGERS: &str = "triggers";
 const T_RUNS: &str = "runs";
+const T_RUN_ITEMS: &str = "run_items";
 const T_RUN_STATUS: &str = "run_status";
 const T_RUN_FLOW: &str = "run_flow";
 const T_RUN_RETRY: &str = "run_retry";
@@ -81,6 +87,7 @@ struct Trees {
     seen: Tree,
     triggers: Tree,
     runs: Tree,
+    run_items: Tree,
     run_status: Tree,
     run_flow: Tree,
     run_retry: Tree,
@@ -95,6 +102,7 @@ impl Trees {
             seen: db.open_tree(T_SEEN)?,
             triggers: db.open_tree(T_TRIGGERS)?,
             runs: db.open_tree(T_RUNS)?,
+            run_items: db.open_tree(T_RUN_ITEMS)?,
             run_status: db.open_tree(T_RUN_STATUS)?,
             run_flow: db.open_tree(T_RUN_FLOW)?,
             run_retry: db.open_tree(T_RUN_RETRY)?,
@@ -226,8 +234,8 @@ impl SledStore {
 
         let meta = db.open_tree(T_META)?;
         let marker = match read_meta(&meta).map_err(|r| layout::damaged(root, r))? {
-            Some(m) => {
-                if m.format != FORMAT {
+            Some(mut m) => {
+                if m.format != FORMAT && m.format != FORMAT_1 {
                     return Err(layout::damaged(
                         root,
                         format!(
@@ -250,6 +258,14 @@ impl SledStore {
                     // Meta proves a store; the marker was lost or creation
                     // stopped just before writing it.
                     None => layout::write_marker(root, &m)?,
+                }
+                if m.format == FORMAT_1 {
+                    // Format 1 records are read as they are; the new version number only
+                    // keeps an older flowd, which would miss the items of new runs, out.
+                    meta.insert(META_FORMAT, FORMAT.to_string().as_bytes())?;
+                    meta.flush()?;
+                    m.format = FORMAT;
+                    layout::write_marker(root, &m)?;
                 }
                 m
             }
@@ -291,9 +307,20 @@ impl SledStore {
     fn load_run(&self, id: RunId) -> Result<Option<Run>> {
         let k = keys::run_key(id);
         match self.t.runs.get(k)? {
-            Some(v) => Ok(Some(decode_json(T_RUNS, &k, &v)?)),
+            Some(v) => Ok(Some(self.with_item(decode_json(T_RUNS, &k, &v)?)?)),
             None => Ok(None),
         }
+    }
+
+    /// Puts the run's item (kept in `run_items`) back into a record read from `runs`.
+    fn with_item(&self, mut run: Run) -> Result<Run> {
+        if run.item.is_null() {
+            let k = keys::run_key(run.id);
+            if let Some(v) = self.t.run_items.get(k)? {
+                run.item = decode_json(T_RUN_ITEMS, &k, &v)?;
+            }
+        }
+        Ok(run)
     }
 
     /// Loads the run an index entry points at; a dangling entry is corruption.
@@ -389,10 +416,10 @@ impl SledStore {
             .map(|(_, (id, _))| *id)
             .collect();
 
-        let trees = (&self.t.runs, &self.t.run_status, &self.t.run_flow, &self.t.run_retry);
+        let trees = (&self.t.runs, &self.t.run_items, &self.t.run_status, &self.t.run_flow, &self.t.run_retry);
         let mut removed = 0;
         for chunk in doomed.chunks(PRUNE_CHUNK) {
-            removed += trees.transaction(|(runs, status, flow, retry)| {
+            removed += trees.transaction(|(runs, items, status, flow, retry)| {
                 let mut n = 0u64;
                 for id in chunk {
                     let k = keys::run_key(*id);
@@ -404,7 +431,8 @@ impl SledStore {
                         continue;
                     }
                     runs.remove(&k)?;
-                    unindex_run(status, retry, &run)?;
+                    items.remove(&k)?;
+                    unindex_run(status, retry, run.id, run.status, run.next_retry_at)?;
                     flow.remove(keys::flow_index_key(&run.flow, run.id))?;
                     n += 1;
                 }
@@ -521,11 +549,18 @@ fn db_is_empty(db: &sled::Db) -> Result<bool> {
     Ok(true)
 }
 
+/// The trees a new run is written to, inside a transaction.
+#[derive(Clone, Copy)]
+struct NewRunTrees<'a> {
+    runs: &'a TransactionalTree,
+    items: &'a TransactionalTree,
+    status: &'a TransactionalTree,
+    flow: &'a TransactionalTree,
+}
+
 /// Inserts a new run and its indexes; the id comes from sled's generator.
 fn insert_new_run(
-    runs: &TransactionalTree,
-    status: &TransactionalTree,
-    flow: &TransactionalTree,
+    t: NewRunTrees<'_>,
     new: &NewRun,
     trigger: Option<&str>,
     dedupe_key: Option<&str>,
@@ -534,18 +569,26 @@ fn insert_new_run(
     if new.flow.is_empty() {
         return abort(StoreError::Invalid("a run needs a flow name".into()));
     }
-    let id = RunId(runs.generate_id().map_err(|e| ConflictableTransactionError::Abort(e.into()))?);
+    let id = RunId(t.runs.generate_id().map_err(|e| ConflictableTransactionError::Abort(e.into()))?);
     let run = transitions::new_run(id, new, trigger, dedupe_key, now);
-    runs.insert(&keys::run_key(id), tx(encode_json(&run))?)?;
-    status.insert(&keys::status_index_key(run.status.tag(), id), &[])?;
-    flow.insert(keys::flow_index_key(&run.flow, id), &[])?;
+    let k = keys::run_key(id);
+    t.runs.insert(&k, tx(encode_json(&run))?)?;
+    t.items.insert(&k, tx(encode_json(&new.item))?)?;
+    t.status.insert(&keys::status_index_key(run.status.tag(), id), &[])?;
+    t.flow.insert(keys::flow_index_key(&run.flow, id), &[])?;
     Ok(id)
 }
 
-fn unindex_run(status: &TransactionalTree, retry: &TransactionalTree, run: &Run) -> TxResult<()> {
-    status.remove(&keys::status_index_key(run.status.tag(), run.id))?;
-    if let Some(at) = run.next_retry_at {
-        retry.remove(keys::time_key(at, &keys::run_key(run.id)))?;
+fn unindex_run(
+    status: &TransactionalTree,
+    retry: &TransactionalTree,
+    id: RunId,
+    old_status: RunStatus,
+    old_retry: Option<DateTime<Utc>>,
+) -> TxResult<()> {
+    status.remove(&keys::status_index_key(old_status.tag(), id))?;
+    if let Some(at) = old_retry {
+        retry.remove(keys::time_key(at, &keys::run_key(id)))?;
     }
     Ok(())
 }
@@ -572,12 +615,13 @@ fn update_run_tx(
     let Some(v) = runs.get(k)? else {
         return abort(StoreError::RunNotFound(id));
     };
-    let old: Run = tx(decode_json(T_RUNS, &k, &v))?;
-    let mut run = old.clone();
+    let mut run: Run = tx(decode_json(T_RUNS, &k, &v))?;
+    // Only what the indexes key on is kept of the old record, not a copy of it.
+    let (old_status, old_retry) = (run.status, run.next_retry_at);
     for change in changes {
         tx(transitions::apply(&mut run, change, now))?;
     }
-    unindex_run(status, retry, &old)?;
+    unindex_run(status, retry, run.id, old_status, old_retry)?;
     index_run(status, retry, &run)?;
     runs.insert(&k, tx(encode_json(&run))?)?;
     Ok(run)
@@ -622,8 +666,9 @@ impl Store for SledStore {
         let now = self.now();
         let state = commit.state.as_ref().map(encode_json).transpose()?;
         let seen_value = keys::time_value(now);
-        let trees = (&self.t.seen, &self.t.triggers, &self.t.runs, &self.t.run_status, &self.t.run_flow);
-        let outcome = trees.transaction(|(seen, triggers, runs, status, flow)| {
+        let trees =
+            (&self.t.seen, &self.t.triggers, &self.t.runs, &self.t.run_items, &self.t.run_status, &self.t.run_flow);
+        let outcome = trees.transaction(|(seen, triggers, runs, items, status, flow)| {
             if let Some(state) = &state {
                 triggers.insert(commit.trigger.as_bytes(), state.as_slice())?;
             }
@@ -643,7 +688,13 @@ impl Store for SledStore {
                 }
                 seen.insert(k, &seen_value)?;
                 if let Some(new) = &item.run {
-                    let id = insert_new_run(runs, status, flow, new, Some(&commit.trigger), Some(&item.key), now)?;
+                    let id = insert_new_run(
+                        NewRunTrees { runs, items, status, flow },
+                        new,
+                        Some(&commit.trigger),
+                        Some(&item.key),
+                        now,
+                    )?;
                     outcome.created.push((item.key.clone(), id));
                 }
             }
@@ -674,8 +725,10 @@ impl Store for SledStore {
 
     fn create_run(&self, new: &NewRun) -> Result<RunId> {
         let now = self.now();
-        let trees = (&self.t.runs, &self.t.run_status, &self.t.run_flow);
-        let id = trees.transaction(|(runs, status, flow)| insert_new_run(runs, status, flow, new, None, None, now))?;
+        let trees = (&self.t.runs, &self.t.run_items, &self.t.run_status, &self.t.run_flow);
+        let id = trees.transaction(|(runs, items, status, flow)| {
+            insert_new_run(NewRunTrees { runs, items, status, flow }, new, None, None, now)
+        })?;
         self.durable()?;
         Ok(id)
     }
@@ -722,7 +775,7 @@ impl Store for SledStore {
         let mut out = Vec::new();
         for item in iter.rev() {
             let (k, v) = item?;
-            out.push(decode_json(T_RUNS, &k, &v)?);
+            out.push(self.with_item(decode_json(T_RUNS, &k, &v)?)?);
             if f.limit != 0 && out.len() >= f.limit {
                 break;
             }
@@ -735,7 +788,29 @@ impl Store for SledStore {
         let trees = (&self.t.runs, &self.t.run_status, &self.t.run_retry);
         let run = trees.transaction(|(runs, status, retry)| update_run_tx(runs, status, retry, id, changes, now))?;
         self.durable()?;
-        Ok(run)
+        self.with_item(run)
+    }
+
+    fn update_runs(&self, batch: &[(RunId, Vec<RunChange>)]) -> Result<Vec<Result<()>>> {
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        let now = self.now();
+        let trees = (&self.t.runs, &self.t.run_status, &self.t.run_retry);
+        let results = trees.transaction(|(runs, status, retry)| {
+            let mut out = Vec::with_capacity(batch.len());
+            for (id, changes) in batch {
+                // A refused change leaves its own run untouched and the others committed.
+                out.push(match update_run_tx(runs, status, retry, *id, changes, now) {
+                    Ok(_) => Ok(()),
+                    Err(ConflictableTransactionError::Abort(e)) => Err(e),
+                    Err(other) => return Err(other),
+                });
+            }
+            Ok(out)
+        })?;
+        self.durable()?;
+        Ok(results)
     }
 
     fn list_resumable(&self) -> Result<Vec<Run>> {
@@ -866,8 +941,15 @@ impl Store for SledStore {
 
     fn complete_webhook_event(&self, id: &str, new_runs: &[NewRun]) -> Result<Vec<RunId>> {
         let now = self.now();
-        let trees = (&self.t.webhooks, &self.t.webhook_queue, &self.t.runs, &self.t.run_status, &self.t.run_flow);
-        let ids = trees.transaction(|(hooks, queue, runs, status, flow)| {
+        let trees = (
+            &self.t.webhooks,
+            &self.t.webhook_queue,
+            &self.t.runs,
+            &self.t.run_items,
+            &self.t.run_status,
+            &self.t.run_flow,
+        );
+        let ids = trees.transaction(|(hooks, queue, runs, items, status, flow)| {
             let Some(v) = hooks.get(id.as_bytes())? else {
                 return abort(StoreError::Invalid(format!("webhook event {id:?} was never stored")));
             };
@@ -880,7 +962,7 @@ impl Store for SledStore {
             queue.remove(keys::time_key(ev.received_at, id.as_bytes()))?;
             let mut ids = Vec::with_capacity(new_runs.len());
             for new in new_runs {
-                ids.push(insert_new_run(runs, status, flow, new, None, None, now)?);
+                ids.push(insert_new_run(NewRunTrees { runs, items, status, flow }, new, None, None, now)?);
             }
             Ok(ids)
         })?;

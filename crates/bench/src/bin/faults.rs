@@ -224,7 +224,7 @@ impl Drop for Service {
 
 /// Opens the store the way a restarted flowd would, then closes it.
 fn reopen(dir: &Path) -> Result<Vec<store::Run>> {
-    let s = store::SledStore::open(dir.join("data")).map_err(|e| anyhow::anyhow!("store does not reopen: {e}"))?;
+    let s = store::SledStore::open(dir.join("data")).context("store does not reopen")?;
     let runs = s.list_runs(&store::RunFilter { limit: usize::MAX, ..Default::default() })?;
     Ok(runs)
 }
@@ -313,12 +313,23 @@ async fn harness(args: Args, dir: &Path) -> Result<bool> {
         }
         svc.kill()?;
         kills += 1;
-        // A kill before the first start created the store leaves nothing to reopen.
-        let runs = if dir.join("data").exists() || reopens > 0 {
-            reopens += 1;
-            reopen(dir).with_context(|| format!("after kill {kills}"))?
-        } else {
-            Vec::new()
+        // A kill before the first start finished creating the store leaves nothing to
+        // reopen (no directory, or one with no database yet: `open` says NotFound, and the
+        // next start's `create_or_open` finishes the creation). Once a store was opened,
+        // every later kill must leave one that opens.
+        let runs = match reopen(dir) {
+            Ok(runs) => {
+                reopens += 1;
+                runs
+            }
+            Err(e)
+                if reopens == 0
+                    && e.downcast_ref::<store::StoreError>()
+                        .is_some_and(|e| matches!(e, store::StoreError::NotFound { .. })) =>
+            {
+                Vec::new()
+            }
+            Err(e) => return Err(e.context(format!("after kill {kills}"))),
         };
         let tasks = sb.records("tasks").len();
         println!(

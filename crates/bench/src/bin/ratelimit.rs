@@ -11,7 +11,8 @@
 //! (its entries carry no time, so the bench reads the log every 10 ms and stamps new
 //! entries when it sees them: ≤ 10 ms late, in the sandbox's order). For every full
 //! sliding 10 s window while work is queued (from the first request to the last task
-//! created) it reports the fewest and most requests, and the number of 429s.
+//! created) it reports the fewest requests (and where the first such window opens) and
+//! the most, the gaps between requests (and where the widest is), and the number of 429s.
 
 use anyhow::{anyhow, bail, Context, Result};
 use bench::{quantile, TOKEN};
@@ -77,9 +78,11 @@ impl ghl::Observer for Recorder {
 }
 
 /// Counts of requests in every sliding window `[t, t + 10 s)` that starts at a request
-/// and ends by `end`: (windows, fewest, most).
-fn windows(times: &[f64], end: f64) -> (usize, usize, usize) {
+/// and ends by `end`: (windows, fewest, when the first window with the fewest starts
+/// (seconds from the first request), most).
+fn windows(times: &[f64], end: f64) -> (usize, usize, f64, usize) {
     let mut min = usize::MAX;
+    let mut min_at = 0.0;
     let mut max = 0;
     let mut n = 0;
     let mut j = 0;
@@ -91,11 +94,14 @@ fn windows(times: &[f64], end: f64) -> (usize, usize, usize) {
             j += 1;
         }
         let count = j - i;
-        min = min.min(count);
+        if count < min {
+            min = count;
+            min_at = t - times[0];
+        }
         max = max.max(count);
         n += 1;
     }
-    (n, if n == 0 { 0 } else { min }, max)
+    (n, if n == 0 { 0 } else { min }, min_at, max)
 }
 
 /// The most requests in any sliding 10 s window of the whole run (ending anywhere).
@@ -240,23 +246,27 @@ async fn main() -> Result<()> {
         client_times.len()
     );
     for (label, times) in [("server (log sampled every 10 ms)", &server_times), ("client (when sent)", &client_times)] {
-        let (n, min, max) = windows(times, done);
+        let (n, min, min_at, max) = windows(times, done);
         println!(
-            "  {label}: {n} full sliding 10 s windows while work was queued: fewest {min}, most {max}; busiest window of the run {}",
+            "  {label}: {n} full sliding 10 s windows while work was queued: fewest {min} (first at +{:.1} s), most {max}; busiest window of the run {}",
+            min_at,
             busiest(times)
         );
         println!("    per fixed 10 s window from the first request: {:?}", fixed(times));
     }
+    let gaps: Vec<(f64, f64)> = server_times.windows(2).map(|w| (w[1] - w[0], w[0] - start)).collect();
+    let widest = gaps.iter().copied().max_by(|a, b| a.0.total_cmp(&b.0)).unwrap_or_default();
     let gaps: Vec<f64> = {
-        let mut g: Vec<f64> = server_times.windows(2).map(|w| w[1] - w[0]).collect();
+        let mut g: Vec<f64> = gaps.iter().map(|g| g.0).collect();
         g.sort_by(f64::total_cmp);
         g
     };
     println!(
-        "  gaps between requests (server): p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
+        "  gaps between requests (server): p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms (after the request at +{:.1} s)",
         quantile(&gaps, 0.5) * 1e3,
         quantile(&gaps, 0.99) * 1e3,
-        quantile(&gaps, 1.0) * 1e3
+        widest.0 * 1e3,
+        widest.1
     );
     println!("429s: {server_429} in the sandbox's log; client statuses {statuses:?}");
     Ok(())

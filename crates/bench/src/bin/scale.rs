@@ -5,7 +5,7 @@
 //!
 //! ```text
 //! cargo run --release -p bench --bin scale -- [--flows N] [--locations L] [--minutes M]
-//!     [--every SECS] [--contacts K]
+//!     [--every SECS] [--contacts K] [--blocking-threads T] [--poll-concurrency P]
 //! ```
 //!
 //! The sandboxes (one per location, `K` contacts each, GHL's rate limits on) run in a
@@ -14,6 +14,14 @@
 //! own bookkeeping. `--every` (default 300 = the issue's `every: 5m`) shortens the
 //! interval for quick runs. The first round of polls (each flow's baseline, spread over
 //! the scheduler's 2 s start jitter) is reported apart from the steady state.
+//!
+//! The tokio runtime is built like flowd's (`max_blocking_threads` 16, `--blocking-threads`
+//! to change it; tokio's default is 512) and the allocator is flowd's (the system's,
+//! glibc). Next to RSS the bench prints the bytes glibc counts as in use (`mallinfo2`, read
+//! three times only: it walks every arena, which costs CPU the steady state would count),
+//! so live data shows apart from what the allocator keeps after a burst. In use counts
+//! allocations never touched (sled allocates ≈ 21 MB of zeroed metrics at open that stay
+//! out of RSS), so it can exceed RSS.
 
 use anyhow::{anyhow, bail, Context, Result};
 use bench::{bucket_count, bucket_delta, bucket_quantile, cpu_seconds, drift_buckets, mb, peak_rss, rss, TOKEN};
@@ -25,17 +33,31 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// flowd's `max_blocking_threads` (crates/flowd/src/main.rs).
+const BLOCKING_THREADS: usize = 16;
+
 struct Args {
     flows: usize,
     locations: usize,
     minutes: f64,
     every: u64,
     contacts: usize,
+    blocking_threads: usize,
+    poll_concurrency: usize,
     serve: bool,
 }
 
 fn parse_args() -> Result<Args> {
-    let mut a = Args { flows: 1000, locations: 100, minutes: 6.0, every: 300, contacts: 5, serve: false };
+    let mut a = Args {
+        flows: 1000,
+        locations: 100,
+        minutes: 6.0,
+        every: 300,
+        contacts: 5,
+        blocking_threads: BLOCKING_THREADS,
+        poll_concurrency: EngineConfig::default().poll_concurrency,
+        serve: false,
+    };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         if flag == "--serve-sandboxes" {
@@ -50,6 +72,8 @@ fn parse_args() -> Result<Args> {
             "--minutes" => a.minutes = value.parse().with_context(bad)?,
             "--every" => a.every = value.parse::<u64>().with_context(bad)?.max(1),
             "--contacts" => a.contacts = value.parse().with_context(bad)?,
+            "--blocking-threads" => a.blocking_threads = value.parse::<usize>().with_context(bad)?.max(1),
+            "--poll-concurrency" => a.poll_concurrency = value.parse::<usize>().with_context(bad)?.max(1),
             other => bail!("unknown flag {other}"),
         }
     }
@@ -103,8 +127,23 @@ async fn serve(a: &Args) -> Result<()> {
     Ok(())
 }
 
-fn snapshot(engine: &Engine) -> Vec<(f64, u64)> {
-    drift_buckets(&engine.metrics().encode())
+/// The engine's poll drift histogram alone, to read it without encoding every metric:
+/// at 10,000 flows the whole `/metrics` text is megabytes, and the bench reads the drift
+/// ten times a second during the first round.
+struct Drift(prometheus_client::registry::Registry);
+
+impl Drift {
+    fn new(engine: &Engine) -> Drift {
+        let mut r = prometheus_client::registry::Registry::with_prefix("flowd");
+        r.register("poll_drift_seconds", "How late scheduled polls start", engine.metrics().poll_drift.clone());
+        Drift(r)
+    }
+
+    fn snapshot(&self) -> Vec<(f64, u64)> {
+        let mut out = String::new();
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.0);
+        drift_buckets(&out)
+    }
 }
 
 fn drift_line(label: &str, b: &[(f64, u64)]) {
@@ -117,15 +156,43 @@ fn drift_line(label: &str, b: &[(f64, u64)]) {
     );
 }
 
-#[tokio::main]
-async fn main() -> Result<()> {
+/// Bytes glibc counts as allocated (`mallinfo2`: arenas + mmapped blocks).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn heap() -> Option<u64> {
+    // SAFETY: mallinfo2 only reads the allocator's statistics.
+    let m = unsafe { libc::mallinfo2() };
+    Some((m.uordblks + m.hblkhd) as u64)
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn heap() -> Option<u64> {
+    None
+}
+
+fn heap_text() -> String {
+    match heap() {
+        Some(used) => format!("heap in use {:.1} MB", mb(Some(used))),
+        None => "heap in use: not known on this platform".into(),
+    }
+}
+
+fn main() -> Result<()> {
     let a = parse_args()?;
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .max_blocking_threads(a.blocking_threads)
+        .build()?
+        .block_on(main_async(a))
+}
+
+async fn main_async(a: Args) -> Result<()> {
     if a.serve {
         return serve(&a).await;
     }
     println!(
-        "scale: {} flows over {} locations, every {} s, {} contacts per location, {} min (sandboxes in a child process)",
-        a.flows, a.locations, a.every, a.contacts, a.minutes
+        "scale: {} flows over {} locations, every {} s, {} contacts per location, {} min (sandboxes in a child process); \
+         blocking threads ≤ {}, polls in progress ≤ {} per account",
+        a.flows, a.locations, a.every, a.contacts, a.minutes, a.blocking_threads, a.poll_concurrency
     );
     let mut child = Command::new(std::env::current_exe()?)
         .args(["--serve-sandboxes", "--locations", &a.locations.to_string(), "--contacts", &a.contacts.to_string()])
@@ -176,7 +243,7 @@ async fn run(a: &Args, locations: &[(String, String)]) -> Result<()> {
         Arc::new(store),
         accounts.clone(),
         BTreeMap::new(),
-        EngineConfig::default(),
+        EngineConfig { poll_concurrency: a.poll_concurrency, ..EngineConfig::default() },
         metrics,
     );
     let rss_engine = rss();
@@ -207,7 +274,9 @@ async fn run(a: &Args, locations: &[(String, String)]) -> Result<()> {
         mb(rss_engine),
         mb(rss_loaded)
     );
+    println!("  with flows loaded: {}", heap_text());
 
+    let drift = Drift::new(&engine);
     let (tx, rx) = tokio::sync::watch::channel(false);
     let started = Instant::now();
     let cpu_start = cpu_seconds().unwrap_or(0.0);
@@ -215,12 +284,12 @@ async fn run(a: &Args, locations: &[(String, String)]) -> Result<()> {
 
     // First round: every flow's first (baseline) poll, due within 2 s of the start.
     let deadline = started + Duration::from_secs_f64(a.minutes * 60.0);
-    while bucket_count(&snapshot(&engine)) < a.flows as u64 && Instant::now() < deadline {
+    while bucket_count(&drift.snapshot()) < a.flows as u64 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // Let the last polls of the round finish (they are counted when they start).
     tokio::time::sleep(Duration::from_secs(5)).await;
-    let first = snapshot(&engine);
+    let first = drift.snapshot();
     let first_round = started.elapsed();
     let cpu_first = cpu_seconds().unwrap_or(0.0);
     println!(
@@ -230,6 +299,7 @@ async fn run(a: &Args, locations: &[(String, String)]) -> Result<()> {
         cpu_first - cpu_start,
         mb(rss())
     );
+    println!("  after the first round: {}", heap_text());
     drift_line("first round (baselines)", &first);
 
     // Steady state: until the deadline, RSS sampled every 5 s.
@@ -245,7 +315,7 @@ async fn run(a: &Args, locations: &[(String, String)]) -> Result<()> {
     }
     let steady = steady_from.elapsed().as_secs_f64();
     let cpu_steady = cpu_seconds().unwrap_or(0.0) - cpu_first;
-    let end = snapshot(&engine);
+    let end = drift.snapshot();
     let steady_drift = bucket_delta(&first, &end);
     println!(
         "steady state: {:.0} s, CPU {:.2} s = {:.2}% of one core; RSS {:.1} MB at end, max {:.1} MB (of {} samples); peak RSS (VmHWM) {:.1} MB",
@@ -257,6 +327,7 @@ async fn run(a: &Args, locations: &[(String, String)]) -> Result<()> {
         rss_samples.len(),
         mb(peak_rss())
     );
+    println!("  at the end: {}", heap_text());
     drift_line("steady state", &steady_drift);
     drift_line("whole run", &end);
     if bucket_count(&steady_drift) < a.flows as u64 && steady < a.every as f64 {
@@ -264,6 +335,16 @@ async fn run(a: &Args, locations: &[(String, String)]) -> Result<()> {
             "  (steady window shorter than one interval: not every flow polled again; use --minutes ≥ every/60 + 1)"
         );
     }
+    // What one Prometheus scrape of flowd's `/metrics` costs at this many flows.
+    let t = Instant::now();
+    let text = engine.metrics().encode();
+    println!(
+        "/metrics: {:.1} MB of text, encoded in {:.0} ms; RSS {:.1} MB after",
+        text.len() as f64 / 1_048_576.0,
+        t.elapsed().as_secs_f64() * 1e3,
+        mb(rss())
+    );
+    drop(text);
 
     let _ = tx.send(true);
     tasks.join().await;

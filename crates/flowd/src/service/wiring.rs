@@ -70,6 +70,7 @@ pub fn build_engine_on(
     }
     let engine_config = EngineConfig {
         concurrency: config.concurrency,
+        poll_concurrency: config.poll_concurrency,
         http_allow_hosts: config.http_allow_hosts.clone(),
         retry_base: config.retry.base,
         retry_max: config.retry.max,

@@ -1,0 +1,146 @@
+//! One thread writes the bookkeeping of every run, many runs per transaction.
+//!
+//! Each run must have its step's start on disk before the step is sent, so every run
+//! waits for a durable write several times. Written one run at a time, those writes cost
+//! a sled transaction and a share of a flush each, and a hop through the blocking pool;
+//! at a few thousand runs a second that bookkeeping is most of flowd's CPU. Here runs
+//! hand their changes to one writer thread instead: it takes everything queued since its
+//! last write, applies it with [`store::Store::update_runs`] (one transaction, one flush)
+//! and answers each run. While it writes, the next batch gathers, so the batch grows with
+//! the load and a lone run still waits for one flush only.
+//!
+//! The promise to each caller is unchanged: its changes are on disk when `write`
+//! returns Ok, and a refused change is that run's error alone.
+
+use std::sync::mpsc;
+use std::sync::Arc;
+
+use store::{RunChange, RunId, Store, StoreError};
+use tokio::sync::oneshot;
+
+use crate::error::EngineError;
+
+/// Runs per transaction at most: bounds one transaction's memory and how long the
+/// first caller in a batch waits behind the others.
+const MAX_BATCH: usize = 512;
+
+struct Job {
+    id: RunId,
+    changes: Vec<RunChange>,
+    reply: oneshot::Sender<Result<(), StoreError>>,
+}
+
+/// The handle runs write through; the thread stops when the last handle is dropped.
+pub(crate) struct Writer {
+    jobs: mpsc::Sender<Job>,
+}
+
+impl Writer {
+    pub(crate) fn start(store: Arc<dyn Store>) -> Writer {
+        let (jobs, queue) = mpsc::channel();
+        let spawned = std::thread::Builder::new().name("flowd-run-writer".into()).spawn(move || run(&*store, &queue));
+        if let Err(e) = spawned {
+            // Without the thread every write fails with a clear error instead of hanging.
+            tracing::error!(error = %e, "cannot start the run writer thread");
+        }
+        Writer { jobs }
+    }
+
+    /// Writes `changes` to run `id` durably, batched with other runs' writes.
+    pub(crate) async fn write(&self, id: RunId, changes: Vec<RunChange>) -> Result<(), EngineError> {
+        let (reply, answer) = oneshot::channel();
+        self.jobs
+            .send(Job { id, changes, reply })
+            .map_err(|_| EngineError::Join("the run writer thread has stopped".into()))?;
+        match answer.await {
+            Ok(result) => Ok(result?),
+            Err(_) => Err(EngineError::Join("the run writer thread stopped before answering".into())),
+        }
+    }
+}
+
+fn run(store: &dyn Store, queue: &mpsc::Receiver<Job>) {
+    while let Ok(first) = queue.recv() {
+        let mut jobs = vec![first];
+        while jobs.len() < MAX_BATCH {
+            match queue.try_recv() {
+                Ok(job) => jobs.push(job),
+                Err(_) => break,
+            }
+        }
+        write_batch(store, jobs);
+    }
+}
+
+fn write_batch(store: &dyn Store, jobs: Vec<Job>) {
+    let (batch, replies): (Vec<_>, Vec<_>) = jobs.into_iter().map(|j| ((j.id, j.changes), j.reply)).unzip();
+    match store.update_runs(&batch) {
+        Ok(results) => {
+            for (reply, result) in replies.into_iter().zip(results) {
+                // A caller that went away (its task was cancelled) needs no answer.
+                let _ = reply.send(result);
+            }
+        }
+        // The batch as a whole failed (nothing was written): write each run alone, so each
+        // caller gets its own error, or success if only one run's write was the trouble.
+        Err(e) => {
+            tracing::warn!(error = %e, runs = batch.len(), "batched run write failed; writing runs one by one");
+            for ((id, changes), reply) in batch.into_iter().zip(replies) {
+                let _ = reply.send(store.update_run(id, &changes).map(drop));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use store::{NewRun, RunStatus, SledStore};
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_writes_are_all_durable_and_refusals_stay_with_their_run() {
+        let store: Arc<dyn Store> = Arc::new(SledStore::temporary().unwrap());
+        let ids: Vec<RunId> =
+            (0..200).map(|i| store.create_run(&NewRun::new("f", serde_json::json!({ "i": i }))).unwrap()).collect();
+        let writer = Arc::new(Writer::start(store.clone()));
+        let mut tasks = Vec::new();
+        for (n, id) in ids.iter().copied().enumerate() {
+            let writer = writer.clone();
+            tasks.push(tokio::spawn(async move {
+                // Every tenth run asks for something the store refuses: starting a step of a
+                // run that is not running.
+                let changes = if n % 10 == 0 {
+                    vec![RunChange::StepStarted { step: "a".into(), request: serde_json::Value::Null }]
+                } else {
+                    vec![RunChange::Status { status: RunStatus::Running, error: None }]
+                };
+                writer.write(id, changes).await
+            }));
+        }
+        let mut refused = 0;
+        for t in tasks {
+            match t.await.unwrap() {
+                Ok(()) => {}
+                Err(EngineError::Store(StoreError::Conflict(_))) => refused += 1,
+                Err(e) => panic!("unexpected error {e}"),
+            }
+        }
+        assert_eq!(refused, 20);
+        for (n, id) in ids.iter().enumerate() {
+            let run = store.get_run(*id).unwrap().unwrap();
+            let want = if n % 10 == 0 { RunStatus::Pending } else { RunStatus::Running };
+            assert_eq!(run.status, want, "run {n}");
+        }
+    }
+
+    #[tokio::test]
+    async fn an_unknown_run_is_an_error_for_that_caller() {
+        let store: Arc<dyn Store> = Arc::new(SledStore::temporary().unwrap());
+        let writer = Writer::start(store);
+        let err = writer
+            .write(RunId(999_999), vec![RunChange::Status { status: RunStatus::Running, error: None }])
+            .await
+            .unwrap_err();
+        assert!(matches!(err, EngineError::Store(StoreError::RunNotFound(_))), "{err}");
+    }
+}
