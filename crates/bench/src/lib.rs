@@ -1,11 +1,11 @@
 //! Shared pieces of flowd's benchmarks: the benchmark flows, an engine wired to a
 //! sandbox and a store on disk, and process measurements (RSS, CPU time) from `/proc`.
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use engine::{AccountInfo, Engine, EngineConfig, Metrics};
 use sandbox::{Sandbox, SandboxConfig, Seed};
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub const TOKEN: &str = "pit-bench";
@@ -186,4 +186,23 @@ pub fn bucket_count(buckets: &[(f64, u64)]) -> u64 {
 /// Megabytes, for printing.
 pub fn mb(bytes: Option<u64>) -> f64 {
     bytes.map(|b| b as f64 / 1_048_576.0).unwrap_or(f64::NAN)
+}
+
+/// The flowd binary the fault and idle benches start: `explicit` (`--flowd PATH`), else the
+/// `flowd` built next to the running bench binary (same target directory and profile).
+pub fn locate_flowd(explicit: Option<PathBuf>) -> Result<PathBuf> {
+    if let Some(p) = explicit {
+        return Ok(p);
+    }
+    let exe = std::env::current_exe()?;
+    let p = exe.with_file_name(format!("flowd{}", std::env::consts::EXE_SUFFIX));
+    if !p.is_file() {
+        bail!("no flowd binary at {}: run `cargo build --release -p flowd` first, or pass --flowd PATH", p.display());
+    }
+    Ok(p)
+}
+
+/// A loopback port free right now, for a flowd child's `listen:`.
+pub fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }

@@ -234,17 +234,20 @@ impl Engine {
         name: &str,
     ) -> Result<(crate::PollReport, Vec<RunStatus>), EngineError> {
         let (report, handles) = self.poll_and_dispatch(name).await?;
-        let mut statuses = Vec::with_capacity(handles.len());
-        for h in handles {
-            statuses.push(h.await.map_err(|e| EngineError::Join(e.to_string()))??);
-        }
-        Ok((report, statuses))
+        Ok((report, Self::wait_for(handles).await?))
     }
 
     /// Executes runs concurrently (bounded by `concurrency`) and waits for all.
     pub async fn execute_all(self: &Arc<Self>, ids: Vec<RunId>) -> Result<Vec<RunStatus>, EngineError> {
         let handles: Vec<JoinHandle<Result<RunStatus, EngineError>>> =
             ids.into_iter().map(|id| self.dispatch(id)).collect();
+        Self::wait_for(handles).await
+    }
+
+    /// Waits for dispatched runs, in order; returns the status each ended in.
+    pub async fn wait_for(
+        handles: Vec<JoinHandle<Result<RunStatus, EngineError>>>,
+    ) -> Result<Vec<RunStatus>, EngineError> {
         let mut out = Vec::with_capacity(handles.len());
         for h in handles {
             out.push(h.await.map_err(|e| EngineError::Join(e.to_string()))??);

@@ -135,16 +135,23 @@ async fn updated_mode_fires_on_each_change_and_not_otherwise() {
     assert!(notes.iter().any(|n| n["body"] == "changed: changed1@example.com"), "{notes:?}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_flood_guard_holds_runs_until_released() {
-    let flow_text = WELCOME.replace("max_new: 1000", "max_new: 3");
-    let h = harness(Seed::Contacts(2), &[&flow_text], fast_retries()).await;
+/// `welcome` from `flow_text` on 2 contacts: baseline, 5 new contacts, one more poll.
+/// Returns the harness, the tasks before that poll, and what the poll did.
+async fn five_new_contacts_polled(flow_text: &str) -> (Harness, usize, engine::PollReport, Vec<RunStatus>) {
+    let h = harness(Seed::Contacts(2), &[flow_text], fast_retries()).await;
     h.engine.poll_and_run("welcome").await.expect("baseline");
     for n in 0..5 {
         new_contact(&h.sandbox, n);
     }
     let tasks = h.sandbox.records("tasks").len();
     let (r, s) = h.engine.poll_and_run("welcome").await.expect("poll");
+    (h, tasks, r, s)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_flood_guard_holds_runs_until_released() {
+    let flow_text = WELCOME.replace("max_new: 1000", "max_new: 3");
+    let (h, tasks, r, s) = five_new_contacts_polled(&flow_text).await;
     assert_eq!((r.new, r.held, s.len()), (5, 5, 0));
     assert_eq!(h.sandbox.records("tasks").len(), tasks, "held runs send nothing");
     let released = h.engine.release("welcome").await.expect("release");
@@ -160,13 +167,7 @@ async fn the_flood_guard_holds_every_run_of_a_poll_across_pages() {
         r#"with: { locationId: "{{ account.location_id }}" }"#,
         r#"with: { locationId: "{{ account.location_id }}", pageLimit: 2 }"#,
     );
-    let h = harness(Seed::Contacts(2), &[&flow_text], fast_retries()).await;
-    h.engine.poll_and_run("welcome").await.expect("baseline");
-    for n in 0..5 {
-        new_contact(&h.sandbox, n);
-    }
-    let tasks = h.sandbox.records("tasks").len();
-    let (r, s) = h.engine.poll_and_run("welcome").await.expect("poll");
+    let (h, tasks, r, s) = five_new_contacts_polled(&flow_text).await;
     assert_eq!((r.items, r.new, r.held, s.len()), (7, 5, 5, 0));
     assert_eq!(h.sandbox.records("tasks").len(), tasks, "held runs send nothing");
 }

@@ -99,10 +99,7 @@ async fn throughput(a: &Args) -> Result<Throughput> {
     let t0 = Instant::now();
     let (report, runs) = engine.poll_and_dispatch("welcome").await?;
     let poll = t0.elapsed();
-    let mut statuses = Vec::with_capacity(runs.len());
-    for h in runs {
-        statuses.push(h.await??);
-    }
+    let statuses = engine::Engine::wait_for(runs).await?;
     let total = t0.elapsed();
     let cpu = cpu_seconds().unwrap_or(0.0) - cpu0;
     let ok = statuses.iter().filter(|s| **s == RunStatus::Succeeded).count();

@@ -17,6 +17,7 @@
 //! exceed the kills, the store did not reopen, or the work did not finish.
 
 use anyhow::{bail, Context, Result};
+use bench::{free_port, locate_flowd};
 use sandbox::{FaultRule, FaultSettings, RateLimitConfig, Sandbox, SandboxConfig, Seed};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -138,10 +139,6 @@ struct Service {
     http: reqwest::Client,
 }
 
-fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
 impl Service {
     fn new(dir: &Path, flowd: PathBuf, sb: &Sandbox) -> Result<Service> {
         let listen = format!("127.0.0.1:{}", free_port()?);
@@ -235,18 +232,6 @@ fn tasks_per_contact(sb: &Sandbox) -> HashMap<String, usize> {
         *per.entry(t["contactId"].as_str().unwrap_or_default().to_string()).or_insert(0) += 1;
     }
     per
-}
-
-fn locate_flowd(explicit: Option<PathBuf>) -> Result<PathBuf> {
-    if let Some(p) = explicit {
-        return Ok(p);
-    }
-    let exe = std::env::current_exe()?;
-    let p = exe.with_file_name(format!("flowd{}", std::env::consts::EXE_SUFFIX));
-    if !p.is_file() {
-        bail!("no flowd binary at {}: run `cargo build --release -p flowd` first, or pass --flowd PATH", p.display());
-    }
-    Ok(p)
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]

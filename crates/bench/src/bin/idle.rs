@@ -19,6 +19,7 @@
 //! seconds (default 130: two more rounds of the 1-minute flows) and prints the largest.
 
 use anyhow::{bail, Context, Result};
+use bench::{free_port, locate_flowd};
 use sandbox::{RateLimitConfig, Sandbox, SandboxConfig, Seed};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -56,22 +57,6 @@ fn parse_args() -> Result<Args> {
     }
     a.flows = a.flows.canonicalize().with_context(|| format!("flows directory {}", a.flows.display()))?;
     Ok(a)
-}
-
-fn locate_flowd(explicit: Option<PathBuf>) -> Result<PathBuf> {
-    if let Some(p) = explicit {
-        return Ok(p);
-    }
-    let exe = std::env::current_exe()?;
-    let p = exe.with_file_name(format!("flowd{}", std::env::consts::EXE_SUFFIX));
-    if !p.is_file() {
-        bail!("no flowd binary at {}: run `cargo build --release -p flowd` first, or pass --flowd PATH", p.display());
-    }
-    Ok(p)
-}
-
-fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
 /// What `/proc/<pid>/status` says about a process's memory (kB) and threads.
