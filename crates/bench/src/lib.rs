@@ -206,3 +206,23 @@ pub fn locate_flowd(explicit: Option<PathBuf>) -> Result<PathBuf> {
 pub fn free_port() -> Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
+
+/// flowd's allocator (crates/flowd/src/main.rs), so that what the benches measure is what
+/// flowd does.
+#[cfg(all(feature = "jemalloc", not(target_env = "msvc")))]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// Bytes the allocator counts as allocated by the program, where it can tell.
+pub fn heap_in_use() -> Option<u64> {
+    #[cfg(all(feature = "jemalloc", not(target_env = "msvc")))]
+    {
+        // The statistics are a snapshot taken at the last epoch.
+        tikv_jemalloc_ctl::epoch::advance().ok()?;
+        tikv_jemalloc_ctl::stats::allocated::read().ok().map(|b| b as u64)
+    }
+    #[cfg(not(all(feature = "jemalloc", not(target_env = "msvc"))))]
+    {
+        None
+    }
+}

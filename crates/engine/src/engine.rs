@@ -267,6 +267,22 @@ impl Engine {
         })
     }
 
+    /// Like [`Engine::dispatch`], for a run a poll has just created: it starts from what the
+    /// poll holds instead of reading the run back.
+    pub(crate) fn dispatch_created(
+        self: &Arc<Self>,
+        run: crate::poll::Created,
+    ) -> JoinHandle<Result<RunStatus, EngineError>> {
+        let engine = self.clone();
+        self.metrics.queue_depth.inc();
+        tokio::spawn(async move {
+            let permit = engine.permits.clone().acquire_owned().await;
+            engine.metrics.queue_depth.dec();
+            let _permit = permit.map_err(|e| EngineError::Join(e.to_string()))?;
+            engine.execute_created(run).await
+        })
+    }
+
     /// Runs left unfinished by a previous process, and failed runs whose retry is due.
     pub async fn resume(self: &Arc<Self>) -> Result<Vec<RunStatus>, EngineError> {
         let store = self.store.clone();

@@ -15,12 +15,13 @@
 use crate::engine::Engine;
 use crate::error::EngineError;
 use crate::http_step;
+use crate::poll::Created;
 use crate::request;
 use crate::runtime::{StepKind, StepRuntime};
 use chrono::Utc;
 use serde_json::{json, Value};
 use std::time::Instant;
-use store::{RunChange, RunId, RunStatus, StepStatus};
+use store::{Run, RunChange, RunId, RunStatus, StepStatus};
 
 /// How a step ended when it did not succeed.
 #[derive(Debug)]
@@ -41,7 +42,40 @@ impl Engine {
             return Ok(RunStatus::Running);
         };
         // A point read (no flush): cheaper inline than on the blocking pool.
-        let mut run = self.store().get_run(id)?.ok_or(EngineError::UnknownRun(id))?;
+        let run = self.store().get_run(id)?.ok_or(EngineError::UnknownRun(id))?;
+        self.execute_claimed(run, Pending::default()).await
+    }
+
+    /// Executes a run a poll has just created, from the poll's copy of it: a new run is
+    /// `pending` with no steps, so its record is not read back. Its first write checks
+    /// that it is still `pending`, in case anything else started it meanwhile.
+    pub(crate) async fn execute_created(&self, created: Created) -> Result<RunStatus, EngineError> {
+        let Some(_guard) = self.claim(created.id) else {
+            return Ok(RunStatus::Running);
+        };
+        let now = Utc::now();
+        let run = Run {
+            id: created.id,
+            flow: created.flow,
+            trigger: None,
+            dedupe_key: None,
+            item: created.item,
+            status: RunStatus::Pending,
+            created_at: now,
+            updated_at: now,
+            attempts: 0,
+            next_retry_at: None,
+            error: None,
+            steps: Vec::new(),
+        };
+        let mut pending = Pending::default();
+        pending.0.push(RunChange::Expect { status: RunStatus::Pending });
+        self.execute_claimed(run, pending).await
+    }
+
+    /// Executes a run this task has claimed, with `pending` written before anything else.
+    async fn execute_claimed(&self, mut run: Run, mut pending: Pending) -> Result<RunStatus, EngineError> {
+        let id = run.id;
         match run.status {
             RunStatus::Pending | RunStatus::Running | RunStatus::Failed => {}
             other => return Ok(other),
@@ -54,7 +88,6 @@ impl Engine {
             }
         };
         let started = Instant::now();
-        let mut pending = Pending::default();
         if run.status != RunStatus::Running {
             pending.0.push(RunChange::Status { status: RunStatus::Running, error: None });
         }

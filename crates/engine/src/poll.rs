@@ -39,8 +39,15 @@ pub struct PollReport {
     pub baseline: bool,
 }
 
+/// A run a commit created, with what it takes to start it without reading it back.
+pub(crate) struct Created {
+    pub(crate) id: RunId,
+    pub(crate) flow: String,
+    pub(crate) item: Value,
+}
+
 /// Runs created by a commit, handed over as soon as they are durable.
-type OnRuns<'a> = dyn FnMut(&[RunId]) + Send + 'a;
+type OnRuns<'a> = dyn FnMut(Vec<Created>) + Send + 'a;
 
 impl Engine {
     /// Polls a flow's trigger once and commits what it found. The runs it creates are
@@ -59,7 +66,9 @@ impl Engine {
     ) -> Result<(PollReport, Vec<JoinHandle<Result<RunStatus, EngineError>>>), EngineError> {
         let mut handles = Vec::new();
         let engine = self.clone();
-        let report = self.poll_with(name, &mut |ids| handles.extend(ids.iter().map(|id| engine.dispatch(*id)))).await;
+        let report = self
+            .poll_with(name, &mut |runs| handles.extend(runs.into_iter().map(|run| engine.dispatch_created(run))))
+            .await;
         // Runs already dispatched keep going even when a later page failed: they are durable.
         match report {
             Ok(report) => Ok((report, handles)),
@@ -130,9 +139,9 @@ impl Engine {
                     // The trigger's state moves only with the last commit, so a crash between
                     // pages polls again from the old state; the keys committed here are not
                     // new then, and a baseline stays a baseline.
-                    let ids = self.commit(rt, None, items).await?;
-                    on_runs(&ids);
-                    report.runs.extend(ids);
+                    let created = self.commit(rt, None, items).await?;
+                    report.runs.extend(created.iter().map(|c| c.id));
+                    on_runs(created);
                 } else {
                     held_back.extend(items);
                 }
@@ -157,12 +166,12 @@ impl Engine {
         let polls = state.as_ref().and_then(|s| s.get("polls")).and_then(Value::as_u64).unwrap_or(0);
         let baseline_at = state.as_ref().and_then(|s| s.get("baseline_at").cloned()).unwrap_or_else(|| json!(now));
         let state = json!({ "baseline_at": baseline_at, "last_poll_at": now, "polls": polls + 1 });
-        let ids = self.commit(rt, Some(state), held_back).await?;
+        let created = self.commit(rt, Some(state), held_back).await?;
         if held {
-            report.held = ids.len();
+            report.held = created.len();
         } else {
-            on_runs(&ids);
-            report.runs.extend(ids);
+            report.runs.extend(created.iter().map(|c| c.id));
+            on_runs(created);
         }
         Ok(report)
     }
@@ -223,20 +232,34 @@ impl Engine {
     }
 
     /// Records seen keys, runs and (with the last commit of a poll) the trigger's state,
-    /// durably; returns the runs created.
+    /// durably; returns the runs created, each with its item.
     async fn commit(
         &self,
         rt: &FlowRuntime,
         state: Option<Value>,
         items: Vec<PollItem>,
-    ) -> Result<Vec<RunId>, EngineError> {
+    ) -> Result<Vec<Created>, EngineError> {
         if items.is_empty() && state.is_none() {
             return Ok(Vec::new());
         }
         let commit = PollCommit { trigger: rt.trigger_id.clone(), state, items };
         let store = self.store().clone();
-        let outcome = self.blocking(move || Ok(store.commit_poll(&commit)?)).await?;
-        Ok(outcome.created.into_iter().map(|(_, id)| id).collect())
+        let (outcome, commit) = self
+            .blocking(move || {
+                let outcome = store.commit_poll(&commit)?;
+                Ok((outcome, commit))
+            })
+            .await?;
+        // `created` follows the items' order, skipping keys already seen.
+        let mut created = outcome.created.into_iter().peekable();
+        let mut out = Vec::with_capacity(created.len());
+        for item in commit.items {
+            let Some(run) = item.run else { continue };
+            if let Some((_, id)) = created.next_if(|(key, _)| *key == item.key) {
+                out.push(Created { id, flow: run.flow, item: run.item });
+            }
+        }
+        Ok(out)
     }
 
     fn passes_filter(

@@ -12,6 +12,11 @@ use clap::{CommandFactory, Parser};
 use cli::{Cli, Command};
 use std::io::Write;
 
+/// See crates/flowd/Cargo.toml for why jemalloc.
+#[cfg(all(feature = "jemalloc", not(target_env = "msvc")))]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() {
     let cli = Cli::parse();
     let code = match run(cli) {

@@ -65,12 +65,34 @@ impl std::fmt::Debug for PageOptions {
 pub struct JsonPath {
     text: String,
     query: JpQuery,
+    /// For a path of the form `$.a.b[*]` (every catalog items path but a few), the field
+    /// names: its items can then be moved out of a page instead of cloned.
+    array_fields: Option<Vec<String>>,
 }
 
 impl JsonPath {
     pub fn parse(text: &str) -> Result<Self, Error> {
         let query = parse_json_path(text).map_err(|e| Error::InvalidRequest(format!("JSONPath {text:?}: {e}")))?;
-        Ok(JsonPath { text: text.to_owned(), query })
+        Ok(JsonPath { text: text.to_owned(), query, array_fields: array_fields(text) })
+    }
+
+    /// What [`JsonPath::select`] selects, minus nulls, moved out of `v` when the path allows.
+    pub fn take_all(&self, mut v: Value) -> Vec<Value> {
+        if let Some(fields) = &self.array_fields {
+            let mut at = &mut v;
+            for f in fields {
+                match at.get_mut(f.as_str()) {
+                    Some(next) => at = next,
+                    None => return Vec::new(),
+                }
+            }
+            return match at.take() {
+                Value::Array(items) => items.into_iter().filter(|i| !i.is_null()).collect(),
+                Value::Object(m) => m.into_iter().map(|(_, i)| i).filter(|i| !i.is_null()).collect(),
+                _ => Vec::new(),
+            };
+        }
+        self.select(&v).into_iter().filter(|i| !i.is_null()).cloned().collect()
     }
 
     pub fn as_str(&self) -> &str {
@@ -269,8 +291,9 @@ impl Pager {
                 return Ok(vec![other.into_value()]);
             }
         };
-        let items: Vec<Value> = self.items.select(&json).into_iter().filter(|v| !v.is_null()).cloned().collect();
-        let n = items.len();
+        let selected = self.items.select(&json);
+        let n = selected.iter().filter(|v| !v.is_null()).count();
+        let last = selected.iter().rev().find(|v| !v.is_null()).copied();
         let flag = |p: &Option<JsonPath>| p.as_ref().and_then(|p| p.first(&json)).and_then(truthy);
         self.next = match (&self.style, &self.next) {
             (_, Next::Done) | (Style::Single, _) => Next::Done,
@@ -311,7 +334,7 @@ impl Pager {
                 if n < *limit as usize {
                     Next::Done
                 } else {
-                    let last = items.last().and_then(|i| i.get(field)).filter(|v| !v.is_null()).cloned();
+                    let last = last.and_then(|i| i.get(field)).filter(|v| !v.is_null()).cloned();
                     match last {
                         None => {
                             return Err(Error::Pagination(format!(
@@ -338,8 +361,21 @@ impl Pager {
                 }
             }
         };
-        Ok(items)
+        // The page is not needed any more: its items move out rather than being copied.
+        Ok(self.items.take_all(json))
     }
+}
+
+/// The field names of a `$.a.b[*]` or `$[*]` path (plain names only), else `None`.
+fn array_fields(text: &str) -> Option<Vec<String>> {
+    let rest = text.strip_prefix('$')?.strip_suffix("[*]")?;
+    if rest.is_empty() {
+        return Some(Vec::new());
+    }
+    let fields = rest.strip_prefix('.')?;
+    let names: Vec<String> = fields.split('.').map(str::to_owned).collect();
+    let plain = |n: &String| !n.is_empty() && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    names.iter().all(plain).then_some(names)
 }
 
 fn truthy(v: &Value) -> Option<bool> {
@@ -467,6 +503,30 @@ mod tests {
     use super::*;
     use serde_json::json;
     use std::collections::BTreeMap;
+
+    #[test]
+    fn items_moved_out_of_a_page_are_the_items_the_path_selects() {
+        let docs = [
+            json!({"contacts": [{"id": 1}, null, {"id": 2}], "total": 2}),
+            json!({"contacts": {"a": {"id": 1}, "b": {"id": 2}}}),
+            json!({"contacts": "nope"}),
+            json!({"data": {"items": [1, 2, 3]}}),
+            json!([{"id": 1}, {"id": 2}]),
+            json!({}),
+        ];
+        let paths = ["$.contacts[*]", "$.data.items[*]", "$[*]", "$.contacts", "$..id", "$.contacts[0]"];
+        for path in paths {
+            let p = JsonPath::parse(path).unwrap();
+            for doc in &docs {
+                let want: Vec<Value> = p.select(doc).into_iter().filter(|v| !v.is_null()).cloned().collect();
+                assert_eq!(p.take_all(doc.clone()), want, "{path} over {doc}");
+            }
+        }
+        assert!(JsonPath::parse("$.contacts[*]").unwrap().array_fields.is_some());
+        assert!(JsonPath::parse("$[*]").unwrap().array_fields.is_some());
+        assert!(JsonPath::parse("$..id").unwrap().array_fields.is_none());
+        assert!(JsonPath::parse("$['a b'][*]").unwrap().array_fields.is_none());
+    }
 
     fn offset(has_more: Option<&str>) -> Pagination {
         Pagination::Offset {

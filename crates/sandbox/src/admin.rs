@@ -99,12 +99,9 @@ pub fn insert_record(st: &AppState, kind: &str, record: Value) -> Result<Value, 
     if kind == kinds::CONTACTS {
         crate::handlers::normalise_contact(&mut r);
     }
-    let id = st.store.insert(kind, r);
-    let stored = st.store.get(kind, &id);
-    if let Some(r) = &stored {
-        st.webhooks.record_changed(kind, Change::Create, r, &st.location_id);
-    }
-    Ok(stored.map(Value::Object).unwrap_or(Value::Null))
+    let stored = st.store.insert_returning(kind, r);
+    st.webhooks.record_changed(kind, Change::Create, &stored, &st.location_id);
+    Ok(Value::Object(stored))
 }
 
 fn patch_record(st: &AppState, kind: &str, id: &str, fields: Value) -> Result<Value, ApiError> {

@@ -27,6 +27,16 @@ pub struct Route {
 /// Matched path parameters, in template order.
 pub type PathParams = Vec<(String, String)>;
 
+impl Route {
+    /// Literal segments equal, placeholders non-empty (`parts` has as many segments).
+    fn matches(&self, parts: &[&str]) -> bool {
+        self.segments.iter().zip(parts).all(|(seg, part)| match seg {
+            Segment::Literal(l) => l == part,
+            Segment::Param(_) => !part.is_empty(),
+        })
+    }
+}
+
 #[derive(Debug)]
 pub struct RouteTable {
     pub operations: Vec<Operation>,
@@ -85,25 +95,20 @@ impl RouteTable {
     fn find_exact(&self, method: Method, path: &str) -> Option<(usize, PathParams)> {
         let parts: Vec<&str> = split(path).collect();
         let candidates = self.by_shape.get(&(method, parts.len()))?;
-        'routes: for &ri in candidates {
-            let route = &self.routes[ri];
-            let mut params = Vec::new();
-            for (seg, part) in route.segments.iter().zip(&parts) {
-                match seg {
-                    Segment::Literal(l) if l == part => {}
-                    Segment::Literal(_) => continue 'routes,
-                    Segment::Param(name) => {
-                        if part.is_empty() {
-                            continue 'routes;
-                        }
-                        let value = percent_encoding::percent_decode_str(part).decode_utf8_lossy().into_owned();
-                        params.push((name.clone(), value));
-                    }
+        // Only the winner's parameters are decoded and copied.
+        let route = candidates.iter().map(|&ri| &self.routes[ri]).find(|r| r.matches(&parts))?;
+        let params = route
+            .segments
+            .iter()
+            .zip(&parts)
+            .filter_map(|(seg, part)| match seg {
+                Segment::Param(name) => {
+                    Some((name.clone(), percent_encoding::percent_decode_str(part).decode_utf8_lossy().into_owned()))
                 }
-            }
-            return Some((route.op, params));
-        }
-        None
+                Segment::Literal(_) => None,
+            })
+            .collect();
+        Some((route.op, params))
     }
 
     /// Number of distinct routes (operations sharing a method and path count once).

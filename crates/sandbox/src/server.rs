@@ -212,7 +212,10 @@ async fn dispatch(
 }
 
 fn json_response(status: StatusCode, body: &Value) -> Response {
-    let bytes = serde_json::to_vec(body).unwrap_or_default();
+    json_bytes_response(status, serde_json::to_vec(body).unwrap_or_default())
+}
+
+fn json_bytes_response(status: StatusCode, bytes: Vec<u8>) -> Response {
     let mut resp = Response::new(Body::from(bytes));
     *resp.status_mut() = status;
     resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json; charset=utf-8"));
@@ -440,18 +443,20 @@ async fn serve_op(
         }
     };
     // A `body_root` operation sends one parameter's value (a bare array) as the body.
+    let rooted;
     let params_body = match &op.body_root {
         Some(root) if !body.is_null() => {
             let mut m = Map::new();
             m.insert(root.clone(), body.clone());
-            Value::Object(m)
+            rooted = Value::Object(m);
+            &rooted
         }
-        _ => body.clone(),
+        _ => &body,
     };
-    if let Err(e) = check_location(st, &who, op, &path_params, &query, &params_body) {
+    if let Err(e) = check_location(st, &who, op, &path_params, &query, params_body) {
         return fail(e, quota);
     }
-    if let Err(e) = crate::validate::check(op, &query, &params_body) {
+    if let Err(e) = crate::validate::check(op, &query, params_body) {
         return fail(e, quota);
     }
     let ctx = Ctx { st, op, path: &path_params, query: &query, body: &body, who: &who };
@@ -461,20 +466,14 @@ async fn serve_op(
             emit_webhook(st, &op.key, &path_params, value);
         }
     }
-    let malformed = malformed && matches!(reply, Ok(Reply::Json(..)));
+    let malformed = malformed && matches!(reply, Ok(Reply::Json(..) | Reply::Serialized(..)));
     let (status, mut response) = match reply {
         Ok(Reply::Json(status, value)) if malformed => {
-            // Cut the real answer mid-way: valid HTTP, JSON that does not parse.
-            let text = serde_json::to_vec(&value).unwrap_or_default();
-            let cut = (text.len() / 2).max(1).min(text.len());
-            let mut bytes = text[..cut].to_vec();
-            bytes.extend_from_slice(b"\x00<html>");
-            let mut r = Response::new(Body::from(bytes));
-            *r.status_mut() = status;
-            r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json; charset=utf-8"));
-            (status, r)
+            (status, malformed_response(status, serde_json::to_vec(&value).unwrap_or_default()))
         }
+        Ok(Reply::Serialized(status, text)) if malformed => (status, malformed_response(status, text)),
         Ok(Reply::Json(status, value)) => (status, json_response(status, &value)),
+        Ok(Reply::Serialized(status, bytes)) => (status, json_bytes_response(status, bytes)),
         Ok(Reply::File(content_type, bytes)) => {
             let mut r = Response::new(Body::from(bytes));
             r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
@@ -486,8 +485,20 @@ async fn serve_op(
     Outcome { status, response, fault: malformed.then_some("malformed") }
 }
 
+/// The real answer cut mid-way: valid HTTP, JSON that does not parse.
+fn malformed_response(status: StatusCode, mut text: Vec<u8>) -> Response {
+    let cut = (text.len() / 2).max(1).min(text.len());
+    text.truncate(cut);
+    text.extend_from_slice(b"\x00<html>");
+    json_bytes_response(status, text)
+}
+
 /// Sends the event GHL would send for a successful change made through the API.
 fn emit_webhook(st: &AppState, op: &str, path_params: &[(String, String)], reply: &Value) {
+    // Without a receiver, skip reading back and copying the changed record.
+    if !st.webhooks.enabled() {
+        return;
+    }
     let Some((kind, change)) = crate::webhooks::api_change(op) else { return };
     let record = match change {
         crate::webhooks::Change::Delete => {

@@ -189,17 +189,31 @@ impl Store {
 
     /// Stores a record under its id field, assigning a fresh id if it has none. Returns the id.
     pub fn insert(&self, kind: &str, mut record: Record) -> String {
+        let id = self.assign_id(kind, &mut record);
+        self.write(kind).insert(id.clone(), record);
+        id
+    }
+
+    /// Like [`Store::insert`], returning a copy of the record as stored: one copy, and no
+    /// second lock and lookup to read it back.
+    pub fn insert_returning(&self, kind: &str, mut record: Record) -> Record {
+        let id = self.assign_id(kind, &mut record);
+        let copy = record.clone();
+        self.write(kind).insert(id, record);
+        copy
+    }
+
+    /// The record's id, after giving it a fresh one if it has none.
+    fn assign_id(&self, kind: &str, record: &mut Record) -> String {
         let field = kinds::id_field(kind);
-        let id = match record.get(field).and_then(Value::as_str) {
+        match record.get(field).and_then(Value::as_str) {
             Some(id) => id.to_string(),
             None => {
                 let id = self.ids.next();
                 record.insert(field.into(), Value::String(id.clone()));
                 id
             }
-        };
-        self.write(kind).insert(id.clone(), record);
-        id
+        }
     }
 
     pub fn remove(&self, kind: &str, id: &str) -> Option<Record> {

@@ -29,10 +29,12 @@ use crate::error::{Result, StoreError};
 
 /// Version of the on-disk layout and record formats. Bump it on any change a
 /// previous build could misread; opening an unknown version is `Damaged`.
-/// Format 2 keeps run items in their own tree.
-pub const FORMAT: u32 = 2;
-/// The previous format, opened and upgraded in place (its records stay readable as they are).
+/// Format 2 keeps run items in their own tree; format 3 indexes `pending` and `running`
+/// runs under one status tag.
+pub const FORMAT: u32 = 3;
+/// Earlier formats, opened and upgraded in place (see `SledStore::open`).
 pub const FORMAT_1: u32 = 1;
+pub const FORMAT_2: u32 = 2;
 
 pub const MARKER_FILE: &str = "STORE";
 pub const DB_DIR: &str = "db";

@@ -23,7 +23,9 @@ pub mod error;
 mod keys;
 pub mod layout;
 pub mod model;
+mod open_runs;
 pub mod sled_store;
+mod time_format;
 mod transitions;
 
 use chrono::{DateTime, Utc};

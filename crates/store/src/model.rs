@@ -54,10 +54,13 @@ impl RunStatus {
     ];
 
     /// The one-byte tag used as the prefix of the status index; stable on disk.
+    ///
+    /// `pending` and `running` share one (since store format 3): every run passes from one
+    /// to the other, and a shared tag spares that step two index writes. Readers of the
+    /// index check the record's status, which they load anyway.
     pub(crate) fn tag(self) -> u8 {
         match self {
-            RunStatus::Pending => b'p',
-            RunStatus::Running => b'r',
+            RunStatus::Pending | RunStatus::Running => b'p',
             RunStatus::Succeeded => b's',
             RunStatus::Failed => b'f',
             RunStatus::Dead => b'd',
@@ -108,8 +111,9 @@ pub struct StepRecord {
     pub request: Value,
     #[serde(default)]
     pub response: Option<Value>,
+    #[serde(serialize_with = "crate::time_format::serialize")]
     pub started_at: DateTime<Utc>,
-    #[serde(default)]
+    #[serde(default, serialize_with = "crate::time_format::serialize_opt")]
     pub finished_at: Option<DateTime<Utc>>,
     #[serde(default)]
     pub error: Option<String>,
@@ -130,11 +134,13 @@ pub struct Run {
     pub dedupe_key: Option<String>,
     pub item: Value,
     pub status: RunStatus,
+    #[serde(serialize_with = "crate::time_format::serialize")]
     pub created_at: DateTime<Utc>,
+    #[serde(serialize_with = "crate::time_format::serialize")]
     pub updated_at: DateTime<Utc>,
     /// Times the run entered `Running`.
     pub attempts: u32,
-    #[serde(default)]
+    #[serde(default, serialize_with = "crate::time_format::serialize_opt")]
     pub next_retry_at: Option<DateTime<Utc>>,
     #[serde(default)]
     pub error: Option<String>,
@@ -218,6 +224,10 @@ pub enum RunChange {
     Status { status: RunStatus, error: Option<String> },
     /// Fail the run and schedule it for another attempt at `at`.
     RetryAt { at: DateTime<Utc>, error: String },
+    /// Changes nothing; refused unless the run is `status`. Lets a writer that did not
+    /// read the record first (the engine starting a run it has just created) be sure it
+    /// acts on what it believes.
+    Expect { status: RunStatus },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -9,7 +9,7 @@
 //! | `triggers`       | trigger                               | state (JSON)              |
 //! | `runs`           | run id (u64 BE)                       | [`Run`] (JSON, with steps, item `null`) |
 //! | `run_items`      | run id (u64 BE)                       | the run's trigger item (JSON) |
-//! | `run_status`     | status tag (1 byte) ++ run id         | empty                     |
+//! | `run_status`     | status tag (1 byte; one for pending and running) ++ run id | empty |
 //! | `run_flow`       | `len(flow) ++ flow ++ run id`         | empty                     |
 //! | `run_retry`      | retry ms (u64 BE) ++ run id           | empty                     |
 //! | `tokens`         | account                               | JSON                      |
@@ -58,8 +58,9 @@ use sled::{Transactional, Tree};
 use crate::clock::Clock;
 use crate::error::{Result, StoreError};
 use crate::keys::{self, decode_json, encode_json};
-use crate::layout::{self, Marker, FORMAT, FORMAT_1, META_CREATED_AT, META_FORMAT, META_STORE_ID};
+use crate::layout::{self, Marker, FORMAT, FORMAT_1, FORMAT_2, META_CREATED_AT, META_FORMAT, META_STORE_ID};
 use crate::model::*;
+use crate::open_runs::OpenRuns;
 use crate::transitions;
 use crate::Store;
 
@@ -168,6 +169,7 @@ pub struct SledStore {
     db: sled::Db,
     t: Trees,
     group: GroupFlush,
+    open: OpenRuns,
     root: Option<PathBuf>,
     store_id: String,
     clock: Clock,
@@ -235,7 +237,7 @@ impl SledStore {
         let meta = db.open_tree(T_META)?;
         let marker = match read_meta(&meta).map_err(|r| layout::damaged(root, r))? {
             Some(mut m) => {
-                if m.format != FORMAT && m.format != FORMAT_1 {
+                if ![FORMAT, FORMAT_2, FORMAT_1].contains(&m.format) {
                     return Err(layout::damaged(
                         root,
                         format!(
@@ -259,9 +261,13 @@ impl SledStore {
                     // stopped just before writing it.
                     None => layout::write_marker(root, &m)?,
                 }
-                if m.format == FORMAT_1 {
-                    // Format 1 records are read as they are; the new version number only
-                    // keeps an older flowd, which would miss the items of new runs, out.
+                if m.format == FORMAT_1 || m.format == FORMAT_2 {
+                    // Format 1 records are read as they are (items inside). Running runs'
+                    // index entries move to the tag they share with pending ones; a crash
+                    // half-way leaves the old format number and the move is finished on the
+                    // next open. The new number keeps an older flowd out: it would miss the
+                    // items of new runs and the running runs.
+                    upgrade_running_index(&db.open_tree(T_RUN_STATUS)?)?;
                     meta.insert(META_FORMAT, FORMAT.to_string().as_bytes())?;
                     meta.flush()?;
                     m.format = FORMAT;
@@ -290,7 +296,15 @@ impl SledStore {
 
     fn assemble(db: sled::Db, root: Option<PathBuf>, store_id: String) -> Result<SledStore> {
         let t = Trees::open(&db)?;
-        Ok(SledStore { db, t, group: GroupFlush::default(), root, store_id, clock: Clock::system() })
+        Ok(SledStore {
+            db,
+            t,
+            group: GroupFlush::default(),
+            open: OpenRuns::default(),
+            root,
+            store_id,
+            clock: Clock::system(),
+        })
     }
 
     fn now(&self) -> DateTime<Utc> {
@@ -508,6 +522,24 @@ fn map_open_error(root: &Path, e: sled::Error) -> StoreError {
 }
 
 /// `Ok(None)`: no meta at all. `Err(reason)`: meta present but unreadable.
+/// Format 2 and before indexed `running` runs under `r`; format 3 under `p`, with `pending`.
+fn upgrade_running_index(status: &Tree) -> Result<()> {
+    let old: Vec<sled::IVec> = status.scan_prefix(b"r").keys().collect::<sled::Result<_>>()?;
+    for chunk in old.chunks(PRUNE_CHUNK) {
+        status.transaction(|t| {
+            for k in chunk {
+                let mut moved = k.to_vec();
+                moved[0] = RunStatus::Running.tag();
+                t.remove(k)?;
+                t.insert(moved, &[])?;
+            }
+            Ok(())
+        })?;
+    }
+    status.flush()?;
+    Ok(())
+}
+
 fn read_meta(meta: &Tree) -> std::result::Result<Option<Marker>, String> {
     let get = |k: &[u8]| meta.get(k).map_err(|e| format!("cannot read meta: {e}"));
     let (format, id, created) = (get(META_FORMAT)?, get(META_STORE_ID)?, get(META_CREATED_AT)?);
@@ -556,6 +588,27 @@ struct NewRunTrees<'a> {
     items: &'a TransactionalTree,
     status: &'a TransactionalTree,
     flow: &'a TransactionalTree,
+    /// Records written by this transaction, for [`OpenRuns`] once it has committed.
+    written: &'a Written,
+}
+
+/// Records a transaction wrote, kept for [`OpenRuns`] only once it commits (a retried
+/// closure starts the list again), so that no entry names a run that was never written.
+#[derive(Default)]
+struct Written(std::cell::RefCell<Vec<(sled::IVec, Run)>>);
+
+impl Written {
+    fn restart(&self) {
+        self.0.borrow_mut().clear();
+    }
+    fn push(&self, bytes: sled::IVec, run: Run) {
+        self.0.borrow_mut().push((bytes, run));
+    }
+    fn keep_in(self, open: &OpenRuns) {
+        for (bytes, run) in self.0.into_inner() {
+            open.keep(bytes, run);
+        }
+    }
 }
 
 /// Inserts a new run and its indexes; the id comes from sled's generator.
@@ -572,10 +625,13 @@ fn insert_new_run(
     let id = RunId(t.runs.generate_id().map_err(|e| ConflictableTransactionError::Abort(e.into()))?);
     let run = transitions::new_run(id, new, trigger, dedupe_key, now);
     let k = keys::run_key(id);
-    t.runs.insert(&k, tx(encode_json(&run))?)?;
+    let bytes = sled::IVec::from(tx(encode_json(&run))?);
+    t.runs.insert(&k, bytes.clone())?;
     t.items.insert(&k, tx(encode_json(&new.item))?)?;
     t.status.insert(&keys::status_index_key(run.status.tag(), id), &[])?;
     t.flow.insert(keys::flow_index_key(&run.flow, id), &[])?;
+    // The engine's first write to the run (usually within milliseconds) finds it decoded.
+    t.written.push(bytes, run);
     Ok(id)
 }
 
@@ -601,30 +657,64 @@ fn index_run(status: &TransactionalTree, retry: &TransactionalTree, run: &Run) -
     Ok(())
 }
 
+/// One run's update worked out from its cached record outside the transaction; used only
+/// if the stored record is still `old` when the transaction runs.
+struct Prepared {
+    old: sled::IVec,
+    new: sled::IVec,
+    run: Run,
+    /// The status and retry time the index entries were made for, when they change.
+    reindex: Option<(RunStatus, Option<DateTime<Utc>>)>,
+}
+
+impl Prepared {
+    /// `None` when the record is not cached or a change is refused: the transaction then
+    /// takes the usual path, which reports the refusal.
+    fn new(open: &OpenRuns, id: RunId, changes: &[RunChange], now: DateTime<Utc>) -> Option<Prepared> {
+        let (old, mut run) = open.take_any(id)?;
+        let (old_status, old_retry) = (run.status, run.next_retry_at);
+        for change in changes {
+            transitions::apply(&mut run, change, now).ok()?;
+        }
+        let new = sled::IVec::from(encode_json(&run).ok()?);
+        let reindex =
+            ((old_status.tag(), old_retry) != (run.status.tag(), run.next_retry_at)).then_some((old_status, old_retry));
+        Some(Prepared { old, new, run, reindex })
+    }
+}
+
 /// Applies `changes` to the run `id` inside a transaction over
-/// (runs, run_status, run_retry).
+/// (runs, run_status, run_retry); returns the run as written and its encoding.
 fn update_run_tx(
     runs: &TransactionalTree,
     status: &TransactionalTree,
     retry: &TransactionalTree,
+    open: &OpenRuns,
     id: RunId,
     changes: &[RunChange],
     now: DateTime<Utc>,
-) -> TxResult<Run> {
+) -> TxResult<(Run, sled::IVec)> {
     let k = keys::run_key(id);
     let Some(v) = runs.get(k)? else {
         return abort(StoreError::RunNotFound(id));
     };
-    let mut run: Run = tx(decode_json(T_RUNS, &k, &v))?;
+    let mut run: Run = match open.take(id, &v) {
+        Some(run) => run,
+        None => tx(decode_json(T_RUNS, &k, &v))?,
+    };
     // Only what the indexes key on is kept of the old record, not a copy of it.
     let (old_status, old_retry) = (run.status, run.next_retry_at);
     for change in changes {
         tx(transitions::apply(&mut run, change, now))?;
     }
-    unindex_run(status, retry, run.id, old_status, old_retry)?;
-    index_run(status, retry, &run)?;
-    runs.insert(&k, tx(encode_json(&run))?)?;
-    Ok(run)
+    // Pending → running keeps its index entry (one tag for both).
+    if (old_status.tag(), old_retry) != (run.status.tag(), run.next_retry_at) {
+        unindex_run(status, retry, run.id, old_status, old_retry)?;
+        index_run(status, retry, &run)?;
+    }
+    let bytes = sled::IVec::from(tx(encode_json(&run))?);
+    runs.insert(&k, bytes.clone())?;
+    Ok((run, bytes))
 }
 
 impl Store for SledStore {
@@ -668,7 +758,9 @@ impl Store for SledStore {
         let seen_value = keys::time_value(now);
         let trees =
             (&self.t.seen, &self.t.triggers, &self.t.runs, &self.t.run_items, &self.t.run_status, &self.t.run_flow);
+        let written = Written::default();
         let outcome = trees.transaction(|(seen, triggers, runs, items, status, flow)| {
+            written.restart();
             if let Some(state) = &state {
                 triggers.insert(commit.trigger.as_bytes(), state.as_slice())?;
             }
@@ -689,7 +781,7 @@ impl Store for SledStore {
                 seen.insert(k, &seen_value)?;
                 if let Some(new) = &item.run {
                     let id = insert_new_run(
-                        NewRunTrees { runs, items, status, flow },
+                        NewRunTrees { runs, items, status, flow, written: &written },
                         new,
                         Some(&commit.trigger),
                         Some(&item.key),
@@ -700,6 +792,7 @@ impl Store for SledStore {
             }
             Ok(outcome)
         })?;
+        written.keep_in(&self.open);
         self.durable()?;
         Ok(outcome)
     }
@@ -726,9 +819,12 @@ impl Store for SledStore {
     fn create_run(&self, new: &NewRun) -> Result<RunId> {
         let now = self.now();
         let trees = (&self.t.runs, &self.t.run_items, &self.t.run_status, &self.t.run_flow);
+        let written = Written::default();
         let id = trees.transaction(|(runs, items, status, flow)| {
-            insert_new_run(NewRunTrees { runs, items, status, flow }, new, None, None, now)
+            written.restart();
+            insert_new_run(NewRunTrees { runs, items, status, flow, written: &written }, new, None, None, now)
         })?;
+        written.keep_in(&self.open);
         self.durable()?;
         Ok(id)
     }
@@ -786,7 +882,9 @@ impl Store for SledStore {
     fn update_run(&self, id: RunId, changes: &[RunChange]) -> Result<Run> {
         let now = self.now();
         let trees = (&self.t.runs, &self.t.run_status, &self.t.run_retry);
-        let run = trees.transaction(|(runs, status, retry)| update_run_tx(runs, status, retry, id, changes, now))?;
+        let (run, bytes) = trees
+            .transaction(|(runs, status, retry)| update_run_tx(runs, status, retry, &self.open, id, changes, now))?;
+        self.open.keep(bytes, run.clone());
         self.durable()?;
         self.with_item(run)
     }
@@ -797,27 +895,61 @@ impl Store for SledStore {
         }
         let now = self.now();
         let trees = (&self.t.runs, &self.t.run_status, &self.t.run_retry);
+        // Worked out before the transaction where the run's record is cached: sled runs
+        // transactions one at a time under a global lock (reads wait for it too), so only
+        // the check and the writes are left inside.
+        let mut prepared: Vec<Option<Prepared>> =
+            batch.iter().map(|(id, changes)| Prepared::new(&self.open, *id, changes, now)).collect();
+        let written = Written::default();
+        let fast = std::cell::RefCell::new(Vec::new());
         let results = trees.transaction(|(runs, status, retry)| {
+            written.restart();
+            fast.borrow_mut().clear();
             let mut out = Vec::with_capacity(batch.len());
-            for (id, changes) in batch {
+            for (i, (id, changes)) in batch.iter().enumerate() {
+                if let Some(p) = &prepared[i] {
+                    let k = keys::run_key(*id);
+                    if runs.get(k)?.is_some_and(|stored| stored == p.old) {
+                        if let Some((old_status, old_retry)) = p.reindex {
+                            unindex_run(status, retry, *id, old_status, old_retry)?;
+                            index_run(status, retry, &p.run)?;
+                        }
+                        runs.insert(&k, p.new.clone())?;
+                        fast.borrow_mut().push(i);
+                        out.push(Ok(()));
+                        continue;
+                    }
+                }
                 // A refused change leaves its own run untouched and the others committed.
-                out.push(match update_run_tx(runs, status, retry, *id, changes, now) {
-                    Ok(_) => Ok(()),
+                out.push(match update_run_tx(runs, status, retry, &self.open, *id, changes, now) {
+                    Ok((run, bytes)) => {
+                        written.push(bytes, run);
+                        Ok(())
+                    }
                     Err(ConflictableTransactionError::Abort(e)) => Err(e),
                     Err(other) => return Err(other),
                 });
             }
             Ok(out)
         })?;
+        written.keep_in(&self.open);
+        for i in fast.into_inner() {
+            if let Some(p) = prepared[i].take() {
+                self.open.keep(p.new, p.run);
+            }
+        }
         self.durable()?;
         Ok(results)
     }
 
     fn list_resumable(&self) -> Result<Vec<Run>> {
-        let mut runs = self.runs_with_status(RunStatus::Pending)?;
-        runs.extend(self.runs_with_status(RunStatus::Running)?);
-        runs.sort_by_key(|r| r.id);
-        Ok(runs)
+        // One tag holds both; keys sort by run id within it.
+        self.collect_runs(
+            T_RUN_STATUS,
+            self.t.run_status.scan_prefix([RunStatus::Pending.tag()]),
+            |r| matches!(r.status, RunStatus::Pending | RunStatus::Running),
+            0,
+        )
     }
 
     fn list_due_retries(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<Run>> {
@@ -855,7 +987,7 @@ impl Store for SledStore {
                     continue;
                 }
                 let change = RunChange::Status { status: RunStatus::Pending, error: None };
-                update_run_tx(runs, status, retry, *id, &[change], now)?;
+                update_run_tx(runs, status, retry, &self.open, *id, &[change], now)?;
                 released.push(*id);
             }
             Ok(released)
@@ -949,7 +1081,9 @@ impl Store for SledStore {
             &self.t.run_status,
             &self.t.run_flow,
         );
+        let written = Written::default();
         let ids = trees.transaction(|(hooks, queue, runs, items, status, flow)| {
+            written.restart();
             let Some(v) = hooks.get(id.as_bytes())? else {
                 return abort(StoreError::Invalid(format!("webhook event {id:?} was never stored")));
             };
@@ -962,10 +1096,17 @@ impl Store for SledStore {
             queue.remove(keys::time_key(ev.received_at, id.as_bytes()))?;
             let mut ids = Vec::with_capacity(new_runs.len());
             for new in new_runs {
-                ids.push(insert_new_run(NewRunTrees { runs, items, status, flow }, new, None, None, now)?);
+                ids.push(insert_new_run(
+                    NewRunTrees { runs, items, status, flow, written: &written },
+                    new,
+                    None,
+                    None,
+                    now,
+                )?);
             }
             Ok(ids)
         })?;
+        written.keep_in(&self.open);
         self.durable()?;
         Ok(ids)
     }

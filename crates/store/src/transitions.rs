@@ -113,6 +113,12 @@ pub fn apply(run: &mut Run, change: &RunChange, now: DateTime<Utc>) -> Result<()
                 run.error = error.clone();
             }
         }
+        RunChange::Expect { status } => {
+            if run.status != *status {
+                return Err(conflict(run, format!("expected it {status}, but it is {}", run.status)));
+            }
+            return Ok(());
+        }
         RunChange::RetryAt { at, error } => {
             if run.status.is_final() {
                 return Err(conflict(run, format!("the run is {} (final); cannot retry it", run.status)));

@@ -1,5 +1,7 @@
-//! Format 2 keeps run items apart from run records; a format 1 store (items inside the
-//! records) opens, reads and updates as before and is marked format 2.
+//! Format 2 keeps run items apart from run records; format 3 indexes pending and running
+//! runs under one tag. A format 1 store (items inside the records) or a format 2 store
+//! (running runs under their own tag) opens, reads and updates as before and is marked
+//! format 3.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -52,7 +54,7 @@ fn items_are_kept_apart_and_come_back_with_every_read() {
 }
 
 #[test]
-fn a_format_1_store_opens_reads_updates_and_is_marked_format_2() {
+fn a_format_1_store_opens_reads_updates_and_is_marked_format_3() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("store");
     let item = json!({ "id": "c7", "email": "old@example.com" });
@@ -87,7 +89,58 @@ fn a_format_1_store_opens_reads_updates_and_is_marked_format_2() {
     drop(s);
 
     let marker: Value = serde_json::from_slice(&std::fs::read(path.join("STORE")).unwrap()).unwrap();
-    assert_eq!(marker["format"], json!(2));
+    assert_eq!(marker["format"], json!(3));
     let db = raw(&path);
-    assert_eq!(db.open_tree("meta").unwrap().get("format").unwrap().unwrap().as_ref(), b"2");
+    assert_eq!(db.open_tree("meta").unwrap().get("format").unwrap().unwrap().as_ref(), b"3");
+}
+
+/// Format 2 indexed running runs under `r`: after the upgrade they are found as before,
+/// and their next status change leaves no entry behind.
+#[test]
+fn a_format_2_store_keeps_its_running_runs_and_is_marked_format_3() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store");
+    let (pending, running) = {
+        let s = SledStore::create_or_open(&path).unwrap();
+        let pending = s.create_run(&NewRun::new("welcome", json!({"id": "p"}))).unwrap();
+        let running = s.create_run(&NewRun::new("welcome", json!({"id": "r"}))).unwrap();
+        s.update_run(running, &[RunChange::Status { status: RunStatus::Running, error: None }]).unwrap();
+        (pending, running)
+    };
+    // Rewrite the index as format 2 kept it, and the format number.
+    {
+        let db = raw(&path);
+        let status = db.open_tree("run_status").unwrap();
+        let mut key = vec![b'p'];
+        key.extend_from_slice(&running.0.to_be_bytes());
+        assert!(status.remove(&key).unwrap().is_some());
+        key[0] = b'r';
+        status.insert(key, &[]).unwrap();
+        db.open_tree("meta").unwrap().insert("format", "2").unwrap();
+        db.flush().unwrap();
+        let marker_path = path.join("STORE");
+        let mut marker: Value = serde_json::from_slice(&std::fs::read(&marker_path).unwrap()).unwrap();
+        marker["format"] = json!(2);
+        std::fs::write(&marker_path, serde_json::to_vec(&marker).unwrap()).unwrap();
+    }
+
+    let s = SledStore::open(&path).unwrap();
+    let ids = |runs: Vec<store::Run>| runs.iter().map(|r| r.id).collect::<Vec<_>>();
+    assert_eq!(ids(s.list_resumable().unwrap()), [pending, running]);
+    let by = |status| ids(s.list_runs(&RunFilter { status: Some(status), ..RunFilter::default() }).unwrap());
+    assert_eq!(by(RunStatus::Running), [running]);
+    assert_eq!(by(RunStatus::Pending), [pending]);
+    s.update_run(running, &[RunChange::Status { status: RunStatus::Succeeded, error: None }]).unwrap();
+    assert_eq!(by(RunStatus::Running), []);
+    assert_eq!(by(RunStatus::Succeeded), [running]);
+    assert_eq!(ids(s.list_resumable().unwrap()), [pending]);
+    drop(s);
+
+    let marker: Value = serde_json::from_slice(&std::fs::read(path.join("STORE")).unwrap()).unwrap();
+    assert_eq!(marker["format"], json!(3));
+    let db = raw(&path);
+    assert_eq!(db.open_tree("meta").unwrap().get("format").unwrap().unwrap().as_ref(), b"3");
+    let status = db.open_tree("run_status").unwrap();
+    assert_eq!(status.scan_prefix(b"r").count(), 0, "no entry left under the old tag");
+    assert_eq!(status.len(), 2);
 }

@@ -201,3 +201,95 @@ fn a_corrupt_run_record_is_an_error_not_a_panic() {
     assert!(matches!(s.list_resumable(), Err(StoreError::Corrupt { .. })));
     assert!(matches!(s.set_run_status(id, RunStatus::Running, None), Err(StoreError::Corrupt { .. })));
 }
+
+#[test]
+fn expect_refuses_a_run_in_another_status_and_leaves_it_as_it_was() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = store_in(&dir);
+    let a = s.create_run(&NewRun::new("f", json!(1))).unwrap();
+    let b = s.create_run(&NewRun::new("f", json!(2))).unwrap();
+    let running = RunChange::Status { status: RunStatus::Running, error: None };
+    let results = s
+        .update_runs(&[
+            (a, vec![RunChange::Expect { status: RunStatus::Pending }, running.clone()]),
+            (b, vec![RunChange::Expect { status: RunStatus::Running }, running]),
+        ])
+        .unwrap();
+    assert!(results[0].is_ok());
+    assert!(matches!(&results[1], Err(StoreError::Conflict(m)) if m.contains("expected it running")), "{results:?}");
+    assert_eq!(s.get_run(a).unwrap().unwrap().status, RunStatus::Running);
+    let b_run = s.get_run(b).unwrap().unwrap();
+    assert_eq!((b_run.status, b_run.attempts), (RunStatus::Pending, 0));
+}
+
+/// Runs created by a poll and written in batches (the engine's path, served by the store's
+/// cache of open records) read back the same after a reopen, indexes included.
+#[test]
+fn batched_updates_of_polled_runs_survive_a_reopen_with_their_indexes() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = store_in(&dir);
+    let out = s.commit_poll(&poll("t", "f", &["a", "b", "c"], None)).unwrap();
+    let ids: Vec<RunId> = out.created.iter().map(|(_, id)| *id).collect();
+    let start = |id: RunId| {
+        (
+            id,
+            vec![
+                RunChange::Expect { status: RunStatus::Pending },
+                RunChange::Status { status: RunStatus::Running, error: None },
+                RunChange::StepStarted { step: "task".into(), request: json!({"n": id.0}) },
+            ],
+        )
+    };
+    let finish = |id: RunId| {
+        (
+            id,
+            vec![
+                RunChange::StepFinished {
+                    step: "task".into(),
+                    status: StepStatus::Succeeded,
+                    response: Some(json!({"id": format!("t{}", id.0)})),
+                    error: None,
+                },
+                RunChange::Status { status: RunStatus::Succeeded, error: None },
+            ],
+        )
+    };
+    let started = s.update_runs(&ids.iter().map(|id| start(*id)).collect::<Vec<_>>()).unwrap();
+    assert!(started.iter().all(Result::is_ok), "{started:?}");
+    // The second write of the first two runs and a start of the third again (refused: its
+    // step is `sent`), in one batch.
+    let mut batch: Vec<_> = ids[..2].iter().map(|id| finish(*id)).collect();
+    batch.push((ids[2], vec![RunChange::StepStarted { step: "task".into(), request: json!(0) }]));
+    let results = s.update_runs(&batch).unwrap();
+    assert!(results[0].is_ok() && results[1].is_ok());
+    assert!(matches!(results[2], Err(StoreError::Conflict(_))));
+
+    let path = s.path().unwrap().to_path_buf();
+    drop(s);
+    let s = SledStore::open(&path).unwrap();
+    for (n, id) in ids.iter().enumerate() {
+        let run = s.get_run(*id).unwrap().unwrap();
+        let step = run.step("task").unwrap();
+        assert_eq!(step.request, json!({"n": id.0}));
+        assert_eq!(run.attempts, 1);
+        if n < 2 {
+            assert_eq!((run.status, step.status), (RunStatus::Succeeded, StepStatus::Succeeded));
+            assert_eq!(step.response, Some(json!({"id": format!("t{}", id.0)})));
+        } else {
+            assert_eq!((run.status, step.status), (RunStatus::Running, StepStatus::Sent));
+        }
+    }
+    let by_status = |status| {
+        let mut ids: Vec<RunId> = s
+            .list_runs(&RunFilter { status: Some(status), ..RunFilter::default() })
+            .unwrap()
+            .iter()
+            .map(|r| r.id)
+            .collect();
+        ids.sort();
+        ids
+    };
+    assert_eq!(by_status(RunStatus::Succeeded), ids[..2].to_vec());
+    assert_eq!(by_status(RunStatus::Running), ids[2..].to_vec());
+    assert!(by_status(RunStatus::Pending).is_empty());
+}

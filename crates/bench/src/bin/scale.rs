@@ -16,12 +16,11 @@
 //! the scheduler's 2 s start jitter) is reported apart from the steady state.
 //!
 //! The tokio runtime is built like flowd's (`max_blocking_threads` 16, `--blocking-threads`
-//! to change it; tokio's default is 512) and the allocator is flowd's (the system's,
-//! glibc). Next to RSS the bench prints the bytes glibc counts as in use (`mallinfo2`, read
-//! three times only: it walks every arena, which costs CPU the steady state would count),
-//! so live data shows apart from what the allocator keeps after a burst. In use counts
-//! allocations never touched (sled allocates ≈ 21 MB of zeroed metrics at open that stay
-//! out of RSS), so it can exceed RSS.
+//! to change it; tokio's default is 512) and the allocator is flowd's (jemalloc, see
+//! `bench::heap_in_use`). Next to RSS the bench prints the bytes the allocator counts as
+//! allocated (read three times only), so live data shows apart from what the allocator
+//! keeps after a burst. Allocated counts memory never touched (sled allocates ≈ 21 MB of
+//! zeroed metrics at open that stay out of RSS), so it can exceed RSS.
 
 use anyhow::{anyhow, bail, Context, Result};
 use bench::{bucket_count, bucket_delta, bucket_quantile, cpu_seconds, drift_buckets, mb, peak_rss, rss, TOKEN};
@@ -156,21 +155,8 @@ fn drift_line(label: &str, b: &[(f64, u64)]) {
     );
 }
 
-/// Bytes glibc counts as allocated (`mallinfo2`: arenas + mmapped blocks).
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-fn heap() -> Option<u64> {
-    // SAFETY: mallinfo2 only reads the allocator's statistics.
-    let m = unsafe { libc::mallinfo2() };
-    Some((m.uordblks + m.hblkhd) as u64)
-}
-
-#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-fn heap() -> Option<u64> {
-    None
-}
-
 fn heap_text() -> String {
-    match heap() {
+    match bench::heap_in_use() {
         Some(used) => format!("heap in use {:.1} MB", mb(Some(used))),
         None => "heap in use: not known on this platform".into(),
     }

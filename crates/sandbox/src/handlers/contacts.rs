@@ -1,11 +1,13 @@
 //! Contacts, their tasks, notes, tags, followers and campaign/workflow enrolment; plus
 //! the workflows and campaigns lists.
 
+use axum::http::StatusCode;
+use serde::ser::{Serialize, SerializeMap, Serializer};
 use serde_json::{json, Value};
 
 use super::{
-    add_to_set, created, field_is, k, merge, new_record, not_found, ok, remove_from_set, require_ref, strings,
-    text_matches, to_values, Ctx, HandlerFn, Reply,
+    add_to_set, created, field_is, k, merge, new_record, not_found, ok, remove_from_set, require_ref, serialized,
+    strings, text_matches, to_values, wrap, Ctx, HandlerFn, Reply,
 };
 use crate::clock::parse_ms;
 use crate::error::ApiError;
@@ -53,6 +55,20 @@ pub fn handler(key: &str) -> Option<HandlerFn> {
 
 const CONTACT: &str = "contact";
 
+/// A field GHL always fills on a contact, and its default.
+type FieldDefault = (&'static str, fn() -> Value);
+
+/// Defaults are built only when missing: this runs on every contact written.
+const CONTACT_DEFAULTS: [FieldDefault; 7] = [
+    ("tags", || json!([])),
+    ("customFields", || json!([])),
+    ("followers", || json!([])),
+    ("attachments", || json!("")),
+    ("type", || json!("lead")),
+    ("dnd", || json!(false)),
+    ("source", || json!("public api")),
+];
+
 /// Fills the derived fields GHL keeps on a contact (names, lower-case copies, defaults).
 pub fn normalise_contact(r: &mut Record) {
     let first = str_of(r, "firstName").unwrap_or_default().to_string();
@@ -66,17 +82,9 @@ pub fn normalise_contact(r: &mut Record) {
     r.insert("fullNameLowerCase".into(), json!(full.unwrap_or_default()));
     let email = str_of(r, "email").map(str::to_lowercase);
     r.insert("emailLowerCase".into(), email.map(Value::String).unwrap_or(Value::Null));
-    for (field, default) in [
-        ("tags", json!([])),
-        ("customFields", json!([])),
-        ("followers", json!([])),
-        ("attachments", json!("")),
-        ("type", json!("lead")),
-        ("dnd", json!(false)),
-        ("source", json!("public api")),
-    ] {
+    for (field, default) in CONTACT_DEFAULTS {
         if r.get(field).is_none_or(Value::is_null) {
-            r.insert(field.into(), default);
+            r.insert(field.into(), default());
         }
     }
 }
@@ -278,16 +286,54 @@ fn search_contacts(ctx: &Ctx) -> Result<Reply, ApiError> {
         }
         None => (page - 1).saturating_mul(page_limit),
     };
-    let contacts: Vec<Value> = window(&hits, start, page_limit)
-        .into_iter()
-        .map(|r| {
-            let mut c = r.clone();
-            let added = r.get("dateAdded").and_then(parse_ms).unwrap_or(0);
-            c.insert("searchAfter".into(), json!([added, str_of(r, "id").unwrap_or_default()]));
-            Value::Object(c)
-        })
-        .collect();
-    ok(json!({ "contacts": contacts, "total": total }))
+    let contacts: Vec<SearchHit> = hits.iter().skip(start).take(page_limit).map(|r| SearchHit::of(r)).collect();
+    // Written straight from the store under its read lock: a page can be 500 contacts.
+    let capacity = 64 + contacts.len() * SEARCH_HIT_BYTES;
+    serialized(StatusCode::OK, &SearchPage { contacts, total }, capacity)
+}
+
+/// About the size of one serialised contact, to size a search page's buffer up front.
+const SEARCH_HIT_BYTES: usize = 1024;
+
+/// A search reply: `{"contacts": [...], "total": n}`.
+#[derive(serde::Serialize)]
+struct SearchPage<'a> {
+    contacts: Vec<SearchHit<'a>>,
+    total: usize,
+}
+
+/// A stored contact plus its `searchAfter` cursor (`[dateAdded ms, id]`), serialised as the
+/// record with that field set would be (`Map::insert` order: an existing `searchAfter`
+/// keeps its place, a new one comes last), without copying the record.
+struct SearchHit<'a> {
+    record: &'a Record,
+    cursor: (i64, &'a str),
+}
+
+impl<'a> SearchHit<'a> {
+    fn of(record: &'a Record) -> Self {
+        let added = record.get("dateAdded").and_then(parse_ms).unwrap_or(0);
+        SearchHit { record, cursor: (added, str_of(record, "id").unwrap_or_default()) }
+    }
+}
+
+impl Serialize for SearchHit<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        const FIELD: &str = "searchAfter";
+        let has_field = self.record.contains_key(FIELD);
+        let mut map = serializer.serialize_map(Some(self.record.len() + usize::from(!has_field)))?;
+        for (key, value) in self.record {
+            if key == FIELD {
+                map.serialize_entry(key, &self.cursor)?;
+            } else {
+                map.serialize_entry(key, value)?;
+            }
+        }
+        if !has_field {
+            map.serialize_entry(FIELD, &self.cursor)?;
+        }
+        map.end()
+    }
 }
 
 fn contacts_by_business(ctx: &Ctx) -> Result<Reply, ApiError> {
@@ -445,14 +491,14 @@ fn bulk_tags(ctx: &Ctx) -> Result<Reply, ApiError> {
 }
 
 fn create_task(ctx: &Ctx) -> Result<Reply, ApiError> {
-    let contact = ctx.fetch(k::CONTACTS, ctx.p("contactId"), CONTACT)?;
+    let contact_id = ctx.existing_id(k::CONTACTS, ctx.p("contactId"), CONTACT)?;
     let mut r = new_record(ctx, ctx.declared_body());
-    r.insert("contactId".into(), json!(super::id_of(&contact)));
+    r.insert("contactId".into(), Value::String(contact_id));
     if r.get("completed").is_none() {
-        r.insert("completed".into(), json!(false));
+        r.insert("completed".into(), Value::Bool(false));
     }
-    r.insert("dateAdded".into(), json!(ctx.now()));
-    created(json!({ "task": ctx.insert(k::TASKS, r) }))
+    r.insert("dateAdded".into(), Value::String(ctx.now()));
+    created(wrap("task", ctx.insert(k::TASKS, r)))
 }
 
 fn update_task(ctx: &Ctx) -> Result<Reply, ApiError> {
@@ -549,4 +595,35 @@ fn list_campaigns(ctx: &Ctx) -> Result<Reply, ApiError> {
     let status = ctx.q("status").map(str::to_string);
     let list = ctx.list(k::CAMPAIGNS, |r| status.as_deref().is_none_or(|s| field_is(r, "status", s)));
     ok(json!({ "campaigns": to_values(list) }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What the reply held before it was serialised directly: the record, cloned, with
+    /// `searchAfter` inserted.
+    fn cloned_hit(r: &Record) -> Value {
+        let mut c = r.clone();
+        let added = r.get("dateAdded").and_then(parse_ms).unwrap_or(0);
+        c.insert("searchAfter".into(), json!([added, str_of(r, "id").unwrap_or_default()]));
+        Value::Object(c)
+    }
+
+    #[test]
+    fn search_hits_serialise_like_the_cloned_record() {
+        let records = [
+            json!({"id": "a", "dateAdded": "2024-01-02T03:04:05.678Z", "name": "Ann \"A\"", "tags": ["x"]}),
+            json!({"searchAfter": "old", "id": "b", "dateAdded": 17, "n": 1.5}),
+            json!({"name": "no id or date"}),
+        ];
+        for v in records {
+            let Value::Object(r) = v else { panic!("object") };
+            let page = SearchPage { contacts: vec![SearchHit::of(&r)], total: 9 };
+            let direct = serde_json::to_vec(&page).expect("serialise");
+            let via_value =
+                serde_json::to_vec(&json!({ "contacts": [cloned_hit(&r)], "total": 9 })).expect("serialise");
+            assert_eq!(String::from_utf8_lossy(&direct), String::from_utf8_lossy(&via_value));
+        }
+    }
 }

@@ -28,6 +28,10 @@ pub type HandlerFn = fn(&Ctx) -> Result<Reply, ApiError>;
 #[derive(Debug)]
 pub enum Reply {
     Json(StatusCode, Value),
+    /// JSON the handler serialised itself, straight from the store, because building a
+    /// `Value` first would copy every record of a large page. Only for replies that
+    /// change nothing: no webhook is derived from it.
+    Serialized(StatusCode, Vec<u8>),
     /// A file download (recordings, transcripts).
     File(&'static str, Vec<u8>),
 }
@@ -38,6 +42,21 @@ pub fn ok(v: Value) -> Result<Reply, ApiError> {
 
 pub fn created(v: Value) -> Result<Reply, ApiError> {
     Ok(Reply::Json(StatusCode::CREATED, v))
+}
+
+/// A reply serialised here rather than through a `Value`; `capacity` is a guess of its
+/// size, so a large page is written without repeatedly growing the buffer.
+pub fn serialized(status: StatusCode, body: &impl serde::Serialize, capacity: usize) -> Result<Reply, ApiError> {
+    let mut bytes = Vec::with_capacity(capacity);
+    serde_json::to_writer(&mut bytes, body).map_err(|e| ApiError::internal(format!("serialising the reply: {e}")))?;
+    Ok(Reply::Serialized(status, bytes))
+}
+
+/// `{ key: record }`. `json!` would serialise the record into a fresh copy; this moves it.
+pub fn wrap(key: &str, record: Record) -> Value {
+    let mut m = Map::with_capacity(1);
+    m.insert(key.into(), Value::Object(record));
+    Value::Object(m)
 }
 
 /// The handler for an operation key; `None` means the catalog has an operation this crate
@@ -124,6 +143,15 @@ impl<'a> Ctx<'a> {
         Ok(r)
     }
 
+    /// The id of a record the caller may see: 404 if absent, 403 if it belongs to another
+    /// location. Like [`Ctx::fetch`] without copying the record.
+    pub fn existing_id(&self, kind: &str, id: &str, noun: &str) -> Result<String, ApiError> {
+        let col = self.st.store.read(kind);
+        let r = col.get(id).ok_or_else(|| not_found(noun))?;
+        self.check_owner(r, noun)?;
+        Ok(id_of(r))
+    }
+
     /// Changes a record in place under the collection's write lock; returns the new record.
     pub fn update(
         &self,
@@ -174,9 +202,9 @@ impl<'a> Ctx<'a> {
         paginate::offset_limit(self.query, offset, limit, default_limit)
     }
 
+    /// Stores a new record; returns it as stored (with its id).
     pub fn insert(&self, kind: &str, record: Record) -> Record {
-        let id = self.st.store.insert(kind, record);
-        self.st.store.get(kind, &id).unwrap_or_default()
+        self.st.store.insert_returning(kind, record)
     }
 }
 
