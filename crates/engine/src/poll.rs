@@ -122,6 +122,10 @@ impl Engine {
         // The flood guard holds every run of a poll that finds more than `max_new` new
         // items, so runs may only start before the last page when it cannot trip.
         let pipelined = flow.trigger.max_new >= self.config().max_items as u64;
+        // Then, without an `if:` filter (which counts what it leaves out), nothing needs to
+        // know which items are new before the commit: it checks every key again anyway and
+        // creates no run for one already seen. One pass over the keys instead of two.
+        let commit_decides = pipelined && flow.filter.is_none();
 
         let mut report = PollReport { baseline, ..PollReport::default() };
         let mut seen_in_poll = HashSet::new();
@@ -133,13 +137,25 @@ impl Engine {
             let page = page?;
             report.items += page.len();
             let work = async {
-                let items =
-                    self.new_items(rt, spec, &inputs, page, &mut seen_in_poll, baseline, &mut ctx, &mut report).await?;
+                let items = self
+                    .new_items(
+                        rt,
+                        spec,
+                        &inputs,
+                        page,
+                        &mut seen_in_poll,
+                        baseline,
+                        commit_decides,
+                        &mut ctx,
+                        &mut report,
+                    )
+                    .await?;
                 if pipelined {
                     // The trigger's state moves only with the last commit, so a crash between
                     // pages polls again from the old state; the keys committed here are not
                     // new then, and a baseline stays a baseline.
-                    let created = self.commit(rt, None, items).await?;
+                    let (created, seen_before) = self.commit(rt, None, items).await?;
+                    report.new -= seen_before;
                     report.runs.extend(created.iter().map(|c| c.id));
                     on_runs(created);
                 } else {
@@ -166,7 +182,8 @@ impl Engine {
         let polls = state.as_ref().and_then(|s| s.get("polls")).and_then(Value::as_u64).unwrap_or(0);
         let baseline_at = state.as_ref().and_then(|s| s.get("baseline_at").cloned()).unwrap_or_else(|| json!(now));
         let state = json!({ "baseline_at": baseline_at, "last_poll_at": now, "polls": polls + 1 });
-        let created = self.commit(rt, Some(state), held_back).await?;
+        let (created, seen_before) = self.commit(rt, Some(state), held_back).await?;
+        report.new -= seen_before;
         if held {
             report.held = created.len();
         } else {
@@ -187,6 +204,7 @@ impl Engine {
         page: Vec<Value>,
         seen_in_poll: &mut HashSet<String>,
         baseline: bool,
+        commit_decides: bool,
         ctx: &mut Value,
         report: &mut PollReport,
     ) -> Result<Vec<PollItem>, EngineError> {
@@ -204,10 +222,14 @@ impl Engine {
         if keyed.is_empty() {
             return Ok(Vec::new());
         }
-        let store = self.store().clone();
-        let trigger_id = rt.trigger_id.clone();
-        let keys: Vec<String> = keyed.iter().map(|(k, _)| k.clone()).collect();
-        let unseen = self.blocking(move || Ok(store.filter_unseen(&trigger_id, &keys)?)).await?;
+        let unseen = if commit_decides {
+            vec![true; keyed.len()]
+        } else {
+            let store = self.store().clone();
+            let trigger_id = rt.trigger_id.clone();
+            let keys: Vec<String> = keyed.iter().map(|(k, _)| k.clone()).collect();
+            self.blocking(move || Ok(store.filter_unseen(&trigger_id, &keys)?)).await?
+        };
         let mut out = Vec::new();
         for ((key, item), is_new) in keyed.into_iter().zip(unseen) {
             if !is_new {
@@ -232,15 +254,16 @@ impl Engine {
     }
 
     /// Records seen keys, runs and (with the last commit of a poll) the trigger's state,
-    /// durably; returns the runs created, each with its item.
+    /// durably; returns the runs created, each with its item, and how many keys were
+    /// already recorded (no run for those).
     async fn commit(
         &self,
         rt: &FlowRuntime,
         state: Option<Value>,
         items: Vec<PollItem>,
-    ) -> Result<Vec<Created>, EngineError> {
+    ) -> Result<(Vec<Created>, usize), EngineError> {
         if items.is_empty() && state.is_none() {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), 0));
         }
         let commit = PollCommit { trigger: rt.trigger_id.clone(), state, items };
         let store = self.store().clone();
@@ -259,7 +282,7 @@ impl Engine {
                 out.push(Created { id, flow: run.flow, item: run.item });
             }
         }
-        Ok(out)
+        Ok((out, outcome.already_seen.len()))
     }
 
     fn passes_filter(

@@ -611,6 +611,49 @@ impl Written {
     }
 }
 
+/// A poll's new run worked out before its transaction: id (from sled's generator, like
+/// [`insert_new_run`]), record, item and index keys.
+struct NewRunPrepared {
+    key: [u8; 8],
+    record: sled::IVec,
+    item: sled::IVec,
+    status_key: [u8; 9],
+    flow_key: Vec<u8>,
+    run: Run,
+}
+
+impl NewRunPrepared {
+    fn new(db: &sled::Db, new: &NewRun, trigger: &str, dedupe_key: &str, now: DateTime<Utc>) -> Result<Self> {
+        if new.flow.is_empty() {
+            return Err(StoreError::Invalid("a run needs a flow name".into()));
+        }
+        let id = RunId(db.generate_id()?);
+        let run = transitions::new_run(id, new, Some(trigger), Some(dedupe_key), now);
+        Ok(NewRunPrepared {
+            key: keys::run_key(id),
+            record: sled::IVec::from(encode_json(&run)?),
+            item: sled::IVec::from(encode_json(&new.item)?),
+            status_key: keys::status_index_key(run.status.tag(), id),
+            flow_key: keys::flow_index_key(&run.flow, id),
+            run,
+        })
+    }
+
+    fn write(
+        &self,
+        runs: &TransactionalTree,
+        items: &TransactionalTree,
+        status: &TransactionalTree,
+        flow: &TransactionalTree,
+    ) -> TxResult<()> {
+        runs.insert(&self.key, self.record.clone())?;
+        items.insert(&self.key, self.item.clone())?;
+        status.insert(&self.status_key, &[])?;
+        flow.insert(self.flow_key.as_slice(), &[])?;
+        Ok(())
+    }
+}
+
 /// Inserts a new run and its indexes; the id comes from sled's generator.
 fn insert_new_run(
     t: NewRunTrees<'_>,
@@ -756,43 +799,51 @@ impl Store for SledStore {
         let now = self.now();
         let state = commit.state.as_ref().map(encode_json).transpose()?;
         let seen_value = keys::time_value(now);
+        let mut in_commit = HashSet::with_capacity(commit.items.len());
+        if let Some(twice) = commit.items.iter().find(|item| !in_commit.insert(item.key.as_str())) {
+            return Err(StoreError::Invalid(format!(
+                "dedupe key {:?} appears twice in one poll of {}",
+                twice.key, commit.trigger
+            )));
+        }
+        // Keys, ids and encodings are worked out before the transaction: it holds sled's
+        // global lock, which every other write and read waits for.
+        let mut prepared = Vec::with_capacity(commit.items.len());
+        for item in &commit.items {
+            let run = match &item.run {
+                Some(new) => Some(NewRunPrepared::new(&self.db, new, &commit.trigger, &item.key, now)?),
+                None => None,
+            };
+            prepared.push((keys::seen_key(&commit.trigger, &item.key), run));
+        }
         let trees =
             (&self.t.seen, &self.t.triggers, &self.t.runs, &self.t.run_items, &self.t.run_status, &self.t.run_flow);
-        let written = Written::default();
         let outcome = trees.transaction(|(seen, triggers, runs, items, status, flow)| {
-            written.restart();
             if let Some(state) = &state {
                 triggers.insert(commit.trigger.as_bytes(), state.as_slice())?;
             }
             let mut outcome = PollOutcome::default();
-            let mut in_commit = HashSet::with_capacity(commit.items.len());
-            for item in &commit.items {
-                if !in_commit.insert(item.key.as_str()) {
-                    return abort(StoreError::Invalid(format!(
-                        "dedupe key {:?} appears twice in one poll of {}",
-                        item.key, commit.trigger
-                    )));
-                }
-                let k = keys::seen_key(&commit.trigger, &item.key);
-                if seen.get(&k)?.is_some() {
+            for (item, (seen_key, run)) in commit.items.iter().zip(&prepared) {
+                if seen.get(seen_key)?.is_some() {
                     outcome.already_seen.push(item.key.clone());
                     continue;
                 }
-                seen.insert(k, &seen_value)?;
-                if let Some(new) = &item.run {
-                    let id = insert_new_run(
-                        NewRunTrees { runs, items, status, flow, written: &written },
-                        new,
-                        Some(&commit.trigger),
-                        Some(&item.key),
-                        now,
-                    )?;
-                    outcome.created.push((item.key.clone(), id));
+                seen.insert(seen_key.as_slice(), &seen_value)?;
+                if let Some(run) = run {
+                    run.write(runs, items, status, flow)?;
+                    outcome.created.push((item.key.clone(), run.run.id));
                 }
             }
             Ok(outcome)
         })?;
-        written.keep_in(&self.open);
+        // The engine's first write to each new run (usually within milliseconds) finds it
+        // decoded. Runs of already-seen keys were never written; their ids stay unused.
+        let created: HashSet<RunId> = outcome.created.iter().map(|(_, id)| *id).collect();
+        for (_, run) in prepared {
+            if let Some(p) = run.filter(|p| created.contains(&p.run.id)) {
+                self.open.keep(p.record, p.run);
+            }
+        }
         self.durable()?;
         Ok(outcome)
     }
