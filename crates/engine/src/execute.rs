@@ -288,3 +288,74 @@ pub(crate) fn classify(e: &ghl::Error, idempotent: bool) -> Failure {
         _ => Failure::Retry(e.to_string()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{AccountInfo, EngineConfig, Metrics};
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+    use store::{NewRun, Store, StoreError};
+
+    const TOKEN: &str = "pit-execute-test";
+    const FLOW: &str = r#"
+name: welcome
+account: main
+trigger:
+  uses: contacts.search_contacts
+  with: { locationId: "{{ account.location_id }}" }
+  every: 1m
+steps:
+  - id: task
+    uses: contacts.create_task
+    with: { contactId: "{{ trigger.id }}", title: "Hi", dueDate: "{{ date_add now days=1 }}", completed: false }
+"#;
+
+    /// The poll's copy of a run says `pending`; if the run was finished by another path
+    /// meanwhile, its first write is refused and nothing is sent a second time.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_created_run_that_is_no_longer_pending_is_not_sent_again() {
+        let mut config = sandbox::SandboxConfig::default()
+            .with_seed(sandbox::Seed::Contacts(1))
+            .with_rate_limit(sandbox::RateLimitConfig::disabled());
+        config.tokens = vec![TOKEN.into()];
+        let sb = sandbox::Sandbox::start(config).await.unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let client = ghl::Client::builder().build().unwrap();
+        let account = ghl::Account::new("main", ghl::Credentials::PrivateToken(ghl::Secret::new(TOKEN)))
+            .unwrap()
+            .with_base_url(&sb.base_url())
+            .unwrap()
+            .with_resource(sb.location_id());
+        client.add_account(account);
+        let catalog = Arc::new(catalog::Catalog::builtin().unwrap());
+        let store: Arc<dyn Store> = Arc::new(store::SledStore::create_or_open(dir.path().join("store")).unwrap());
+        let accounts = vec![AccountInfo { name: "main".into(), location_id: sb.location_id().into() }];
+        let engine = Arc::new(Engine::new(
+            catalog.clone(),
+            client,
+            store.clone(),
+            accounts,
+            BTreeMap::new(),
+            EngineConfig::default(),
+            Arc::new(Metrics::new()),
+        ));
+        let env = flow::CompileEnv { env: BTreeMap::new(), accounts: vec!["main".into()] };
+        let (compiled, diags) = flow::load("welcome.yaml", FLOW, &catalog, &env);
+        engine.set_flows(vec![compiled.unwrap_or_else(|| panic!("{}", flow::render_all(&diags)))]).unwrap();
+
+        let contact = sb.records("contacts").pop().unwrap();
+        let id = store.create_run(&NewRun::new("welcome", contact.clone())).unwrap();
+        assert_eq!(engine.execute(id).await.unwrap(), RunStatus::Succeeded);
+        let tasks = sb.records("tasks").len();
+
+        let stale = Created { id, flow: "welcome".into(), item: contact };
+        let err = engine.execute_created(stale).await.unwrap_err();
+        assert!(
+            matches!(&err, EngineError::Store(StoreError::Conflict(m)) if m.contains("expected it pending")),
+            "{err}"
+        );
+        assert_eq!(sb.records("tasks").len(), tasks, "nothing was sent again");
+        assert_eq!(store.get_run(id).unwrap().unwrap().status, RunStatus::Succeeded);
+    }
+}

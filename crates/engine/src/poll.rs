@@ -155,7 +155,7 @@ impl Engine {
                     // pages polls again from the old state; the keys committed here are not
                     // new then, and a baseline stays a baseline.
                     let (created, seen_before) = self.commit(rt, None, items).await?;
-                    report.new -= seen_before;
+                    report.new = report.new.saturating_sub(seen_before);
                     report.runs.extend(created.iter().map(|c| c.id));
                     on_runs(created);
                 } else {
@@ -183,7 +183,7 @@ impl Engine {
         let baseline_at = state.as_ref().and_then(|s| s.get("baseline_at").cloned()).unwrap_or_else(|| json!(now));
         let state = json!({ "baseline_at": baseline_at, "last_poll_at": now, "polls": polls + 1 });
         let (created, seen_before) = self.commit(rt, Some(state), held_back).await?;
-        report.new -= seen_before;
+        report.new = report.new.saturating_sub(seen_before);
         if held {
             report.held = created.len();
         } else {

@@ -12,8 +12,9 @@ use std::sync::{Mutex, PoisonError};
 
 use crate::model::{Run, RunId, RunStatus};
 
-/// Entries at most: a poll that creates more runs than this decodes the rest on update.
-const MAX_ENTRIES: usize = 65_536;
+/// Entries at most (≈ 1 KB each): a backlog of more open runs than this decodes the rest
+/// on update instead of holding them all in memory.
+const MAX_ENTRIES: usize = 16_384;
 
 struct Entry {
     bytes: sled::IVec,
