@@ -521,7 +521,6 @@ fn map_open_error(root: &Path, e: sled::Error) -> StoreError {
     }
 }
 
-/// `Ok(None)`: no meta at all. `Err(reason)`: meta present but unreadable.
 /// Format 2 and before indexed `running` runs under `r`; format 3 under `p`, with `pending`.
 fn upgrade_running_index(status: &Tree) -> Result<()> {
     let old: Vec<sled::IVec> = status.scan_prefix(b"r").keys().collect::<sled::Result<_>>()?;
@@ -540,6 +539,7 @@ fn upgrade_running_index(status: &Tree) -> Result<()> {
     Ok(())
 }
 
+/// `Ok(None)`: no meta at all. `Err(reason)`: meta present but unreadable.
 fn read_meta(meta: &Tree) -> std::result::Result<Option<Marker>, String> {
     let get = |k: &[u8]| meta.get(k).map_err(|e| format!("cannot read meta: {e}"));
     let (format, id, created) = (get(META_FORMAT)?, get(META_STORE_ID)?, get(META_CREATED_AT)?);
