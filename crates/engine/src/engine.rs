@@ -257,14 +257,7 @@ impl Engine {
 
     /// Starts executing a run in the background, once a concurrency permit is free.
     pub fn dispatch(self: &Arc<Self>, id: RunId) -> JoinHandle<Result<RunStatus, EngineError>> {
-        let engine = self.clone();
-        self.metrics.queue_depth.inc();
-        tokio::spawn(async move {
-            let permit = engine.permits.clone().acquire_owned().await;
-            engine.metrics.queue_depth.dec();
-            let _permit = permit.map_err(|e| EngineError::Join(e.to_string()))?;
-            engine.execute(id).await
-        })
+        self.spawn_run(move |engine| async move { engine.execute(id).await })
     }
 
     /// Like [`Engine::dispatch`], for a run a poll has just created: it starts from what the
@@ -273,13 +266,22 @@ impl Engine {
         self: &Arc<Self>,
         run: crate::poll::Created,
     ) -> JoinHandle<Result<RunStatus, EngineError>> {
+        self.spawn_run(move |engine| async move { engine.execute_created(run).await })
+    }
+
+    /// Spawns `execute` once a concurrency permit is free, counting it as queued meanwhile.
+    fn spawn_run<F, Fut>(self: &Arc<Self>, execute: F) -> JoinHandle<Result<RunStatus, EngineError>>
+    where
+        F: FnOnce(Arc<Engine>) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = Result<RunStatus, EngineError>> + Send,
+    {
         let engine = self.clone();
         self.metrics.queue_depth.inc();
         tokio::spawn(async move {
             let permit = engine.permits.clone().acquire_owned().await;
             engine.metrics.queue_depth.dec();
             let _permit = permit.map_err(|e| EngineError::Join(e.to_string()))?;
-            engine.execute_created(run).await
+            execute(engine).await
         })
     }
 

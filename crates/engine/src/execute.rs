@@ -21,7 +21,7 @@ use crate::runtime::{StepKind, StepRuntime};
 use chrono::Utc;
 use serde_json::{json, Value};
 use std::time::Instant;
-use store::{Run, RunChange, RunId, RunStatus, StepStatus};
+use store::{NewRunFields, Run, RunChange, RunId, RunStatus, StepStatus};
 
 /// How a step ended when it did not succeed.
 #[derive(Debug)]
@@ -53,21 +53,8 @@ impl Engine {
         let Some(_guard) = self.claim(created.id) else {
             return Ok(RunStatus::Running);
         };
-        let now = Utc::now();
-        let run = Run {
-            id: created.id,
-            flow: created.flow,
-            trigger: None,
-            dedupe_key: None,
-            item: created.item,
-            status: RunStatus::Pending,
-            created_at: now,
-            updated_at: now,
-            attempts: 0,
-            next_retry_at: None,
-            error: None,
-            steps: Vec::new(),
-        };
+        let fields = NewRunFields { flow: created.flow, ..NewRunFields::default() };
+        let run = Run::new(created.id, fields, created.item, Utc::now());
         let mut pending = Pending::default();
         pending.0.push(RunChange::Expect { status: RunStatus::Pending });
         self.execute_claimed(run, pending).await

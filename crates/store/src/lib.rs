@@ -34,8 +34,8 @@ use serde_json::Value;
 pub use clock::Clock;
 pub use error::{Result, StoreError};
 pub use model::{
-    NewRun, PollCommit, PollItem, PollOutcome, PruneStats, Retention, Run, RunChange, RunFilter, RunId, RunStatus,
-    StepRecord, StepStatus, WebhookEvent,
+    NewRun, NewRunFields, PollCommit, PollItem, PollOutcome, PruneStats, Retention, Run, RunChange, RunFilter, RunId,
+    RunStatus, StepRecord, StepStatus, WebhookEvent,
 };
 pub use sled_store::SledStore;
 

@@ -149,9 +149,36 @@ pub struct Run {
 }
 
 impl Run {
+    /// A run as created: `pending` (`held` for a paused flow), no steps, no attempts.
+    pub fn new(id: RunId, new: NewRunFields, item: Value, now: DateTime<Utc>) -> Run {
+        Run {
+            id,
+            flow: new.flow,
+            trigger: new.trigger,
+            dedupe_key: new.dedupe_key,
+            item,
+            status: if new.held { RunStatus::Held } else { RunStatus::Pending },
+            created_at: now,
+            updated_at: now,
+            attempts: 0,
+            next_retry_at: None,
+            error: None,
+            steps: Vec::new(),
+        }
+    }
+
     pub fn step(&self, step: &str) -> Option<&StepRecord> {
         self.steps.iter().find(|s| s.step == step)
     }
+}
+
+/// What a new run is made of besides its id, item and time (see [`Run::new`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NewRunFields {
+    pub flow: String,
+    pub trigger: Option<String>,
+    pub dedupe_key: Option<String>,
+    pub held: bool,
 }
 
 /// A run to create. Runs start `Pending` (or `Held` when `held` is set, for a

@@ -8,25 +8,18 @@
 use chrono::{DateTime, Utc};
 
 use crate::error::{Result, StoreError};
-use crate::model::{NewRun, Run, RunChange, RunId, RunStatus, StepRecord, StepStatus};
+use crate::model::{NewRun, NewRunFields, Run, RunChange, RunId, RunStatus, StepRecord, StepStatus};
 
 /// The record of a new run, without its item: the store keeps the item apart (it never
 /// changes) and puts it back when the run is read.
 pub fn new_run(id: RunId, new: &NewRun, trigger: Option<&str>, dedupe_key: Option<&str>, now: DateTime<Utc>) -> Run {
-    Run {
-        id,
+    let fields = NewRunFields {
         flow: new.flow.clone(),
         trigger: trigger.map(str::to_string).or_else(|| new.trigger.clone()),
         dedupe_key: dedupe_key.map(str::to_string),
-        item: serde_json::Value::Null,
-        status: if new.held { RunStatus::Held } else { RunStatus::Pending },
-        created_at: now,
-        updated_at: now,
-        attempts: 0,
-        next_retry_at: None,
-        error: None,
-        steps: Vec::new(),
-    }
+        held: new.held,
+    };
+    Run::new(id, fields, serde_json::Value::Null, now)
 }
 
 fn conflict(run: &Run, reason: String) -> StoreError {
