@@ -4,7 +4,7 @@
 //! waits for a durable write several times. Written one run at a time, those writes cost
 //! a sled transaction and a share of a flush each, and a hop through the blocking pool;
 //! at a few thousand runs a second that bookkeeping is most of flowd's CPU. Here runs
-//! hand their changes to one writer thread instead: it takes everything queued since its
+//! hand their changes to a writer thread instead: it takes everything queued since its
 //! last write, applies it with [`store::Store::update_runs`] (one transaction, one flush)
 //! and answers each run. While it writes, the next batch gathers, so the batch grows with
 //! the load and a lone run still waits for one flush only.
