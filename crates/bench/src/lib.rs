@@ -69,6 +69,8 @@ pub async fn sandbox(seed: Seed, rate_limit: sandbox::RateLimitConfig) -> Result
 pub fn engine_for(sb: &Sandbox, store_dir: &Path, config: EngineConfig, limited: bool) -> Result<Arc<Engine>> {
     let metrics = Arc::new(Metrics::new());
     let mut client_config = ghl::ClientConfig::default();
+    // As `flowd run` sets it: one idle connection per run in flight.
+    client_config.pool_max_idle_per_host = config.concurrency.max(client_config.pool_max_idle_per_host);
     if !limited {
         client_config.rate_limit = ghl::RateLimit {
             burst_max: 100_000,

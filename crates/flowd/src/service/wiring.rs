@@ -27,8 +27,14 @@ pub fn build_engine_on(
     store: Arc<dyn store::Store>,
 ) -> anyhow::Result<Arc<Engine>> {
     let metrics = Arc::new(Metrics::new());
-    let mut client_config =
-        ghl::ClientConfig { request_timeout: config.request_timeout, ..ghl::ClientConfig::default() };
+    let defaults = ghl::ClientConfig::default();
+    let mut client_config = ghl::ClientConfig {
+        request_timeout: config.request_timeout,
+        // Every run in flight may hold a connection; a smaller idle pool closes the
+        // surplus after each request and the next run pays a new connection (and TLS).
+        pool_max_idle_per_host: config.concurrency.max(defaults.pool_max_idle_per_host),
+        ..defaults
+    };
     if let Some(rl) = &config.rate_limit {
         client_config.rate_limit = ghl::RateLimit {
             burst_max: rl.requests,
