@@ -74,7 +74,8 @@ pub struct ConfigArg {
 pub struct RunArgs {
     #[command(flatten)]
     pub config: ConfigArg,
-    /// Poll every flow once, execute what it finds, and exit (for cron jobs and checks).
+    /// Poll every flow once, fire the webhook events already stored, execute what they
+    /// find, and exit (for cron jobs and checks).
     #[arg(long)]
     pub once: bool,
 }

@@ -1,6 +1,7 @@
 //! `flowd run` with the webhook receiver on its own port: the sandbox sends signed
 //! webhooks, a webhook flow fires, rejected deliveries show on `/metrics`, and admin
-//! endpoints are not served on the webhook port.
+//! endpoints are not served on the webhook port. `flowd run --once` fires the events a
+//! stopped service left in its inbox.
 
 use base64::Engine as _;
 use ed25519_dalek::SigningKey;
@@ -101,4 +102,51 @@ async fn webhooks_fire_flows_through_flowd_run() {
 
 fn read_log(dir: &std::path::Path) -> String {
     std::fs::read_to_string(dir.join("flowd.log")).unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_once_fires_the_events_a_stopped_service_left_in_its_inbox() {
+    let mut config = SandboxConfig::default().with_seed(Seed::Empty).with_rate_limit(RateLimitConfig::disabled());
+    config.tokens = vec![TOKEN.into()];
+    let sb = Sandbox::start(config).await.expect("sandbox");
+    let contact = sb.insert_record("contacts", serde_json::json!({"firstName": "Ann"})).expect("contact");
+    let id = contact["id"].as_str().expect("id").to_string();
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir(dir.path().join("flows")).expect("flows dir");
+    std::fs::write(dir.path().join("flows/instant.yaml"), FLOW).expect("flow");
+    let yaml = format!(
+        "store: ./data\nflows: ./flows\naccounts:\n  main:\n    location_id: {}\n    base_url: {}\n    token: ${{T}}\n",
+        sb.location_id(),
+        sb.base_url()
+    );
+    std::fs::write(dir.path().join("flowd.yaml"), yaml).expect("config");
+    // What a service that stopped between receiving and processing leaves behind.
+    {
+        let store = store::SledStore::create_or_open(dir.path().join("data")).expect("store");
+        let event = serde_json::json!({"type": "ContactCreate", "locationId": sb.location_id(), "id": id,
+            "webhookId": "wh-1", "timestamp": chrono::Utc::now().to_rfc3339()});
+        assert!(store::Store::put_webhook_event(&store, "wh-1", &event).expect("stored"));
+    }
+    let once = || {
+        Command::new(env!("CARGO_BIN_EXE_flowd"))
+            .args(["run", "--once", "--config", "flowd.yaml"])
+            .current_dir(dir.path())
+            .env("T", TOKEN)
+            .output()
+            .expect("flowd runs")
+    };
+    let out = once();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("webhook inbox: 1 stored event(s), 1 run(s) (1 succeeded)"), "{text}");
+    let tags = sb.record("contacts", &id).map(|c| c["tags"].clone()).unwrap_or_default();
+    assert_eq!(tags, serde_json::json!(["instant"]), "{text}");
+    // The event is processed: a second pass fires nothing.
+    let out = once();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{text}");
+    assert!(!text.contains("webhook inbox"), "{text}");
+    let tag_requests = sb.requests().iter().filter(|e| e["method"] == "POST" && e["op"] == "contacts.add_tags").count();
+    assert_eq!(tag_requests, 1, "{text}");
 }

@@ -122,12 +122,40 @@ async fn run_once(engine: &Arc<Engine>) -> anyhow::Result<()> {
             }
         }
     }
+    failures += run_stored_webhooks(engine).await?;
     let store = engine.store().clone();
     tokio::task::spawn_blocking(move || store.flush()).await??;
     if failures > 0 {
         return Err(crate::exit::UserError::new(format!("{failures} poll(s) or run(s) failed")).into());
     }
     Ok(())
+}
+
+/// Fires the webhook events a service stored but did not get to process (it stopped or
+/// crashed between receiving and processing them), as the running service would, and
+/// returns how many of their runs did not succeed. Events whose coalescing window is
+/// still open stay in the inbox for the next run.
+async fn run_stored_webhooks(engine: &Arc<Engine>) -> anyhow::Result<usize> {
+    let (mut events, mut runs, mut ok, mut skipped) = (0, 0, 0, 0);
+    let deferred = loop {
+        let pass = engine.process_webhooks().await?;
+        if pass.events == 0 {
+            break pass.deferred;
+        }
+        events += pass.events;
+        skipped += pass.skipped;
+        runs += pass.runs.len();
+        let statuses = engine.execute_all(pass.runs).await?;
+        ok += statuses.iter().filter(|s| **s == store::RunStatus::Succeeded).count();
+    };
+    if events > 0 || deferred > 0 {
+        println!(
+            "webhook inbox: {events} stored event(s), {runs} run(s) ({ok} succeeded){}{}",
+            if skipped > 0 { format!(", {skipped} left out by `if` or already seen") } else { String::new() },
+            if deferred > 0 { format!(", {deferred} left for later (coalescing window open)") } else { String::new() },
+        );
+    }
+    Ok(runs - ok)
 }
 
 async fn wait_for_stop_signal() {
