@@ -56,6 +56,25 @@ async fn contact_lifecycle_is_visible_to_triggers() {
     })))
     .await;
     assert_eq!(by_tag["total"], 1, "{by_tag}");
+    for direction in ["asc", "desc"] {
+        let (s, sorted) = send(req(&c, &sb, Method::POST, "/contacts/search", V_CONTACTS).json(&json!({
+            "locationId": loc, "pageLimit": 500, "sort": [{"field": "firstName", "direction": direction}]
+        })))
+        .await;
+        assert_eq!(s, 200, "{sorted}");
+        let names: Vec<String> = sorted["contacts"]
+            .as_array()
+            .expect("contacts")
+            .iter()
+            .map(|c| c["firstName"].as_str().unwrap_or_default().to_lowercase())
+            .collect();
+        let mut expected = names.clone();
+        expected.sort();
+        if direction == "desc" {
+            expected.reverse();
+        }
+        assert!(names.len() > 1 && names == expected, "{direction}: {names:?}");
+    }
 
     let (s, task) = send(req(&c, &sb, Method::POST, &format!("/contacts/{id}/tasks"), V_CONTACTS).json(&json!({
         "title": "Call", "dueDate": "2030-01-01T00:00:00Z", "completed": false

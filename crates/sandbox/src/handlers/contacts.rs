@@ -267,15 +267,18 @@ fn search_contacts(ctx: &Ctx) -> Result<Reply, ApiError> {
     if let Some(sort) = ctx.b("sort").and_then(Value::as_array).and_then(|s| s.first()) {
         let field = sort.get("field").and_then(Value::as_str).unwrap_or("dateAdded").to_string();
         let desc = sort.get("direction").and_then(Value::as_str).is_some_and(|d| d.eq_ignore_ascii_case("desc"));
-        hits.sort_by(|a, b| {
-            let key = |r: &Record| r.get(&field).map(|v| v.to_string().to_lowercase()).unwrap_or_default();
-            let o = key(a).cmp(&key(b)).then_with(|| str_of(a, "id").cmp(&str_of(b, "id")));
+        // Each key is built once, not twice per comparison: a location can hold 10,000s.
+        let key = |r: &Record| r.get(&field).map(|v| v.to_string().to_lowercase()).unwrap_or_default();
+        let mut keyed: Vec<(String, &Record)> = hits.into_iter().map(|r| (key(r), r)).collect();
+        keyed.sort_by(|(ka, a), (kb, b)| {
+            let o = ka.cmp(kb).then_with(|| str_of(a, "id").cmp(&str_of(b, "id")));
             if desc {
                 o.reverse()
             } else {
                 o
             }
         });
+        hits = keyed.into_iter().map(|(_, r)| r).collect();
     }
     let total = hits.len();
     let start = match ctx.b("searchAfter").and_then(Value::as_array) {
