@@ -1,5 +1,10 @@
 //! `cargo bench -p store`: the store's hot paths with their durable flush.
 
+// flowd's allocator: sled allocates a copy of a B-tree node on every insert, so the
+// allocator is a good part of what is measured here.
+#[global_allocator]
+static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
@@ -97,12 +102,104 @@ fn flush_cost(c: &mut Criterion) {
     c.bench_function("flush with nothing dirty", |b| b.iter(|| s.flush().expect("flush")));
 }
 
+/// The store as the engine uses it under load: a 500-item page committed at once, and
+/// 64 runs' writes in one `update_runs` batch (one transaction, one flush). Throughput is
+/// per item or per run.
+fn batched(c: &mut Criterion) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = open(&dir);
+    let contact = |i: u64| {
+        json!({ "id": format!("c{i}"), "firstName": format!("New{i}"), "lastName": "Person",
+        "email": format!("new{i}@example.com"), "locationId": "loc", "dateAdded": "2026-11-27T08:00:00.000Z" })
+    };
+    let mut next = 0u64;
+    let mut g = c.benchmark_group("batched");
+    g.throughput(criterion::Throughput::Elements(500));
+    g.bench_function("commit_poll: 500 new items (one page, flushed)", |b| {
+        b.iter(|| {
+            let items = (next..next + 500)
+                .map(|i| PollItem { key: format!("c{i}"), run: Some(NewRun::new("welcome", contact(i))) })
+                .collect();
+            next += 500;
+            s.commit_poll(&PollCommit { trigger: "bench".into(), state: Some(json!({ "page": next })), items })
+                .expect("commit")
+        })
+    });
+    g.throughput(criterion::Throughput::Elements(64));
+    let request = json!({ "op": "contacts.create_task", "method": "POST", "path": "/contacts/c1/tasks",
+        "query": [], "body": { "title": "Welcome call with New1", "dueDate": "2026-11-29T08:00:00Z", "completed": false } });
+    let response = json!({ "task": { "id": "t1", "title": "Welcome call with New1", "contactId": "c1",
+        "dueDate": "2026-11-29T08:00:00Z", "completed": false } });
+    g.bench_function("update_runs: 64 runs start, then 64 finish (2 flushed batches)", |b| {
+        b.iter_batched(
+            || {
+                let items = (next..next + 64)
+                    .map(|i| PollItem { key: format!("c{i}"), run: Some(NewRun::new("welcome", contact(i))) })
+                    .collect();
+                next += 64;
+                let out = s.commit_poll(&PollCommit { trigger: "bench".into(), state: None, items }).expect("commit");
+                out.created.into_iter().map(|(_, id)| id).collect::<Vec<_>>()
+            },
+            |ids| {
+                let start: Vec<_> = ids
+                    .iter()
+                    .map(|id| {
+                        let changes = vec![
+                            RunChange::Expect { status: RunStatus::Pending },
+                            RunChange::Status { status: RunStatus::Running, error: None },
+                            RunChange::StepStarted { step: "task".into(), request: request.clone() },
+                        ];
+                        (*id, changes)
+                    })
+                    .collect();
+                assert!(s.update_runs(&start).expect("start").iter().all(Result::is_ok));
+                let finish: Vec<_> = ids
+                    .iter()
+                    .map(|id| {
+                        let changes = vec![
+                            RunChange::StepFinished {
+                                step: "task".into(),
+                                status: StepStatus::Succeeded,
+                                response: Some(response.clone()),
+                                error: None,
+                            },
+                            RunChange::Status { status: RunStatus::Succeeded, error: None },
+                        ];
+                        (*id, changes)
+                    })
+                    .collect();
+                assert!(s.update_runs(&finish).expect("finish").iter().all(Result::is_ok));
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    g.finish();
+}
+
+/// The floor under every store write: one sled insert (no transaction, no flush) of a
+/// run-record-sized value at the next key, as new runs arrive.
+fn sled_floor(c: &mut Criterion) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Ok(db) = sled::Config::new().path(dir.path().join("sled")).cache_capacity(64 << 20).open() else {
+        panic!("sled opens in a temp dir")
+    };
+    let tree = db.open_tree("runs").expect("tree");
+    let value = vec![b'x'; 600];
+    let mut next = 0u64;
+    c.bench_function("sled 0.34: Tree::insert of a 600-byte value at the next key (no flush)", |b| {
+        b.iter(|| {
+            next += 1;
+            tree.insert(next.to_be_bytes(), value.as_slice()).expect("insert")
+        })
+    });
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default()
         .sample_size(30)
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(4));
-    targets = poll_dedupe, run_bookkeeping, flush_cost
+    targets = poll_dedupe, run_bookkeeping, flush_cost, batched, sled_floor
 }
 criterion_main!(benches);
