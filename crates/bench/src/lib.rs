@@ -67,6 +67,16 @@ pub async fn sandbox(seed: Seed, rate_limit: sandbox::RateLimitConfig) -> Result
 /// client enforces GHL's 100 requests / 10 s per location (its default); else a limit
 /// no benchmark reaches, to match a sandbox with rate limits off.
 pub fn engine_for(sb: &Sandbox, store_dir: &Path, config: EngineConfig, limited: bool) -> Result<Arc<Engine>> {
+    engine_and_store(sb, store_dir, config, limited).map(|(engine, _)| engine)
+}
+
+/// [`engine_for`], also returning the engine's store (for its transaction times).
+pub fn engine_and_store(
+    sb: &Sandbox,
+    store_dir: &Path,
+    config: EngineConfig,
+    limited: bool,
+) -> Result<(Arc<Engine>, Arc<store::SledStore>)> {
     let metrics = Arc::new(Metrics::new());
     let mut client_config = ghl::ClientConfig::default();
     // As `flowd run` sets it: one idle connection per run in flight.
@@ -87,10 +97,11 @@ pub fn engine_for(sb: &Sandbox, store_dir: &Path, config: EngineConfig, limited:
         .context("base url")?
         .with_resource(sb.location_id());
     client.add_account(account);
-    let store = store::SledStore::create_or_open(store_dir).context("store")?;
+    let store = Arc::new(store::SledStore::create_or_open(store_dir).context("store")?);
     let catalog = Arc::new(catalog::Catalog::builtin().map_err(|e| anyhow!("catalog: {e:?}"))?);
     let accounts = vec![AccountInfo { name: "main".into(), location_id: sb.location_id().into() }];
-    Ok(Engine::new(catalog, client, Arc::new(store), accounts, BTreeMap::new(), config, metrics))
+    let engine = Engine::new(catalog, client, store.clone(), accounts, BTreeMap::new(), config, metrics);
+    Ok((engine, store))
 }
 
 /// Compiles a flow against the built-in catalog.

@@ -37,7 +37,7 @@ pub use model::{
     NewRun, NewRunFields, PollCommit, PollItem, PollOutcome, PruneStats, Retention, Run, RunChange, RunFilter, RunId,
     RunStatus, StepRecord, StepStatus, WebhookEvent,
 };
-pub use sled_store::SledStore;
+pub use sled_store::{LockTime, SledStore, TransactionTime};
 
 /// The engine's durable state. Methods are synchronous (sled is): call them
 /// from async code through `spawn_blocking`, or directly for the short reads.

@@ -49,6 +49,8 @@
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
@@ -165,11 +167,87 @@ impl GroupFlush {
     }
 }
 
+/// Time spent in sled transactions of one kind. sled 0.34 runs every transaction under one
+/// process-wide lock that its reads take too, so `held` summed over all kinds is time in
+/// which nothing else reads or writes the store.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LockTime {
+    /// From the first run of the transaction's closure (the lock is held) to its commit.
+    pub held: std::time::Duration,
+    /// From the call to the closure's first run: waiting for the lock.
+    pub waited: std::time::Duration,
+    pub transactions: u64,
+}
+
+/// [`SledStore::transaction_time`]: the engine's two hot transactions.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TransactionTime {
+    /// [`Store::commit_poll`].
+    pub polls: LockTime,
+    /// [`Store::update_runs`], the engine's writer batches.
+    pub updates: LockTime,
+}
+
+#[derive(Default)]
+struct TxTime {
+    polls: TxCounter,
+    updates: TxCounter,
+}
+
+#[derive(Default)]
+struct TxCounter {
+    held_ns: AtomicU64,
+    waited_ns: AtomicU64,
+    count: AtomicU64,
+}
+
+impl TxCounter {
+    fn start(&self) -> TxTimer<'_> {
+        let now = Instant::now();
+        TxTimer { counter: self, called: now, entered: std::cell::Cell::new(None) }
+    }
+
+    fn read(&self) -> LockTime {
+        LockTime {
+            held: std::time::Duration::from_nanos(self.held_ns.load(Ordering::Relaxed)),
+            waited: std::time::Duration::from_nanos(self.waited_ns.load(Ordering::Relaxed)),
+            transactions: self.count.load(Ordering::Relaxed),
+        }
+    }
+}
+
+struct TxTimer<'a> {
+    counter: &'a TxCounter,
+    called: Instant,
+    entered: std::cell::Cell<Option<Instant>>,
+}
+
+impl TxTimer<'_> {
+    /// At the top of the closure; a retry keeps the first entry.
+    fn entered(&self) {
+        if self.entered.get().is_none() {
+            self.entered.set(Some(Instant::now()));
+        }
+    }
+}
+
+impl Drop for TxTimer<'_> {
+    /// Right after the transaction returns: callers drop the timer there, or an error's `?` does.
+    fn drop(&mut self) {
+        let entered = self.entered.get().unwrap_or(self.called);
+        let ns = |d: std::time::Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        self.counter.held_ns.fetch_add(ns(entered.elapsed()), Ordering::Relaxed);
+        self.counter.waited_ns.fetch_add(ns(entered - self.called), Ordering::Relaxed);
+        self.counter.count.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
 pub struct SledStore {
     db: sled::Db,
     t: Trees,
     group: GroupFlush,
     open: OpenRuns,
+    tx_time: TxTime,
     root: Option<PathBuf>,
     store_id: String,
     clock: Clock,
@@ -227,6 +305,12 @@ impl SledStore {
 
     pub fn path(&self) -> Option<&Path> {
         self.root.as_deref()
+    }
+
+    /// How long poll commits and run-update batches have held sled's global transaction
+    /// lock, and waited for it, since the store was opened (see [`TransactionTime`]).
+    pub fn transaction_time(&self) -> TransactionTime {
+        TransactionTime { polls: self.tx_time.polls.read(), updates: self.tx_time.updates.read() }
     }
 
     fn open_at(root: &Path, create: bool) -> Result<SledStore> {
@@ -301,6 +385,7 @@ impl SledStore {
             t,
             group: GroupFlush::default(),
             open: OpenRuns::default(),
+            tx_time: TxTime::default(),
             root,
             store_id,
             clock: Clock::system(),
@@ -818,7 +903,9 @@ impl Store for SledStore {
         }
         let trees =
             (&self.t.seen, &self.t.triggers, &self.t.runs, &self.t.run_items, &self.t.run_status, &self.t.run_flow);
+        let timer = self.tx_time.polls.start();
         let outcome = trees.transaction(|(seen, triggers, runs, items, status, flow)| {
+            timer.entered();
             if let Some(state) = &state {
                 triggers.insert(commit.trigger.as_bytes(), state.as_slice())?;
             }
@@ -836,6 +923,7 @@ impl Store for SledStore {
             }
             Ok(outcome)
         })?;
+        drop(timer);
         // The engine's first write to each new run (usually within milliseconds) finds it
         // decoded. Runs of already-seen keys were never written; their ids stay unused.
         let created: HashSet<RunId> = outcome.created.iter().map(|(_, id)| *id).collect();
@@ -953,7 +1041,9 @@ impl Store for SledStore {
             batch.iter().map(|(id, changes)| Prepared::new(&self.open, *id, changes, now)).collect();
         let written = Written::default();
         let fast = std::cell::RefCell::new(Vec::new());
+        let timer = self.tx_time.updates.start();
         let results = trees.transaction(|(runs, status, retry)| {
+            timer.entered();
             written.restart();
             fast.borrow_mut().clear();
             let mut out = Vec::with_capacity(batch.len());
@@ -983,6 +1073,7 @@ impl Store for SledStore {
             }
             Ok(out)
         })?;
+        drop(timer);
         written.keep_in(&self.open);
         for i in fast.into_inner() {
             if let Some(p) = prepared[i].take() {

@@ -293,3 +293,28 @@ fn batched_updates_of_polled_runs_survive_a_reopen_with_their_indexes() {
     assert_eq!(by_status(RunStatus::Running), ids[2..].to_vec());
     assert!(by_status(RunStatus::Pending).is_empty());
 }
+
+#[test]
+fn transaction_time_counts_poll_commits_and_update_batches() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = store_in(&dir);
+    assert_eq!(s.transaction_time(), store::TransactionTime::default());
+    let items = (0..50)
+        .map(|i| store::PollItem { key: format!("k{i}"), run: Some(NewRun::new("f", json!({"i": i}))) })
+        .collect();
+    let out = s.commit_poll(&store::PollCommit { trigger: "t".into(), state: None, items }).unwrap();
+    let start: Vec<_> = out
+        .created
+        .iter()
+        .map(|(_, id)| (*id, vec![RunChange::Status { status: RunStatus::Running, error: None }]))
+        .collect();
+    s.update_runs(&start).unwrap();
+    s.update_runs(&start[..1]).unwrap();
+    let t = s.transaction_time();
+    assert_eq!((t.polls.transactions, t.updates.transactions), (1, 2));
+    // 50 runs written under the lock take measurable time; nothing else held it.
+    assert!(t.polls.held > std::time::Duration::ZERO && t.updates.held > std::time::Duration::ZERO, "{t:?}");
+    // Other writes are not counted.
+    s.put_tokens("a", &json!({"t": 1})).unwrap();
+    assert_eq!(s.transaction_time(), t);
+}

@@ -12,10 +12,12 @@
 //! item, the time from the poll's durable commit (detection) until its one-step run has
 //! succeeded (an upper bound on detection → first action: it includes the action's
 //! response and the final flush). Peak RSS and CPU time are the whole process's:
-//! the sandbox serving the requests runs in it too.
+//! the sandbox serving the requests runs in it too. Each throughput run also reports how
+//! long the poll's commits and the writers' batches held sled's process-wide transaction
+//! lock, and waited for it ([`store::SledStore::transaction_time`]).
 
 use anyhow::{bail, Context, Result};
-use bench::{compile, cpu_seconds, engine_for, peak_rss, quantile, sandbox, ONE_STEP, THREE_STEPS};
+use bench::{compile, cpu_seconds, engine_and_store, engine_for, peak_rss, quantile, sandbox, ONE_STEP, THREE_STEPS};
 use engine::EngineConfig;
 use sandbox::{RateLimitConfig, Seed};
 use std::time::{Duration, Instant};
@@ -81,12 +83,15 @@ struct Throughput {
     poll_ms: f64,
     total_ms: f64,
     cpu_s: f64,
+    /// sled's transaction lock in the timed window: (held, waited), ms.
+    lock_polls: (f64, f64),
+    lock_updates: (f64, f64),
 }
 
 async fn throughput(a: &Args) -> Result<Throughput> {
     let sb = sandbox(Seed::Contacts(0), RateLimitConfig::disabled()).await?;
     let dir = tempfile::tempdir()?;
-    let engine = engine_for(&sb, &dir.path().join("store"), config(a.concurrency, a.items), false)?;
+    let (engine, store) = engine_and_store(&sb, &dir.path().join("store"), config(a.concurrency, a.items), false)?;
     let text = if a.steps == 1 { ONE_STEP } else { THREE_STEPS };
     engine.set_flows(vec![compile(text)?])?;
     let (base, _) = engine.poll_and_run("welcome").await?;
@@ -96,12 +101,17 @@ async fn throughput(a: &Args) -> Result<Throughput> {
     add_contacts(&sb, 0, a.items)?;
     let tasks_before = sb.records("tasks").len();
     let cpu0 = cpu_seconds().unwrap_or(0.0);
+    let tx0 = store.transaction_time();
     let t0 = Instant::now();
     let (report, runs) = engine.poll_and_dispatch("welcome").await?;
     let poll = t0.elapsed();
     let statuses = engine::Engine::wait_for(runs).await?;
     let total = t0.elapsed();
     let cpu = cpu_seconds().unwrap_or(0.0) - cpu0;
+    let tx = store.transaction_time();
+    let ms = |now: store::LockTime, before: store::LockTime| {
+        ((now.held - before.held).as_secs_f64() * 1e3, (now.waited - before.waited).as_secs_f64() * 1e3)
+    };
     let ok = statuses.iter().filter(|s| **s == RunStatus::Succeeded).count();
     let tasks = sb.records("tasks").len() - tasks_before;
     if report.new != a.items || ok != a.items || tasks != a.items {
@@ -112,6 +122,8 @@ async fn throughput(a: &Args) -> Result<Throughput> {
         poll_ms: poll.as_secs_f64() * 1e3,
         total_ms: total.as_secs_f64() * 1e3,
         cpu_s: cpu,
+        lock_polls: ms(tx.polls, tx0.polls),
+        lock_updates: ms(tx.updates, tx0.updates),
     })
 }
 
@@ -177,6 +189,14 @@ async fn main() -> Result<()> {
             t.total_ms,
             t.cpu_s,
             t.cpu_s * 1e6 / a.items as f64
+        );
+        println!(
+            "         sled's transaction lock held {:.0} ms of it (poll commits {:.0}, run updates {:.0}); waited for: poll commits {:.0} ms, run updates {:.0} ms (summed over threads)",
+            t.lock_polls.0 + t.lock_updates.0,
+            t.lock_polls.0,
+            t.lock_updates.0,
+            t.lock_polls.1,
+            t.lock_updates.1
         );
         rates.push(t.items_per_s);
         cpus.push(t.cpu_s);
