@@ -24,6 +24,16 @@ fn raw(path: &Path) -> sled::Db {
     }
 }
 
+/// Writes format number `n` where a store of that format keeps it: meta and the marker file.
+fn mark_format(db: &sled::Db, path: &Path, n: u32) {
+    db.open_tree("meta").unwrap().insert("format", n.to_string().as_bytes()).unwrap();
+    db.flush().unwrap();
+    let marker_path = path.join("STORE");
+    let mut marker: Value = serde_json::from_slice(&std::fs::read(&marker_path).unwrap()).unwrap();
+    marker["format"] = json!(n);
+    std::fs::write(&marker_path, serde_json::to_vec(&marker).unwrap()).unwrap();
+}
+
 #[test]
 fn items_are_kept_apart_and_come_back_with_every_read() {
     let dir = tempfile::tempdir().unwrap();
@@ -72,12 +82,7 @@ fn a_format_1_store_opens_reads_updates_and_is_marked_format_3() {
         record["item"] = item.clone();
         runs.insert(key, serde_json::to_vec(&record).unwrap()).unwrap();
         items.remove(key).unwrap();
-        db.open_tree("meta").unwrap().insert("format", "1").unwrap();
-        db.flush().unwrap();
-        let marker_path = path.join("STORE");
-        let mut marker: Value = serde_json::from_slice(&std::fs::read(&marker_path).unwrap()).unwrap();
-        marker["format"] = json!(1);
-        std::fs::write(&marker_path, serde_json::to_vec(&marker).unwrap()).unwrap();
+        mark_format(&db, &path, 1);
     }
 
     let s = SledStore::open(&path).unwrap();
@@ -116,12 +121,7 @@ fn a_format_2_store_keeps_its_running_runs_and_is_marked_format_3() {
         assert!(status.remove(&key).unwrap().is_some());
         key[0] = b'r';
         status.insert(key, &[]).unwrap();
-        db.open_tree("meta").unwrap().insert("format", "2").unwrap();
-        db.flush().unwrap();
-        let marker_path = path.join("STORE");
-        let mut marker: Value = serde_json::from_slice(&std::fs::read(&marker_path).unwrap()).unwrap();
-        marker["format"] = json!(2);
-        std::fs::write(&marker_path, serde_json::to_vec(&marker).unwrap()).unwrap();
+        mark_format(&db, &path, 2);
     }
 
     let s = SledStore::open(&path).unwrap();
