@@ -63,7 +63,15 @@ pub async fn sandbox(seed: Seed, rate_limit: sandbox::RateLimitConfig) -> Result
     Sandbox::start(config).await.map_err(|e| anyhow!("sandbox: {e}"))
 }
 
-/// An engine talking to `sb`, with a real sled store at `store_dir`. `limited`: the
+/// The store backend the benches create: `BENCH_STORE=sled|fjall`, else flowd's default.
+pub fn store_backend() -> Result<store::Backend> {
+    match std::env::var("BENCH_STORE") {
+        Ok(name) => name.parse().map_err(|e: String| anyhow!("BENCH_STORE: {e}")),
+        Err(_) => Ok(store::Backend::FOR_NEW_STORES),
+    }
+}
+
+/// An engine talking to `sb`, with a real store at `store_dir` (see [`store_backend`]). `limited`: the
 /// client enforces GHL's 100 requests / 10 s per location (its default); else a limit
 /// no benchmark reaches, to match a sandbox with rate limits off.
 pub fn engine_for(sb: &Sandbox, store_dir: &Path, config: EngineConfig, limited: bool) -> Result<Arc<Engine>> {
@@ -76,7 +84,7 @@ pub fn engine_and_store(
     store_dir: &Path,
     config: EngineConfig,
     limited: bool,
-) -> Result<(Arc<Engine>, Arc<store::SledStore>)> {
+) -> Result<(Arc<Engine>, Arc<dyn store::Store>)> {
     let metrics = Arc::new(Metrics::new());
     let mut client_config = ghl::ClientConfig::default();
     // As `flowd run` sets it: one idle connection per run in flight.
@@ -97,7 +105,7 @@ pub fn engine_and_store(
         .context("base url")?
         .with_resource(sb.location_id());
     client.add_account(account);
-    let store = Arc::new(store::SledStore::create_or_open(store_dir).context("store")?);
+    let store = store::create_or_open(store_dir, store_backend()?).context("store")?;
     let catalog = Arc::new(catalog::Catalog::builtin().map_err(|e| anyhow!("catalog: {e:?}"))?);
     let accounts = vec![AccountInfo { name: "main".into(), location_id: sb.location_id().into() }];
     let engine = Engine::new(catalog, client, store.clone(), accounts, BTreeMap::new(), config, metrics);

@@ -18,6 +18,10 @@ pub mod webhooks;
 pub struct RawConfig {
     #[serde(default = "default_store")]
     pub store: PathBuf,
+    /// The embedded database a new store is created with (`fjall` or `sled`); an existing
+    /// store keeps the one it was created with.
+    #[serde(default = "default_store_backend")]
+    pub store_backend: store::Backend,
     #[serde(default = "default_flows")]
     pub flows: PathBuf,
     #[serde(default = "default_listen")]
@@ -121,6 +125,7 @@ pub struct RawRateLimit {
 pub struct Config {
     pub path: PathBuf,
     pub store: PathBuf,
+    pub store_backend: store::Backend,
     pub flows: PathBuf,
     pub listen: SocketAddr,
     pub concurrency: usize,
@@ -264,6 +269,7 @@ fn resolve(path: &Path, raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) ->
     Ok(Config {
         path: path.to_path_buf(),
         store: rel(&raw.store),
+        store_backend: raw.store_backend,
         flows: rel(&raw.flows),
         listen,
         concurrency: raw.concurrency,
@@ -304,6 +310,9 @@ pub fn expand(value: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Strin
 
 fn default_store() -> PathBuf {
     PathBuf::from("./flowd-data")
+}
+fn default_store_backend() -> store::Backend {
+    store::Backend::FOR_NEW_STORES
 }
 fn default_flows() -> PathBuf {
     PathBuf::from("./flows")

@@ -182,8 +182,8 @@ async fn oauth_connects_through_the_loopback_redirect_and_run_uses_the_stored_to
 
     // The tokens are in the store, and were never printed.
     {
-        let store = store::SledStore::open(store_path(dir.path())).expect("store");
-        let tokens = store::Store::get_tokens(&store, "oa").expect("read").expect("tokens stored");
+        let store = store::open(store_path(dir.path())).expect("store");
+        let tokens = store.get_tokens("oa").expect("read").expect("tokens stored");
         for key in ["access_token", "refresh_token"] {
             let secret = tokens[key].as_str().expect("a token");
             assert!(!secret.is_empty() && !printed.contains(secret) && !stderr.contains(secret), "{key} printed");
@@ -346,7 +346,7 @@ async fn bad_input_gets_a_clear_message_and_exit_1() {
 
     // While a service holds the store: PIT accounts are still checked, OAuth ones are
     // explained (not refreshed from here), and connecting says to stop the service.
-    let held = store::SledStore::create_or_open(store_path(dir.path())).expect("store");
+    let held = store::create_or_open(store_path(dir.path()), store::Backend::FOR_NEW_STORES).expect("store");
     let out = flowd(dir.path(), &["auth", "check", "--config", "flowd.yaml"], &[]).await;
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "{stdout}\n{stderr}");

@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-use store::{RunStatus, Store};
+use store::RunStatus;
 
 const TOKEN: &str = "pit-fault-test";
 const ITEMS: usize = 300;
@@ -149,7 +149,7 @@ impl Drop for Flowd {
 }
 
 fn reopen(dir: &Path) -> Vec<store::Run> {
-    let s = store::SledStore::open(dir.join("data")).expect("the store reopens");
+    let s = store::open(dir.join("data")).expect("the store reopens");
     s.list_runs(&store::RunFilter { limit: 100_000, ..Default::default() }).expect("runs")
 }
 

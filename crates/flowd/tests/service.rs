@@ -194,8 +194,8 @@ async fn serves_health_and_metrics_reloads_flows_and_stops_cleanly_on_sigterm() 
     assert!(svc.log().contains("stopped cleanly"), "{}", svc.log());
     // The store reopens: nothing is left half-written.
     let runs = {
-        let store = store::SledStore::open(store_path(svc.dir.path())).expect("store reopens after SIGTERM");
-        store::Store::list_runs(&store, &store::RunFilter { limit: 100, ..Default::default() }).expect("runs")
+        let store = store::open(store_path(svc.dir.path())).expect("store reopens after SIGTERM");
+        store.list_runs(&store::RunFilter { limit: 100, ..Default::default() }).expect("runs")
     };
     assert!(runs.iter().all(|r| r.status == store::RunStatus::Succeeded), "{runs:?}");
 
@@ -291,9 +291,8 @@ async fn sigkill_at_random_moments_loses_nothing() {
     svc.signal("-TERM");
     assert_eq!(svc.wait_exit(Duration::from_secs(15)), Some(0));
 
-    let store = store::SledStore::open(store_path(svc.dir.path())).expect("store reopens");
-    let runs =
-        store::Store::list_runs(&store, &store::RunFilter { limit: 10_000, ..Default::default() }).expect("runs");
+    let store = store::open(store_path(svc.dir.path())).expect("store reopens");
+    let runs = store.list_runs(&store::RunFilter { limit: 10_000, ..Default::default() }).expect("runs");
     assert_eq!(runs.len(), ITEMS, "one run per item, none lost, none created twice");
     let in_doubt = runs.iter().filter(|r| r.status == store::RunStatus::InDoubt).count();
     let succeeded = runs.iter().filter(|r| r.status == store::RunStatus::Succeeded).count();

@@ -123,10 +123,10 @@ async fn run_once_fires_the_events_a_stopped_service_left_in_its_inbox() {
     std::fs::write(dir.path().join("flowd.yaml"), yaml).expect("config");
     // What a service that stopped between receiving and processing leaves behind.
     {
-        let store = store::SledStore::create_or_open(dir.path().join("data")).expect("store");
+        let store = store::create_or_open(dir.path().join("data"), store::Backend::FOR_NEW_STORES).expect("store");
         let event = serde_json::json!({"type": "ContactCreate", "locationId": sb.location_id(), "id": id,
             "webhookId": "wh-1", "timestamp": chrono::Utc::now().to_rfc3339()});
-        assert!(store::Store::put_webhook_event(&store, "wh-1", &event).expect("stored"));
+        assert!(store.put_webhook_event("wh-1", &event).expect("stored"));
     }
     let once = || {
         Command::new(env!("CARGO_BIN_EXE_flowd"))

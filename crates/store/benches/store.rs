@@ -1,4 +1,5 @@
-//! `cargo bench -p store`: the store's hot paths with their durable flush.
+//! `cargo bench -p store`: the store's hot paths with their durable flush, on each backend
+//! (bench names start with `sled/` or `fjall/`).
 
 // flowd's allocator: sled allocates a copy of a B-tree node on every insert, so the
 // allocator is a good part of what is measured here.
@@ -9,23 +10,27 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use serde_json::json;
-use store::{NewRun, PollCommit, PollItem, RunChange, RunId, RunStatus, SledStore, StepStatus, Store};
+use store::{FjallStore, NewRun, OpenStore, PollCommit, PollItem, RunChange, RunId, RunStatus, SledStore, StepStatus};
 
-fn open(dir: &tempfile::TempDir) -> SledStore {
-    SledStore::create_or_open(dir.path().join("store")).expect("store")
+fn open<S: OpenStore>(dir: &tempfile::TempDir) -> S {
+    S::create_or_open(&dir.path().join("store")).expect("store")
+}
+
+fn name<S: OpenStore>(what: &str) -> String {
+    format!("{}/{what}", S::BACKEND)
 }
 
 /// One poll of 100 items of which 10 are new: check all 100, commit the 10
 /// (seen keys, cursor, 10 pending runs) and flush.
-fn poll_dedupe(c: &mut Criterion) {
+fn poll_dedupe<S: OpenStore>(c: &mut Criterion) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let s = open(&dir);
+    let s: S = open(&dir);
     let mut next = 0u64;
     // A window of 90 already-seen keys that slides with each poll.
     let seed: Vec<PollItem> = (0..90).map(|i| PollItem { key: format!("c{i}@2024"), run: None }).collect();
     s.commit_poll(&PollCommit { trigger: "bench".into(), state: None, items: seed }).expect("seed");
     next += 90;
-    c.bench_function("poll 100 items, 10 new: filter_unseen + commit_poll (flushed)", |b| {
+    c.bench_function(&name::<S>("poll 100 items, 10 new: filter_unseen + commit_poll (flushed)"), |b| {
         b.iter(|| {
             let keys: Vec<String> = (next - 90..next + 10).map(|i| format!("c{i}@2024")).collect();
             let unseen = s.filter_unseen("bench", &keys).expect("filter");
@@ -44,7 +49,7 @@ fn poll_dedupe(c: &mut Criterion) {
             next += 10;
         })
     });
-    c.bench_function("filter_unseen 100 keys (read only)", |b| {
+    c.bench_function(&name::<S>("filter_unseen 100 keys (read only)"), |b| {
         let keys: Vec<String> = (0..100).map(|i| format!("c{i}@2024")).collect();
         b.iter(|| s.filter_unseen("bench", &keys).expect("filter"))
     });
@@ -52,11 +57,11 @@ fn poll_dedupe(c: &mut Criterion) {
 
 /// A one-step run's bookkeeping: create, start (running + step sent, one
 /// flush), record the result and finish (one flush).
-fn run_bookkeeping(c: &mut Criterion) {
+fn run_bookkeeping<S: OpenStore>(c: &mut Criterion) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let s = open(&dir);
+    let s: S = open(&dir);
     let request = json!({ "method": "POST", "path": "/contacts/", "body": { "email": "a@b.c" } });
-    c.bench_function("run: create + start step + record result (3 flushes)", |b| {
+    c.bench_function(&name::<S>("run: create + start step + record result (3 flushes)"), |b| {
         b.iter(|| {
             let id = s.create_run(&NewRun::new("f", json!({ "id": "x" }))).expect("create");
             s.update_run(
@@ -85,11 +90,11 @@ fn run_bookkeeping(c: &mut Criterion) {
 }
 
 /// sled's flush alone: after one small write, and with nothing to write.
-fn flush_cost(c: &mut Criterion) {
+fn flush_cost<S: OpenStore>(c: &mut Criterion) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let s = open(&dir);
+    let s: S = open(&dir);
     let mut i = 0u64;
-    c.bench_function("flush after one small write (put_tokens)", |b| {
+    c.bench_function(&name::<S>("flush after one small write (put_tokens)"), |b| {
         b.iter_batched(
             || {
                 i += 1;
@@ -99,21 +104,21 @@ fn flush_cost(c: &mut Criterion) {
             BatchSize::SmallInput,
         )
     });
-    c.bench_function("flush with nothing dirty", |b| b.iter(|| s.flush().expect("flush")));
+    c.bench_function(&name::<S>("flush with nothing dirty"), |b| b.iter(|| s.flush().expect("flush")));
 }
 
 /// The store as the engine uses it under load: a 500-item page committed at once, and
 /// 64 runs' writes in one `update_runs` batch (one transaction, one flush). Throughput is
 /// per item or per run.
-fn batched(c: &mut Criterion) {
+fn batched<S: OpenStore>(c: &mut Criterion) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let s = open(&dir);
+    let s: S = open(&dir);
     let contact = |i: u64| {
         json!({ "id": format!("c{i}"), "firstName": format!("New{i}"), "lastName": "Person",
         "email": format!("new{i}@example.com"), "locationId": "loc", "dateAdded": "2026-11-27T08:00:00.000Z" })
     };
     let mut next = 0u64;
-    let mut g = c.benchmark_group("batched");
+    let mut g = c.benchmark_group(name::<S>("batched"));
     g.throughput(criterion::Throughput::Elements(500));
     // Inputs are built outside the timed part: only the store's work is measured.
     let page = |next: &mut u64| -> Vec<PollItem> {
@@ -204,6 +209,8 @@ criterion_group! {
         .sample_size(30)
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(4));
-    targets = poll_dedupe, run_bookkeeping, flush_cost, batched, sled_floor
+    targets = poll_dedupe::<SledStore>, run_bookkeeping::<SledStore>, flush_cost::<SledStore>, batched::<SledStore>,
+        poll_dedupe::<FjallStore>, run_bookkeeping::<FjallStore>, flush_cost::<FjallStore>, batched::<FjallStore>,
+        sled_floor
 }
 criterion_main!(benches);

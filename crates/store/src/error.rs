@@ -45,6 +45,15 @@ pub enum StoreError {
 
     #[error("database: {0}")]
     Db(#[from] sled::Error),
+
+    #[error("database: {0}")]
+    Fjall(#[from] fjall::Error),
+}
+
+impl From<fjall::LsmError> for StoreError {
+    fn from(e: fjall::LsmError) -> Self {
+        StoreError::Fjall(fjall::Error::Storage(e))
+    }
 }
 
 impl From<sled::transaction::TransactionError<StoreError>> for StoreError {

@@ -3,7 +3,9 @@
 //! ```text
 //! <path>/          0700
 //! <path>/STORE     marker: {"format":1,"store_id":..,"created_at":..}  0600
-//! <path>/db/       sled's files (0700 dir, 0600 files)
+//! <path>/db/       sled's files (0700 dir, 0600 files), for a sled store
+//! <path>/fjall/    fjall's files, for a fjall store (see [`Backend`])
+//! <path>/LOCK      held (flock) while a fjall store is open; sled locks its own files
 //! ```
 //!
 //! The marker sits *beside* the database, not in it, so that losing the
@@ -38,6 +40,59 @@ pub const FORMAT_2: u32 = 2;
 
 pub const MARKER_FILE: &str = "STORE";
 pub const DB_DIR: &str = "db";
+pub const FJALL_DIR: &str = "fjall";
+pub const LOCK_FILE: &str = "LOCK";
+
+/// The embedded database a store keeps its data in. Chosen when the store is created and
+/// recorded in its marker; every later open follows the marker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// sled 0.34: the original backend. Markers written before backends existed name none
+    /// and mean this one.
+    Sled,
+    /// fjall 2 (an LSM tree with a journal): several times cheaper durable writes, and no
+    /// process-wide lock that readers wait for.
+    Fjall,
+}
+
+impl Backend {
+    /// What new stores are created with unless configured otherwise: fjall, whose durable
+    /// writes cost a fraction of sled's (BENCHMARKS.md, "Store backends").
+    pub const FOR_NEW_STORES: Backend = Backend::Fjall;
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Sled => "sled",
+            Backend::Fjall => "fjall",
+        }
+    }
+
+    /// The directory inside the store that holds this backend's files.
+    pub fn dir_name(self) -> &'static str {
+        match self {
+            Backend::Sled => DB_DIR,
+            Backend::Fjall => FJALL_DIR,
+        }
+    }
+}
+
+impl std::str::FromStr for Backend {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "sled" => Ok(Backend::Sled),
+            "fjall" => Ok(Backend::Fjall),
+            other => Err(format!("unknown store backend {other:?} (known: sled, fjall)")),
+        }
+    }
+}
+
+impl std::fmt::Display for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
 
 pub const META_FORMAT: &[u8] = b"format";
 pub const META_STORE_ID: &[u8] = b"store_id";
@@ -45,18 +100,42 @@ pub const META_CREATED_AT: &[u8] = b"created_at";
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Marker {
+    #[serde(default = "before_backends")]
+    pub engine: Backend,
     pub format: u32,
     pub store_id: String,
     pub created_at: DateTime<Utc>,
 }
 
-/// What the directory looked like before sled was opened.
+/// A marker written before backends existed: sled was the only one.
+fn before_backends() -> Backend {
+    Backend::Sled
+}
+
+/// What the directory looked like before the database was opened.
 pub struct Found {
     pub marker: Option<Marker>,
 }
 
-pub fn db_dir(root: &Path) -> PathBuf {
-    root.join(DB_DIR)
+pub fn db_dir(root: &Path, backend: Backend) -> PathBuf {
+    root.join(backend.dir_name())
+}
+
+/// The backend of the store at `root` if one was ever created there: the marker's, or
+/// for a creation that stopped before its marker, the one whose directory exists.
+pub fn existing_backend(root: &Path) -> Result<Option<Backend>> {
+    if !root.is_dir() {
+        return Ok(None);
+    }
+    if let Some(m) = read_marker(root)? {
+        return Ok(Some(m.engine));
+    }
+    for b in [Backend::Fjall, Backend::Sled] {
+        if db_dir(root, b).is_dir() {
+            return Ok(Some(b));
+        }
+    }
+    Ok(None)
 }
 
 fn io(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> StoreError {
@@ -70,7 +149,7 @@ pub fn damaged(root: &Path, reason: impl Into<String>) -> StoreError {
 
 /// Inspects `root` without changing it, then makes sure the directories exist
 /// with private permissions (creating them only when `create` is set).
-pub fn prepare(root: &Path, create: bool) -> Result<Found> {
+pub fn prepare(root: &Path, create: bool, backend: Backend) -> Result<Found> {
     if !root.exists() {
         if !create {
             return Err(StoreError::NotFound {
@@ -84,7 +163,17 @@ pub fn prepare(root: &Path, create: bool) -> Result<Found> {
     }
 
     let marker = read_marker(root)?;
-    let db_present = db_has_data_file(root)?;
+    if let Some(m) = &marker {
+        if m.engine != backend {
+            return Err(StoreError::Invalid(format!(
+                "the store at {} is a {} store, not {}",
+                root.display(),
+                m.engine,
+                backend
+            )));
+        }
+    }
+    let db_present = db_has_data_file(root, backend)?;
 
     match (&marker, db_present) {
         (Some(m), false) => {
@@ -94,7 +183,7 @@ pub fn prepare(root: &Path, create: bool) -> Result<Found> {
                     "the marker file says store {} was created here on {}, but its database ({}/) is missing or empty",
                     m.store_id,
                     m.created_at.to_rfc3339(),
-                    DB_DIR
+                    backend.dir_name()
                 ),
             ))
         }
@@ -102,9 +191,9 @@ pub fn prepare(root: &Path, create: bool) -> Result<Found> {
             let foreign = fs::read_dir(root)
                 .map_err(io("read directory", root))?
                 .filter_map(|e| e.ok())
-                // An empty db/ directory is what a crash right after creating
-                // it leaves: nothing was ever stored.
-                .any(|e| e.file_name() != DB_DIR);
+                // An empty database directory (or a lock file) is what a crash right
+                // after creating it leaves: nothing was ever stored.
+                .any(|e| e.file_name() != backend.dir_name() && e.file_name() != LOCK_FILE);
             if foreign {
                 return Err(StoreError::NotAStore { path: root.to_path_buf() });
             }
@@ -118,17 +207,20 @@ pub fn prepare(root: &Path, create: bool) -> Result<Found> {
         _ => {}
     }
 
-    let db = db_dir(root);
+    let db = db_dir(root, backend);
     if !db.exists() {
         make_private_dir(&db)?;
     }
     Ok(Found { marker })
 }
 
-/// sled 0.34 keeps its log in `db/db`; a missing or zero-length file means no
-/// database, whatever else the directory holds.
-fn db_has_data_file(root: &Path) -> Result<bool> {
-    let file = db_dir(root).join("db");
+/// sled 0.34 keeps its log in `db/db`, fjall its format marker in `fjall/version`; a
+/// missing or zero-length file means no database, whatever else the directory holds.
+fn db_has_data_file(root: &Path, backend: Backend) -> Result<bool> {
+    let file = match backend {
+        Backend::Sled => db_dir(root, backend).join("db"),
+        Backend::Fjall => db_dir(root, backend).join("version"),
+    };
     match fs::metadata(&file) {
         Ok(m) => Ok(m.is_file() && m.len() > 0),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
@@ -136,7 +228,7 @@ fn db_has_data_file(root: &Path) -> Result<bool> {
     }
 }
 
-fn read_marker(root: &Path) -> Result<Option<Marker>> {
+pub fn read_marker(root: &Path) -> Result<Option<Marker>> {
     let path = root.join(MARKER_FILE);
     let bytes = match fs::read(&path) {
         Ok(b) => b,

@@ -19,7 +19,9 @@
 //! crates' tests.
 
 pub mod clock;
+mod commit;
 pub mod error;
+pub mod fjall_store;
 mod keys;
 pub mod layout;
 pub mod model;
@@ -28,16 +30,79 @@ pub mod sled_store;
 mod time_format;
 mod transitions;
 
+use std::path::Path;
+use std::sync::Arc;
+
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
 pub use clock::Clock;
+pub use commit::{LockTime, TransactionTime};
 pub use error::{Result, StoreError};
+pub use fjall_store::FjallStore;
+pub use layout::Backend;
 pub use model::{
     NewRun, NewRunFields, PollCommit, PollItem, PollOutcome, PruneStats, Retention, Run, RunChange, RunFilter, RunId,
     RunStatus, StepRecord, StepStatus, WebhookEvent,
 };
-pub use sled_store::{LockTime, SledStore, TransactionTime};
+pub use sled_store::SledStore;
+
+/// Opens the store at `path` with the backend that created it (its marker says which).
+/// A missing store is an error: see [`create_or_open`].
+pub fn open(path: impl AsRef<Path>) -> Result<Arc<dyn Store>> {
+    let path = path.as_ref();
+    Ok(match layout::existing_backend(path)?.unwrap_or(Backend::FOR_NEW_STORES) {
+        Backend::Sled => Arc::new(SledStore::open(path)?),
+        Backend::Fjall => Arc::new(FjallStore::open(path)?),
+    })
+}
+
+/// Opens the store at `path` with the backend that created it, or creates one with
+/// `backend` if there is none yet. The backend of an existing store never changes.
+pub fn create_or_open(path: impl AsRef<Path>, backend: Backend) -> Result<Arc<dyn Store>> {
+    let path = path.as_ref();
+    Ok(match layout::existing_backend(path)?.unwrap_or(backend) {
+        Backend::Sled => Arc::new(SledStore::create_or_open(path)?),
+        Backend::Fjall => Arc::new(FjallStore::create_or_open(path)?),
+    })
+}
+
+/// The constructors every backend has, for code (tests, benches) that runs against each.
+pub trait OpenStore: Store + Sized + 'static {
+    const BACKEND: Backend;
+    fn open(path: &Path) -> Result<Self>;
+    fn create_or_open(path: &Path) -> Result<Self>;
+    /// A throw-away store, deleted on drop.
+    fn temporary() -> Result<Self>;
+    fn with_clock(self, clock: Clock) -> Self;
+    /// `None` for a temporary store.
+    fn path(&self) -> Option<&Path>;
+}
+
+macro_rules! open_store {
+    ($ty:ty, $backend:expr) => {
+        impl OpenStore for $ty {
+            const BACKEND: Backend = $backend;
+            fn open(path: &Path) -> Result<Self> {
+                <$ty>::open(path)
+            }
+            fn create_or_open(path: &Path) -> Result<Self> {
+                <$ty>::create_or_open(path)
+            }
+            fn temporary() -> Result<Self> {
+                <$ty>::temporary()
+            }
+            fn with_clock(self, clock: Clock) -> Self {
+                <$ty>::with_clock(self, clock)
+            }
+            fn path(&self) -> Option<&Path> {
+                <$ty>::path(self)
+            }
+        }
+    };
+}
+open_store!(SledStore, Backend::Sled);
+open_store!(FjallStore, Backend::Fjall);
 
 /// The engine's durable state. Methods are synchronous (sled is): call them
 /// from async code through `spawn_blocking`, or directly for the short reads.
@@ -151,4 +216,13 @@ pub trait Store: Send + Sync {
     /// Forces everything written so far to disk. Every changing method already
     /// does this; it is here for callers that want an explicit point.
     fn flush(&self) -> Result<()>;
+
+    /// How long the engine's hot write transactions held the backend's writer lock, and
+    /// waited for it, since the store was opened (see [`TransactionTime`]).
+    fn transaction_time(&self) -> TransactionTime {
+        TransactionTime::default()
+    }
+
+    /// The embedded database behind this store.
+    fn backend(&self) -> Backend;
 }

@@ -16,34 +16,40 @@ use crate::model::{Run, RunId, RunStatus};
 /// on update instead of holding them all in memory.
 const MAX_ENTRIES: usize = 16_384;
 
-struct Entry {
-    bytes: sled::IVec,
+struct Entry<B> {
+    bytes: B,
     run: Run,
 }
 
-#[derive(Default)]
-pub(crate) struct OpenRuns {
-    entries: Mutex<HashMap<RunId, Entry>>,
+/// `B` is the backend's own byte container (cheap to clone: both are reference counted).
+pub(crate) struct OpenRuns<B = sled::IVec> {
+    entries: Mutex<HashMap<RunId, Entry<B>>>,
 }
 
-impl OpenRuns {
+impl<B> Default for OpenRuns<B> {
+    fn default() -> Self {
+        OpenRuns { entries: Mutex::new(HashMap::new()) }
+    }
+}
+
+impl<B: AsRef<[u8]>> OpenRuns<B> {
     /// The decoded record of `id` if `stored` is what it was made from; the entry leaves
     /// the cache either way (an update puts the new version back).
     pub(crate) fn take(&self, id: RunId, stored: &[u8]) -> Option<Run> {
         let entry = self.entries.lock().unwrap_or_else(PoisonError::into_inner).remove(&id)?;
-        (entry.bytes == stored).then_some(entry.run)
+        (entry.bytes.as_ref() == stored).then_some(entry.run)
     }
 
     /// The entry of `id` and the bytes it was made from, whatever is stored now: for work
     /// done before a transaction, which checks the bytes once inside it.
-    pub(crate) fn take_any(&self, id: RunId) -> Option<(sled::IVec, Run)> {
+    pub(crate) fn take_any(&self, id: RunId) -> Option<(B, Run)> {
         let entry = self.entries.lock().unwrap_or_else(PoisonError::into_inner).remove(&id)?;
         Some((entry.bytes, entry.run))
     }
 
     /// Keeps `run`, stored as `bytes`, while it is open (pending or running); a run that
     /// reached any other status is dropped, since only the engine's next write needs it.
-    pub(crate) fn keep(&self, bytes: sled::IVec, run: Run) {
+    pub(crate) fn keep(&self, bytes: B, run: Run) {
         let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
         if !matches!(run.status, RunStatus::Pending | RunStatus::Running) {
             entries.remove(&run.id);
@@ -73,7 +79,7 @@ mod tests {
 
     #[test]
     fn an_entry_serves_only_the_bytes_it_was_made_from() {
-        let open = OpenRuns::default();
+        let open: OpenRuns = OpenRuns::default();
         open.keep(sled::IVec::from(&b"v1"[..]), run(1, RunStatus::Pending));
         // Someone else wrote v2: the entry misses and is gone.
         assert!(open.take(RunId(1), b"v2").is_none());
@@ -85,7 +91,7 @@ mod tests {
 
     #[test]
     fn finished_runs_leave_and_the_cache_is_bounded() {
-        let open = OpenRuns::default();
+        let open: OpenRuns = OpenRuns::default();
         open.keep(sled::IVec::from(&b"a"[..]), run(1, RunStatus::Running));
         open.keep(sled::IVec::from(&b"b"[..]), run(1, RunStatus::Succeeded));
         assert_eq!(open.len(), 0);

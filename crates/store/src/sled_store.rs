@@ -49,8 +49,6 @@
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
@@ -58,9 +56,10 @@ use sled::transaction::{ConflictableTransactionError, ConflictableTransactionRes
 use sled::{Transactional, Tree};
 
 use crate::clock::Clock;
+use crate::commit::{GroupFlush, TransactionTime, TxTime};
 use crate::error::{Result, StoreError};
 use crate::keys::{self, decode_json, encode_json};
-use crate::layout::{self, Marker, FORMAT, FORMAT_1, FORMAT_2, META_CREATED_AT, META_FORMAT, META_STORE_ID};
+use crate::layout::{self, Backend, Marker, FORMAT, FORMAT_1, FORMAT_2, META_CREATED_AT, META_FORMAT, META_STORE_ID};
 use crate::model::*;
 use crate::open_runs::OpenRuns;
 use crate::transitions;
@@ -113,132 +112,6 @@ impl Trees {
             webhooks: db.open_tree(T_WEBHOOKS)?,
             webhook_queue: db.open_tree(T_WEBHOOK_QUEUE)?,
         })
-    }
-}
-
-/// Group commit: tickets taken after a transaction commits, and the highest
-/// ticket known to be on disk.
-#[derive(Default)]
-struct GroupFlush {
-    state: std::sync::Mutex<FlushState>,
-    done: std::sync::Condvar,
-}
-
-#[derive(Default)]
-struct FlushState {
-    /// Tickets handed out so far (each after its caller's writes).
-    issued: u64,
-    /// Every ticket up to this one is durable.
-    durable: u64,
-    /// A caller is running `Db::flush` right now.
-    flushing: bool,
-}
-
-impl GroupFlush {
-    /// Returns once every write made before the call is on disk, running
-    /// `flush` (for everyone waiting) or waiting for a flush that started
-    /// after the call.
-    fn flush(&self, flush: impl Fn() -> Result<()>) -> Result<()> {
-        let lock = || self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let mut st = lock();
-        st.issued += 1;
-        let ticket = st.issued;
-        loop {
-            if st.durable >= ticket {
-                return Ok(());
-            }
-            if !st.flushing {
-                // Lead: this flush covers every ticket issued so far.
-                st.flushing = true;
-                let target = st.issued;
-                drop(st);
-                let result = flush();
-                st = lock();
-                st.flushing = false;
-                if result.is_ok() {
-                    st.durable = st.durable.max(target);
-                }
-                self.done.notify_all();
-                // On failure, waiters retry with a flush of their own.
-                return result;
-            }
-            st = self.done.wait(st).unwrap_or_else(std::sync::PoisonError::into_inner);
-        }
-    }
-}
-
-/// Time spent in sled transactions of one kind. sled 0.34 runs every transaction under one
-/// process-wide lock that its reads take too, so `held` summed over all kinds is time in
-/// which nothing else reads or writes the store.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct LockTime {
-    /// From the first run of the transaction's closure (the lock is held) to its commit.
-    pub held: std::time::Duration,
-    /// From the call to the closure's first run: waiting for the lock.
-    pub waited: std::time::Duration,
-    pub transactions: u64,
-}
-
-/// [`SledStore::transaction_time`]: the engine's two hot transactions.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct TransactionTime {
-    /// [`Store::commit_poll`].
-    pub polls: LockTime,
-    /// [`Store::update_runs`], the engine's writer batches.
-    pub updates: LockTime,
-}
-
-#[derive(Default)]
-struct TxTime {
-    polls: TxCounter,
-    updates: TxCounter,
-}
-
-#[derive(Default)]
-struct TxCounter {
-    held_ns: AtomicU64,
-    waited_ns: AtomicU64,
-    count: AtomicU64,
-}
-
-impl TxCounter {
-    fn start(&self) -> TxTimer<'_> {
-        let now = Instant::now();
-        TxTimer { counter: self, called: now, entered: std::cell::Cell::new(None) }
-    }
-
-    fn read(&self) -> LockTime {
-        LockTime {
-            held: std::time::Duration::from_nanos(self.held_ns.load(Ordering::Relaxed)),
-            waited: std::time::Duration::from_nanos(self.waited_ns.load(Ordering::Relaxed)),
-            transactions: self.count.load(Ordering::Relaxed),
-        }
-    }
-}
-
-struct TxTimer<'a> {
-    counter: &'a TxCounter,
-    called: Instant,
-    entered: std::cell::Cell<Option<Instant>>,
-}
-
-impl TxTimer<'_> {
-    /// At the top of the closure; a retry keeps the first entry.
-    fn entered(&self) {
-        if self.entered.get().is_none() {
-            self.entered.set(Some(Instant::now()));
-        }
-    }
-}
-
-impl Drop for TxTimer<'_> {
-    /// Right after the transaction returns: callers drop the timer there, or an error's `?` does.
-    fn drop(&mut self) {
-        let entered = self.entered.get().unwrap_or(self.called);
-        let ns = |d: std::time::Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
-        self.counter.held_ns.fetch_add(ns(entered.elapsed()), Ordering::Relaxed);
-        self.counter.waited_ns.fetch_add(ns(entered - self.called), Ordering::Relaxed);
-        self.counter.count.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -307,14 +180,8 @@ impl SledStore {
         self.root.as_deref()
     }
 
-    /// How long poll commits and run-update batches have held sled's global transaction
-    /// lock, and waited for it, since the store was opened (see [`TransactionTime`]).
-    pub fn transaction_time(&self) -> TransactionTime {
-        TransactionTime { polls: self.tx_time.polls.read(), updates: self.tx_time.updates.read() }
-    }
-
     fn open_at(root: &Path, create: bool) -> Result<SledStore> {
-        let found = layout::prepare(root, create)?;
+        let found = layout::prepare(root, create, Backend::Sled)?;
         let db = open_sled(root)?;
         layout::restrict_permissions(root)?;
 
@@ -581,7 +448,7 @@ fn open_sled(root: &Path) -> Result<sled::Db> {
     let started = std::time::Instant::now();
     loop {
         let opened = sled::Config::new()
-            .path(layout::db_dir(root))
+            .path(layout::db_dir(root, Backend::Sled))
             .cache_capacity(CACHE_BYTES)
             .open()
             .map_err(|e| map_open_error(root, e));
@@ -641,11 +508,16 @@ fn read_meta(meta: &Tree) -> std::result::Result<Option<Marker>, String> {
     let created_at = DateTime::parse_from_rfc3339(&text(created, "creation time")?)
         .map_err(|_| "its meta creation time is not a time".to_string())?
         .with_timezone(&Utc);
-    Ok(Some(Marker { format, store_id, created_at }))
+    Ok(Some(Marker { engine: Backend::Sled, format, store_id, created_at }))
 }
 
 fn init_meta(meta: &Tree, clock: &Clock) -> Result<Marker> {
-    let m = Marker { format: FORMAT, store_id: uuid::Uuid::new_v4().to_string(), created_at: clock.now() };
+    let m = Marker {
+        engine: Backend::Sled,
+        format: FORMAT,
+        store_id: uuid::Uuid::new_v4().to_string(),
+        created_at: clock.now(),
+    };
     meta.transaction(|t| {
         t.insert(META_FORMAT, m.format.to_string().as_bytes())?;
         t.insert(META_STORE_ID, m.store_id.as_bytes())?;
@@ -1266,5 +1138,14 @@ impl Store for SledStore {
 
     fn flush(&self) -> Result<()> {
         self.durable()
+    }
+
+    /// Poll commits' and run-update batches' hold on sled's global transaction lock.
+    fn transaction_time(&self) -> TransactionTime {
+        TransactionTime { polls: self.tx_time.polls.read(), updates: self.tx_time.updates.read() }
+    }
+
+    fn backend(&self) -> Backend {
+        Backend::Sled
     }
 }

@@ -11,9 +11,10 @@ use std::time::{Duration, Instant};
 
 use rand::Rng;
 use serde_json::json;
-use store::{NewRun, PollCommit, PollItem, RunChange, RunFilter, RunId, RunStatus, SledStore, StepStatus, Store};
+use store::{Backend, NewRun, PollCommit, PollItem, RunChange, RunFilter, RunId, RunStatus, StepStatus};
 
 const CHILD_ENV: &str = "FLOWD_STORE_CRASH_CHILD_DIR";
+const CHILD_BACKEND_ENV: &str = "FLOWD_STORE_CRASH_CHILD_BACKEND";
 const TRIGGER: &str = "crash-flow:abc123";
 const ITEMS_PER_POLL: usize = 10;
 const RUNS_PER_POLL: usize = 2;
@@ -29,7 +30,8 @@ fn crash_child() {
     let Ok(dir) = std::env::var(CHILD_ENV) else {
         return;
     };
-    let s = SledStore::create_or_open(&dir).expect("open store");
+    let backend: Backend = std::env::var(CHILD_BACKEND_ENV).expect("backend").parse().expect("backend name");
+    let s = store::create_or_open(&dir, backend).expect("open store");
     let mut n = match s.trigger_state(TRIGGER).expect("state") {
         Some(v) => v["n"].as_u64().expect("n") + 1,
         None => 0,
@@ -71,10 +73,11 @@ struct Reported {
     sent: Vec<RunId>,
 }
 
-fn run_child_and_kill(dir: &Path, kill_after: Duration) -> Reported {
+fn run_child_and_kill(dir: &Path, backend: Backend, kill_after: Duration) -> Reported {
     let mut child = Command::new(std::env::current_exe().unwrap())
         .args(["--ignored", "--exact", "crash_child", "--nocapture", "--test-threads=1"])
         .env(CHILD_ENV, dir)
+        .env(CHILD_BACKEND_ENV, backend.name())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -125,17 +128,27 @@ fn run_child_and_kill(dir: &Path, kill_after: Duration) -> Reported {
 }
 
 #[test]
-fn crash_then_reopen_keeps_everything_reported() {
+fn crash_then_reopen_keeps_everything_reported_sled() {
+    crash_then_reopen_keeps_everything_reported(Backend::Sled);
+}
+
+#[test]
+fn crash_then_reopen_keeps_everything_reported_fjall() {
+    crash_then_reopen_keeps_everything_reported(Backend::Fjall);
+}
+
+fn crash_then_reopen_keeps_everything_reported(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("store");
     let mut rng = rand::rng();
     let mut total_commits = 0;
     for round in 0..4 {
         let kill_after = Duration::from_millis(rng.random_range(10..400));
-        let rep = run_child_and_kill(&path, kill_after);
+        let rep = run_child_and_kill(&path, backend, kill_after);
         total_commits += rep.commits.len();
 
-        let s = SledStore::open(&path).expect("store reopens after SIGKILL");
+        let s = store::open(&path).expect("store reopens after SIGKILL");
+        assert_eq!(s.backend(), backend);
         let state_n = s.trigger_state(TRIGGER).unwrap().unwrap()["n"].as_u64().unwrap();
         for (n, ids) in &rep.commits {
             assert!(*n <= state_n, "round {round}: reported poll {n}, state says {state_n}");
@@ -166,7 +179,7 @@ fn crash_then_reopen_keeps_everything_reported() {
         ids.dedup();
         assert_eq!(ids.len(), runs.len(), "run ids unique across crashes");
         eprintln!(
-            "round {round}: killed after {kill_after:?}, {} polls and {} step starts reported, {} polls stored",
+            "{backend} round {round}: killed after {kill_after:?}, {} polls and {} step starts reported, {} polls stored",
             rep.commits.len(),
             rep.sent.len(),
             state_n + 1

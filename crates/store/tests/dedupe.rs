@@ -1,13 +1,13 @@
+#[macro_use]
 mod common;
 
 use common::*;
 use serde_json::json;
-use store::{PollCommit, PollItem, RunFilter, RunStatus, SledStore, Store, StoreError};
+use store::{OpenStore, PollCommit, PollItem, RunFilter, RunStatus, Store, StoreError};
 
-#[test]
-fn unseen_keys_are_reported_per_trigger_until_committed() {
+fn unseen_keys_are_reported_per_trigger_until_committed<S: OpenStore>() {
     let dir = tempfile::tempdir().unwrap();
-    let s = store_in(&dir);
+    let s = store_in::<S>(&dir);
     let ks = keys(&["a", "b@2024-01-01", "c#abc"]);
     assert_eq!(s.filter_unseen("t1", &ks).unwrap(), vec![true, true, true]);
     assert_eq!(s.filter_unseen("t1", &[]).unwrap(), Vec::<bool>::new());
@@ -25,11 +25,10 @@ fn unseen_keys_are_reported_per_trigger_until_committed() {
     assert!(s.seen_at("t1", "b@2024-01-01").unwrap().is_none());
 }
 
-#[test]
-fn poll_commit_creates_pending_runs_with_item_key_and_trigger() {
+fn poll_commit_creates_pending_runs_with_item_key_and_trigger<S: OpenStore>() {
     let dir = tempfile::tempdir().unwrap();
     let clock = ManualClock::new();
-    let s = store_in(&dir).with_clock(clock.clock());
+    let s = store_in::<S>(&dir).with_clock(clock.clock());
     let out = s.commit_poll(&poll("trig", "flow-a", &["k1", "k2"], None)).unwrap();
     let (key, id) = &out.created[1];
     assert_eq!(key, "k2");
@@ -46,10 +45,9 @@ fn poll_commit_creates_pending_runs_with_item_key_and_trigger() {
     assert_eq!(s.trigger_state("trig").unwrap(), None);
 }
 
-#[test]
-fn baseline_items_are_recorded_without_runs() {
+fn baseline_items_are_recorded_without_runs<S: OpenStore>() {
     let dir = tempfile::tempdir().unwrap();
-    let s = store_in(&dir);
+    let s = store_in::<S>(&dir);
     let commit = PollCommit {
         trigger: "t".into(),
         state: Some(json!({"baseline": true})),
@@ -61,10 +59,9 @@ fn baseline_items_are_recorded_without_runs() {
     assert!(s.list_runs(&RunFilter::default()).unwrap().is_empty());
 }
 
-#[test]
-fn a_key_already_seen_never_gets_a_second_run() {
+fn a_key_already_seen_never_gets_a_second_run<S: OpenStore>() {
     let dir = tempfile::tempdir().unwrap();
-    let s = store_in(&dir);
+    let s = store_in::<S>(&dir);
     s.commit_poll(&poll("t", "f", &["a"], None)).unwrap();
     // A racing poller that saw "a" as unseen commits it again.
     let out = s.commit_poll(&poll("t", "f", &["a", "b"], None)).unwrap();
@@ -74,10 +71,9 @@ fn a_key_already_seen_never_gets_a_second_run() {
     assert_eq!(s.list_runs(&RunFilter::default()).unwrap().len(), 2);
 }
 
-#[test]
-fn a_failing_poll_commit_writes_nothing() {
+fn a_failing_poll_commit_writes_nothing<S: OpenStore>() {
     let dir = tempfile::tempdir().unwrap();
-    let s = store_in(&dir);
+    let s = store_in::<S>(&dir);
     s.commit_poll(&poll("t", "f", &["old"], Some(json!({"n": 1})))).unwrap();
 
     // The duplicate "a" is found after the state, "a", its run and "b" were
@@ -94,15 +90,14 @@ fn a_failing_poll_commit_writes_nothing() {
     // And nothing of it reappears after a reopen.
     let path = s.path().unwrap().to_path_buf();
     drop(s);
-    let s = SledStore::open(&path).unwrap();
+    let s = S::open(&path).unwrap();
     assert_eq!(s.filter_unseen("t", &keys(&["a", "b", "old"])).unwrap(), vec![true, true, false]);
     assert_eq!(s.list_runs(&RunFilter::default()).unwrap().len(), 1);
 }
 
-#[test]
-fn a_run_without_flow_aborts_the_whole_poll() {
+fn a_run_without_flow_aborts_the_whole_poll<S: OpenStore>() {
     let dir = tempfile::tempdir().unwrap();
-    let s = store_in(&dir);
+    let s = store_in::<S>(&dir);
     let bad = poll("t", "", &["a"], Some(json!(1)));
     assert!(matches!(s.commit_poll(&bad), Err(StoreError::Invalid(_))));
     assert_eq!(s.trigger_state("t").unwrap(), None);
@@ -110,10 +105,9 @@ fn a_run_without_flow_aborts_the_whole_poll() {
     assert!(matches!(s.commit_poll(&poll("", "f", &["a"], None)), Err(StoreError::Invalid(_))));
 }
 
-#[test]
-fn reset_trigger_forgets_only_that_trigger() {
+fn reset_trigger_forgets_only_that_trigger<S: OpenStore>() {
     let dir = tempfile::tempdir().unwrap();
-    let s = store_in(&dir);
+    let s = store_in::<S>(&dir);
     s.commit_poll(&poll("t", "f", &["a", "b"], Some(json!(1)))).unwrap();
     s.commit_poll(&poll("t2", "f", &["a"], Some(json!(2)))).unwrap();
     assert_eq!(s.reset_trigger("t").unwrap(), 2);
@@ -123,10 +117,9 @@ fn reset_trigger_forgets_only_that_trigger() {
     assert_eq!(s.trigger_state("t2").unwrap(), Some(json!(2)));
 }
 
-#[test]
-fn store_is_usable_as_a_trait_object_across_threads() {
+fn store_is_usable_as_a_trait_object_across_threads<S: OpenStore>() {
     let dir = tempfile::tempdir().unwrap();
-    let s: std::sync::Arc<dyn Store> = std::sync::Arc::new(store_in(&dir));
+    let s: std::sync::Arc<dyn Store> = std::sync::Arc::new(store_in::<S>(&dir));
     let handles: Vec<_> = (0..4)
         .map(|t| {
             let s = s.clone();
@@ -147,3 +140,14 @@ fn store_is_usable_as_a_trait_object_across_threads() {
     ids.dedup();
     assert_eq!(ids.len(), 40, "run ids are unique");
 }
+
+on_each_backend!(
+    unseen_keys_are_reported_per_trigger_until_committed,
+    poll_commit_creates_pending_runs_with_item_key_and_trigger,
+    baseline_items_are_recorded_without_runs,
+    a_key_already_seen_never_gets_a_second_run,
+    a_failing_poll_commit_writes_nothing,
+    a_run_without_flow_aborts_the_whole_poll,
+    reset_trigger_forgets_only_that_trigger,
+    store_is_usable_as_a_trait_object_across_threads,
+);

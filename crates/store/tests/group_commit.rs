@@ -1,16 +1,19 @@
 //! Concurrent callers share flushes (group commit): every call still returns with its own
 //! change durable, and reopening the store shows all of them.
 
+#[macro_use]
+#[allow(unused)]
+mod common;
+
 use serde_json::json;
 use std::sync::Arc;
-use store::{NewRun, RunChange, RunStatus, SledStore, Store};
+use store::{NewRun, OpenStore, RunChange, RunStatus};
 
-#[test]
-fn concurrent_updates_all_land_and_survive_a_reopen() {
+fn concurrent_updates_all_land_and_survive_a_reopen<S: OpenStore>() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("store");
     let ids = {
-        let s = Arc::new(SledStore::create_or_open(&path).expect("store"));
+        let s = Arc::new(S::create_or_open(&path).expect("store"));
         let handles: Vec<_> = (0..16)
             .map(|t| {
                 let s = s.clone();
@@ -29,10 +32,12 @@ fn concurrent_updates_all_land_and_survive_a_reopen() {
             .collect();
         handles.into_iter().flat_map(|h| h.join().expect("thread")).collect::<Vec<_>>()
     };
-    let s = SledStore::open(&path).expect("reopen");
+    let s = S::open(&path).expect("reopen");
     assert_eq!(ids.len(), 320);
     for id in ids {
         let run = s.get_run(id).expect("read").expect("run exists");
         assert_eq!(run.status, RunStatus::Succeeded);
     }
 }
+
+on_each_backend!(concurrent_updates_all_land_and_survive_a_reopen,);

@@ -1,13 +1,13 @@
+#[macro_use]
 mod common;
 
 use common::*;
 use serde_json::json;
-use store::{NewRun, RunStatus, SledStore, Store, StoreError};
+use store::{NewRun, OpenStore, RunStatus, StoreError};
 
-#[test]
-fn tokens_round_trip_per_account_and_survive_reopen() {
+fn tokens_round_trip_per_account_and_survive_reopen<S: OpenStore>() {
     let dir = tempfile::tempdir().unwrap();
-    let s = store_in(&dir);
+    let s = store_in::<S>(&dir);
     assert_eq!(s.get_tokens("loc1").unwrap(), None);
     let t1 = json!({"access_token": "a1", "refresh_token": "r1", "expires_at": 123});
     s.put_tokens("loc1", &t1).unwrap();
@@ -16,18 +16,17 @@ fn tokens_round_trip_per_account_and_survive_reopen() {
     s.put_tokens("loc1", &t1b).unwrap();
     let path = s.path().unwrap().to_path_buf();
     drop(s);
-    let s = SledStore::open(&path).unwrap();
+    let s = S::open(&path).unwrap();
     assert_eq!(s.get_tokens("loc1").unwrap(), Some(t1b));
     assert!(s.delete_tokens("loc2").unwrap());
     assert!(!s.delete_tokens("loc2").unwrap());
     assert_eq!(s.get_tokens("loc2").unwrap(), None);
 }
 
-#[test]
-fn webhook_inbox_dedupes_lists_and_completes_atomically() {
+fn webhook_inbox_dedupes_lists_and_completes_atomically<S: OpenStore>() {
     let dir = tempfile::tempdir().unwrap();
     let clock = ManualClock::new();
-    let s = store_in(&dir).with_clock(clock.clock());
+    let s = store_in::<S>(&dir).with_clock(clock.clock());
     assert!(!s.webhook_seen("w1").unwrap());
     assert!(s.put_webhook_event("w1", &json!({"type": "ContactCreate"})).unwrap());
     clock.advance_secs(1);
@@ -62,11 +61,16 @@ fn webhook_inbox_dedupes_lists_and_completes_atomically() {
     assert!(s.list_unprocessed_webhooks(0).unwrap().is_empty());
 }
 
-#[test]
-fn temporary_store_works_for_other_crates_tests() {
-    let s = SledStore::temporary().unwrap();
+fn temporary_store_works_for_other_crates_tests<S: OpenStore>() {
+    let s = S::temporary().unwrap();
     assert!(s.path().is_none());
     s.put_tokens("a", &json!(1)).unwrap();
     assert_eq!(s.get_tokens("a").unwrap(), Some(json!(1)));
     assert!(!s.store_id().is_empty());
 }
+
+on_each_backend!(
+    tokens_round_trip_per_account_and_survive_reopen,
+    webhook_inbox_dedupes_lists_and_completes_atomically,
+    temporary_store_works_for_other_crates_tests,
+);

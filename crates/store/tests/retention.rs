@@ -1,9 +1,10 @@
+#[macro_use]
 mod common;
 
 use common::*;
 use serde_json::json;
 use std::time::Duration;
-use store::{NewRun, Retention, RunFilter, RunStatus, Store};
+use store::{NewRun, OpenStore, Retention, RunFilter, RunStatus};
 
 const DAY: i64 = 24 * 3600;
 
@@ -17,11 +18,10 @@ fn none() -> Retention {
     }
 }
 
-#[test]
-fn old_seen_keys_go_but_the_most_recent_per_trigger_stay() {
+fn old_seen_keys_go_but_the_most_recent_per_trigger_stay<S: OpenStore>() {
     let dir = tempfile::tempdir().unwrap();
     let clock = ManualClock::new();
-    let s = store_in(&dir).with_clock(clock.clock());
+    let s = store_in::<S>(&dir).with_clock(clock.clock());
     for i in 0..5 {
         s.commit_poll(&poll("t", "f", &[&format!("old{i}")], None)).unwrap();
         s.commit_poll(&poll("u", "f", &[&format!("old{i}")], None)).unwrap();
@@ -46,11 +46,10 @@ fn old_seen_keys_go_but_the_most_recent_per_trigger_stay() {
     assert_eq!(s.prune(&none()).unwrap().seen_removed, 0);
 }
 
-#[test]
-fn finished_runs_are_pruned_by_age_and_count_others_never() {
+fn finished_runs_are_pruned_by_age_and_count_others_never<S: OpenStore>() {
     let dir = tempfile::tempdir().unwrap();
     let clock = ManualClock::new();
-    let s = store_in(&dir).with_clock(clock.clock());
+    let s = store_in::<S>(&dir).with_clock(clock.clock());
     let mut finished = vec![];
     for i in 0..6 {
         let id = s.create_run(&NewRun::new("f", json!(i))).unwrap();
@@ -81,11 +80,10 @@ fn finished_runs_are_pruned_by_age_and_count_others_never() {
     assert_eq!(left, vec![doubt, open_old]);
 }
 
-#[test]
-fn processed_webhook_events_are_pruned_by_age() {
+fn processed_webhook_events_are_pruned_by_age<S: OpenStore>() {
     let dir = tempfile::tempdir().unwrap();
     let clock = ManualClock::new();
-    let s = store_in(&dir).with_clock(clock.clock());
+    let s = store_in::<S>(&dir).with_clock(clock.clock());
     s.put_webhook_event("done", &json!(1)).unwrap();
     s.put_webhook_event("waiting", &json!(2)).unwrap();
     s.complete_webhook_event("done", &[]).unwrap();
@@ -98,3 +96,9 @@ fn processed_webhook_events_are_pruned_by_age() {
     assert!(s.webhook_seen("waiting").unwrap(), "unprocessed events are never dropped");
     assert!(s.webhook_seen("recent").unwrap());
 }
+
+on_each_backend!(
+    old_seen_keys_go_but_the_most_recent_per_trigger_stay,
+    finished_runs_are_pruned_by_age_and_count_others_never,
+    processed_webhook_events_are_pruned_by_age,
+);

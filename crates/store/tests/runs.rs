@@ -1,20 +1,20 @@
+#[macro_use]
 mod common;
 
 use common::*;
 use serde_json::json;
-use store::{NewRun, RunChange, RunFilter, RunId, RunStatus, SledStore, StepStatus, Store, StoreError};
+use store::{NewRun, OpenStore, RunChange, RunFilter, RunId, RunStatus, StepStatus, Store, StoreError};
 
-fn running(s: &SledStore, flow: &str) -> RunId {
+fn running(s: &impl Store, flow: &str) -> RunId {
     let id = s.create_run(&NewRun::new(flow, json!({"x": 1}))).unwrap();
     s.set_run_status(id, RunStatus::Running, None).unwrap();
     id
 }
 
-#[test]
-fn a_run_and_its_steps_round_trip_across_reopen() {
+fn a_run_and_its_steps_round_trip_across_reopen<S: OpenStore>() {
     let dir = tempfile::tempdir().unwrap();
     let clock = ManualClock::new();
-    let s = store_in(&dir).with_clock(clock.clock());
+    let s = store_in::<S>(&dir).with_clock(clock.clock());
     let id = running(&s, "f");
     let t0 = clock.now();
     s.mark_step_started(id, "create_contact", &json!({"method": "POST", "path": "/contacts/"})).unwrap();
@@ -28,7 +28,7 @@ fn a_run_and_its_steps_round_trip_across_reopen() {
 
     let path = s.path().unwrap().to_path_buf();
     drop(s);
-    let s = SledStore::open(&path).unwrap();
+    let s = S::open(&path).unwrap();
     let run = s.get_run(id).unwrap().unwrap();
     assert_eq!(run.status, RunStatus::Dead);
     assert_eq!(run.attempts, 1);
@@ -48,10 +48,9 @@ fn a_run_and_its_steps_round_trip_across_reopen() {
     assert!(s.get_run(RunId(999_999)).unwrap().is_none());
 }
 
-#[test]
-fn steps_cannot_fire_twice() {
+fn steps_cannot_fire_twice<S: OpenStore>() {
     let dir = tempfile::tempdir().unwrap();
-    let s = store_in(&dir);
+    let s = store_in::<S>(&dir);
     let id = running(&s, "f");
     s.mark_step_started(id, "a", &json!(1)).unwrap();
     // Still `sent` (as after a crash): a re-send must be decided explicitly.
@@ -77,10 +76,9 @@ fn steps_cannot_fire_twice() {
     assert!(matches!(s.set_run_status(RunId(424242), RunStatus::Running, None), Err(StoreError::RunNotFound(_))));
 }
 
-#[test]
-fn a_refused_batch_changes_nothing() {
+fn a_refused_batch_changes_nothing<S: OpenStore>() {
     let dir = tempfile::tempdir().unwrap();
-    let s = store_in(&dir);
+    let s = store_in::<S>(&dir);
     let id = s.create_run(&NewRun::new("f", json!(null))).unwrap();
     let changes = [
         RunChange::Status { status: RunStatus::Running, error: None },
@@ -99,10 +97,9 @@ fn a_refused_batch_changes_nothing() {
     assert_eq!(s.get_run(id).unwrap().unwrap(), run);
 }
 
-#[test]
-fn list_runs_filters_newest_first_and_pages() {
+fn list_runs_filters_newest_first_and_pages<S: OpenStore>() {
     let dir = tempfile::tempdir().unwrap();
-    let s = store_in(&dir);
+    let s = store_in::<S>(&dir);
     let mut a = vec![];
     let mut b = vec![];
     for i in 0..5 {
@@ -138,11 +135,10 @@ fn list_runs_filters_newest_first_and_pages() {
     assert_eq!(ids(RunFilter { limit: 3, ..Default::default() }), vec![b[4], a[4], b[3]]);
 }
 
-#[test]
-fn resumable_retries_and_held_runs() {
+fn resumable_retries_and_held_runs<S: OpenStore>() {
     let dir = tempfile::tempdir().unwrap();
     let clock = ManualClock::new();
-    let s = store_in(&dir).with_clock(clock.clock());
+    let s = store_in::<S>(&dir).with_clock(clock.clock());
     let pending = s.create_run(&NewRun::new("f", json!(1))).unwrap();
     let run = running(&s, "f");
     let done = running(&s, "f");
@@ -184,28 +180,22 @@ fn resumable_retries_and_held_runs() {
     assert_eq!(ids(s.list_resumable().unwrap()), vec![pending, run, r1, held1, held2]);
 }
 
-#[test]
-fn a_corrupt_run_record_is_an_error_not_a_panic() {
+fn a_corrupt_run_record_is_an_error_not_a_panic<S: OpenStore>() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("store");
-    let s = SledStore::create_or_open(&path).unwrap();
+    let s = S::create_or_open(&path).unwrap();
     let id = s.create_run(&NewRun::new("f", json!(1))).unwrap();
     drop(s);
-    {
-        let db = sled::open(path.join("db")).unwrap();
-        db.open_tree("runs").unwrap().insert(id.0.to_be_bytes(), &b"{not json"[..]).unwrap();
-        db.flush().unwrap();
-    }
-    let s = SledStore::open(&path).unwrap();
+    raw_write::<S>(&path, "runs", &[(&id.0.to_be_bytes(), Some(b"{not json"))]);
+    let s = S::open(&path).unwrap();
     assert!(matches!(s.get_run(id), Err(StoreError::Corrupt { tree: "runs", .. })));
     assert!(matches!(s.list_resumable(), Err(StoreError::Corrupt { .. })));
     assert!(matches!(s.set_run_status(id, RunStatus::Running, None), Err(StoreError::Corrupt { .. })));
 }
 
-#[test]
-fn expect_refuses_a_run_in_another_status_and_leaves_it_as_it_was() {
+fn expect_refuses_a_run_in_another_status_and_leaves_it_as_it_was<S: OpenStore>() {
     let dir = tempfile::tempdir().unwrap();
-    let s = store_in(&dir);
+    let s = store_in::<S>(&dir);
     let a = s.create_run(&NewRun::new("f", json!(1))).unwrap();
     let b = s.create_run(&NewRun::new("f", json!(2))).unwrap();
     let running = RunChange::Status { status: RunStatus::Running, error: None };
@@ -224,10 +214,9 @@ fn expect_refuses_a_run_in_another_status_and_leaves_it_as_it_was() {
 
 /// Runs created by a poll and written in batches (the engine's path, served by the store's
 /// cache of open records) read back the same after a reopen, indexes included.
-#[test]
-fn batched_updates_of_polled_runs_survive_a_reopen_with_their_indexes() {
+fn batched_updates_of_polled_runs_survive_a_reopen_with_their_indexes<S: OpenStore>() {
     let dir = tempfile::tempdir().unwrap();
-    let s = store_in(&dir);
+    let s = store_in::<S>(&dir);
     let out = s.commit_poll(&poll("t", "f", &["a", "b", "c"], None)).unwrap();
     let ids: Vec<RunId> = out.created.iter().map(|(_, id)| *id).collect();
     let start = |id: RunId| {
@@ -266,7 +255,7 @@ fn batched_updates_of_polled_runs_survive_a_reopen_with_their_indexes() {
 
     let path = s.path().unwrap().to_path_buf();
     drop(s);
-    let s = SledStore::open(&path).unwrap();
+    let s = S::open(&path).unwrap();
     for (n, id) in ids.iter().enumerate() {
         let run = s.get_run(*id).unwrap().unwrap();
         let step = run.step("task").unwrap();
@@ -294,10 +283,9 @@ fn batched_updates_of_polled_runs_survive_a_reopen_with_their_indexes() {
     assert!(by_status(RunStatus::Pending).is_empty());
 }
 
-#[test]
-fn transaction_time_counts_poll_commits_and_update_batches() {
+fn transaction_time_counts_poll_commits_and_update_batches<S: OpenStore>() {
     let dir = tempfile::tempdir().unwrap();
-    let s = store_in(&dir);
+    let s = store_in::<S>(&dir);
     assert_eq!(s.transaction_time(), store::TransactionTime::default());
     let items = (0..50)
         .map(|i| store::PollItem { key: format!("k{i}"), run: Some(NewRun::new("f", json!({"i": i}))) })
@@ -318,3 +306,15 @@ fn transaction_time_counts_poll_commits_and_update_batches() {
     s.put_tokens("a", &json!({"t": 1})).unwrap();
     assert_eq!(s.transaction_time(), t);
 }
+
+on_each_backend!(
+    a_run_and_its_steps_round_trip_across_reopen,
+    steps_cannot_fire_twice,
+    a_refused_batch_changes_nothing,
+    list_runs_filters_newest_first_and_pages,
+    resumable_retries_and_held_runs,
+    a_corrupt_run_record_is_an_error_not_a_panic,
+    expect_refuses_a_run_in_another_status_and_leaves_it_as_it_was,
+    batched_updates_of_polled_runs_survive_a_reopen_with_their_indexes,
+    transaction_time_counts_poll_commits_and_update_batches,
+);

@@ -2,9 +2,42 @@ use std::fs;
 use std::path::Path;
 
 use serde_json::json;
-use store::{SledStore, Store, StoreError};
+use store::{Backend, OpenStore, StoreError};
 
-fn damaged(r: Result<SledStore, StoreError>) -> String {
+#[macro_use]
+#[allow(unused)]
+mod common;
+
+/// The backend's directory inside the store, and the file whose absence means no database.
+fn db<S: OpenStore>(path: &Path) -> std::path::PathBuf {
+    path.join(S::BACKEND.dir_name())
+}
+
+fn data_file<S: OpenStore>(path: &Path) -> std::path::PathBuf {
+    match S::BACKEND {
+        Backend::Sled => db::<S>(path).join("db"),
+        Backend::Fjall => db::<S>(path).join("version"),
+    }
+}
+
+/// Changes the `meta` records of a closed store behind its back, through the backend itself.
+enum Poke {
+    Set(&'static str, &'static [u8]),
+    Clear,
+}
+
+fn poke_meta<S: OpenStore>(path: &Path, poke: Poke) {
+    match poke {
+        Poke::Set(k, v) => common::raw_write::<S>(path, "meta", &[(k.as_bytes(), Some(v))]),
+        Poke::Clear => {
+            let keys: [&[u8]; 4] = [b"format", b"store_id", b"created_at", b"next_run_id"];
+            let removes: Vec<(&[u8], Option<&[u8]>)> = keys.iter().map(|k| (*k, None)).collect();
+            common::raw_write::<S>(path, "meta", &removes)
+        }
+    }
+}
+
+fn damaged<S>(r: Result<S, StoreError>) -> String {
     match r {
         Err(StoreError::Damaged { reason, .. }) => reason,
         Err(e) => panic!("expected Damaged, got {e}"),
@@ -12,135 +45,116 @@ fn damaged(r: Result<SledStore, StoreError>) -> String {
     }
 }
 
-fn created(path: &Path) -> String {
-    let s = SledStore::create_or_open(path).unwrap();
+fn created<S: OpenStore>(path: &Path) -> String {
+    let s = S::create_or_open(path).unwrap();
     s.put_tokens("loc", &json!({"t": 1})).unwrap();
     s.store_id().to_string()
 }
 
-#[test]
-fn open_requires_a_store_and_create_or_open_makes_one() {
+fn open_requires_a_store_and_create_or_open_makes_one<S: OpenStore>() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("a/b/store");
-    assert!(matches!(SledStore::open(&path), Err(StoreError::NotFound { .. })));
+    assert!(matches!(S::open(&path), Err(StoreError::NotFound { .. })));
     assert!(!path.exists(), "open must not create anything");
-    let id = created(&path);
+    let id = created::<S>(&path);
     assert!(path.join("STORE").is_file());
-    let s = SledStore::open(&path).unwrap();
+    let s = S::open(&path).unwrap();
     assert_eq!(s.store_id(), id);
     assert_eq!(s.get_tokens("loc").unwrap(), Some(json!({"t": 1})));
     drop(s);
-    let s = SledStore::create_or_open(&path).unwrap();
+    let s = S::create_or_open(&path).unwrap();
     assert_eq!(s.store_id(), id, "create_or_open reopens, never recreates");
 
     // An existing empty directory is a fine place for a new store...
     let empty = dir.path().join("empty");
     fs::create_dir(&empty).unwrap();
-    assert!(matches!(SledStore::open(&empty), Err(StoreError::NotFound { .. })));
-    SledStore::create_or_open(&empty).unwrap();
+    assert!(matches!(S::open(&empty), Err(StoreError::NotFound { .. })));
+    S::create_or_open(&empty).unwrap();
     // ...a directory with other things in it is not.
     let busy = dir.path().join("busy");
     fs::create_dir(&busy).unwrap();
     fs::write(busy.join("notes.txt"), "x").unwrap();
-    assert!(matches!(SledStore::create_or_open(&busy), Err(StoreError::NotAStore { .. })));
+    assert!(matches!(S::create_or_open(&busy), Err(StoreError::NotAStore { .. })));
 }
 
-#[test]
-fn a_second_handle_on_the_same_store_is_refused() {
+fn a_second_handle_on_the_same_store_is_refused<S: OpenStore>() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("store");
-    let _s = SledStore::create_or_open(&path).unwrap();
-    assert!(matches!(SledStore::open(&path), Err(StoreError::Locked { .. })));
+    let _s = S::create_or_open(&path).unwrap();
+    assert!(matches!(S::open(&path), Err(StoreError::Locked { .. })));
 }
 
-#[test]
-fn a_deleted_database_with_its_marker_left_is_damaged() {
+fn a_deleted_database_with_its_marker_left_is_damaged<S: OpenStore>() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("store");
-    created(&path);
-    fs::remove_dir_all(path.join("db")).unwrap();
-    let reason = damaged(SledStore::open(&path));
+    created::<S>(&path);
+    fs::remove_dir_all(db::<S>(&path)).unwrap();
+    let reason = damaged(S::open(&path));
     assert!(reason.contains("missing or empty"), "{reason}");
-    // create_or_open must not paper over it either, and must not recreate db/.
-    damaged(SledStore::create_or_open(&path));
-    assert!(!path.join("db").join("db").exists());
+    // create_or_open must not paper over it either, and must not recreate the database.
+    damaged(S::create_or_open(&path));
+    assert!(!data_file::<S>(&path).exists());
 
     // Same for a database truncated to nothing.
     let path2 = dir.path().join("store2");
-    created(&path2);
-    fs::write(path2.join("db").join("db"), b"").unwrap();
-    damaged(SledStore::create_or_open(&path2));
+    created::<S>(&path2);
+    fs::write(data_file::<S>(&path2), b"").unwrap();
+    damaged(S::create_or_open(&path2));
 }
 
-#[test]
-fn garbage_or_missing_meta_or_unknown_format_is_damaged() {
+fn garbage_or_missing_meta_or_unknown_format_is_damaged<S: OpenStore>() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("store");
-    created(&path);
-    let poke = |f: &dyn Fn(&sled::Tree)| {
-        let db = sled::open(path.join("db")).unwrap();
-        f(&db.open_tree("meta").unwrap());
-        db.flush().unwrap();
-    };
-
-    poke(&|m| {
-        m.insert("format", &b"\xff\xfe garbage"[..]).unwrap();
-    });
-    let reason = damaged(SledStore::open(&path));
+    created::<S>(&path);
+    poke_meta::<S>(&path, Poke::Set("format", b"\xff\xfe garbage"));
+    let reason = damaged(S::open(&path));
     assert!(reason.contains("format"), "{reason}");
 
-    poke(&|m| {
-        m.insert("format", &b"99"[..]).unwrap();
-    });
-    let reason = damaged(SledStore::open(&path));
+    poke_meta::<S>(&path, Poke::Set("format", b"99"));
+    let reason = damaged(S::open(&path));
     assert!(reason.contains("99"), "{reason}");
 
-    poke(&|m| {
-        m.clear().unwrap();
-    });
-    let reason = damaged(SledStore::create_or_open(&path));
+    poke_meta::<S>(&path, Poke::Clear);
+    let reason = damaged(S::create_or_open(&path));
     assert!(reason.contains("no meta"), "{reason}");
 }
 
-#[test]
-fn a_replaced_database_or_a_garbage_marker_is_damaged() {
+fn a_replaced_database_or_a_garbage_marker_is_damaged<S: OpenStore>() {
     let dir = tempfile::tempdir().unwrap();
     let a = dir.path().join("a");
     let b = dir.path().join("b");
-    created(&a);
-    created(&b);
-    fs::remove_dir_all(a.join("db")).unwrap();
-    fs::rename(b.join("db"), a.join("db")).unwrap();
-    let reason = damaged(SledStore::open(&a));
+    created::<S>(&a);
+    created::<S>(&b);
+    fs::remove_dir_all(db::<S>(&a)).unwrap();
+    fs::rename(db::<S>(&b), db::<S>(&a)).unwrap();
+    let reason = damaged(S::open(&a));
     assert!(reason.contains("replaced"), "{reason}");
 
     let c = dir.path().join("c");
-    created(&c);
+    created::<S>(&c);
     fs::write(c.join("STORE"), "{{{").unwrap();
-    damaged(SledStore::open(&c));
+    damaged(S::open(&c));
 }
 
-#[test]
-fn a_lost_marker_is_rewritten_from_meta() {
+fn a_lost_marker_is_rewritten_from_meta<S: OpenStore>() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("store");
-    let id = created(&path);
+    let id = created::<S>(&path);
     fs::remove_file(path.join("STORE")).unwrap();
-    let s = SledStore::open(&path).unwrap();
+    let s = S::open(&path).unwrap();
     assert_eq!(s.store_id(), id);
     assert!(fs::read_to_string(path.join("STORE")).unwrap().contains(&id));
 }
 
-#[cfg(unix)]
-#[test]
-fn files_are_private() {
+/// Unix permissions; flowd runs on Unix.
+fn files_are_private<S: OpenStore>() {
     use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("store");
-    let s = SledStore::create_or_open(&path).unwrap();
+    let s = S::create_or_open(&path).unwrap();
     s.put_tokens("loc", &json!({"refresh_token": "secret"})).unwrap();
     drop(s);
-    let _s = SledStore::open(&path).unwrap();
+    let _s = S::open(&path).unwrap();
     let mut files = 0;
     let mut stack = vec![path.clone()];
     while let Some(d) = stack.pop() {
@@ -157,5 +171,15 @@ fn files_are_private() {
             }
         }
     }
-    assert!(files >= 3, "marker, sled conf and db at least; saw {files}");
+    assert!(files >= 3, "marker and the database's files at least; saw {files}");
 }
+
+on_each_backend!(
+    open_requires_a_store_and_create_or_open_makes_one,
+    a_second_handle_on_the_same_store_is_refused,
+    a_deleted_database_with_its_marker_left_is_damaged,
+    garbage_or_missing_meta_or_unknown_format_is_damaged,
+    a_replaced_database_or_a_garbage_marker_is_damaged,
+    a_lost_marker_is_rewritten_from_meta,
+    files_are_private,
+);

@@ -106,6 +106,9 @@ impl Store for FlakyStore {
     fn flush(&self) -> store::Result<()> {
         self.inner.flush()
     }
+    fn backend(&self) -> store::Backend {
+        self.inner.backend()
+    }
 }
 
 struct Server {

@@ -1,5 +1,6 @@
 //! End-to-end load benchmark: flowd's engine against the in-process GHL sandbox, with
-//! a durable sled store on disk and the sandbox's rate limits off.
+//! a durable store on disk (`BENCH_STORE=sled|fjall`, default flowd's) and the sandbox's
+//! rate limits off.
 //!
 //! ```text
 //! cargo run --release -p bench --bin e2e -- [--items N] [--steps 1|3] [--concurrency C]
@@ -13,8 +14,8 @@
 //! succeeded (an upper bound on detection → first action: it includes the action's
 //! response and the final flush). Peak RSS and CPU time are the whole process's:
 //! the sandbox serving the requests runs in it too. Each throughput run also reports how
-//! long the poll's commits and the writers' batches held sled's process-wide transaction
-//! lock, and waited for it ([`store::SledStore::transaction_time`]).
+//! long the poll's commits and the writers' batches held the store's writer lock (sled:
+//! its process-wide transaction lock), and waited for it ([`store::Store::transaction_time`]).
 
 use anyhow::{bail, Context, Result};
 use bench::{compile, cpu_seconds, engine_and_store, engine_for, peak_rss, quantile, sandbox, ONE_STEP, THREE_STEPS};
@@ -174,8 +175,12 @@ fn median(mut v: Vec<f64>) -> f64 {
 async fn main() -> Result<()> {
     let a = parse_args()?;
     println!(
-        "e2e: {} new contacts, {}-step flow, concurrency {}, {} repeats (store on disk, sandbox rate limits off)",
-        a.items, a.steps, a.concurrency, a.repeat
+        "e2e: {} new contacts, {}-step flow, concurrency {}, {} repeats ({} store on disk, sandbox rate limits off)",
+        a.items,
+        a.steps,
+        a.concurrency,
+        a.repeat,
+        bench::store_backend()?
     );
     let mut rates = Vec::new();
     let mut cpus = Vec::new();

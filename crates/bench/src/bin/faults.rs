@@ -10,7 +10,7 @@
 //! ```
 //!
 //! The `flowd` binary is looked for next to this one (same target directory) unless
-//! `--flowd` names it. Between kills the store is opened (`SledStore::open`) and closed
+//! `--flowd` names it. Between kills the store is opened (`store::open`) and closed
 //! again: it must reopen every time. At the end, per contact: 0 tasks is *lost* unless its
 //! run is `in_doubt` (flagged for an operator: the request may or may not have reached
 //! GHL), more than 1 task is a duplicate. Exit status 1 when anything is lost, duplicates
@@ -23,7 +23,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-use store::{RunStatus, Store};
+use store::RunStatus;
 
 const TOKEN: &str = "pit-fault-harness";
 const ACTION: &str = "contacts.create_task";
@@ -221,7 +221,7 @@ impl Drop for Service {
 
 /// Opens the store the way a restarted flowd would, then closes it.
 fn reopen(dir: &Path) -> Result<Vec<store::Run>> {
-    let s = store::SledStore::open(dir.join("data")).context("store does not reopen")?;
+    let s = store::open(dir.join("data")).context("store does not reopen")?;
     let runs = s.list_runs(&store::RunFilter { limit: usize::MAX, ..Default::default() })?;
     Ok(runs)
 }

@@ -172,11 +172,11 @@ async fn main() -> Result<()> {
         .with_resource(sb.location_id());
     client.add_account(account);
     let dir = tempfile::tempdir()?;
-    let store = store::SledStore::create_or_open(dir.path().join("store")).context("store")?;
+    let store = store::create_or_open(dir.path().join("store"), bench::store_backend()?).context("store")?;
     let catalog = Arc::new(catalog::Catalog::builtin().map_err(|e| anyhow!("catalog: {e:?}"))?);
     let accounts = vec![AccountInfo { name: "main".into(), location_id: sb.location_id().into() }];
     let engine_config = EngineConfig { max_items: contacts + 1000, ..EngineConfig::default() };
-    let engine = Engine::new(catalog, client, Arc::new(store), accounts, BTreeMap::new(), engine_config, metrics);
+    let engine = Engine::new(catalog, client, store, accounts, BTreeMap::new(), engine_config, metrics);
     engine.set_flows(vec![bench::compile(FLOW)?])?;
 
     // Baseline on the empty location, then the backlog arrives.

@@ -220,13 +220,13 @@ async fn run(a: &Args, locations: &[(String, String)]) -> Result<()> {
         client.add_account(account);
         accounts.push(AccountInfo { name, location_id: loc.clone() });
     }
-    let store = store::SledStore::create_or_open(dir.path().join("store")).context("store")?;
+    let store = store::create_or_open(dir.path().join("store"), bench::store_backend()?).context("store")?;
     let catalog = Arc::new(catalog::Catalog::builtin().map_err(|e| anyhow!("catalog: {e:?}"))?);
     let env = flow::CompileEnv { env: BTreeMap::new(), accounts: accounts.iter().map(|x| x.name.clone()).collect() };
     let engine = Engine::new(
         catalog.clone(),
         client,
-        Arc::new(store),
+        store,
         accounts.clone(),
         BTreeMap::new(),
         EngineConfig { poll_concurrency: a.poll_concurrency, ..EngineConfig::default() },

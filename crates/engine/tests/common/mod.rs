@@ -30,12 +30,12 @@ pub fn engine_for(sb: &Sandbox, store_dir: &Path, config: EngineConfig) -> Arc<E
         .expect("base url")
         .with_resource(sb.location_id());
     client.add_account(account);
-    let store = store::SledStore::create_or_open(store_dir).expect("store");
+    let store = store::create_or_open(store_dir, store::Backend::FOR_NEW_STORES).expect("store");
     let catalog = Arc::new(catalog::Catalog::builtin().expect("catalog"));
     let accounts = vec![AccountInfo { name: "main".into(), location_id: sb.location_id().into() }];
     let mut env = BTreeMap::new();
     env.insert("APP".into(), "test".into());
-    Engine::new(catalog, client, Arc::new(store), accounts, env, config, metrics)
+    Engine::new(catalog, client, store, accounts, env, config, metrics)
 }
 
 pub fn compile(text: &str) -> flow::CompiledFlow {

@@ -109,8 +109,8 @@ fn ghl_account(name: &str, a: &Account) -> anyhow::Result<ghl::Account> {
 
 /// Opens the store; `Ok(None)` when a running `flowd run` holds it.
 fn open_store(config: &Config) -> anyhow::Result<Option<Arc<dyn store::Store>>> {
-    match store::SledStore::create_or_open(&config.store) {
-        Ok(s) => Ok(Some(Arc::new(s))),
+    match store::create_or_open(&config.store, config.store_backend) {
+        Ok(s) => Ok(Some(s)),
         Err(store::StoreError::Locked { .. }) => Ok(None),
         Err(e) => Err(UserError::new(format!("cannot open the store {}: {e}", config.store.display())).into()),
     }

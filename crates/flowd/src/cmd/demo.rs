@@ -58,7 +58,7 @@ pub async fn run(catalog: Arc<catalog::Catalog>, args: &DemoArgs) -> anyhow::Res
     }
 
     let dir = tempfile::tempdir()?;
-    let store = store::SledStore::create_or_open(dir.path().join("store"))?;
+    let store = store::create_or_open(dir.path().join("store"), store::Backend::FOR_NEW_STORES)?;
     let metrics = Arc::new(Metrics::new());
     let client = ghl::Client::builder().observer(metrics.clone()).build()?;
     client.add_account(
@@ -67,7 +67,7 @@ pub async fn run(catalog: Arc<catalog::Catalog>, args: &DemoArgs) -> anyhow::Res
             .with_resource(sb.location_id()),
     );
     let accounts = vec![AccountInfo { name: "main".into(), location_id: sb.location_id().into() }];
-    let engine = Engine::new(catalog, client, Arc::new(store), accounts, env, EngineConfig::default(), metrics);
+    let engine = Engine::new(catalog, client, store, accounts, env, EngineConfig::default(), metrics);
     engine.set_flows(flows)?;
     let mut hooks = instant::Webhooks::start(&sb, &engine).await?;
 

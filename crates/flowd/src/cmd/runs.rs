@@ -19,8 +19,8 @@ enum Backend {
 }
 
 fn backend(config: &Config) -> anyhow::Result<Backend> {
-    match store::SledStore::open(&config.store) {
-        Ok(s) => Ok(Backend::Store(Arc::new(s))),
+    match store::open(&config.store) {
+        Ok(s) => Ok(Backend::Store(s)),
         Err(store::StoreError::Locked { .. }) => {
             Ok(Backend::Api { base: format!("http://{}", config.listen), token: config.admin_token.clone() })
         }

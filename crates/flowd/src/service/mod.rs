@@ -25,7 +25,12 @@ pub async fn run(config: Config, catalog: Arc<catalog::Catalog>, once: bool) -> 
     let report = flows.reload(&catalog);
     report.log();
     engine.set_flows(flows.compiled())?;
-    tracing::info!(flows = engine.flow_names().len(), store = %config.store.display(), "flowd started");
+    tracing::info!(
+        flows = engine.flow_names().len(),
+        store = %config.store.display(),
+        store_backend = %engine.store().backend(),
+        "flowd started"
+    );
 
     let resumed = engine.resume().await?;
     if !resumed.is_empty() {

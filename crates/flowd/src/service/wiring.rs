@@ -6,14 +6,14 @@ use engine::{AccountInfo, Engine, EngineConfig, Metrics, StoreTokens};
 use std::sync::Arc;
 
 pub fn open_store(config: &Config) -> anyhow::Result<Arc<dyn store::Store>> {
-    let store = store::SledStore::create_or_open(&config.store).map_err(|e| match e {
+    let store = store::create_or_open(&config.store, config.store_backend).map_err(|e| match e {
         store::StoreError::Locked { .. } => UserError::new(format!(
             "the store {} is in use by another flowd process (only one may run per store)",
             config.store.display()
         )),
         other => UserError::new(format!("cannot open the store {}: {other}", config.store.display())),
     })?;
-    Ok(Arc::new(store))
+    Ok(store)
 }
 
 pub fn build_engine(config: &Config, catalog: Arc<catalog::Catalog>) -> anyhow::Result<Arc<Engine>> {

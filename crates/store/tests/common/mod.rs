@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use serde_json::json;
-use store::{Clock, NewRun, PollCommit, PollItem, SledStore};
+use store::{Backend, Clock, NewRun, OpenStore, PollCommit, PollItem};
 
 /// A clock tests move by hand.
 #[derive(Clone)]
@@ -27,8 +27,27 @@ impl ManualClock {
     }
 }
 
-pub fn store_in(dir: &tempfile::TempDir) -> SledStore {
-    SledStore::create_or_open(dir.path().join("store")).expect("create store")
+pub fn store_in<S: OpenStore>(dir: &tempfile::TempDir) -> S {
+    S::create_or_open(&dir.path().join("store")).expect("create store")
+}
+
+/// Turns generic tests `fn name<S: OpenStore>()` into one test per backend:
+/// `name::sled` and `name::fjall`.
+macro_rules! on_each_backend {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                #[test]
+                fn sled() {
+                    super::$name::<store::SledStore>()
+                }
+                #[test]
+                fn fjall() {
+                    super::$name::<store::FjallStore>()
+                }
+            }
+        )*
+    };
 }
 
 pub fn keys(ks: &[&str]) -> Vec<String> {
@@ -44,5 +63,35 @@ pub fn poll(trigger: &str, flow: &str, ks: &[&str], state: Option<serde_json::Va
             .iter()
             .map(|k| PollItem { key: k.to_string(), run: Some(NewRun::new(flow, json!({ "id": k }))) })
             .collect(),
+    }
+}
+
+/// Writes to one tree (partition) of a closed store behind its back, through the backend
+/// itself: `None` removes the key. For tests of damaged records.
+pub fn raw_write<S: OpenStore>(store: &std::path::Path, tree: &str, writes: &[(&[u8], Option<&[u8]>)]) {
+    let dir = store.join(S::BACKEND.dir_name());
+    match S::BACKEND {
+        Backend::Sled => {
+            let db = sled::open(dir).expect("raw sled");
+            let t = db.open_tree(tree).expect("tree");
+            for (k, v) in writes {
+                match v {
+                    Some(v) => drop(t.insert(k, *v).expect("insert")),
+                    None => drop(t.remove(k).expect("remove")),
+                }
+            }
+            db.flush().expect("flush");
+        }
+        Backend::Fjall => {
+            let ks = fjall::Config::new(dir).open().expect("raw fjall");
+            let p = ks.open_partition(tree, Default::default()).expect("partition");
+            for (k, v) in writes {
+                match v {
+                    Some(v) => p.insert(*k, *v).expect("insert"),
+                    None => p.remove(*k).expect("remove"),
+                }
+            }
+            ks.persist(fjall::PersistMode::SyncAll).expect("persist");
+        }
     }
 }

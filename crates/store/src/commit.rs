@@ -1,0 +1,134 @@
+//! What both backends share around their write transactions: group commit (one flush for
+//! every caller waiting) and the time spent holding the writer lock.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use crate::error::Result;
+
+/// Group commit: tickets taken after a transaction commits, and the highest
+/// ticket known to be on disk.
+#[derive(Default)]
+pub(crate) struct GroupFlush {
+    state: std::sync::Mutex<FlushState>,
+    done: std::sync::Condvar,
+}
+
+#[derive(Default)]
+struct FlushState {
+    /// Tickets handed out so far (each after its caller's writes).
+    issued: u64,
+    /// Every ticket up to this one is durable.
+    durable: u64,
+    /// A caller is running `Db::flush` right now.
+    flushing: bool,
+}
+
+impl GroupFlush {
+    /// Returns once every write made before the call is on disk, running
+    /// `flush` (for everyone waiting) or waiting for a flush that started
+    /// after the call.
+    pub(crate) fn flush(&self, flush: impl Fn() -> Result<()>) -> Result<()> {
+        let lock = || self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut st = lock();
+        st.issued += 1;
+        let ticket = st.issued;
+        loop {
+            if st.durable >= ticket {
+                return Ok(());
+            }
+            if !st.flushing {
+                // Lead: this flush covers every ticket issued so far.
+                st.flushing = true;
+                let target = st.issued;
+                drop(st);
+                let result = flush();
+                st = lock();
+                st.flushing = false;
+                if result.is_ok() {
+                    st.durable = st.durable.max(target);
+                }
+                self.done.notify_all();
+                // On failure, waiters retry with a flush of their own.
+                return result;
+            }
+            st = self.done.wait(st).unwrap_or_else(std::sync::PoisonError::into_inner);
+        }
+    }
+}
+
+/// Time spent in write transactions of one kind. sled 0.34 runs every transaction under one
+/// process-wide lock that its reads take too, so there `held` summed over all kinds is time
+/// in which nothing else reads or writes the store. The fjall backend serialises only its
+/// writers (readers never wait), so there it is time in which no other write runs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LockTime {
+    /// From the first run of the transaction's closure (the lock is held) to its commit.
+    pub held: std::time::Duration,
+    /// From the call to the closure's first run: waiting for the lock.
+    pub waited: std::time::Duration,
+    pub transactions: u64,
+}
+
+/// [`crate::Store::transaction_time`]: the engine's two hot transactions.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TransactionTime {
+    /// [`crate::Store::commit_poll`].
+    pub polls: LockTime,
+    /// [`crate::Store::update_runs`], the engine's writer batches.
+    pub updates: LockTime,
+}
+
+#[derive(Default)]
+pub(crate) struct TxTime {
+    pub(crate) polls: TxCounter,
+    pub(crate) updates: TxCounter,
+}
+
+#[derive(Default)]
+pub(crate) struct TxCounter {
+    held_ns: AtomicU64,
+    waited_ns: AtomicU64,
+    count: AtomicU64,
+}
+
+impl TxCounter {
+    pub(crate) fn start(&self) -> TxTimer<'_> {
+        let now = Instant::now();
+        TxTimer { counter: self, called: now, entered: std::cell::Cell::new(None) }
+    }
+
+    pub(crate) fn read(&self) -> LockTime {
+        LockTime {
+            held: std::time::Duration::from_nanos(self.held_ns.load(Ordering::Relaxed)),
+            waited: std::time::Duration::from_nanos(self.waited_ns.load(Ordering::Relaxed)),
+            transactions: self.count.load(Ordering::Relaxed),
+        }
+    }
+}
+
+pub(crate) struct TxTimer<'a> {
+    counter: &'a TxCounter,
+    called: Instant,
+    entered: std::cell::Cell<Option<Instant>>,
+}
+
+impl TxTimer<'_> {
+    /// At the top of the closure; a retry keeps the first entry.
+    pub(crate) fn entered(&self) {
+        if self.entered.get().is_none() {
+            self.entered.set(Some(Instant::now()));
+        }
+    }
+}
+
+impl Drop for TxTimer<'_> {
+    /// Right after the transaction returns: callers drop the timer there, or an error's `?` does.
+    fn drop(&mut self) {
+        let entered = self.entered.get().unwrap_or(self.called);
+        let ns = |d: std::time::Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        self.counter.held_ns.fetch_add(ns(entered.elapsed()), Ordering::Relaxed);
+        self.counter.waited_ns.fetch_add(ns(entered - self.called), Ordering::Relaxed);
+        self.counter.count.fetch_add(1, Ordering::Relaxed);
+    }
+}
