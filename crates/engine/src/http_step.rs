@@ -66,7 +66,11 @@ pub(crate) async fn send(
     let text = response.text().await.map_err(|e| Failure::Retry(format!("{url}: reading the response: {e}")))?;
     let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
     if status.is_success() {
-        return Ok(serde_json::json!({ "status": status.as_u16(), "body": body }));
+        // Not `json!`: it would serialize `body` into a copy instead of moving it.
+        let mut out = serde_json::Map::with_capacity(2);
+        out.insert("status".into(), Value::from(status.as_u16()));
+        out.insert("body".into(), body);
+        return Ok(Value::Object(out));
     }
     let message = format!("{url} answered {status}: {}", truncate(&body.to_string(), 300));
     if status.as_u16() == 429 || status.is_server_error() {

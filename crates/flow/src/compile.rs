@@ -519,15 +519,17 @@ pub fn context(
     now: DateTime<Utc>,
 ) -> Value {
     let env: Map<String, Value> = env.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect();
-    serde_json::json!({
-        "trigger": trigger,
-        "steps": {},
-        "account": account,
-        "env": env,
-        "flow": { "name": flow },
-        "run": { "id": run_id },
-        "now": now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-    })
+    // Built by hand: `json!` would serialize `trigger` (the whole item) into a copy of
+    // itself instead of moving it, a tenth of a run's CPU for a contact-sized item.
+    let mut ctx = Map::with_capacity(7);
+    ctx.insert("trigger".into(), trigger);
+    ctx.insert("steps".into(), Value::Object(Map::new()));
+    ctx.insert("account".into(), account);
+    ctx.insert("env".into(), Value::Object(env));
+    ctx.insert("flow".into(), serde_json::json!({ "name": flow }));
+    ctx.insert("run".into(), serde_json::json!({ "id": run_id }));
+    ctx.insert("now".into(), Value::String(now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)));
+    Value::Object(ctx)
 }
 
 impl CompiledFlow {

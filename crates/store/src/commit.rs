@@ -12,6 +12,8 @@ use crate::error::Result;
 pub(crate) struct GroupFlush {
     state: std::sync::Mutex<FlushState>,
     done: std::sync::Condvar,
+    /// Flushes run (each one fsync or its backend's equivalent).
+    pub(crate) count: AtomicU64,
 }
 
 #[derive(Default)]
@@ -42,6 +44,7 @@ impl GroupFlush {
                 st.flushing = true;
                 let target = st.issued;
                 drop(st);
+                self.count.fetch_add(1, Ordering::Relaxed);
                 let result = flush();
                 st = lock();
                 st.flushing = false;
@@ -77,6 +80,8 @@ pub struct TransactionTime {
     pub polls: LockTime,
     /// [`crate::Store::update_runs`], the engine's writer batches.
     pub updates: LockTime,
+    /// Flushes to disk run by any call (group commit shares one among all callers waiting).
+    pub flushes: u64,
 }
 
 #[derive(Default)]

@@ -254,13 +254,15 @@ impl FjallStore {
                     ));
                 }
                 match &found.marker {
-                    Some(mk) if mk.store_id != m.store_id => return Err(layout::damaged(
-                        root,
-                        format!(
+                    Some(mk) if mk.store_id != m.store_id => {
+                        return Err(layout::damaged(
+                            root,
+                            format!(
                             "the marker file names store {} but the database is store {}: the database was replaced",
                             mk.store_id, m.store_id
                         ),
-                    )),
+                        ))
+                    }
                     Some(_) => {}
                     // Meta proves a store; the marker was lost or creation stopped just
                     // before writing it.
@@ -1147,7 +1149,11 @@ impl Store for FjallStore {
 
     /// Poll commits' and run-update batches' hold on the writer lock.
     fn transaction_time(&self) -> TransactionTime {
-        TransactionTime { polls: self.tx_time.polls.read(), updates: self.tx_time.updates.read() }
+        TransactionTime {
+            polls: self.tx_time.polls.read(),
+            updates: self.tx_time.updates.read(),
+            flushes: self.group.count.load(std::sync::atomic::Ordering::Relaxed),
+        }
     }
 
     fn backend(&self) -> Backend {

@@ -1142,7 +1142,11 @@ impl Store for SledStore {
 
     /// Poll commits' and run-update batches' hold on sled's global transaction lock.
     fn transaction_time(&self) -> TransactionTime {
-        TransactionTime { polls: self.tx_time.polls.read(), updates: self.tx_time.updates.read() }
+        TransactionTime {
+            polls: self.tx_time.polls.read(),
+            updates: self.tx_time.updates.read(),
+            flushes: self.group.count.load(std::sync::atomic::Ordering::Relaxed),
+        }
     }
 
     fn backend(&self) -> Backend {

@@ -84,9 +84,11 @@ struct Throughput {
     poll_ms: f64,
     total_ms: f64,
     cpu_s: f64,
-    /// sled's transaction lock in the timed window: (held, waited), ms.
+    /// The store's writer lock in the timed window: (held, waited), ms.
     lock_polls: (f64, f64),
     lock_updates: (f64, f64),
+    /// Flushes to disk in the timed window.
+    flushes: u64,
 }
 
 async fn throughput(a: &Args) -> Result<Throughput> {
@@ -125,6 +127,7 @@ async fn throughput(a: &Args) -> Result<Throughput> {
         cpu_s: cpu,
         lock_polls: ms(tx.polls, tx0.polls),
         lock_updates: ms(tx.updates, tx0.updates),
+        flushes: tx.flushes - tx0.flushes,
     })
 }
 
@@ -196,12 +199,13 @@ async fn main() -> Result<()> {
             t.cpu_s * 1e6 / a.items as f64
         );
         println!(
-            "         sled's transaction lock held {:.0} ms of it (poll commits {:.0}, run updates {:.0}); waited for: poll commits {:.0} ms, run updates {:.0} ms (summed over threads)",
+            "         the store's writer lock held {:.0} ms of it (poll commits {:.0}, run updates {:.0}); waited for: poll commits {:.0} ms, run updates {:.0} ms (summed over threads); {} flushes to disk",
             t.lock_polls.0 + t.lock_updates.0,
             t.lock_polls.0,
             t.lock_updates.0,
             t.lock_polls.1,
-            t.lock_updates.1
+            t.lock_updates.1,
+            t.flushes
         );
         rates.push(t.items_per_s);
         cpus.push(t.cpu_s);
