@@ -47,6 +47,7 @@ use crate::keys::{self, decode_json, encode_json};
 use crate::layout::{self, Backend, Marker, FORMAT, META_CREATED_AT, META_FORMAT, META_STORE_ID};
 use crate::model::*;
 use crate::open_runs::OpenRuns;
+use crate::retention;
 use crate::transitions;
 use crate::Store;
 
@@ -343,35 +344,8 @@ impl FjallStore {
     }
 
     fn prune_seen(&self, policy: &Retention, now: DateTime<Utc>) -> Result<u64> {
-        let Some(max_age) = policy.seen_max_age else {
-            return Ok(0);
-        };
-        let cutoff = cutoff_ms(now, max_age);
-        let mut doomed: Vec<Slice> = Vec::new();
-        // Keys of one trigger are contiguous (length-prefixed trigger first), so one pass
-        // groups them; only one trigger's keys are held at a time.
-        let mut group: Vec<(u64, Slice)> = Vec::new();
-        let mut current: Option<Vec<u8>> = None;
-        let mut flush_group = |group: &mut Vec<(u64, Slice)>| {
-            group.sort_by_key(|g| std::cmp::Reverse(g.0));
-            for (ms, k) in group.drain(..).skip(policy.seen_keep_per_trigger) {
-                if ms < cutoff {
-                    doomed.push(k);
-                }
-            }
-        };
-        for item in self.p.get(T::Seen).iter() {
-            let (k, v) = item?;
-            let (trigger, _) = keys::split_str_prefix(T::Seen.name(), &k)?;
-            let prefix = keys::str_prefix(trigger);
-            if current.as_deref() != Some(prefix.as_slice()) {
-                flush_group(&mut group);
-                current = Some(prefix);
-            }
-            let ms = keys::millis(keys::time_from(T::Seen.name(), &k, &v)?);
-            group.push((ms, k));
-        }
-        flush_group(&mut group);
+        let entries = self.p.get(T::Seen).iter().map(|e| e.map_err(StoreError::from));
+        let doomed = retention::seen_keys_to_prune(T::Seen.name(), entries, policy, now)?;
         self.remove_all(T::Seen, &doomed)?;
         Ok(doomed.len() as u64)
     }
@@ -399,15 +373,7 @@ impl FjallStore {
                 finished.push((run.id, keys::millis(run.updated_at)));
             }
         }
-        finished.sort_by_key(|f| std::cmp::Reverse(f.0));
-        let cutoff = policy.runs_max_age.map(|a| cutoff_ms(now, a));
-        let keep = policy.runs_keep.unwrap_or(usize::MAX);
-        let doomed: Vec<RunId> = finished
-            .iter()
-            .enumerate()
-            .filter(|(i, (_, ms))| *i >= keep || cutoff.is_some_and(|c| *ms < c))
-            .map(|(_, (id, _))| *id)
-            .collect();
+        let doomed = retention::runs_to_prune(finished, policy, now);
 
         let mut removed = 0;
         for chunk in doomed.chunks(CHUNK) {
@@ -438,7 +404,7 @@ impl FjallStore {
         let Some(max_age) = policy.webhooks_max_age else {
             return Ok(0);
         };
-        let cutoff = cutoff_ms(now, max_age);
+        let cutoff = retention::cutoff_ms(now, max_age);
         let mut doomed = Vec::new();
         for item in self.p.get(T::Webhooks).iter() {
             let (k, v) = item?;
@@ -525,10 +491,6 @@ impl View<'_> {
     }
 }
 
-fn cutoff_ms(now: DateTime<Utc>, age: std::time::Duration) -> u64 {
-    keys::millis(now).saturating_sub(age.as_millis().min(u64::MAX as u128) as u64)
-}
-
 /// fjall has no lock of its own against a second process opening the same files.
 fn lock(root: &Path) -> Result<File> {
     let path = root.join(layout::LOCK_FILE);
@@ -576,20 +538,7 @@ fn open_keyspace(root: &Path) -> Result<Keyspace> {
 fn read_meta(meta: &PartitionHandle) -> std::result::Result<Option<Marker>, String> {
     let get = |k: &[u8]| meta.get(k).map_err(|e| format!("cannot read meta: {e}"));
     let (format, id, created) = (get(META_FORMAT)?, get(META_STORE_ID)?, get(META_CREATED_AT)?);
-    if format.is_none() && id.is_none() && created.is_none() {
-        return Ok(None);
-    }
-    let text = |v: Option<Slice>, what: &str| -> std::result::Result<String, String> {
-        let v = v.ok_or_else(|| format!("its meta record has no {what}"))?;
-        String::from_utf8(v.to_vec()).map_err(|_| format!("its meta {what} is not text"))
-    };
-    let format: u32 =
-        text(format, "format version")?.parse().map_err(|_| "its meta format version is not a number".to_string())?;
-    let store_id = text(id, "store id")?;
-    let created_at = DateTime::parse_from_rfc3339(&text(created, "creation time")?)
-        .map_err(|_| "its meta creation time is not a time".to_string())?
-        .with_timezone(&Utc);
-    Ok(Some(Marker { engine: Backend::Fjall, format, store_id, created_at }))
+    layout::marker_from_meta(Backend::Fjall, format.as_deref(), id.as_deref(), created.as_deref())
 }
 
 fn init_meta(ks: &Keyspace, meta: &PartitionHandle, clock: &Clock) -> Result<Marker> {
@@ -782,19 +731,10 @@ impl Store for FjallStore {
     }
 
     fn commit_poll(&self, commit: &PollCommit) -> Result<PollOutcome> {
-        if commit.trigger.is_empty() {
-            return Err(StoreError::Invalid("a poll commit needs a trigger id".into()));
-        }
+        commit.check()?;
         let now = self.now();
         let state = commit.state.as_ref().map(encode_json).transpose()?;
         let seen_value = Slice::from(&keys::time_value(now)[..]);
-        let mut in_commit = HashSet::with_capacity(commit.items.len());
-        if let Some(twice) = commit.items.iter().find(|item| !in_commit.insert(item.key.as_str())) {
-            return Err(StoreError::Invalid(format!(
-                "dedupe key {:?} appears twice in one poll of {}",
-                twice.key, commit.trigger
-            )));
-        }
         // Keys, ids and encodings are worked out before taking the writer lock.
         let mut prepared = Vec::with_capacity(commit.items.len());
         for item in &commit.items {

@@ -107,6 +107,30 @@ pub struct Marker {
     pub created_at: DateTime<Utc>,
 }
 
+/// The marker the `meta` records (format, store id, creation time) describe, read by either
+/// backend. `Ok(None)`: no meta at all. `Err(reason)`: meta present but unreadable.
+pub fn marker_from_meta(
+    engine: Backend,
+    format: Option<&[u8]>,
+    id: Option<&[u8]>,
+    created: Option<&[u8]>,
+) -> std::result::Result<Option<Marker>, String> {
+    if format.is_none() && id.is_none() && created.is_none() {
+        return Ok(None);
+    }
+    let text = |v: Option<&[u8]>, what: &str| -> std::result::Result<String, String> {
+        let v = v.ok_or_else(|| format!("its meta record has no {what}"))?;
+        String::from_utf8(v.to_vec()).map_err(|_| format!("its meta {what} is not text"))
+    };
+    let format: u32 =
+        text(format, "format version")?.parse().map_err(|_| "its meta format version is not a number".to_string())?;
+    let store_id = text(id, "store id")?;
+    let created_at = DateTime::parse_from_rfc3339(&text(created, "creation time")?)
+        .map_err(|_| "its meta creation time is not a time".to_string())?
+        .with_timezone(&Utc);
+    Ok(Some(Marker { engine, format, store_id, created_at }))
+}
+
 /// A marker written before backends existed: sled was the only one.
 fn before_backends() -> Backend {
     Backend::Sled

@@ -26,6 +26,7 @@ mod keys;
 pub mod layout;
 pub mod model;
 mod open_runs;
+mod retention;
 pub mod sled_store;
 mod time_format;
 mod transitions;

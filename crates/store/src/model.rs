@@ -216,6 +216,24 @@ pub struct PollCommit {
     pub items: Vec<PollItem>,
 }
 
+impl PollCommit {
+    /// Refuses a commit without a trigger, or with a dedupe key twice (which would make
+    /// the transaction's seen check read its own write), before anything is written.
+    pub(crate) fn check(&self) -> crate::Result<()> {
+        if self.trigger.is_empty() {
+            return Err(crate::StoreError::Invalid("a poll commit needs a trigger id".into()));
+        }
+        let mut keys = std::collections::HashSet::with_capacity(self.items.len());
+        if let Some(twice) = self.items.iter().find(|item| !keys.insert(item.key.as_str())) {
+            return Err(crate::StoreError::Invalid(format!(
+                "dedupe key {:?} appears twice in one poll of {}",
+                twice.key, self.trigger
+            )));
+        }
+        Ok(())
+    }
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PollOutcome {
     /// The runs created, with the dedupe key each was created for, in item order.

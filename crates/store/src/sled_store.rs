@@ -62,6 +62,7 @@ use crate::keys::{self, decode_json, encode_json};
 use crate::layout::{self, Backend, Marker, FORMAT, FORMAT_1, FORMAT_2, META_CREATED_AT, META_FORMAT, META_STORE_ID};
 use crate::model::*;
 use crate::open_runs::OpenRuns;
+use crate::retention;
 use crate::transitions;
 use crate::Store;
 
@@ -321,40 +322,12 @@ impl SledStore {
     }
 
     fn prune_seen(&self, policy: &Retention, now: DateTime<Utc>) -> Result<u64> {
-        let Some(max_age) = policy.seen_max_age else {
-            return Ok(0);
-        };
-        let cutoff = cutoff_ms(now, max_age);
-        let mut doomed: Vec<Vec<u8>> = Vec::new();
-        // Keys of one trigger are contiguous (length-prefixed trigger first),
-        // so one pass groups them; only one trigger's keys are held at a time.
-        let mut group: Vec<(u64, sled::IVec)> = Vec::new();
-        let mut current: Option<Vec<u8>> = None;
-        let mut flush_group = |group: &mut Vec<(u64, sled::IVec)>| {
-            group.sort_by_key(|g| std::cmp::Reverse(g.0));
-            for (ms, k) in group.drain(..).skip(policy.seen_keep_per_trigger) {
-                if ms < cutoff {
-                    doomed.push(k.to_vec());
-                }
-            }
-        };
-        for item in self.t.seen.iter() {
-            let (k, v) = item?;
-            let (trigger, _) = keys::split_str_prefix(T_SEEN, &k)?;
-            let prefix = keys::str_prefix(trigger);
-            if current.as_deref() != Some(prefix.as_slice()) {
-                flush_group(&mut group);
-                current = Some(prefix);
-            }
-            let ms = keys::millis(keys::time_from(T_SEEN, &k, &v)?);
-            group.push((ms, k));
-        }
-        flush_group(&mut group);
-
+        let entries = self.t.seen.iter().map(|e| e.map_err(StoreError::from));
+        let doomed = retention::seen_keys_to_prune(T_SEEN, entries, policy, now)?;
         for chunk in doomed.chunks(PRUNE_CHUNK) {
             self.t.seen.transaction(|seen| {
                 for k in chunk {
-                    seen.remove(k.as_slice())?;
+                    seen.remove(k.clone())?;
                 }
                 Ok(())
             })?;
@@ -372,15 +345,7 @@ impl SledStore {
                 finished.push((run.id, keys::millis(run.updated_at)));
             }
         }
-        finished.sort_by_key(|f| std::cmp::Reverse(f.0));
-        let cutoff = policy.runs_max_age.map(|a| cutoff_ms(now, a));
-        let keep = policy.runs_keep.unwrap_or(usize::MAX);
-        let doomed: Vec<RunId> = finished
-            .iter()
-            .enumerate()
-            .filter(|(i, (_, ms))| *i >= keep || cutoff.is_some_and(|c| *ms < c))
-            .map(|(_, (id, _))| *id)
-            .collect();
+        let doomed = retention::runs_to_prune(finished, policy, now);
 
         let trees = (&self.t.runs, &self.t.run_items, &self.t.run_status, &self.t.run_flow, &self.t.run_retry);
         let mut removed = 0;
@@ -412,7 +377,7 @@ impl SledStore {
         let Some(max_age) = policy.webhooks_max_age else {
             return Ok(0);
         };
-        let cutoff = cutoff_ms(now, max_age);
+        let cutoff = retention::cutoff_ms(now, max_age);
         let mut doomed = Vec::new();
         for item in self.t.webhooks.iter() {
             let (k, v) = item?;
@@ -431,10 +396,6 @@ impl SledStore {
         }
         Ok(doomed.len() as u64)
     }
-}
-
-fn cutoff_ms(now: DateTime<Utc>, age: std::time::Duration) -> u64 {
-    keys::millis(now).saturating_sub(age.as_millis().min(u64::MAX as u128) as u64)
 }
 
 /// How long to wait for sled's file lock. sled releases the lock of a dropped
@@ -495,20 +456,7 @@ fn upgrade_running_index(status: &Tree) -> Result<()> {
 fn read_meta(meta: &Tree) -> std::result::Result<Option<Marker>, String> {
     let get = |k: &[u8]| meta.get(k).map_err(|e| format!("cannot read meta: {e}"));
     let (format, id, created) = (get(META_FORMAT)?, get(META_STORE_ID)?, get(META_CREATED_AT)?);
-    if format.is_none() && id.is_none() && created.is_none() {
-        return Ok(None);
-    }
-    let text = |v: Option<sled::IVec>, what: &str| -> std::result::Result<String, String> {
-        let v = v.ok_or_else(|| format!("its meta record has no {what}"))?;
-        String::from_utf8(v.to_vec()).map_err(|_| format!("its meta {what} is not text"))
-    };
-    let format: u32 =
-        text(format, "format version")?.parse().map_err(|_| "its meta format version is not a number".to_string())?;
-    let store_id = text(id, "store id")?;
-    let created_at = DateTime::parse_from_rfc3339(&text(created, "creation time")?)
-        .map_err(|_| "its meta creation time is not a time".to_string())?
-        .with_timezone(&Utc);
-    Ok(Some(Marker { engine: Backend::Sled, format, store_id, created_at }))
+    layout::marker_from_meta(Backend::Sled, format.as_deref(), id.as_deref(), created.as_deref())
 }
 
 fn init_meta(meta: &Tree, clock: &Clock) -> Result<Marker> {
@@ -750,19 +698,10 @@ impl Store for SledStore {
     }
 
     fn commit_poll(&self, commit: &PollCommit) -> Result<PollOutcome> {
-        if commit.trigger.is_empty() {
-            return Err(StoreError::Invalid("a poll commit needs a trigger id".into()));
-        }
+        commit.check()?;
         let now = self.now();
         let state = commit.state.as_ref().map(encode_json).transpose()?;
         let seen_value = keys::time_value(now);
-        let mut in_commit = HashSet::with_capacity(commit.items.len());
-        if let Some(twice) = commit.items.iter().find(|item| !in_commit.insert(item.key.as_str())) {
-            return Err(StoreError::Invalid(format!(
-                "dedupe key {:?} appears twice in one poll of {}",
-                twice.key, commit.trigger
-            )));
-        }
         // Keys, ids and encodings are worked out before the transaction: it holds sled's
         // global lock, which every other write and read waits for.
         let mut prepared = Vec::with_capacity(commit.items.len());
