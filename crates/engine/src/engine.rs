@@ -281,7 +281,10 @@ impl Engine {
             let permit = engine.permits.clone().acquire_owned().await;
             engine.metrics.queue_depth.dec();
             let _permit = permit.map_err(|e| EngineError::Join(e.to_string()))?;
-            execute(engine).await
+            // Boxed once the run may start: a queued task then holds a small future, not
+            // the whole run's state machine (kilobytes). A poll queues thousands at once, and
+            // their fresh pages cost more than the run's bookkeeping did.
+            Box::pin(execute(engine)).await
         })
     }
 
