@@ -54,6 +54,9 @@ pub enum Command {
     /// Connect GHL accounts (OAuth) and check that every account's credentials work.
     #[command(subcommand)]
     Auth(AuthCommand),
+    /// Inspect the store, or move a sled store to fjall.
+    #[command(subcommand)]
+    Store(StoreCommand),
     /// Print the JSON Schema of flow files (for editor completion and checks).
     Schema,
     /// Print a shell completion script.
@@ -224,6 +227,21 @@ pub enum KindArg {
 pub enum Format {
     Yaml,
     Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum StoreCommand {
+    /// Print where the store is, its database (fjall or sled), id, format and creation time.
+    Info(StoreArgs),
+    /// Copy a sled store to a new fjall store, record for record, and put it in its place
+    /// (the sled store is kept beside it, renamed). Stop `flowd run` first.
+    Migrate(StoreArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct StoreArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
 }
 
 #[derive(Debug, Subcommand)]

@@ -55,6 +55,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let catalog = std::sync::Arc::new(load_catalog(&cli)?);
             runtime()?.block_on(cmd::demo::run(catalog, args))?;
         }
+        Command::Store(command) => cmd::store::run(command, &mut out)?,
         Command::Runs(args) => {
             let config = config::load(&args.config.config, &|k| std::env::var(k).ok())?;
             runtime()?.block_on(cmd::runs::list(&config, args, &mut out))?;

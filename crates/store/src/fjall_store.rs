@@ -57,6 +57,9 @@ const META_NEXT_RUN_ID: &[u8] = b"next_run_id";
 /// writer lock.
 const CHUNK: usize = 512;
 
+/// Records per batch when importing a store.
+const IMPORT_CHUNK: usize = 10_000;
+
 /// Block cache: flowd's working set (recent seen keys, open runs) is small.
 const CACHE_BYTES: u64 = 32 * 1024 * 1024;
 /// In-memory tables across all partitions before they are written out.
@@ -336,6 +339,52 @@ impl FjallStore {
             txn.batch.commit()?;
         }
         Ok(out)
+    }
+
+    /// Writes `entries` into the partition named like the sled tree `tree`, in batches, for
+    /// [`crate::migrate`]; returns how many. The caller makes them durable.
+    pub(crate) fn import(&self, tree: &str, entries: impl Iterator<Item = Result<(Vec<u8>, Vec<u8>)>>) -> Result<u64> {
+        let t = TABLES
+            .into_iter()
+            .find(|t| t.name() == tree && *t != T::Meta)
+            .ok_or_else(|| StoreError::Invalid(format!("no partition for tree {tree:?}")))?;
+        let mut n = 0u64;
+        let mut chunk = Vec::with_capacity(IMPORT_CHUNK);
+        let mut entries = entries.peekable();
+        while entries.peek().is_some() {
+            chunk.clear();
+            for entry in entries.by_ref().take(IMPORT_CHUNK) {
+                chunk.push(entry?);
+            }
+            self.write(None, |tx| {
+                for (k, v) in &chunk {
+                    tx.batch.insert(tx.parts.get(t), k.as_slice(), v.as_slice());
+                }
+                Ok(())
+            })?;
+            n += chunk.len() as u64;
+        }
+        Ok(n)
+    }
+
+    /// Never hands out a run id below `floor` (the ids of an imported store).
+    pub(crate) fn raise_run_id_floor(&self, floor: u64) -> Result<()> {
+        self.next_id.fetch_max(floor, Ordering::Relaxed);
+        // An empty batch is not committed: write the floor itself.
+        self.write(None, |tx| {
+            tx.batch.insert(
+                tx.parts.get(T::Meta),
+                META_NEXT_RUN_ID,
+                Slice::from(&self.next_id.load(Ordering::Relaxed).to_be_bytes()[..]),
+            );
+            Ok(())
+        })?;
+        self.durable()
+    }
+
+    /// Whether the store holds no data at all (only its meta records).
+    pub(crate) fn is_empty(&self) -> Result<bool> {
+        data_is_empty(&self.p)
     }
 
     /// One point in time to read several partitions at.

@@ -24,6 +24,7 @@ pub mod error;
 pub mod fjall_store;
 mod keys;
 pub mod layout;
+pub mod migrate;
 pub mod model;
 mod open_runs;
 mod retention;

@@ -171,6 +171,29 @@ impl SledStore {
         Self::assemble(db, None, marker.store_id)
     }
 
+    /// Every data tree (all but `meta`) by name, for [`crate::migrate`]: the fjall store
+    /// keeps the same keys and records under the same names.
+    pub(crate) fn data_trees(&self) -> [(&'static str, &Tree); 10] {
+        let t = &self.t;
+        [
+            (T_SEEN, &t.seen),
+            (T_TRIGGERS, &t.triggers),
+            (T_RUNS, &t.runs),
+            (T_RUN_ITEMS, &t.run_items),
+            (T_RUN_STATUS, &t.run_status),
+            (T_RUN_FLOW, &t.run_flow),
+            (T_RUN_RETRY, &t.run_retry),
+            (T_TOKENS, &t.tokens),
+            (T_WEBHOOKS, &t.webhooks),
+            (T_WEBHOOK_QUEUE, &t.webhook_queue),
+        ]
+    }
+
+    /// An id above every run id sled has handed out (it consumes one).
+    pub(crate) fn run_id_ceiling(&self) -> Result<u64> {
+        Ok(self.db.generate_id()?)
+    }
+
     /// Replaces the clock (tests age records with it).
     pub fn with_clock(mut self, clock: Clock) -> SledStore {
         self.clock = clock;

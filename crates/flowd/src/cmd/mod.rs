@@ -3,5 +3,6 @@ pub mod catalog;
 pub mod demo;
 pub mod runs;
 pub mod sandbox;
+pub mod store;
 pub mod test;
 pub mod validate;

@@ -1,0 +1,95 @@
+//! `flowd store info` and `flowd store migrate`.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use crate::cli::StoreCommand;
+use crate::config::{self, Config};
+use crate::exit::UserError;
+
+pub fn run(command: &StoreCommand, out: &mut dyn Write) -> anyhow::Result<()> {
+    let args = match command {
+        StoreCommand::Info(a) | StoreCommand::Migrate(a) => a,
+    };
+    let config = config::load(&args.config.config, &|k| std::env::var(k).ok())?;
+    match command {
+        StoreCommand::Info(_) => info(&config, out),
+        StoreCommand::Migrate(_) => migrate(&config, out),
+    }
+}
+
+fn open_error(config: &Config, e: store::StoreError) -> anyhow::Error {
+    match e {
+        store::StoreError::Locked { .. } => {
+            UserError::new(format!("the store {} is in use by a running flowd; stop it first", config.store.display()))
+                .into()
+        }
+        other => UserError::new(format!("cannot open the store {}: {other}", config.store.display())).into(),
+    }
+}
+
+fn info(config: &Config, out: &mut dyn Write) -> anyhow::Result<()> {
+    let s = store::open(&config.store).map_err(|e| open_error(config, e))?;
+    let marker = store::layout::read_marker(&config.store)?;
+    writeln!(out, "store:    {}", config.store.display())?;
+    writeln!(out, "database: {}", s.backend())?;
+    writeln!(out, "id:       {}", s.store_id())?;
+    if let Some(m) = marker {
+        writeln!(out, "format:   {}", m.format)?;
+        writeln!(out, "created:  {}", m.created_at.to_rfc3339())?;
+    }
+    if s.backend() == store::Backend::Sled {
+        writeln!(out, "(`flowd store migrate` moves it to fjall, whose durable writes cost a fraction of sled's)")?;
+    }
+    Ok(())
+}
+
+/// `<store>` with `suffix` appended to its last component.
+fn beside(store: &Path, suffix: &str) -> PathBuf {
+    let mut name = store.file_name().map(|n| n.to_os_string()).unwrap_or_else(|| "store".into());
+    name.push(suffix);
+    store.with_file_name(name)
+}
+
+fn migrate(config: &Config, out: &mut dyn Write) -> anyhow::Result<()> {
+    let path = &config.store;
+    match store::layout::existing_backend(path)? {
+        None => return Err(UserError::new(format!("no store at {}", path.display())).into()),
+        Some(store::Backend::Fjall) => {
+            writeln!(out, "{} is a fjall store already; nothing to do.", path.display())?;
+            return Ok(());
+        }
+        Some(store::Backend::Sled) => {}
+    }
+    let staging = beside(path, ".fjall-migrating");
+    if staging.exists() {
+        return Err(UserError::new(format!(
+            "{} exists (an interrupted migration?); remove it and run again",
+            staging.display()
+        ))
+        .into());
+    }
+    let migrated = store::migrate::sled_to_fjall(path, &staging).map_err(|e| {
+        // Nothing was changed at `path`; the half-made copy is of no use.
+        let _ = std::fs::remove_dir_all(&staging);
+        open_error(config, e)
+    })?;
+    let kept = beside(path, &format!(".sled-{}", chrono::Utc::now().format("%Y%m%dT%H%M%SZ")));
+    std::fs::rename(path, &kept)
+        .map_err(|e| UserError::new(format!("cannot move {} to {}: {e}", path.display(), kept.display())))?;
+    std::fs::rename(&staging, path).map_err(|e| {
+        UserError::new(format!(
+            "cannot move {} to {}: {e}. The migrated store is complete in the first; the sled store is in {}",
+            staging.display(),
+            path.display(),
+            kept.display()
+        ))
+    })?;
+    writeln!(out, "Copied {} records from the sled store into a new fjall store:", migrated.total())?;
+    for (tree, n) in &migrated.trees {
+        writeln!(out, "  {tree:<14} {n}")?;
+    }
+    writeln!(out, "{} is now the fjall store; the sled store is kept in {}.", path.display(), kept.display())?;
+    writeln!(out, "Every trigger keeps what it has seen: nothing fires again, nothing baselines again.")?;
+    Ok(())
+}
