@@ -72,4 +72,19 @@ fn migrate_moves_a_sled_store_to_fjall_and_keeps_the_sled_copy() {
     assert!(info.status.success() && text(&info).contains("database: fjall"), "{}", text(&info));
     let again = flowd(dir.path(), &["store", "migrate", "--config", "flowd.yaml"]);
     assert!(again.status.success() && text(&again).contains("fjall store already"), "{}", text(&again));
+
+    // What a migration killed right after its swap leaves: the fjall store in place, the
+    // sled store still under the staging name. Running it again finishes the job.
+    let staging = dir.path().join("data.fjall-migrating");
+    drop(store::create_or_open(&staging, store::Backend::Sled).expect("sled store"));
+    let out = flowd(dir.path(), &["store", "migrate", "--config", "flowd.yaml"]);
+    assert!(out.status.success() && text(&out).contains("finished an interrupted migration"), "{}", text(&out));
+    assert!(!staging.exists());
+    let kept = std::fs::read_dir(dir.path())
+        .expect("dir")
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with("data.sled-"))
+        .count();
+    assert_eq!(kept, 2, "both sled stores kept, under different names");
+    assert_eq!(store::open(&data).expect("store").backend(), store::Backend::Fjall);
 }

@@ -51,17 +51,61 @@ fn beside(store: &Path, suffix: &str) -> PathBuf {
     store.with_file_name(name)
 }
 
+/// Swaps the directories `a` and `b` in one step where the system can (Linux's
+/// `renameat2(RENAME_EXCHANGE)`); `Ok(false)` where it cannot.
+fn exchange(a: &Path, b: &Path) -> std::io::Result<bool> {
+    #[cfg(target_os = "linux")]
+    {
+        use rustix::fs::{renameat_with, RenameFlags, CWD};
+        use rustix::io::Errno;
+        match renameat_with(CWD, a, CWD, b, RenameFlags::EXCHANGE) {
+            Ok(()) => return Ok(true),
+            Err(e) if [Errno::INVAL, Errno::NOSYS, Errno::NOTSUP].contains(&e) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = (a, b);
+    Ok(false)
+}
+
+/// Where the sled store is kept: `<store>.sled-<time>`, numbered if that exists.
+fn kept_name(path: &Path) -> PathBuf {
+    let stem = format!(".sled-{}", chrono::Utc::now().format("%Y%m%dT%H%M%SZ"));
+    let mut kept = beside(path, &stem);
+    let mut n = 2;
+    while kept.exists() {
+        kept = beside(path, &format!("{stem}-{n}"));
+        n += 1;
+    }
+    kept
+}
+
 fn migrate(config: &Config, out: &mut dyn Write) -> anyhow::Result<()> {
     let path = &config.store;
+    let staging = beside(path, ".fjall-migrating");
     match store::layout::existing_backend(path)? {
         None => return Err(UserError::new(format!("no store at {}", path.display())).into()),
         Some(store::Backend::Fjall) => {
+            // A migration stopped right after the swap left the sled store in `staging`.
+            if store::layout::existing_backend(&staging)? == Some(store::Backend::Sled) {
+                let kept = kept_name(path);
+                std::fs::rename(&staging, &kept).map_err(|e| {
+                    UserError::new(format!("cannot move {} to {}: {e}", staging.display(), kept.display()))
+                })?;
+                writeln!(
+                    out,
+                    "{} is the fjall store; finished an interrupted migration: the sled store is kept in {}.",
+                    path.display(),
+                    kept.display()
+                )?;
+                return Ok(());
+            }
             writeln!(out, "{} is a fjall store already; nothing to do.", path.display())?;
             return Ok(());
         }
         Some(store::Backend::Sled) => {}
     }
-    let staging = beside(path, ".fjall-migrating");
     if staging.exists() {
         return Err(UserError::new(format!(
             "{} exists (an interrupted migration?); remove it and run again",
@@ -74,17 +118,24 @@ fn migrate(config: &Config, out: &mut dyn Write) -> anyhow::Result<()> {
         let _ = std::fs::remove_dir_all(&staging);
         open_error(config, e)
     })?;
-    let kept = beside(path, &format!(".sled-{}", chrono::Utc::now().format("%Y%m%dT%H%M%SZ")));
-    std::fs::rename(path, &kept)
-        .map_err(|e| UserError::new(format!("cannot move {} to {}: {e}", path.display(), kept.display())))?;
-    std::fs::rename(&staging, path).map_err(|e| {
-        UserError::new(format!(
-            "cannot move {} to {}: {e}. The migrated store is complete in the first; the sled store is in {}",
-            staging.display(),
-            path.display(),
-            kept.display()
-        ))
-    })?;
+    let kept = kept_name(path);
+    // One atomic swap where possible: a crash then leaves either the sled store or the
+    // complete fjall store in place, never neither (a start would create an empty one).
+    if exchange(&staging, path)? {
+        std::fs::rename(&staging, &kept)
+            .map_err(|e| UserError::new(format!("cannot move {} to {}: {e}", staging.display(), kept.display())))?;
+    } else {
+        std::fs::rename(path, &kept)
+            .map_err(|e| UserError::new(format!("cannot move {} to {}: {e}", path.display(), kept.display())))?;
+        std::fs::rename(&staging, path).map_err(|e| {
+            UserError::new(format!(
+                "cannot move {} to {}: {e}. The migrated store is complete in the first; the sled store is in {}",
+                staging.display(),
+                path.display(),
+                kept.display()
+            ))
+        })?;
+    }
     writeln!(out, "Copied {} records from the sled store into a new fjall store:", migrated.total())?;
     for (tree, n) in &migrated.trees {
         writeln!(out, "  {tree:<14} {n}")?;
