@@ -137,3 +137,14 @@ impl Drop for TxTimer<'_> {
         self.counter.count.fetch_add(1, Ordering::Relaxed);
     }
 }
+
+impl TxTime {
+    /// What [`crate::Store::transaction_time`] reports, with `group`'s flush count.
+    pub(crate) fn read(&self, group: &GroupFlush) -> TransactionTime {
+        TransactionTime {
+            polls: self.polls.read(),
+            updates: self.updates.read(),
+            flushes: group.count.load(Ordering::Relaxed),
+        }
+    }
+}

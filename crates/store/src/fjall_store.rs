@@ -191,6 +191,8 @@ pub struct FjallStore {
     group: GroupFlush,
     open: OpenRuns<Slice>,
     next_id: AtomicU64,
+    /// The `next_run_id` last committed to `meta` (0: none since open).
+    recorded_floor: AtomicU64,
     tx_time: TxTime,
     root: Option<PathBuf>,
     store_id: String,
@@ -248,42 +250,11 @@ impl FjallStore {
 
         let marker = match read_meta(p.get(T::Meta)).map_err(|r| layout::damaged(root, r))? {
             Some(m) => {
-                if m.format != FORMAT {
-                    return Err(layout::damaged(
-                        root,
-                        format!(
-                            "it has format version {}, which this flowd does not know (it knows {FORMAT})",
-                            m.format
-                        ),
-                    ));
-                }
-                match &found.marker {
-                    Some(mk) if mk.store_id != m.store_id => {
-                        return Err(layout::damaged(
-                            root,
-                            format!(
-                            "the marker file names store {} but the database is store {}: the database was replaced",
-                            mk.store_id, m.store_id
-                        ),
-                        ))
-                    }
-                    Some(_) => {}
-                    // Meta proves a store; the marker was lost or creation stopped just
-                    // before writing it.
-                    None => layout::write_marker(root, &m)?,
-                }
+                layout::check_meta(root, &found, &m, &[FORMAT])?;
                 m
             }
             None => {
-                if found.marker.is_some() {
-                    return Err(layout::damaged(
-                        root,
-                        "its database has no meta record (the database was replaced or damaged)",
-                    ));
-                }
-                if !data_is_empty(&p)? {
-                    return Err(layout::damaged(root, "its database holds data but no meta record"));
-                }
+                layout::check_no_meta(root, &found, !data_is_empty(&p)?)?;
                 let m = init_meta(&ks, p.get(T::Meta), &Clock::system())?;
                 layout::write_marker(root, &m)?;
                 layout::restrict_permissions(root)?;
@@ -298,6 +269,7 @@ impl FjallStore {
             group: GroupFlush::default(),
             open: OpenRuns::default(),
             next_id: AtomicU64::new(next_id),
+            recorded_floor: AtomicU64::new(0),
             tx_time: TxTime::default(),
             root: Some(root.to_path_buf()),
             store_id: marker.store_id,
@@ -329,14 +301,18 @@ impl FjallStore {
         }
         let mut txn = Txn { parts: &self.p, batch: self.ks.batch(), staged: Default::default() };
         let out = f(&mut txn)?;
+        // Ids handed out so far are never reused, even if their runs are pruned: the floor
+        // goes with the first commit after it moved (not with every batch).
+        let floor = self.next_id.load(Ordering::Relaxed);
+        let floor_moved = floor > self.recorded_floor.load(Ordering::Relaxed);
+        if floor_moved {
+            txn.batch.insert(self.p.get(T::Meta), META_NEXT_RUN_ID, Slice::from(&floor.to_be_bytes()[..]));
+        }
         if !txn.batch.is_empty() {
-            // Ids handed out so far are never reused, even if their runs are pruned.
-            txn.batch.insert(
-                self.p.get(T::Meta),
-                META_NEXT_RUN_ID,
-                Slice::from(&self.next_id.load(Ordering::Relaxed).to_be_bytes()[..]),
-            );
             txn.batch.commit()?;
+            if floor_moved {
+                self.recorded_floor.store(floor, Ordering::Relaxed);
+            }
         }
         Ok(out)
     }
@@ -370,15 +346,8 @@ impl FjallStore {
     /// Never hands out a run id below `floor` (the ids of an imported store).
     pub(crate) fn raise_run_id_floor(&self, floor: u64) -> Result<()> {
         self.next_id.fetch_max(floor, Ordering::Relaxed);
-        // An empty batch is not committed: write the floor itself.
-        self.write(None, |tx| {
-            tx.batch.insert(
-                tx.parts.get(T::Meta),
-                META_NEXT_RUN_ID,
-                Slice::from(&self.next_id.load(Ordering::Relaxed).to_be_bytes()[..]),
-            );
-            Ok(())
-        })?;
+        // A write with nothing else in it still records a floor that moved.
+        self.write(None, |_| Ok(()))?;
         self.durable()
     }
 
@@ -549,13 +518,12 @@ fn lock(root: &Path) -> Result<File> {
         .write(true)
         .open(&path)
         .map_err(|source| StoreError::Io { op: "open", path: path.clone(), source })?;
-    // A handle on the same store dropped a moment ago (a restart in the same process)
-    // may still be closing; another process's lock outlasts the wait.
+    // See `layout::LOCK_WAIT`.
     let started = std::time::Instant::now();
     loop {
         match file.try_lock() {
             Ok(()) => return Ok(file),
-            Err(std::fs::TryLockError::WouldBlock) if started.elapsed() < LOCK_WAIT => {
+            Err(std::fs::TryLockError::WouldBlock) if started.elapsed() < layout::LOCK_WAIT => {
                 std::thread::sleep(std::time::Duration::from_millis(20));
             }
             Err(std::fs::TryLockError::WouldBlock) => return Err(StoreError::Locked { path: root.to_path_buf() }),
@@ -563,8 +531,6 @@ fn lock(root: &Path) -> Result<File> {
         }
     }
 }
-
-const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
 
 fn open_keyspace(root: &Path) -> Result<Keyspace> {
     fjall::Config::new(layout::db_dir(root, Backend::Fjall))
@@ -1138,11 +1104,7 @@ impl Store for FjallStore {
 
     /// Poll commits' and run-update batches' hold on the writer lock.
     fn transaction_time(&self) -> TransactionTime {
-        TransactionTime {
-            polls: self.tx_time.polls.read(),
-            updates: self.tx_time.updates.read(),
-            flushes: self.group.count.load(std::sync::atomic::Ordering::Relaxed),
-        }
+        self.tx_time.read(&self.group)
     }
 
     fn backend(&self) -> Backend {

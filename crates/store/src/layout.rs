@@ -38,6 +38,13 @@ pub const FORMAT: u32 = 3;
 pub const FORMAT_1: u32 = 1;
 pub const FORMAT_2: u32 = 2;
 
+/// How long opening waits for the store's lock. A handle on the same store dropped a
+/// moment ago may still hold it (sled releases its lock when its last epoch-deferred
+/// reference is reclaimed; fjall's background threads stop after the drop), so a reopen
+/// in the same process (tests, a restart of the engine's store handle) would otherwise
+/// fail spuriously. A lock held by another process outlasts this and is `Locked`.
+pub const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
 pub const MARKER_FILE: &str = "STORE";
 pub const DB_DIR: &str = "db";
 pub const FJALL_DIR: &str = "fjall";
@@ -129,6 +136,41 @@ pub fn marker_from_meta(
         .map_err(|_| "its meta creation time is not a time".to_string())?
         .with_timezone(&Utc);
     Ok(Some(Marker { engine, format, store_id, created_at }))
+}
+
+/// Checks the `meta` a database holds against the marker found beside it, for either
+/// backend: a format in `known`, the same store id; a lost marker (or a creation that
+/// stopped just before writing it) is rewritten from `meta`, which proves a store existed.
+pub fn check_meta(root: &Path, found: &Found, meta: &Marker, known: &[u32]) -> Result<()> {
+    if !known.contains(&meta.format) {
+        return Err(damaged(
+            root,
+            format!("it has format version {}, which this flowd does not know (it knows {FORMAT})", meta.format),
+        ));
+    }
+    match &found.marker {
+        Some(mk) if mk.store_id != meta.store_id => Err(damaged(
+            root,
+            format!(
+                "the marker file names store {} but the database is store {}: the database was replaced",
+                mk.store_id, meta.store_id
+            ),
+        )),
+        Some(_) => Ok(()),
+        None => write_marker(root, meta),
+    }
+}
+
+/// For a database without `meta`: only an unfinished creation (no marker, no data) may be
+/// finished; anything else lost its store.
+pub fn check_no_meta(root: &Path, found: &Found, holds_data: bool) -> Result<()> {
+    if found.marker.is_some() {
+        return Err(damaged(root, "its database has no meta record (the database was replaced or damaged)"));
+    }
+    if holds_data {
+        return Err(damaged(root, "its database holds data but no meta record"));
+    }
+    Ok(())
 }
 
 /// A marker written before backends existed: sled was the only one.

@@ -212,30 +212,7 @@ impl SledStore {
         let meta = db.open_tree(T_META)?;
         let marker = match read_meta(&meta).map_err(|r| layout::damaged(root, r))? {
             Some(mut m) => {
-                if ![FORMAT, FORMAT_2, FORMAT_1].contains(&m.format) {
-                    return Err(layout::damaged(
-                        root,
-                        format!(
-                            "it has format version {}, which this flowd does not know (it knows {FORMAT})",
-                            m.format
-                        ),
-                    ));
-                }
-                match &found.marker {
-                    Some(mk) if mk.store_id != m.store_id => {
-                        return Err(layout::damaged(
-                            root,
-                            format!(
-                            "the marker file names store {} but the database is store {}: the database was replaced",
-                            mk.store_id, m.store_id
-                        ),
-                        ))
-                    }
-                    Some(_) => {}
-                    // Meta proves a store; the marker was lost or creation
-                    // stopped just before writing it.
-                    None => layout::write_marker(root, &m)?,
-                }
+                layout::check_meta(root, &found, &m, &[FORMAT, FORMAT_2, FORMAT_1])?;
                 if m.format == FORMAT_1 || m.format == FORMAT_2 {
                     // Format 1 records are read as they are (items inside). Running runs'
                     // index entries move to the tag they share with pending ones; a crash
@@ -251,15 +228,7 @@ impl SledStore {
                 m
             }
             None => {
-                if found.marker.is_some() {
-                    return Err(layout::damaged(
-                        root,
-                        "its database has no meta record (the database was replaced or damaged)",
-                    ));
-                }
-                if !db_is_empty(&db)? {
-                    return Err(layout::damaged(root, "its database holds data but no meta record"));
-                }
+                layout::check_no_meta(root, &found, !db_is_empty(&db)?)?;
                 let m = init_meta(&meta, &Clock::system())?;
                 layout::write_marker(root, &m)?;
                 layout::restrict_permissions(root)?;
@@ -421,13 +390,6 @@ impl SledStore {
     }
 }
 
-/// How long to wait for sled's file lock. sled releases the lock of a dropped
-/// `Db` only when its last epoch-deferred reference is reclaimed, which can be
-/// a moment after the drop; a reopen in the same process (tests, a restart of
-/// the engine's store handle) would otherwise fail spuriously. A lock held by
-/// another process outlasts this and is reported as `Locked`.
-const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
-
 fn open_sled(root: &Path) -> Result<sled::Db> {
     let started = std::time::Instant::now();
     loop {
@@ -437,7 +399,7 @@ fn open_sled(root: &Path) -> Result<sled::Db> {
             .open()
             .map_err(|e| map_open_error(root, e));
         match opened {
-            Err(StoreError::Locked { .. }) if started.elapsed() < LOCK_WAIT => {
+            Err(StoreError::Locked { .. }) if started.elapsed() < layout::LOCK_WAIT => {
                 std::thread::sleep(std::time::Duration::from_millis(20));
             }
             other => return other,
@@ -1104,11 +1066,7 @@ impl Store for SledStore {
 
     /// Poll commits' and run-update batches' hold on sled's global transaction lock.
     fn transaction_time(&self) -> TransactionTime {
-        TransactionTime {
-            polls: self.tx_time.polls.read(),
-            updates: self.tx_time.updates.read(),
-            flushes: self.group.count.load(std::sync::atomic::Ordering::Relaxed),
-        }
+        self.tx_time.read(&self.group)
     }
 
     fn backend(&self) -> Backend {
