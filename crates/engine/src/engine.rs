@@ -44,7 +44,11 @@ pub struct EngineConfig {
 impl Default for EngineConfig {
     fn default() -> Self {
         EngineConfig {
-            concurrency: 16,
+            // A GHL call takes 100-300 ms, so runs in flight bound a process's rate:
+            // 16 allowed ~50-160 actions/s over all locations, fewer than GHL's limits let
+            // an agency with a dozen sub-accounts send (10/s each). Writes are batched,
+            // so more in flight costs little.
+            concurrency: 64,
             poll_concurrency: 8,
             max_attempts: 5,
             retry_base: Duration::from_secs(30),

@@ -145,7 +145,9 @@ impl Engine {
         if final_status != RunStatus::Failed {
             pending.0.push(RunChange::Status { status: final_status, error: error_text.clone() });
         }
-        self.write(id, &mut pending).await?;
+        // Nothing is sent after it, so it need not wait for the disk: the next step start's
+        // flush (or the writer's own, soon after) carries it (see `writer`).
+        self.write(id, &mut pending, false).await?;
         self.metrics().record_run(rt.name(), final_status, started.elapsed());
         match (&final_status, &error_text) {
             (RunStatus::Succeeded, _) => {
@@ -198,7 +200,7 @@ impl Engine {
                 });
                 self.start_step(id, &step.id, rendered, pending).await?;
                 match self.client().send(account, &req).await {
-                    Ok(ghl::Body::Json(body)) => Ok(result.first(&body).cloned().unwrap_or(body)),
+                    Ok(ghl::Body::Json(body)) => Ok(result.take_first(body).unwrap_or_else(|body| body)),
                     Ok(ghl::Body::Text { text, .. }) => Ok(Value::String(text)),
                     Ok(ghl::Body::Bytes { content_type, bytes }) => {
                         Ok(json!({"contentType": content_type, "size": bytes.len()}))
@@ -236,16 +238,17 @@ impl Engine {
         pending: &mut Pending,
     ) -> Result<(), EngineError> {
         pending.0.push(RunChange::StepStarted { step: step.to_string(), request });
-        self.write(id, pending).await
+        self.write(id, pending, true).await
     }
 
-    /// Writes the pending changes durably, batched with other runs' writes (see `writer`).
-    async fn write(&self, id: RunId, pending: &mut Pending) -> Result<(), EngineError> {
+    /// Writes the pending changes, batched with other runs' writes: durably if `durable`,
+    /// else committed and flushed soon after (see `writer`).
+    async fn write(&self, id: RunId, pending: &mut Pending, durable: bool) -> Result<(), EngineError> {
         if pending.0.is_empty() {
             return Ok(());
         }
         let changes = std::mem::take(&mut pending.0);
-        self.writer().write(id, changes).await
+        self.writer().write(id, changes, durable).await
     }
 }
 

@@ -15,11 +15,18 @@
 //! write-then-flush cycle twice, and the CPU idled during every flush. On fjall one thread
 //! is faster (see [`threads`]).
 //!
-//! The promise to each caller is unchanged: its changes are on disk when `write`
-//! returns Ok, and a refused change is that run's error alone.
+//! A write is either durable (a step's start: on disk before `write` returns Ok) or only
+//! committed (a run's final status: when `write` returns, every read sees it and a killed
+//! process keeps it, see [`store::Store::apply_runs`]; the `fdatasync` that keeps it
+//! through a power cut comes with the next flush). Nothing waits on the second kind, so a
+//! batch of only those is not flushed on its own: the next durable write's flush carries
+//! it, as the store's log is written in commit order. When no write comes within
+//! [`MAX_UNFLUSHED`], the writer flushes anyway. A refused change is that run's error
+//! alone.
 
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use store::{RunChange, RunId, Store, StoreError};
 use tokio::sync::oneshot;
@@ -29,6 +36,10 @@ use crate::error::EngineError;
 /// Runs per transaction at most: bounds one transaction's memory and how long the
 /// first caller in a batch waits behind the others.
 const MAX_BATCH: usize = 512;
+
+/// How long a committed write waits for a flush at most: if no durable write has come to
+/// carry it by then, the writer flushes for it.
+const MAX_UNFLUSHED: Duration = Duration::from_millis(5);
 
 /// Writer threads. sled: two, one applying a batch while the other waits for its flush.
 /// fjall: one. Its flush holds the journal's lock, so a second writer's commit only waits
@@ -44,6 +55,14 @@ fn threads(backend: store::Backend) -> usize {
 struct Job {
     id: RunId,
     changes: Vec<RunChange>,
+    /// Whether the caller needs the changes on disk before it goes on.
+    durable: bool,
+    reply: oneshot::Sender<Result<(), StoreError>>,
+}
+
+/// A caller waiting for its answer.
+struct Waiting {
+    durable: bool,
     reply: oneshot::Sender<Result<(), StoreError>>,
 }
 
@@ -68,11 +87,12 @@ impl Writer {
         Writer { jobs }
     }
 
-    /// Writes `changes` to run `id` durably, batched with other runs' writes.
-    pub(crate) async fn write(&self, id: RunId, changes: Vec<RunChange>) -> Result<(), EngineError> {
+    /// Writes `changes` to run `id`, batched with other runs' writes: on disk when it
+    /// returns Ok if `durable`, else committed (see the module docs).
+    pub(crate) async fn write(&self, id: RunId, changes: Vec<RunChange>, durable: bool) -> Result<(), EngineError> {
         let (reply, answer) = oneshot::channel();
         self.jobs
-            .send(Job { id, changes, reply })
+            .send(Job { id, changes, durable, reply })
             .map_err(|_| EngineError::Join("the run writer thread has stopped".into()))?;
         match answer.await {
             Ok(result) => Ok(result?),
@@ -82,42 +102,91 @@ impl Writer {
 }
 
 fn run(store: &dyn Store, queue: &Mutex<mpsc::Receiver<Job>>) {
+    // When the oldest committed write not yet flushed was committed.
+    let mut unflushed_since: Option<Instant> = None;
     loop {
         // The queue is held only while a batch is taken, not while it is written.
         let jobs = {
             let queue = queue.lock().unwrap_or_else(PoisonError::into_inner);
-            let Ok(first) = queue.recv() else { return };
-            let mut jobs = vec![first];
-            while jobs.len() < MAX_BATCH {
-                match queue.try_recv() {
-                    Ok(job) => jobs.push(job),
-                    Err(_) => break,
+            let first = match unflushed_since {
+                None => queue.recv().map_err(|_| mpsc::RecvTimeoutError::Disconnected),
+                Some(t) => queue.recv_timeout(MAX_UNFLUSHED.saturating_sub(t.elapsed())),
+            };
+            match first {
+                Ok(first) => {
+                    let mut jobs = vec![first];
+                    while jobs.len() < MAX_BATCH {
+                        match queue.try_recv() {
+                            Ok(job) => jobs.push(job),
+                            Err(_) => break,
+                        }
+                    }
+                    Some(jobs)
                 }
+                Err(mpsc::RecvTimeoutError::Timeout) => None,
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
             }
-            jobs
         };
-        write_batch(store, jobs);
+        let durable = match jobs {
+            Some(jobs) => {
+                let needs_flush = jobs.iter().any(|j| j.durable);
+                let durable = write_batch(store, jobs);
+                let since = *unflushed_since.get_or_insert_with(Instant::now);
+                // Only committed writes: their flush waits for the next durable write's.
+                if !needs_flush && since.elapsed() < MAX_UNFLUSHED {
+                    continue;
+                }
+                durable
+            }
+            None => Vec::new(),
+        };
+        let mut flushed = store.flush();
+        match &flushed {
+            Ok(()) => unflushed_since = None,
+            // Tried again with the next batch, or when the wait runs out again.
+            Err(e) => {
+                tracing::error!(error = %e, "flushing the runs' bookkeeping failed");
+                unflushed_since = Some(Instant::now());
+            }
+        }
+        for job in durable {
+            // After a failed flush, each caller after the first tries one of its own.
+            let next = if flushed.is_ok() { Ok(()) } else { store.flush() };
+            let _ = job.reply.send(std::mem::replace(&mut flushed, next));
+        }
+    }
+    // The last committed writes of a stopping engine.
+    if unflushed_since.is_some() {
+        if let Err(e) = store.flush() {
+            tracing::error!(error = %e, "flushing the runs' bookkeeping failed");
+        }
     }
 }
 
-fn write_batch(store: &dyn Store, jobs: Vec<Job>) {
-    let (batch, replies): (Vec<_>, Vec<_>) = jobs.into_iter().map(|j| ((j.id, j.changes), j.reply)).unzip();
-    match store.update_runs(&batch) {
-        Ok(results) => {
-            for (reply, result) in replies.into_iter().zip(results) {
-                // A caller that went away (its task was cancelled) needs no answer.
-                let _ = reply.send(result);
-            }
-        }
+/// Commits a batch and answers the callers that do not wait for the disk; returns the
+/// ones that do, to be answered after the flush. A refused change is answered at once.
+fn write_batch(store: &dyn Store, jobs: Vec<Job>) -> Vec<Waiting> {
+    let (batch, jobs): (Vec<(RunId, Vec<RunChange>)>, Vec<Waiting>) =
+        jobs.into_iter().map(|j| ((j.id, j.changes), Waiting { durable: j.durable, reply: j.reply })).unzip();
+    let results = match store.apply_runs(&batch) {
+        Ok(results) => results,
         // The batch as a whole failed (nothing was written): write each run alone, so each
         // caller gets its own error, or success if only one run's write was the trouble.
         Err(e) => {
             tracing::warn!(error = %e, runs = batch.len(), "batched run write failed; writing runs one by one");
-            for ((id, changes), reply) in batch.into_iter().zip(replies) {
-                let _ = reply.send(store.update_run(id, &changes).map(drop));
-            }
+            batch.iter().map(|(id, changes)| store.update_run(*id, changes).map(drop)).collect()
+        }
+    };
+    let mut waiting = Vec::new();
+    for (job, result) in jobs.into_iter().zip(results) {
+        if job.durable && result.is_ok() {
+            waiting.push(job);
+        } else {
+            // A caller that went away (its task was cancelled) needs no answer.
+            let _ = job.reply.send(result);
         }
     }
+    waiting
 }
 
 #[cfg(test)]
@@ -142,7 +211,7 @@ mod tests {
                 } else {
                     vec![RunChange::Status { status: RunStatus::Running, error: None }]
                 };
-                writer.write(id, changes).await
+                writer.write(id, changes, n % 3 != 0).await
             }));
         }
         let mut refused = 0;
@@ -161,12 +230,36 @@ mod tests {
         }
     }
 
+    /// A durable write is flushed before it returns; a committed one is readable at once
+    /// and flushed by the writer within `MAX_UNFLUSHED` even when nothing else comes.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn committed_writes_are_readable_at_once_and_flushed_soon_after() {
+        let store: Arc<dyn Store> = Arc::new(store::FjallStore::temporary().unwrap());
+        let ids: Vec<RunId> =
+            (0..2).map(|i| store.create_run(&NewRun::new("f", serde_json::json!({ "i": i }))).unwrap()).collect();
+        let writer = Writer::start(store.clone());
+        let running = || vec![RunChange::Status { status: RunStatus::Running, error: None }];
+
+        let before = store.transaction_time().flushes;
+        writer.write(ids[0], running(), true).await.unwrap();
+        assert!(store.transaction_time().flushes > before, "a durable write returned before its flush");
+
+        let before = store.transaction_time().flushes;
+        writer.write(ids[1], running(), false).await.unwrap();
+        assert_eq!(store.get_run(ids[1]).unwrap().unwrap().status, RunStatus::Running);
+        let waited = std::time::Instant::now();
+        while store.transaction_time().flushes == before {
+            assert!(waited.elapsed() < Duration::from_secs(5), "a committed write was never flushed");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+
     #[tokio::test]
     async fn an_unknown_run_is_an_error_for_that_caller() {
         let store: Arc<dyn Store> = Arc::new(SledStore::temporary().unwrap());
         let writer = Writer::start(store);
         let err = writer
-            .write(RunId(999_999), vec![RunChange::Status { status: RunStatus::Running, error: None }])
+            .write(RunId(999_999), vec![RunChange::Status { status: RunStatus::Running, error: None }], true)
             .await
             .unwrap_err();
         assert!(matches!(err, EngineError::Store(StoreError::RunNotFound(_))), "{err}");

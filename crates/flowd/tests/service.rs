@@ -297,8 +297,9 @@ async fn sigkill_at_random_moments_loses_nothing() {
     let in_doubt = runs.iter().filter(|r| r.status == store::RunStatus::InDoubt).count();
     let succeeded = runs.iter().filter(|r| r.status == store::RunStatus::Succeeded).count();
     assert_eq!(succeeded + in_doubt, ITEMS, "every run finished or was flagged for review");
-    // Only steps in flight at a kill (at most `concurrency`, 16, per kill) can be in doubt.
-    assert!(in_doubt <= kills * 16, "{in_doubt} runs in doubt after {kills} kills");
+    // Only steps in flight at a kill (at most `concurrency` per kill) can be in doubt.
+    let concurrency = engine::EngineConfig::default().concurrency;
+    assert!(in_doubt <= kills * concurrency, "{in_doubt} runs in doubt after {kills} kills");
 
     let tasks = sb.records("tasks");
     let mut per_contact = std::collections::HashMap::new();

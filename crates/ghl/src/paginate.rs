@@ -68,12 +68,14 @@ pub struct JsonPath {
     /// For a path of the form `$.a.b[*]` (every catalog items path but a few), the field
     /// names: its items can then be moved out of a page instead of cloned.
     array_fields: Option<Vec<String>>,
+    /// For a path of the form `$.a.b`, the field names (see [`JsonPath::take_first`]).
+    fields: Option<Vec<String>>,
 }
 
 impl JsonPath {
     pub fn parse(text: &str) -> Result<Self, Error> {
         let query = parse_json_path(text).map_err(|e| Error::InvalidRequest(format!("JSONPath {text:?}: {e}")))?;
-        Ok(JsonPath { text: text.to_owned(), query, array_fields: array_fields(text) })
+        Ok(JsonPath { text: text.to_owned(), query, array_fields: array_fields(text), fields: plain_fields(text) })
     }
 
     /// What [`JsonPath::select`] selects, minus nulls, moved out of `v` when the path allows.
@@ -110,6 +112,25 @@ impl JsonPath {
     /// The first selected value, if any and not null.
     pub fn first<'a>(&self, v: &'a Value) -> Option<&'a Value> {
         self.select(v).into_iter().find(|x| !x.is_null())
+    }
+
+    /// [`JsonPath::first`], moved out of `v` when the path is a plain `$.a.b` (a step's
+    /// result path, such as `$.task`) instead of copied; `Err(v)` when nothing matches.
+    pub fn take_first(&self, mut v: Value) -> Result<Value, Value> {
+        if let Some(fields) = &self.fields {
+            let mut at = &mut v;
+            for f in fields {
+                match at.get_mut(f.as_str()) {
+                    Some(next) => at = next,
+                    None => return Err(v),
+                }
+            }
+            return if at.is_null() { Err(v) } else { Ok(at.take()) };
+        }
+        match self.first(&v) {
+            Some(found) => Ok(found.clone()),
+            None => Err(v),
+        }
     }
 }
 
@@ -368,7 +389,12 @@ impl Pager {
 
 /// The field names of a `$.a.b[*]` or `$[*]` path (plain names only), else `None`.
 fn array_fields(text: &str) -> Option<Vec<String>> {
-    let rest = text.strip_prefix('$')?.strip_suffix("[*]")?;
+    plain_fields(text.strip_suffix("[*]")?)
+}
+
+/// The field names of a path `$`, `$.a` or `$.a.b…` whose names are plain identifiers.
+fn plain_fields(text: &str) -> Option<Vec<String>> {
+    let rest = text.strip_prefix('$')?;
     if rest.is_empty() {
         return Some(Vec::new());
     }
@@ -503,6 +529,27 @@ mod tests {
     use super::*;
     use serde_json::json;
     use std::collections::BTreeMap;
+
+    #[test]
+    fn a_result_moved_out_of_a_response_is_the_first_value_the_path_selects() {
+        let docs = [
+            json!({"task": {"id": "t1", "title": "Hi"}, "traceId": "x"}),
+            json!({"task": null}),
+            json!({"data": {"task": {"id": 2}}}),
+            json!({"task": [1, 2]}),
+            json!([{"task": 1}]),
+            json!(null),
+            json!({}),
+        ];
+        let paths = ["$", "$.task", "$.data.task", "$.task[0]", "$..id", "$.missing"];
+        for path in paths {
+            let p = JsonPath::parse(path).unwrap();
+            for doc in &docs {
+                let want = p.first(doc).cloned().ok_or_else(|| doc.clone());
+                assert_eq!(p.take_first(doc.clone()), want, "{path} over {doc}");
+            }
+        }
+    }
 
     #[test]
     fn items_moved_out_of_a_page_are_the_items_the_path_selects() {

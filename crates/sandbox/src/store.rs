@@ -2,7 +2,7 @@
 //! lock, holding records as JSON objects in insertion order with an id index.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use serde_json::{Map, Value};
 
@@ -90,10 +90,42 @@ pub struct Collection {
     rows: BTreeMap<u64, Record>,
     by_id: HashMap<String, u64>,
     next_seq: u64,
+    /// Moves with every change (or chance of one), so a remembered scan knows it is stale.
+    version: u64,
+    /// The last [`Collection::seqs_where`] scan.
+    scan: Mutex<Option<Scan>>,
+}
+
+/// Which rows had `field == value` at `version`.
+#[derive(Debug)]
+struct Scan {
+    version: u64,
+    field: String,
+    value: String,
+    seqs: Arc<Vec<u64>>,
 }
 
 impl Collection {
+    /// The rows whose `field` is the string `value`, in order, as keys for
+    /// [`Collection::by_seq`]. Remembered until the collection changes: a poll reads the
+    /// same search page by page, and each page would otherwise look into every record.
+    pub fn seqs_where(&self, field: &str, value: &str) -> Arc<Vec<u64>> {
+        let mut scan = self.scan.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(s) = scan.as_ref().filter(|s| s.version == self.version && s.field == field && s.value == value) {
+            return s.seqs.clone();
+        }
+        let seqs: Arc<Vec<u64>> =
+            Arc::new(self.rows.iter().filter(|(_, r)| str_of(r, field) == Some(value)).map(|(seq, _)| *seq).collect());
+        *scan = Some(Scan { version: self.version, field: field.into(), value: value.into(), seqs: seqs.clone() });
+        seqs
+    }
+
+    pub fn by_seq(&self, seq: u64) -> Option<&Record> {
+        self.rows.get(&seq)
+    }
+
     pub fn insert(&mut self, id: String, record: Record) {
+        self.version += 1;
         if let Some(seq) = self.by_id.get(&id) {
             self.rows.insert(*seq, record);
             return;
@@ -109,6 +141,7 @@ impl Collection {
     }
 
     pub fn get_mut(&mut self, id: &str) -> Option<&mut Record> {
+        self.version += 1;
         match self.by_id.get(id) {
             Some(seq) => self.rows.get_mut(seq),
             None => None,
@@ -116,6 +149,7 @@ impl Collection {
     }
 
     pub fn remove(&mut self, id: &str) -> Option<Record> {
+        self.version += 1;
         let seq = self.by_id.remove(id)?;
         self.rows.remove(&seq)
     }
@@ -125,6 +159,7 @@ impl Collection {
     }
 
     pub fn iter_mut(&mut self) -> impl Iterator<Item = &mut Record> {
+        self.version += 1;
         self.rows.values_mut()
     }
 
@@ -133,6 +168,7 @@ impl Collection {
     }
 
     pub fn clear(&mut self) {
+        self.version += 1;
         self.rows.clear();
         self.by_id.clear();
     }

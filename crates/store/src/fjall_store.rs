@@ -878,6 +878,15 @@ impl Store for FjallStore {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
+        let results = self.apply_runs(batch)?;
+        self.durable()?;
+        Ok(results)
+    }
+
+    fn apply_runs(&self, batch: &[(RunId, Vec<RunChange>)]) -> Result<Vec<Result<()>>> {
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
         let now = self.now();
         // Worked out before the transaction where the run's record is cached: the
         // transaction only checks the stored bytes and writes.
@@ -921,7 +930,9 @@ impl Store for FjallStore {
                 self.open.keep(p.new, p.run);
             }
         }
-        self.durable()?;
+        // Handed to the OS at once, so a killed process loses nothing; the `fdatasync`
+        // (for a power cut) waits for the next flush.
+        self.ks.persist(PersistMode::Buffer)?;
         Ok(results)
     }
 

@@ -147,6 +147,16 @@ pub trait Store: Send + Sync {
     fn update_runs(&self, batch: &[(RunId, Vec<RunChange>)]) -> Result<Vec<Result<()>>> {
         Ok(batch.iter().map(|(id, changes)| self.update_run(*id, changes).map(drop)).collect())
     }
+    /// As [`Store::update_runs`], but may return before the changes are flushed to disk:
+    /// they are committed (every read sees them) and survive the process being killed,
+    /// but a power cut or OS crash keeps them only after the next flush (an explicit
+    /// [`Store::flush`] or any later durable write: the log is written in commit order).
+    /// The engine's writer uses it for writes nothing else waits on (a run's final
+    /// status), so they share the next step start's flush. The default is
+    /// [`Store::update_runs`] (sled has no cheaper way to survive a kill).
+    fn apply_runs(&self, batch: &[(RunId, Vec<RunChange>)]) -> Result<Vec<Result<()>>> {
+        self.update_runs(batch)
+    }
     /// Runs a restarted engine must pick up: `pending` and `running`, oldest
     /// first. A `running` run's steps show how far it got.
     fn list_resumable(&self) -> Result<Vec<Run>>;
