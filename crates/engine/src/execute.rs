@@ -191,13 +191,7 @@ impl Engine {
                     Ok(r) => r,
                     Err(e) => return Ok(Err(Failure::Permanent(e.to_string()))),
                 };
-                let rendered = json!({
-                    "op": op.key,
-                    "method": op.method.as_str(),
-                    "path": ghl::render_path(&req.path, &req.path_params).unwrap_or_else(|_| req.path.clone()),
-                    "query": req.query.iter().map(|(k, v)| json!([k, v])).collect::<Vec<_>>(),
-                    "body": req.body,
-                });
+                let rendered = request_record(op, &req);
                 self.start_step(id, &step.id, rendered, pending).await?;
                 match self.client().send(account, &req).await {
                     Ok(ghl::Body::Json(body)) => Ok(result.take_first(body).unwrap_or_else(|body| body)),
@@ -250,6 +244,20 @@ impl Engine {
         let changes = std::mem::take(&mut pending.0);
         self.writer().write(id, changes, durable).await
     }
+}
+
+/// The request as a step's record keeps it: `{op, method, path, query, body}`. Built
+/// by hand: `json!` would serialise the body into a copy of itself, field by field.
+fn request_record(op: &catalog::Operation, req: &ghl::Request) -> Value {
+    let path = ghl::render_path(&req.path, &req.path_params).unwrap_or_else(|_| req.path.clone());
+    let query = req.query.iter().map(|(k, v)| Value::Array(vec![Value::String(k.clone()), v.clone()])).collect();
+    let mut record = serde_json::Map::with_capacity(5);
+    record.insert("op".into(), Value::String(op.key.clone()));
+    record.insert("method".into(), Value::String(op.method.as_str().into()));
+    record.insert("path".into(), Value::String(path));
+    record.insert("query".into(), Value::Array(query));
+    record.insert("body".into(), req.body.clone().unwrap_or(Value::Null));
+    Value::Object(record)
 }
 
 /// A run's changes not yet written, applied in order by the next write.
