@@ -148,6 +148,17 @@ pub fn cpu_seconds() -> Option<f64> {
     Some((utime + stime) / 100.0)
 }
 
+/// The whole machine's CPU time so far, in clock ticks: `(idle, total)` from the first
+/// line of `/proc/stat` (idle counts `iowait` too). Between two readings, idle / total is
+/// the share of every core that nothing used.
+pub fn machine_ticks() -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = stat.lines().next()?.strip_prefix("cpu ")?;
+    let t: Vec<u64> = line.split_whitespace().take(8).map(str::parse).collect::<Result<_, _>>().ok()?;
+    let idle = t.get(3)? + t.get(4)?;
+    Some((idle, t.iter().sum()))
+}
+
 /// The value at quantile `q` (0..=1) of sorted `v`.
 pub fn quantile(v: &[f64], q: f64) -> f64 {
     if v.is_empty() {

@@ -90,6 +90,8 @@ struct Throughput {
     lock_updates: (f64, f64),
     /// Flushes to disk in the timed window.
     flushes: u64,
+    /// The machine's idle share in the timed window (all cores, any process).
+    idle: Option<f64>,
 }
 
 async fn throughput(a: &Args) -> Result<Throughput> {
@@ -105,6 +107,7 @@ async fn throughput(a: &Args) -> Result<Throughput> {
     add_contacts(&sb, 0, a.items)?;
     let tasks_before = sb.records("tasks").len();
     let cpu0 = cpu_seconds().unwrap_or(0.0);
+    let ticks0 = bench::machine_ticks();
     let tx0 = store.transaction_time();
     let t0 = Instant::now();
     let (report, runs) = engine.poll_and_dispatch("welcome").await?;
@@ -116,6 +119,10 @@ async fn throughput(a: &Args) -> Result<Throughput> {
     tokio::task::spawn_blocking(move || flushing.flush()).await??;
     let total = t0.elapsed();
     let cpu = cpu_seconds().unwrap_or(0.0) - cpu0;
+    let idle = match (ticks0, bench::machine_ticks()) {
+        (Some((i0, t0)), Some((i1, t1))) if t1 > t0 => Some((i1 - i0) as f64 / (t1 - t0) as f64),
+        _ => None,
+    };
     let tx = store.transaction_time();
     let ms = |now: store::LockTime, before: store::LockTime| {
         ((now.held - before.held).as_secs_f64() * 1e3, (now.waited - before.waited).as_secs_f64() * 1e3)
@@ -133,6 +140,7 @@ async fn throughput(a: &Args) -> Result<Throughput> {
         lock_polls: ms(tx.polls, tx0.polls),
         lock_updates: ms(tx.updates, tx0.updates),
         flushes: tx.flushes - tx0.flushes,
+        idle,
     })
 }
 
@@ -204,13 +212,14 @@ async fn main() -> Result<()> {
             t.cpu_s * 1e6 / a.items as f64
         );
         println!(
-            "         the store's writer lock held {:.0} ms of it (poll commits {:.0}, run updates {:.0}); waited for: poll commits {:.0} ms, run updates {:.0} ms (summed over threads); {} flushes to disk",
+            "         the store's writer lock held {:.0} ms of it (poll commits {:.0}, run updates {:.0}); waited for: poll commits {:.0} ms, run updates {:.0} ms (summed over threads); {} flushes to disk; the machine's cores {} idle",
             t.lock_polls.0 + t.lock_updates.0,
             t.lock_polls.0,
             t.lock_updates.0,
             t.lock_polls.1,
             t.lock_updates.1,
-            t.flushes
+            t.flushes,
+            t.idle.map_or("?".to_string(), |i| format!("{:.0}%", i * 100.0)),
         );
         rates.push(t.items_per_s);
         cpus.push(t.cpu_s);
