@@ -293,4 +293,40 @@ mod tests {
         let ns: Vec<Value> = s.read(kinds::CONTACTS).iter().map(|r| r["n"].clone()).collect();
         assert_eq!(ns, vec![json!(0), json!(2)]);
     }
+
+    /// The remembered scan answers as a fresh one would after every kind of change.
+    #[test]
+    fn a_remembered_scan_follows_every_change() {
+        let s = Store::default();
+        let add = |loc: &str| {
+            let mut r = Record::new();
+            r.insert("locationId".into(), json!(loc));
+            s.insert(kinds::CONTACTS, r)
+        };
+        let ids = [add("a"), add("b"), add("a")];
+        let ids_of = |seqs: &[u64]| -> Vec<String> {
+            let col = s.read(kinds::CONTACTS);
+            seqs.iter().filter_map(|q| col.by_seq(*q)).filter_map(|r| str_of(r, "id").map(String::from)).collect()
+        };
+        let scan = || s.read(kinds::CONTACTS).seqs_where("locationId", "a");
+        assert_eq!(ids_of(&scan()), vec![ids[0].clone(), ids[2].clone()]);
+        // Asked again unchanged: the same list, not a new scan.
+        assert!(Arc::ptr_eq(&scan(), &scan()));
+
+        let d = add("a");
+        assert_eq!(ids_of(&scan()), vec![ids[0].clone(), ids[2].clone(), d.clone()]);
+        if let Some(r) = s.write(kinds::CONTACTS).get_mut(&ids[1]) {
+            r.insert("locationId".into(), json!("a"));
+        }
+        assert_eq!(ids_of(&scan()).len(), 4);
+        s.remove(kinds::CONTACTS, &ids[0]);
+        assert_eq!(ids_of(&scan()), vec![ids[1].clone(), ids[2].clone(), d]);
+        for r in s.write(kinds::CONTACTS).iter_mut() {
+            r.insert("locationId".into(), json!("b"));
+        }
+        assert!(scan().is_empty());
+        assert_eq!(s.read(kinds::CONTACTS).seqs_where("locationId", "b").len(), 3);
+        s.clear();
+        assert!(s.read(kinds::CONTACTS).seqs_where("locationId", "b").is_empty());
+    }
 }
