@@ -461,19 +461,27 @@ async fn serve_op(
     }
     let ctx = Ctx { st, op, path: &path_params, query: &query, body: &body, who: &who };
     let reply = (st.handlers[op_index])(&ctx);
-    if let Ok(Reply::Json(status, value)) = &reply {
-        if status.is_success() {
-            emit_webhook(st, &op.key, &path_params, value);
+    match &reply {
+        Ok(Reply::Json(status, value)) if status.is_success() => {
+            emit_webhook(st, &op.key, &path_params, || crate::webhooks::reply_record_id(value))
         }
+        Ok(Reply::Stored { status, id, .. }) if status.is_success() => {
+            emit_webhook(st, &op.key, &path_params, || Some(id.clone()))
+        }
+        _ => {}
     }
-    let malformed = malformed && matches!(reply, Ok(Reply::Json(..) | Reply::Serialized(..)));
+    let malformed = malformed && matches!(reply, Ok(Reply::Json(..) | Reply::Serialized(..) | Reply::Stored { .. }));
     let (status, mut response) = match reply {
         Ok(Reply::Json(status, value)) if malformed => {
             (status, malformed_response(status, serde_json::to_vec(&value).unwrap_or_default()))
         }
-        Ok(Reply::Serialized(status, text)) if malformed => (status, malformed_response(status, text)),
+        Ok(Reply::Serialized(status, text) | Reply::Stored { status, bytes: text, .. }) if malformed => {
+            (status, malformed_response(status, text))
+        }
         Ok(Reply::Json(status, value)) => (status, json_response(status, &value)),
-        Ok(Reply::Serialized(status, bytes)) => (status, json_bytes_response(status, bytes)),
+        Ok(Reply::Serialized(status, bytes) | Reply::Stored { status, bytes, .. }) => {
+            (status, json_bytes_response(status, bytes))
+        }
         Ok(Reply::File(content_type, bytes)) => {
             let mut r = Response::new(Body::from(bytes));
             r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
@@ -494,7 +502,8 @@ fn malformed_response(status: StatusCode, mut text: Vec<u8>) -> Response {
 }
 
 /// Sends the event GHL would send for a successful change made through the API.
-fn emit_webhook(st: &AppState, op: &str, path_params: &[(String, String)], reply: &Value) {
+/// `reply_id` names the changed record (read from the reply only when a receiver is set).
+fn emit_webhook(st: &AppState, op: &str, path_params: &[(String, String)], reply_id: impl FnOnce() -> Option<String>) {
     // Without a receiver, skip reading back and copying the changed record.
     if !st.webhooks.enabled() {
         return;
@@ -508,7 +517,7 @@ fn emit_webhook(st: &AppState, op: &str, path_params: &[(String, String)], reply
             r
         }
         _ => {
-            let Some(id) = crate::webhooks::reply_record_id(reply) else { return };
+            let Some(id) = reply_id() else { return };
             let Some(r) = st.store.get(kind, &id) else { return };
             r
         }

@@ -88,7 +88,7 @@ pub mod kinds {
 #[derive(Debug, Default)]
 pub struct Collection {
     rows: BTreeMap<u64, Record>,
-    by_id: HashMap<String, u64>,
+    by_id: HashMap<String, u64, foldhash::fast::RandomState>,
     next_seq: u64,
     /// Moves with every change (or chance of one), so a remembered scan knows it is stale.
     version: u64,
@@ -177,7 +177,7 @@ impl Collection {
 /// All collections. The set of kinds is fixed, so the map itself needs no lock.
 #[derive(Debug)]
 pub struct Store {
-    collections: HashMap<&'static str, RwLock<Collection>>,
+    collections: HashMap<&'static str, RwLock<Collection>, foldhash::fast::RandomState>,
     pub clock: Clock,
     pub ids: IdGen,
 }
@@ -240,7 +240,7 @@ impl Store {
     }
 
     /// The record's id, after giving it a fresh one if it has none.
-    fn assign_id(&self, kind: &str, record: &mut Record) -> String {
+    pub(crate) fn assign_id(&self, kind: &str, record: &mut Record) -> String {
         let field = kinds::id_field(kind);
         match record.get(field).and_then(Value::as_str) {
             Some(id) => id.to_string(),

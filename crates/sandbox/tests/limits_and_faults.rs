@@ -159,6 +159,27 @@ async fn error_throttle_latency_and_malformed_faults() {
     assert_eq!(r.status().as_u16(), 200);
     let text = r.text().await.expect("text");
     assert!(serde_json::from_str::<Value>(&text).is_err(), "the body must not parse: {text}");
+    // A create's answer is cut too, after the record was stored: the caller cannot tell.
+    let contact = sb
+        .records("contacts")
+        .into_iter()
+        .find(|c| c["locationId"] == sb.location_id())
+        .expect("a demo contact in the token's location");
+    let contact_id = contact["id"].as_str().expect("id").to_string();
+    let tasks_before = sb.records("tasks").len();
+    let r = c
+        .post(format!("{}/contacts/{contact_id}/tasks", sb.base_url()))
+        .bearer_auth(TOKEN)
+        .header("Version", V_CONTACTS)
+        .json(&serde_json::json!({"title": "cut", "dueDate": "2026-12-01T00:00:00Z", "completed": false}))
+        .send()
+        .await
+        .expect("malformed create");
+    assert_eq!(r.status().as_u16(), 201);
+    let text = r.text().await.expect("text");
+    assert!(serde_json::from_str::<Value>(&text).is_err(), "the body must not parse: {text}");
+    assert!(text.starts_with("{\"task\":{"), "the real answer, cut: {text}");
+    assert_eq!(sb.records("tasks").len(), tasks_before + 1, "the task was created");
 
     let log: Value =
         c.get(format!("{}/_sandbox/requests", sb.base_url())).send().await.expect("log").json().await.expect("json");

@@ -7,7 +7,7 @@ use serde_json::{json, Value};
 
 use super::{
     add_to_set, created, field_is, k, merge, new_record, not_found, ok, remove_from_set, require_ref, serialized,
-    strings, text_matches, to_values, wrap, Ctx, HandlerFn, Reply,
+    strings, text_matches, to_values, Ctx, HandlerFn, Reply,
 };
 use crate::clock::parse_ms;
 use crate::error::ApiError;
@@ -137,7 +137,7 @@ fn create_contact(ctx: &Ctx) -> Result<Reply, ApiError> {
     r.insert("dateUpdated".into(), json!(now));
     r.insert("deleted".into(), json!(false));
     normalise_contact(&mut r);
-    created(json!({ "contact": ctx.insert(k::CONTACTS, r) }))
+    ctx.create_wrapped(k::CONTACTS, "contact", r)
 }
 
 fn touch(ctx: &Ctx, r: &mut Record) {
@@ -458,20 +458,22 @@ fn contact_note(ctx: &Ctx) -> Result<Reply, ApiError> {
 
 fn add_tags(ctx: &Ctx) -> Result<Reply, ApiError> {
     let tags = strings(ctx.b("tags"));
-    let c = ctx.update(k::CONTACTS, ctx.p("contactId"), CONTACT, |r| {
+    let tags = ctx.update_with(k::CONTACTS, ctx.p("contactId"), CONTACT, |r| {
         add_to_set(r, "tags", &tags);
         touch(ctx, r);
+        r.get("tags").cloned()
     })?;
-    created(json!({ "tags": c.get("tags").cloned().unwrap_or(json!([])) }))
+    created(json!({ "tags": tags.unwrap_or(json!([])) }))
 }
 
 fn remove_tags(ctx: &Ctx) -> Result<Reply, ApiError> {
     let tags = strings(ctx.b("tags"));
-    let c = ctx.update(k::CONTACTS, ctx.p("contactId"), CONTACT, |r| {
+    let tags = ctx.update_with(k::CONTACTS, ctx.p("contactId"), CONTACT, |r| {
         remove_from_set(r, "tags", &tags);
         touch(ctx, r);
+        r.get("tags").cloned()
     })?;
-    ok(json!({ "tags": c.get("tags").cloned().unwrap_or(json!([])) }))
+    ok(json!({ "tags": tags.unwrap_or(json!([])) }))
 }
 
 fn bulk_tags(ctx: &Ctx) -> Result<Reply, ApiError> {
@@ -509,7 +511,7 @@ fn create_task(ctx: &Ctx) -> Result<Reply, ApiError> {
         r.insert("completed".into(), Value::Bool(false));
     }
     r.insert("dateAdded".into(), Value::String(ctx.now()));
-    created(wrap("task", ctx.insert(k::TASKS, r)))
+    ctx.create_wrapped(k::TASKS, "task", r)
 }
 
 fn update_task(ctx: &Ctx) -> Result<Reply, ApiError> {
@@ -539,7 +541,7 @@ fn create_note(ctx: &Ctx) -> Result<Reply, ApiError> {
     let mut r = new_record(ctx, ctx.declared_body());
     r.insert("contactId".into(), json!(super::id_of(&contact)));
     r.insert("dateAdded".into(), json!(ctx.now()));
-    created(json!({ "note": ctx.insert(k::NOTES, r) }))
+    ctx.create_wrapped(k::NOTES, "note", r)
 }
 
 fn update_note(ctx: &Ctx) -> Result<Reply, ApiError> {

@@ -32,6 +32,13 @@ pub enum Reply {
     /// `Value` first would copy every record of a large page. Only for replies that
     /// change nothing: no webhook is derived from it.
     Serialized(StatusCode, Vec<u8>),
+    /// JSON serialised from a record as it was stored, which moved into the store
+    /// uncopied; `id` names the record for the webhook the change derives.
+    Stored {
+        status: StatusCode,
+        bytes: Vec<u8>,
+        id: String,
+    },
     /// A file download (recordings, transcripts).
     File(&'static str, Vec<u8>),
 }
@@ -52,11 +59,16 @@ pub fn serialized(status: StatusCode, body: &impl serde::Serialize, capacity: us
     Ok(Reply::Serialized(status, bytes))
 }
 
-/// `{ key: record }`. `json!` would serialise the record into a fresh copy; this moves it.
-pub fn wrap(key: &str, record: Record) -> Value {
-    let mut m = Map::with_capacity(1);
-    m.insert(key.into(), Value::Object(record));
-    Value::Object(m)
+/// `{ key: record }` as JSON text, from a borrowed record.
+fn serialized_wrap(key: &str, record: &Record) -> Result<Vec<u8>, ApiError> {
+    let mut bytes = Vec::with_capacity(512);
+    let mut map = serde_json::Serializer::new(&mut bytes);
+    let mut m = serde::Serializer::serialize_map(&mut map, Some(1))
+        .map_err(|e| ApiError::internal(format!("serialising the reply: {e}")))?;
+    serde::ser::SerializeMap::serialize_entry(&mut m, key, record)
+        .and_then(|()| serde::ser::SerializeMap::end(m))
+        .map_err(|e| ApiError::internal(format!("serialising the reply: {e}")))?;
+    Ok(bytes)
 }
 
 /// The handler for an operation key; `None` means the catalog has an operation this crate
@@ -160,11 +172,25 @@ impl<'a> Ctx<'a> {
         noun: &str,
         change: impl FnOnce(&mut Record),
     ) -> Result<Record, ApiError> {
+        self.update_with(kind, id, noun, |r| {
+            change(r);
+            r.clone()
+        })
+    }
+
+    /// Like [`Ctx::update`], returning what `change` takes from the record instead of a
+    /// copy of all of it.
+    pub fn update_with<T>(
+        &self,
+        kind: &str,
+        id: &str,
+        noun: &str,
+        change: impl FnOnce(&mut Record) -> T,
+    ) -> Result<T, ApiError> {
         let mut col = self.st.store.write(kind);
         let r = col.get_mut(id).ok_or_else(|| not_found(noun))?;
         self.check_owner(r, noun)?;
-        change(r);
-        Ok(r.clone())
+        Ok(change(r))
     }
 
     pub fn delete(&self, kind: &str, id: &str, noun: &str) -> Result<Record, ApiError> {
@@ -205,6 +231,15 @@ impl<'a> Ctx<'a> {
     /// Stores a new record; returns it as stored (with its id).
     pub fn insert(&self, kind: &str, record: Record) -> Record {
         self.st.store.insert_returning(kind, record)
+    }
+
+    /// Stores a new record and answers `201 { key: record }` from it: the reply is
+    /// serialised before the record moves into the store, so nothing is copied.
+    pub fn create_wrapped(&self, kind: &str, key: &str, mut record: Record) -> Result<Reply, ApiError> {
+        let id = self.st.store.assign_id(kind, &mut record);
+        let bytes = serialized_wrap(key, &record)?;
+        self.st.store.insert(kind, record);
+        Ok(Reply::Stored { status: StatusCode::CREATED, bytes, id })
     }
 }
 
