@@ -82,7 +82,9 @@ impl Engine {
         let mut ctx = self.context(&rt, std::mem::take(&mut run.item), &id.to_string(), Utc::now());
         let mut outcome = RunStatus::Succeeded;
         let mut error_text = None;
-        for step in &rt.steps {
+        for (i, step) in rt.steps.iter().enumerate() {
+            // The last step's result goes only into its record: nothing renders from it.
+            let keep_result = i + 1 < rt.steps.len();
             let record = run.step(&step.id);
             match record.map(|r| r.status) {
                 Some(StepStatus::Succeeded) => {
@@ -113,8 +115,9 @@ impl Engine {
                 }
                 Some(StepStatus::Failed) | None => {}
             }
-            match self.run_step(&rt.flow.account, id, step, &rt.flow.steps, &ctx, &mut pending).await? {
-                Ok(result) => ctx["steps"][&step.id] = result,
+            match self.run_step(&rt.flow.account, id, step, &rt.flow.steps, &ctx, &mut pending, keep_result).await? {
+                Ok(Some(result)) => ctx["steps"][&step.id] = result,
+                Ok(None) => {}
                 Err(Failure::Retry(e)) => {
                     outcome = RunStatus::Failed;
                     error_text = Some(format!("step `{}`: {e}", step.id));
@@ -164,7 +167,8 @@ impl Engine {
     /// Renders, records, sends and records one step. The outer error is the engine's own
     /// (the store failed); the inner one is the step's. The step's start is written (with
     /// whatever `pending` holds) before it is sent; its result is left in `pending` for the
-    /// next write.
+    /// next write, and returned too if `keep_result` (later steps render from it).
+    #[allow(clippy::too_many_arguments)]
     async fn run_step(
         &self,
         account: &str,
@@ -173,7 +177,8 @@ impl Engine {
         compiled: &[flow::CompiledStep],
         ctx: &Value,
         pending: &mut Pending,
-    ) -> Result<Result<Value, Failure>, EngineError> {
+        keep_result: bool,
+    ) -> Result<Result<Option<Value>, Failure>, EngineError> {
         let Some(template) = compiled.iter().find(|s| s.id == step.id) else {
             return Ok(Err(Failure::Permanent(format!("step `{}` is not in the flow", step.id))));
         };
@@ -213,14 +218,22 @@ impl Engine {
             }
         };
         self.metrics().record_step(&flow_name, &step.id, started.elapsed(), result.is_ok());
-        match &result {
-            Ok(v) => pending.finish(&step.id, StepStatus::Succeeded, Some(v.clone()), None),
-            Err(Failure::InDoubt(e)) => pending.finish(&step.id, StepStatus::InDoubt, None, Some(e)),
-            Err(Failure::Retry(e) | Failure::Permanent(e)) => {
-                pending.finish(&step.id, StepStatus::Failed, None, Some(e))
+        Ok(match result {
+            Ok(v) => {
+                let kept = keep_result.then(|| v.clone());
+                pending.finish(&step.id, StepStatus::Succeeded, Some(v), None);
+                Ok(kept)
             }
-        }
-        Ok(result)
+            Err(failure) => {
+                match &failure {
+                    Failure::InDoubt(e) => pending.finish(&step.id, StepStatus::InDoubt, None, Some(e)),
+                    Failure::Retry(e) | Failure::Permanent(e) => {
+                        pending.finish(&step.id, StepStatus::Failed, None, Some(e))
+                    }
+                }
+                Err(failure)
+            }
+        })
     }
 
     /// Durably records that `step` is about to be sent, with everything pending before it.
