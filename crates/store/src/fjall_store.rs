@@ -138,7 +138,7 @@ struct Txn<'a> {
     parts: &'a Parts,
     batch: Batch,
     /// This transaction's writes to the partitions it also reads (`None`: removed).
-    staged: [HashMap<Slice, Option<Slice>>; 11],
+    staged: [HashMap<Slice, Option<Slice>, foldhash::fast::RandomState>; 11],
 }
 
 impl Txn<'_> {

@@ -23,12 +23,12 @@ struct Entry<B> {
 
 /// `B` is the backend's own byte container (cheap to clone: both are reference counted).
 pub(crate) struct OpenRuns<B = sled::IVec> {
-    entries: Mutex<HashMap<RunId, Entry<B>>>,
+    entries: Mutex<HashMap<RunId, Entry<B>, foldhash::fast::RandomState>>,
 }
 
 impl<B> Default for OpenRuns<B> {
     fn default() -> Self {
-        OpenRuns { entries: Mutex::new(HashMap::new()) }
+        OpenRuns { entries: Mutex::new(HashMap::default()) }
     }
 }
 
