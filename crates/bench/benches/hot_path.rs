@@ -77,7 +77,7 @@ fn bookkeeping(c: &mut Criterion) {
             id,
             &[
                 RunChange::Status { status: RunStatus::Running, error: None },
-                RunChange::StepStarted { step: "task".into(), request: request.clone() },
+                RunChange::StepStarted { step: "task".into(), request: request.clone().into() },
             ],
         )
         .expect("start");
@@ -87,7 +87,7 @@ fn bookkeeping(c: &mut Criterion) {
                 RunChange::StepFinished {
                     step: "task".into(),
                     status: StepStatus::Succeeded,
-                    response: Some(json!({ "id": "t1" })),
+                    response: Some(json!({ "id": "t1" }).into()),
                     error: None,
                 },
                 RunChange::Status { status: RunStatus::Succeeded, error: None },

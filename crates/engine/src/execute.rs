@@ -20,6 +20,7 @@ use crate::request;
 use crate::runtime::{StepKind, StepRuntime};
 use chrono::Utc;
 use serde_json::{json, Value};
+use std::sync::Arc;
 use std::time::Instant;
 use store::{NewRunFields, Run, RunChange, RunId, RunStatus, StepStatus};
 
@@ -88,7 +89,7 @@ impl Engine {
             let record = run.step(&step.id);
             match record.map(|r| r.status) {
                 Some(StepStatus::Succeeded) => {
-                    ctx["steps"][&step.id] = record.and_then(|r| r.response.clone()).unwrap_or(Value::Null);
+                    ctx["steps"][&step.id] = record.and_then(|r| r.response.as_deref().cloned()).unwrap_or(Value::Null);
                     continue;
                 }
                 Some(StepStatus::InDoubt) => {
@@ -99,7 +100,7 @@ impl Engine {
                 }
                 Some(StepStatus::Sent) => {
                     // A crash between sending and recording: was it sent? Unknown.
-                    let rendered = record.map(|r| r.request.clone()).unwrap_or(Value::Null);
+                    let rendered = record.map(|r| r.request.clone()).unwrap_or_default();
                     if step.is_idempotent(&rendered) {
                         pending.finish(&step.id, StepStatus::Failed, None, Some("interrupted; sent again"));
                     } else {
@@ -244,7 +245,7 @@ impl Engine {
         request: Value,
         pending: &mut Pending,
     ) -> Result<(), EngineError> {
-        pending.0.push(RunChange::StepStarted { step: step.to_string(), request });
+        pending.0.push(RunChange::StepStarted { step: step.to_string(), request: Arc::new(request) });
         self.write(id, pending, true).await
     }
 
@@ -282,7 +283,7 @@ impl Pending {
         self.0.push(RunChange::StepFinished {
             step: step.to_string(),
             status,
-            response,
+            response: response.map(Arc::new),
             error: error.map(str::to_string),
         });
     }

@@ -207,7 +207,7 @@ mod tests {
                 // Every tenth run asks for something the store refuses: starting a step of a
                 // run that is not running.
                 let changes = if n % 10 == 0 {
-                    vec![RunChange::StepStarted { step: "a".into(), request: serde_json::Value::Null }]
+                    vec![RunChange::StepStarted { step: "a".into(), request: serde_json::Value::Null.into() }]
                 } else {
                     vec![RunChange::Status { status: RunStatus::Running, error: None }]
                 };

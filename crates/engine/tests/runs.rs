@@ -101,7 +101,7 @@ async fn a_post_that_may_have_been_sent_before_a_crash_is_in_doubt_not_resent() 
             run,
             &[
                 RunChange::Status { status: RunStatus::Running, error: None },
-                RunChange::StepStarted { step: "task".into(), request: json!({"op": "contacts.create_task"}) },
+                RunChange::StepStarted { step: "task".into(), request: json!({"op": "contacts.create_task"}).into() },
             ],
         )
         .expect("crash state");
@@ -136,7 +136,10 @@ async fn an_idempotent_step_interrupted_by_a_crash_is_sent_again() {
             run,
             &[
                 RunChange::Status { status: RunStatus::Running, error: None },
-                RunChange::StepStarted { step: "mark".into(), request: json!({"op": "contacts.update_contact"}) },
+                RunChange::StepStarted {
+                    step: "mark".into(),
+                    request: json!({"op": "contacts.update_contact"}).into(),
+                },
             ],
         )
         .expect("crash state");

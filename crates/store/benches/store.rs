@@ -68,7 +68,7 @@ fn run_bookkeeping<S: OpenStore>(c: &mut Criterion) {
                 id,
                 &[
                     RunChange::Status { status: RunStatus::Running, error: None },
-                    RunChange::StepStarted { step: "create".into(), request: request.clone() },
+                    RunChange::StepStarted { step: "create".into(), request: request.clone().into() },
                 ],
             )
             .expect("start");
@@ -78,7 +78,7 @@ fn run_bookkeeping<S: OpenStore>(c: &mut Criterion) {
                     RunChange::StepFinished {
                         step: "create".into(),
                         status: StepStatus::Succeeded,
-                        response: Some(json!({ "contact": { "id": "c1" } })),
+                        response: Some(json!({ "contact": { "id": "c1" } }).into()),
                         error: None,
                     },
                     RunChange::Status { status: RunStatus::Succeeded, error: None },
@@ -147,7 +147,7 @@ fn batched<S: OpenStore>(c: &mut Criterion) {
         let changes = vec![
             RunChange::Expect { status: RunStatus::Pending },
             RunChange::Status { status: RunStatus::Running, error: None },
-            RunChange::StepStarted { step: "task".into(), request: request.clone() },
+            RunChange::StepStarted { step: "task".into(), request: request.clone().into() },
         ];
         (id, changes)
     };
@@ -156,7 +156,7 @@ fn batched<S: OpenStore>(c: &mut Criterion) {
             RunChange::StepFinished {
                 step: "task".into(),
                 status: StepStatus::Succeeded,
-                response: Some(response.clone()),
+                response: Some(response.clone().into()),
                 error: None,
             },
             RunChange::Status { status: RunStatus::Succeeded, error: None },

@@ -44,8 +44,8 @@ pub use error::{Result, StoreError};
 pub use fjall_store::FjallStore;
 pub use layout::Backend;
 pub use model::{
-    NewRun, NewRunFields, PollCommit, PollItem, PollOutcome, PruneStats, Retention, Run, RunChange, RunFilter, RunId,
-    RunStatus, StepRecord, StepStatus, WebhookEvent,
+    NewRun, NewRunFields, Payload, PollCommit, PollItem, PollOutcome, PruneStats, Retention, Run, RunChange, RunFilter,
+    RunId, RunStatus, StepRecord, StepStatus, WebhookEvent,
 };
 pub use sled_store::SledStore;
 
@@ -170,7 +170,8 @@ pub trait Store: Send + Sync {
     /// Durably records that `step` is about to be sent with `request`. Call it
     /// before sending; the run must be `running`.
     fn mark_step_started(&self, id: RunId, step: &str, request: &Value) -> Result<()> {
-        self.update_run(id, &[RunChange::StepStarted { step: step.to_string(), request: request.clone() }]).map(drop)
+        self.update_run(id, &[RunChange::StepStarted { step: step.to_string(), request: Arc::new(request.clone()) }])
+            .map(drop)
     }
 
     fn record_step_result(
@@ -186,7 +187,7 @@ pub trait Store: Send + Sync {
             &[RunChange::StepFinished {
                 step: step.to_string(),
                 status,
-                response: response.cloned(),
+                response: response.cloned().map(Arc::new),
                 error: error.map(str::to_string),
             }],
         )

@@ -6,6 +6,7 @@
 //! encoding.
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -104,13 +105,17 @@ pub enum StepStatus {
     InDoubt,
 }
 
+/// A step's request or response: shared (not copied) between the change that brings it and
+/// the record that keeps it, and written as plain JSON.
+pub type Payload = Arc<Value>;
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StepRecord {
     pub step: String,
     pub status: StepStatus,
-    pub request: Value,
+    pub request: Payload,
     #[serde(default)]
-    pub response: Option<Value>,
+    pub response: Option<Payload>,
     #[serde(serialize_with = "crate::time_format::serialize")]
     pub started_at: DateTime<Utc>,
     #[serde(default, serialize_with = "crate::time_format::serialize_opt")]
@@ -261,9 +266,9 @@ pub enum RunChange {
     /// The request is about to be sent. Refused if the step already succeeded
     /// or is still `Sent` (a crash left it in doubt: record `InDoubt` or a
     /// result first, so a re-send is always an explicit decision).
-    StepStarted { step: String, request: Value },
+    StepStarted { step: String, request: Payload },
     /// The result of a started step: status must not be `Sent`.
-    StepFinished { step: String, status: StepStatus, response: Option<Value>, error: Option<String> },
+    StepFinished { step: String, status: StepStatus, response: Option<Payload>, error: Option<String> },
     /// Entering `Running` counts an attempt; any status change clears a
     /// scheduled retry. `Succeeded` and `Dead` are final.
     Status { status: RunStatus, error: Option<String> },

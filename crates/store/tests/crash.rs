@@ -57,7 +57,7 @@ fn crash_child() {
                 *id,
                 &[
                     RunChange::Status { status: RunStatus::Running, error: None },
-                    RunChange::StepStarted { step: "send".into(), request: json!({ "n": n }) },
+                    RunChange::StepStarted { step: "send".into(), request: json!({ "n": n }).into() },
                 ],
             )
             .expect("start step");

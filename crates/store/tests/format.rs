@@ -44,7 +44,7 @@ fn items_are_kept_apart_and_come_back_with_every_read() {
         let id = s.create_run(&NewRun::new("welcome", item.clone())).unwrap();
         let run = s.update_run(id, &[RunChange::Status { status: RunStatus::Running, error: None }]).unwrap();
         assert_eq!(run.item, item, "update_run returns the run with its item");
-        s.update_runs(&[(id, vec![RunChange::StepStarted { step: "a".into(), request: json!({"x": 1}) }])])
+        s.update_runs(&[(id, vec![RunChange::StepStarted { step: "a".into(), request: json!({"x": 1}).into() }])])
             .unwrap()
             .into_iter()
             .for_each(|r| r.unwrap());
