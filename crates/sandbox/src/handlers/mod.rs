@@ -54,20 +54,12 @@ pub fn created(v: Value) -> Result<Reply, ApiError> {
 /// A reply serialised here rather than through a `Value`; `capacity` is a guess of its
 /// size, so a large page is written without repeatedly growing the buffer.
 pub fn serialized(status: StatusCode, body: &impl serde::Serialize, capacity: usize) -> Result<Reply, ApiError> {
-    let mut bytes = Vec::with_capacity(capacity);
-    serde_json::to_writer(&mut bytes, body).map_err(|e| ApiError::internal(format!("serialising the reply: {e}")))?;
-    Ok(Reply::Serialized(status, bytes))
+    Ok(Reply::Serialized(status, json_bytes(body, capacity)?))
 }
 
-/// `{ key: record }` as JSON text, from a borrowed record.
-fn serialized_wrap(key: &str, record: &Record) -> Result<Vec<u8>, ApiError> {
-    let mut bytes = Vec::with_capacity(512);
-    let mut map = serde_json::Serializer::new(&mut bytes);
-    let mut m = serde::Serializer::serialize_map(&mut map, Some(1))
-        .map_err(|e| ApiError::internal(format!("serialising the reply: {e}")))?;
-    serde::ser::SerializeMap::serialize_entry(&mut m, key, record)
-        .and_then(|()| serde::ser::SerializeMap::end(m))
-        .map_err(|e| ApiError::internal(format!("serialising the reply: {e}")))?;
+fn json_bytes(body: &impl serde::Serialize, capacity: usize) -> Result<Vec<u8>, ApiError> {
+    let mut bytes = Vec::with_capacity(capacity);
+    serde_json::to_writer(&mut bytes, body).map_err(|e| ApiError::internal(format!("serialising the reply: {e}")))?;
     Ok(bytes)
 }
 
@@ -237,7 +229,8 @@ impl<'a> Ctx<'a> {
     /// serialised before the record moves into the store, so nothing is copied.
     pub fn create_wrapped(&self, kind: &str, key: &str, mut record: Record) -> Result<Reply, ApiError> {
         let id = self.st.store.assign_id(kind, &mut record);
-        let bytes = serialized_wrap(key, &record)?;
+        // `{ key: record }`, from the record itself.
+        let bytes = json_bytes(&std::collections::BTreeMap::from([(key, &record)]), 512)?;
         self.st.store.insert(kind, record);
         Ok(Reply::Stored { status: StatusCode::CREATED, bytes, id })
     }
