@@ -20,7 +20,6 @@ use crate::request;
 use crate::runtime::{StepKind, StepRuntime};
 use chrono::Utc;
 use serde_json::{json, Value};
-use std::sync::Arc;
 use std::time::Instant;
 use store::{NewRunFields, Run, RunChange, RunId, RunStatus, StepStatus};
 
@@ -245,7 +244,7 @@ impl Engine {
         request: Value,
         pending: &mut Pending,
     ) -> Result<(), EngineError> {
-        pending.0.push(RunChange::StepStarted { step: step.to_string(), request: Arc::new(request) });
+        pending.0.push(RunChange::StepStarted { step: step.to_string(), request: request.into() });
         self.write(id, pending, true).await
     }
 
@@ -283,7 +282,7 @@ impl Pending {
         self.0.push(RunChange::StepFinished {
             step: step.to_string(),
             status,
-            response: response.map(Arc::new),
+            response: response.map(store::Payload::new),
             error: error.map(str::to_string),
         });
     }

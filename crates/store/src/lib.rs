@@ -27,6 +27,7 @@ pub mod layout;
 pub mod migrate;
 pub mod model;
 mod open_runs;
+mod payload;
 mod retention;
 pub mod sled_store;
 mod time_format;
@@ -170,8 +171,11 @@ pub trait Store: Send + Sync {
     /// Durably records that `step` is about to be sent with `request`. Call it
     /// before sending; the run must be `running`.
     fn mark_step_started(&self, id: RunId, step: &str, request: &Value) -> Result<()> {
-        self.update_run(id, &[RunChange::StepStarted { step: step.to_string(), request: Arc::new(request.clone()) }])
-            .map(drop)
+        self.update_run(
+            id,
+            &[RunChange::StepStarted { step: step.to_string(), request: Payload::new(request.clone()) }],
+        )
+        .map(drop)
     }
 
     fn record_step_result(
@@ -187,7 +191,7 @@ pub trait Store: Send + Sync {
             &[RunChange::StepFinished {
                 step: step.to_string(),
                 status,
-                response: response.cloned().map(Arc::new),
+                response: response.cloned().map(Payload::new),
                 error: error.map(str::to_string),
             }],
         )

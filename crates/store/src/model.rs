@@ -6,7 +6,6 @@
 //! encoding.
 
 use std::fmt;
-use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -105,9 +104,7 @@ pub enum StepStatus {
     InDoubt,
 }
 
-/// A step's request or response: shared (not copied) between the change that brings it and
-/// the record that keeps it, and written as plain JSON.
-pub type Payload = Arc<Value>;
+pub use crate::payload::Payload;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StepRecord {
