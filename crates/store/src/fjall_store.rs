@@ -712,6 +712,64 @@ fn update_run_tx(
     Ok((run, bytes))
 }
 
+impl FjallStore {
+    /// The transaction of [`Store::apply_runs`], given the updates worked out from cached
+    /// records and the cache's generation read before they were taken.
+    fn apply_prepared(
+        &self,
+        batch: &[(RunId, Vec<RunChange>)],
+        generation: u64,
+        mut prepared: Vec<Option<Prepared>>,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Result<()>>> {
+        let mut written: Vec<(Slice, Run)> = Vec::new();
+        let mut fast: Vec<usize> = Vec::new();
+        let results = self.write(Some(&self.tx_time.updates), |tx| {
+            // No run was rewritten by another path since the entries were taken: their
+            // bytes are what is stored, and reading the records back would only confirm it.
+            let undisturbed = self.open.generation() == generation;
+            let mut out = Vec::with_capacity(batch.len());
+            for (i, (id, changes)) in batch.iter().enumerate() {
+                if let Some(p) = &prepared[i] {
+                    let k = keys::run_key(*id);
+                    if undisturbed || tx.get(T::Runs, &k)?.is_some_and(|stored| stored == p.old) {
+                        if let Some((old_status, old_retry)) = p.reindex {
+                            unindex_run(tx, *id, old_status, old_retry);
+                            index_run(tx, &p.run);
+                        }
+                        tx.insert(T::Runs, &k[..], p.new.clone());
+                        fast.push(i);
+                        out.push(Ok(()));
+                        continue;
+                    }
+                }
+                // A refused change leaves its own run untouched and the others committed.
+                out.push(match update_run_tx(tx, &self.open, *id, changes, now) {
+                    Ok((run, bytes)) => {
+                        written.push((bytes, run));
+                        Ok(())
+                    }
+                    Err(e @ (StoreError::Fjall(_) | StoreError::Io { .. })) => return Err(e),
+                    Err(e) => Err(e),
+                });
+            }
+            Ok(out)
+        })?;
+        for (bytes, run) in written {
+            self.open.keep(bytes, run);
+        }
+        for i in fast {
+            if let Some(p) = prepared[i].take() {
+                self.open.keep(p.new, p.run);
+            }
+        }
+        // Handed to the OS at once, so a killed process loses nothing; the `fdatasync`
+        // (for a power cut) waits for the next flush.
+        self.ks.persist(PersistMode::Buffer)?;
+        Ok(results)
+    }
+}
+
 impl Store for FjallStore {
     fn store_id(&self) -> &str {
         &self.store_id
@@ -888,52 +946,13 @@ impl Store for FjallStore {
             return Ok(Vec::new());
         }
         let now = self.now();
+        // Read before any entry is taken (see `open_runs`).
+        let generation = self.open.generation();
         // Worked out before the transaction where the run's record is cached: the
         // transaction only checks the stored bytes and writes.
-        let mut prepared: Vec<Option<Prepared>> =
+        let prepared: Vec<Option<Prepared>> =
             batch.iter().map(|(id, changes)| Prepared::new(&self.open, *id, changes, now)).collect();
-        let mut written: Vec<(Slice, Run)> = Vec::new();
-        let mut fast: Vec<usize> = Vec::new();
-        let results = self.write(Some(&self.tx_time.updates), |tx| {
-            let mut out = Vec::with_capacity(batch.len());
-            for (i, (id, changes)) in batch.iter().enumerate() {
-                if let Some(p) = &prepared[i] {
-                    let k = keys::run_key(*id);
-                    if tx.get(T::Runs, &k)?.is_some_and(|stored| stored == p.old) {
-                        if let Some((old_status, old_retry)) = p.reindex {
-                            unindex_run(tx, *id, old_status, old_retry);
-                            index_run(tx, &p.run);
-                        }
-                        tx.insert(T::Runs, &k[..], p.new.clone());
-                        fast.push(i);
-                        out.push(Ok(()));
-                        continue;
-                    }
-                }
-                // A refused change leaves its own run untouched and the others committed.
-                out.push(match update_run_tx(tx, &self.open, *id, changes, now) {
-                    Ok((run, bytes)) => {
-                        written.push((bytes, run));
-                        Ok(())
-                    }
-                    Err(e @ (StoreError::Fjall(_) | StoreError::Io { .. })) => return Err(e),
-                    Err(e) => Err(e),
-                });
-            }
-            Ok(out)
-        })?;
-        for (bytes, run) in written {
-            self.open.keep(bytes, run);
-        }
-        for i in fast {
-            if let Some(p) = prepared[i].take() {
-                self.open.keep(p.new, p.run);
-            }
-        }
-        // Handed to the OS at once, so a killed process loses nothing; the `fdatasync`
-        // (for a power cut) waits for the next flush.
-        self.ks.persist(PersistMode::Buffer)?;
-        Ok(results)
+        self.apply_prepared(batch, generation, prepared, now)
     }
 
     fn list_resumable(&self) -> Result<Vec<Run>> {
@@ -1120,5 +1139,55 @@ impl Store for FjallStore {
 
     fn backend(&self) -> Backend {
         Backend::Fjall
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::NewRun;
+
+    fn running() -> Vec<RunChange> {
+        vec![RunChange::Status { status: RunStatus::Running, error: None }]
+    }
+
+    /// The cached record is taken, another path rewrites the run, then the batch commits:
+    /// the batch must see the rewrite (here: refuse to revive a dead run), not overwrite it.
+    #[test]
+    fn a_rewrite_between_taking_a_cached_record_and_committing_is_not_overwritten() {
+        let store = FjallStore::temporary().unwrap();
+        let id = store.create_run(&NewRun::new("f", serde_json::json!({"n": 1}))).unwrap();
+        let batch = vec![(id, running())];
+        let now = store.now();
+        let generation = store.open.generation();
+        let prepared: Vec<Option<Prepared>> =
+            batch.iter().map(|(id, changes)| Prepared::new(&store.open, *id, changes, now)).collect();
+        assert!(prepared[0].is_some(), "the new run's record is cached");
+
+        let dead = RunChange::Status { status: RunStatus::Dead, error: Some("discarded".into()) };
+        store.update_run(id, &[dead]).unwrap();
+
+        let results = store.apply_prepared(&batch, generation, prepared, now).unwrap();
+        assert!(matches!(results[0], Err(StoreError::Conflict(_))), "{results:?}");
+        let run = store.get_run(id).unwrap().unwrap();
+        assert_eq!(run.status, RunStatus::Dead);
+        assert_eq!(store.view().runs_with_status(RunStatus::Running).unwrap().len(), 0);
+    }
+
+    /// Undisturbed, the batch writes from the cache without reading the record back, and
+    /// what it writes is what a read returns.
+    #[test]
+    fn an_undisturbed_batch_writes_from_the_cache() {
+        let store = FjallStore::temporary().unwrap();
+        let id = store.create_run(&NewRun::new("f", serde_json::json!({"n": 1}))).unwrap();
+        let generation = store.open.generation();
+        store.apply_runs(&[(id, running())]).unwrap().into_iter().for_each(|r| r.unwrap());
+        assert_eq!(store.open.generation(), generation, "no record was read back through the cache");
+        let start = RunChange::StepStarted { step: "a".into(), request: serde_json::json!({"x": 1}).into() };
+        store.apply_runs(&[(id, vec![start])]).unwrap().into_iter().for_each(|r| r.unwrap());
+        assert_eq!(store.open.generation(), generation);
+        let run = store.get_run(id).unwrap().unwrap();
+        assert_eq!(run.status, RunStatus::Running);
+        assert_eq!(*run.steps[0].request, serde_json::json!({"x": 1}));
     }
 }

@@ -6,8 +6,16 @@
 //! An entry is used only while the bytes stored for its run are exactly the bytes it was
 //! made from, so a write by any other path, or a transaction that was rolled back, makes
 //! it miss and the record is decoded as before: the cache can be stale, never wrong.
+//!
+//! Comparing the stored bytes costs a read of the record inside the transaction. The
+//! [`generation`](OpenRuns::generation) spares it: every other path that rewrites a run
+//! reads it through [`take`](OpenRuns::take), which moves the generation on. An entry taken
+//! with [`take_any`](OpenRuns::take_any) belongs to its taker alone, so if the generation
+//! has not moved by the time the taker's transaction holds the writer lock, no other write
+//! came between, and the record is still the entry's bytes.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 
 use crate::model::{Run, RunId, RunStatus};
@@ -24,18 +32,22 @@ struct Entry<B> {
 /// `B` is the backend's own byte container (cheap to clone: both are reference counted).
 pub(crate) struct OpenRuns<B = sled::IVec> {
     entries: Mutex<HashMap<RunId, Entry<B>, foldhash::fast::RandomState>>,
+    /// Calls of `take` so far (see the module docs).
+    rewrites: AtomicU64,
 }
 
 impl<B> Default for OpenRuns<B> {
     fn default() -> Self {
-        OpenRuns { entries: Mutex::new(HashMap::default()) }
+        OpenRuns { entries: Mutex::new(HashMap::default()), rewrites: AtomicU64::new(0) }
     }
 }
 
 impl<B: AsRef<[u8]>> OpenRuns<B> {
     /// The decoded record of `id` if `stored` is what it was made from; the entry leaves
-    /// the cache either way (an update puts the new version back).
+    /// the cache either way (an update puts the new version back). For a caller about to
+    /// rewrite the record inside its transaction: it moves the generation on, hit or miss.
     pub(crate) fn take(&self, id: RunId, stored: &[u8]) -> Option<Run> {
+        self.rewrites.fetch_add(1, Ordering::SeqCst);
         let entry = self.entries.lock().unwrap_or_else(PoisonError::into_inner).remove(&id)?;
         (entry.bytes.as_ref() == stored).then_some(entry.run)
     }
@@ -45,6 +57,13 @@ impl<B: AsRef<[u8]>> OpenRuns<B> {
     pub(crate) fn take_any(&self, id: RunId) -> Option<(B, Run)> {
         let entry = self.entries.lock().unwrap_or_else(PoisonError::into_inner).remove(&id)?;
         Some((entry.bytes, entry.run))
+    }
+
+    /// Moves on each time a run is rewritten through [`take`](OpenRuns::take). Read before
+    /// taking entries with `take_any` and again under the writer lock: unchanged, the
+    /// entries' bytes are still what is stored.
+    pub(crate) fn generation(&self) -> u64 {
+        self.rewrites.load(Ordering::SeqCst)
     }
 
     /// Keeps `run`, stored as `bytes`, while it is open (pending or running); a run that
