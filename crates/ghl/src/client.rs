@@ -1,10 +1,10 @@
 //! The client: accounts, the request loop (limit, authenticate, send, retry).
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, LazyLock, RwLock};
 use std::time::{Duration, Instant};
 
-use reqwest::header::{HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_TYPE};
+use reqwest::header::{HeaderName, HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_TYPE};
 
 use crate::auth::{Account, AccountState};
 use crate::error::{ApiError, Error};
@@ -268,10 +268,10 @@ impl Inner {
         let mut rb = self
             .http
             .request(p.method.clone(), p.url.clone())
-            .header(ACCEPT, "application/json")
+            .header(ACCEPT, HeaderValue::from_static("application/json"))
             .header(AUTHORIZATION, bearer_header(token)?);
         if !req.version.is_empty() {
-            rb = rb.header("Version", req.version.as_str());
+            rb = rb.header(&*VERSION, req.version.as_str());
         }
         rb = match (&p.form, &req.body) {
             (Some(pairs), _) => rb.form(pairs),
@@ -330,6 +330,9 @@ impl Inner {
         Ok(Attempt::Failed { status: Some(status), outcome: Outcome::Status { status, retry_after }, error })
     }
 }
+
+/// GHL's API version header, parsed once instead of on every request.
+static VERSION: LazyLock<HeaderName> = LazyLock::new(|| HeaderName::from_static("version"));
 
 /// What stays the same across the attempts of one request.
 struct Prepared<'a> {

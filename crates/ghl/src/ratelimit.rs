@@ -49,10 +49,11 @@
 //! the last N requests (rule 1 again) and waits a little more when needed.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, LazyLock, Mutex, MutexGuard};
 use std::time::Duration;
 
 use chrono::{NaiveDate, Utc};
+use reqwest::header::HeaderName;
 use tokio::time::Instant;
 
 use crate::error::Error;
@@ -100,6 +101,18 @@ impl RateLimit {
     }
 }
 
+/// Parsed once: a lookup by `&str` parses and checks the name on every response.
+static RATE_HEADER_NAMES: LazyLock<[HeaderName; 5]> = LazyLock::new(|| {
+    [
+        "x-ratelimit-limit-daily",
+        "x-ratelimit-daily-remaining",
+        "x-ratelimit-interval-milliseconds",
+        "x-ratelimit-max",
+        "x-ratelimit-remaining",
+    ]
+    .map(HeaderName::from_static)
+});
+
 /// The X-RateLimit-* headers of one response, and Retry-After.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RateHeaders {
@@ -113,14 +126,15 @@ pub struct RateHeaders {
 
 impl RateHeaders {
     pub fn from_headers(h: &reqwest::header::HeaderMap) -> Self {
-        let num = |name: &str| -> Option<u64> { h.get(name)?.to_str().ok()?.trim().parse().ok() };
-        let num32 = |name: &str| num(name).and_then(|n| u32::try_from(n).ok());
+        let [daily_limit, daily_remaining, interval, max, remaining] = &*RATE_HEADER_NAMES;
+        let num = |name: &HeaderName| -> Option<u64> { h.get(name)?.to_str().ok()?.trim().parse().ok() };
+        let num32 = |name: &HeaderName| num(name).and_then(|n| u32::try_from(n).ok());
         RateHeaders {
-            daily_limit: num32("x-ratelimit-limit-daily"),
-            daily_remaining: num32("x-ratelimit-daily-remaining"),
-            interval: num("x-ratelimit-interval-milliseconds").map(Duration::from_millis),
-            max: num32("x-ratelimit-max"),
-            remaining: num32("x-ratelimit-remaining"),
+            daily_limit: num32(daily_limit),
+            daily_remaining: num32(daily_remaining),
+            interval: num(interval).map(Duration::from_millis),
+            max: num32(max),
+            remaining: num32(remaining),
             retry_after: h.get(reqwest::header::RETRY_AFTER).and_then(|v| v.to_str().ok()).and_then(parse_retry_after),
         }
     }
