@@ -244,6 +244,9 @@ impl FjallStore {
     fn open_at(root: &Path, create: bool) -> Result<FjallStore> {
         let found = layout::prepare(root, create, Backend::Fjall)?;
         let lock = lock(root)?;
+        if create && found.marker.is_none() && !layout::db_has_data_file(root, Backend::Fjall)? {
+            create_keyspace(root)?;
+        }
         let ks = open_keyspace(root)?;
         let p = Parts::open(&ks)?;
         layout::restrict_permissions(root)?;
@@ -532,8 +535,28 @@ fn lock(root: &Path) -> Result<File> {
     }
 }
 
+/// Builds a new database beside its place and renames it there once its partitions and
+/// meta record are on disk. fjall cannot open a keyspace whose creation was cut short (a
+/// SIGKILL in the first moments of a first start left one that said "damaged" on every
+/// later start); this way a crash leaves no database or a whole one.
+fn create_keyspace(root: &Path) -> Result<()> {
+    layout::clear_staging(root, Backend::Fjall)?;
+    let staged = layout::staging_dir(root, Backend::Fjall);
+    {
+        let ks = keyspace_at(root, staged)?;
+        let p = Parts::open(&ks)?;
+        init_meta(&ks, p.get(T::Meta), &Clock::system())?;
+    }
+    layout::install_staged(root, Backend::Fjall)
+}
+
 fn open_keyspace(root: &Path) -> Result<Keyspace> {
-    fjall::Config::new(layout::db_dir(root, Backend::Fjall))
+    keyspace_at(root, layout::db_dir(root, Backend::Fjall))
+}
+
+/// Opens (or creates) the keyspace in `dir`, the database of the store at `root`.
+fn keyspace_at(root: &Path, dir: PathBuf) -> Result<Keyspace> {
+    fjall::Config::new(&dir)
         .cache_size(CACHE_BYTES)
         .max_write_buffer_size(WRITE_BUFFER_BYTES)
         // Background work stays off the engine's cores as far as possible.
@@ -541,9 +564,7 @@ fn open_keyspace(root: &Path) -> Result<Keyspace> {
         .compaction_workers(1)
         .open()
         .map_err(|e| match e {
-            fjall::Error::Io(source) => {
-                StoreError::Io { op: "open", path: layout::db_dir(root, Backend::Fjall), source }
-            }
+            fjall::Error::Io(source) => StoreError::Io { op: "open", path: dir, source },
             fjall::Error::Poisoned | fjall::Error::PartitionDeleted => StoreError::Fjall(e),
             other => layout::damaged(root, format!("fjall cannot read its database: {other}")),
         })
@@ -1172,6 +1193,33 @@ mod tests {
         let run = store.get_run(id).unwrap().unwrap();
         assert_eq!(run.status, RunStatus::Dead);
         assert_eq!(store.view().runs_with_status(RunStatus::Running).unwrap().len(), 0);
+    }
+
+    /// What a SIGKILL during a first start's creation leaves: the empty directory `prepare`
+    /// made and a half-built keyspace beside it. Not a store (`open` says so), and the next
+    /// start creates one in its place.
+    #[test]
+    fn a_creation_cut_short_leaves_no_store_and_the_next_start_makes_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("data");
+        std::fs::create_dir_all(layout::db_dir(&root, Backend::Fjall)).unwrap();
+        std::fs::write(root.join(layout::LOCK_FILE), b"").unwrap();
+        let staged = layout::staging_dir(&root, Backend::Fjall);
+        std::fs::create_dir_all(staged.join("partitions/meta/segments")).unwrap();
+        std::fs::write(staged.join("version"), b"FJL\x02").unwrap();
+
+        match crate::open(&root) {
+            Err(StoreError::NotFound { .. }) => {}
+            Err(e) => panic!("expected NotFound, got {e}"),
+            Ok(_) => panic!("expected NotFound, got a store"),
+        }
+        let store = FjallStore::create_or_open(&root).unwrap();
+        let id = store.create_run(&NewRun::new("f", serde_json::json!({"n": 1}))).unwrap();
+        drop(store);
+        assert!(!staged.exists(), "the unfinished keyspace is gone");
+        let store = FjallStore::open(&root).unwrap();
+        assert_eq!(store.get_run(id).unwrap().map(|r| r.flow), Some("f".to_string()));
+        assert!(layout::read_marker(&root).unwrap().is_some());
     }
 
     /// Undisturbed, the batch writes from the cache without reading the record back, and

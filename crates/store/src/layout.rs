@@ -187,6 +187,36 @@ pub fn db_dir(root: &Path, backend: Backend) -> PathBuf {
     root.join(backend.dir_name())
 }
 
+/// Where a new database is built before it is renamed to [`db_dir`] (fjall's): what a crash
+/// during creation leaves there is never opened, only removed by the next creation.
+pub fn staging_dir(root: &Path, backend: Backend) -> PathBuf {
+    root.join(format!("{}.new", backend.dir_name()))
+}
+
+/// Moves a database built in [`staging_dir`] to [`db_dir`] (replacing the empty directory
+/// [`prepare`] made), durably.
+pub fn install_staged(root: &Path, backend: Backend) -> Result<()> {
+    let (staged, db) = (staging_dir(root, backend), db_dir(root, backend));
+    sync_dir(&staged)?;
+    match fs::remove_dir(&db) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io("remove the empty directory", &db)(e)),
+    }
+    fs::rename(&staged, &db).map_err(io("rename the new database into place", &staged))?;
+    sync_dir(root)
+}
+
+/// Removes what an interrupted creation left in [`staging_dir`].
+pub fn clear_staging(root: &Path, backend: Backend) -> Result<()> {
+    let staged = staging_dir(root, backend);
+    match fs::remove_dir_all(&staged) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io("remove an unfinished database", &staged)(e)),
+    }
+}
+
 /// The backend of the store at `root` if one was ever created there: the marker's, or
 /// for a creation that stopped before its marker, the one whose directory exists.
 pub fn existing_backend(root: &Path) -> Result<Option<Backend>> {
@@ -259,7 +289,12 @@ pub fn prepare(root: &Path, create: bool, backend: Backend) -> Result<Found> {
                 .filter_map(|e| e.ok())
                 // An empty database directory (or a lock file) is what a crash right
                 // after creating it leaves: nothing was ever stored.
-                .any(|e| e.file_name() != backend.dir_name() && e.file_name() != LOCK_FILE);
+                .any(|e| {
+                    let name = e.file_name();
+                    name != backend.dir_name()
+                        && name != LOCK_FILE
+                        && Some(name.as_os_str()) != staging_dir(root, backend).file_name()
+                });
             if foreign {
                 return Err(StoreError::NotAStore { path: root.to_path_buf() });
             }
@@ -282,7 +317,7 @@ pub fn prepare(root: &Path, create: bool, backend: Backend) -> Result<Found> {
 
 /// sled 0.34 keeps its log in `db/db`, fjall its format marker in `fjall/version`; a
 /// missing or zero-length file means no database, whatever else the directory holds.
-fn db_has_data_file(root: &Path, backend: Backend) -> Result<bool> {
+pub fn db_has_data_file(root: &Path, backend: Backend) -> Result<bool> {
     let file = match backend {
         Backend::Sled => db_dir(root, backend).join("db"),
         Backend::Fjall => db_dir(root, backend).join("version"),
