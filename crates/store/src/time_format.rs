@@ -97,6 +97,26 @@ mod tests {
             };
             samples.push(DateTime::from_timestamp(secs, nanos).unwrap());
         }
+        // And over the whole range written here, years 0 to 9999, with its edges and leap days.
+        for _ in 0..20_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let secs = (x % 315_569_520_000) as i64 - 62_167_219_200;
+            samples.push(DateTime::from_timestamp(secs, (x >> 40) as u32 % 1000 * 1_000_000).unwrap());
+        }
+        for secs in [
+            -62_167_219_200, // 0000-01-01T00:00:00
+            -62_167_219_201, // the second before: chrono's path
+            -62_162_121_600, // 0000-02-29 (year 0 is a leap year)
+            -2_203_891_200,  // 1900-03-01 (1900 is not)
+            951_782_400,     // 2000-02-29
+            4_107_456_000,   // 2100-02-28
+            4_107_542_399,   // 2100-02-28T23:59:59
+            4_107_542_400,   // 2100-03-01
+        ] {
+            samples.push(DateTime::from_timestamp(secs, 0).unwrap());
+        }
         for t in samples {
             assert_eq!(ours(&t), serde_json::to_string(&t).unwrap(), "{t:?}");
         }
