@@ -190,7 +190,11 @@ pub fn db_dir(root: &Path, backend: Backend) -> PathBuf {
 /// Where a new database is built before it is renamed to [`db_dir`] (fjall's): what a crash
 /// during creation leaves there is never opened, only removed by the next creation.
 pub fn staging_dir(root: &Path, backend: Backend) -> PathBuf {
-    root.join(format!("{}.new", backend.dir_name()))
+    root.join(staging_name(backend))
+}
+
+fn staging_name(backend: Backend) -> String {
+    format!("{}.new", backend.dir_name())
 }
 
 /// Moves a database built in [`staging_dir`] to [`db_dir`] (replacing the empty directory
@@ -287,13 +291,11 @@ pub fn prepare(root: &Path, create: bool, backend: Backend) -> Result<Found> {
             let foreign = fs::read_dir(root)
                 .map_err(io("read directory", root))?
                 .filter_map(|e| e.ok())
-                // An empty database directory (or a lock file) is what a crash right
-                // after creating it leaves: nothing was ever stored.
+                // An empty database directory, a lock file and an unfinished staged
+                // database are what a crash during creation leaves: nothing was stored.
                 .any(|e| {
                     let name = e.file_name();
-                    name != backend.dir_name()
-                        && name != LOCK_FILE
-                        && Some(name.as_os_str()) != staging_dir(root, backend).file_name()
+                    name != backend.dir_name() && name != LOCK_FILE && name != staging_name(backend).as_str()
                 });
             if foreign {
                 return Err(StoreError::NotAStore { path: root.to_path_buf() });

@@ -31,10 +31,6 @@ impl Payload {
         Payload(Arc::new(Inner { value, json: OnceLock::new() }))
     }
 
-    pub fn value(&self) -> &Value {
-        &self.0.value
-    }
-
     /// Its JSON, made on first use and kept.
     fn json(&self) -> serde_json::Result<&RawValue> {
         if let Some(json) = self.0.json.get() {
