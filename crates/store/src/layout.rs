@@ -288,6 +288,7 @@ pub fn prepare(root: &Path, create: bool, backend: Backend) -> Result<Found> {
             ))
         }
         (None, false) => {
+            let staging = staging_name(backend);
             let foreign = fs::read_dir(root)
                 .map_err(io("read directory", root))?
                 .filter_map(|e| e.ok())
@@ -295,7 +296,7 @@ pub fn prepare(root: &Path, create: bool, backend: Backend) -> Result<Found> {
                 // database are what a crash during creation leaves: nothing was stored.
                 .any(|e| {
                     let name = e.file_name();
-                    name != backend.dir_name() && name != LOCK_FILE && name != staging_name(backend).as_str()
+                    name != backend.dir_name() && name != LOCK_FILE && name != staging.as_str()
                 });
             if foreign {
                 return Err(StoreError::NotAStore { path: root.to_path_buf() });
