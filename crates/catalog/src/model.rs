@@ -246,6 +246,106 @@ pub struct TriggerSpec {
     /// Fields an item is documented to carry; flows' templates are checked against them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub fields: Vec<String>,
+    /// How a poll asks for only what changed. Every built-in trigger declares it; an
+    /// extension file may leave it out ([`TriggerSpec::read_spec`] then derives it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read: Option<ReadSpec>,
+}
+
+impl TriggerSpec {
+    /// The declared read strategy, or for an entry without one the strategy its
+    /// pagination implies: one record, time windows, or a full read.
+    pub fn read_spec(&self) -> std::borrow::Cow<'_, ReadSpec> {
+        use std::borrow::Cow;
+        match &self.read {
+            Some(r) => Cow::Borrowed(r),
+            None => Cow::Owned(match self.pagination {
+                Pagination::SingleRecord | Pagination::SingleFile => ReadSpec::Single,
+                Pagination::TimeWindow { .. } => ReadSpec::Window,
+                _ => ReadSpec::Full { why: "no read strategy declared".into() },
+            }),
+        }
+    }
+}
+
+/// A trigger's read strategy: what one poll asks the endpoint for, and so what it costs.
+///
+/// `search`, `since` and `sorted` are incremental: for the dedupe modes they list, a poll
+/// asks only for records whose time field is at or after the trigger's watermark minus the
+/// flow's lookback, so an idle poll costs one request whatever the size of the account.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "strategy", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ReadSpec {
+    /// One record by id: one request per poll.
+    Single,
+    /// A fixed span of time queried in windows: as many requests as windows.
+    Window,
+    /// Every page on every poll, because the endpoint can neither sort, filter by time nor
+    /// resume: the cost grows with the collection. `why` says what the spec lacks.
+    Full { why: String },
+    /// GHL's advanced search (POST body): a `range` filter on the time field appended to
+    /// `filters_param`, `sort_param` ascending on it, pages by `pagination` (a cursor, as
+    /// page numbers stop at `max_records`). Full reads use the same cursor without the filter.
+    Search {
+        filters_param: String,
+        sort_param: String,
+        pagination: Pagination,
+        /// Page-number paging reaches at most this many records.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        max_records: Option<u32>,
+        modes: std::collections::BTreeMap<DedupeMode, ModeRead>,
+    },
+    /// The endpoint starts after a time given in `param` (epoch milliseconds) and returns
+    /// records in ascending order of the time field.
+    Since { modes: std::collections::BTreeMap<DedupeMode, ModeRead> },
+    /// With `set`, the endpoint returns newest first: a poll stops at the first record
+    /// older than the cutoff.
+    Sorted { modes: std::collections::BTreeMap<DedupeMode, ModeRead> },
+}
+
+impl ReadSpec {
+    pub fn strategy(&self) -> &'static str {
+        match self {
+            ReadSpec::Single => "single",
+            ReadSpec::Window => "window",
+            ReadSpec::Full { .. } => "full",
+            ReadSpec::Search { .. } => "search",
+            ReadSpec::Since { .. } => "since",
+            ReadSpec::Sorted { .. } => "sorted",
+        }
+    }
+
+    /// How the strategy reads for a dedupe mode, when it reads incrementally for it.
+    pub fn mode(&self, mode: DedupeMode) -> Option<&ModeRead> {
+        match self {
+            ReadSpec::Search { modes, .. } | ReadSpec::Since { modes } | ReadSpec::Sorted { modes } => modes.get(&mode),
+            _ => None,
+        }
+    }
+
+    /// The dedupe modes read incrementally.
+    pub fn modes(&self) -> Vec<DedupeMode> {
+        match self {
+            ReadSpec::Search { modes, .. } | ReadSpec::Since { modes } | ReadSpec::Sorted { modes } => {
+                modes.keys().copied().collect()
+            }
+            _ => Vec::new(),
+        }
+    }
+}
+
+/// How an incremental strategy reads for one dedupe mode.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModeRead {
+    /// The item's time field the read filters or orders on (`dateAdded`, `dateUpdated`).
+    pub field: String,
+    /// `since`: the request parameter that takes the cutoff, in epoch milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub param: Option<String>,
+    /// Request parameters set to fixed values (a sort order, for example).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub set: std::collections::BTreeMap<String, Value>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -261,7 +361,7 @@ pub enum IdSource {
     ContentHash,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum DedupeMode {
     /// Fire once per unseen id.

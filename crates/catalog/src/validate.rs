@@ -2,7 +2,7 @@
 //! problems, so a user sees everything wrong with their files at once.
 
 use crate::load::Category;
-use crate::model::{DedupeMode, IdSource, Kind, Operation, Pagination, ParamIn, ParamType, Shape};
+use crate::model::{DedupeMode, IdSource, Kind, Operation, Pagination, ParamIn, ParamType, ReadSpec, Shape, TriggerSpec};
 use crate::problem::{Place, Problem};
 use crate::suggest::{did_you_mean, nearest};
 use std::collections::{HashMap, HashSet};
@@ -104,6 +104,9 @@ pub(crate) fn check_operation(op: &Operation, place: &Place, categories: &[Categ
                 }
                 _ => {}
             }
+            if let Some(read) = &t.read {
+                check_read(op, t, read, &mut problem);
+            }
             let names: Vec<&str> = op.params.iter().map(|p| p.name.as_str()).collect();
             for param in t.pagination.params() {
                 if !names.contains(&param) {
@@ -117,6 +120,95 @@ pub(crate) fn check_operation(op: &Operation, place: &Place, categories: &[Categ
         (Kind::Action, None, Some(a)) => check_path(&a.result, "action.result", &mut problem),
         (Kind::Trigger, _, _) => problem("a trigger needs a `trigger` block and no `action` block".into()),
         (Kind::Action, _, _) => problem("an action needs an `action` block and no `trigger` block".into()),
+    }
+}
+
+/// A read strategy must fit the trigger's pagination, and name only declared parameters,
+/// values they accept, and fields the items carry.
+fn check_read(op: &Operation, t: &TriggerSpec, read: &ReadSpec, problem: &mut impl FnMut(String)) {
+    let single = matches!(t.pagination, Pagination::SingleRecord | Pagination::SingleFile);
+    let window = matches!(t.pagination, Pagination::TimeWindow { .. });
+    match read {
+        ReadSpec::Single if !single => {
+            problem(format!("read strategy `single` needs a single-record trigger, not `{}`", t.pagination.style()))
+        }
+        ReadSpec::Window if !window => {
+            problem(format!("read strategy `window` needs `time_window` pagination, not `{}`", t.pagination.style()))
+        }
+        ReadSpec::Single | ReadSpec::Window => {}
+        _ if single || window => problem(format!(
+            "read strategy `{}` does not fit `{}` pagination (use `{}`)",
+            read.strategy(),
+            t.pagination.style(),
+            if single { "single" } else { "window" }
+        )),
+        ReadSpec::Full { why } if why.trim().is_empty() => {
+            problem("read strategy `full` must say why (`why`: what the endpoint lacks)".into())
+        }
+        _ => {}
+    }
+    let declared = |name: &str, what: &str, problem: &mut dyn FnMut(String)| {
+        if op.param(name).is_none() {
+            let names = op.params.iter().map(|p| p.name.as_str());
+            problem(format!(
+                "read: {what} `{name}` is not declared in `params`{}",
+                did_you_mean(&nearest(name, names, 2))
+            ));
+        }
+    };
+    if let ReadSpec::Search { filters_param, sort_param, pagination, .. } = read {
+        declared(filters_param, "filters parameter", problem);
+        declared(sort_param, "sort parameter", problem);
+        for param in pagination.params() {
+            declared(param, "pagination parameter", problem);
+        }
+        for path in pagination.json_paths() {
+            check_path(path, "read.pagination", problem);
+        }
+        if matches!(pagination, Pagination::Page { .. } | Pagination::Offset { .. }) {
+            problem("read strategy `search` pages by cursor: page numbers and offsets stop at a limit".into());
+        }
+    }
+    let modes = read.modes();
+    if matches!(read, ReadSpec::Search { .. } | ReadSpec::Since { .. } | ReadSpec::Sorted { .. }) && modes.is_empty() {
+        problem(format!("read strategy `{}` lists no dedupe mode under `modes`", read.strategy()));
+    }
+    for mode in modes {
+        let Some(m) = read.mode(mode) else { continue };
+        let what = format!("read.modes.{}", mode.as_str());
+        match mode {
+            DedupeMode::Changed => {
+                problem(format!("{what}: `changed` compares whole items, so it cannot read incrementally"))
+            }
+            DedupeMode::Updated if t.updated.as_deref() != Some(m.field.as_str()) => problem(format!(
+                "{what}: field `{}` must be the trigger's `updated` field ({})",
+                m.field,
+                t.updated.as_deref().unwrap_or("none")
+            )),
+            _ => {}
+        }
+        if !t.fields.is_empty() && !t.fields.contains(&m.field) {
+            problem(format!("{what}: items do not carry field `{}` (not in `fields`)", m.field));
+        }
+        match (read, &m.param) {
+            (ReadSpec::Since { .. }, None) => problem(format!("{what}: strategy `since` needs `param`")),
+            (ReadSpec::Since { .. }, Some(p)) => declared(p, &format!("{what}.param"), problem),
+            (_, Some(_)) => problem(format!("{what}: `param` is only for strategy `since`")),
+            (_, None) => {}
+        }
+        for (name, value) in &m.set {
+            match op.param(name) {
+                None => declared(name, &format!("{what}.set parameter"), problem),
+                Some(p) => {
+                    if !p.ty.accepts(value) {
+                        problem(format!("{what}.set: `{name}` is of type {}, not {value}", p.ty.as_str()));
+                    }
+                    if p.enum_values.as_ref().is_some_and(|e| !e.contains(value)) {
+                        problem(format!("{what}.set: {value} is not one of `{name}`'s values"));
+                    }
+                }
+            }
+        }
     }
 }
 
