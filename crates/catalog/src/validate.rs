@@ -2,7 +2,9 @@
 //! problems, so a user sees everything wrong with their files at once.
 
 use crate::load::Category;
-use crate::model::{DedupeMode, IdSource, Kind, Operation, Pagination, ParamIn, ParamType, ReadSpec, Shape, TriggerSpec};
+use crate::model::{
+    DedupeMode, IdSource, Kind, Operation, Pagination, ParamIn, ParamType, ReadSpec, Shape, TriggerSpec,
+};
 use crate::problem::{Place, Problem};
 use crate::suggest::{did_you_mean, nearest};
 use std::collections::{HashMap, HashSet};

@@ -25,6 +25,11 @@ impl Clock {
         }
     }
 
+    /// The wall clock in epoch milliseconds, without taking a stamp.
+    pub fn wall_ms(&self) -> i64 {
+        Utc::now().timestamp_millis()
+    }
+
     pub fn now_iso(&self) -> String {
         iso(self.now_ms())
     }

@@ -39,6 +39,9 @@ pub struct SandboxConfig {
     pub request_log_capacity: usize,
     /// Webhooks sent when data changes (off until a URL is set).
     pub webhooks: WebhookSettings,
+    /// How long a created or edited contact takes to show in `POST /contacts/search`
+    /// (GHL: "a few seconds"); `GET /contacts/{id}` sees it at once.
+    pub index_lag: Duration,
 }
 
 impl Default for SandboxConfig {
@@ -56,6 +59,7 @@ impl Default for SandboxConfig {
             seed: Seed::Demo,
             request_log_capacity: 10_000,
             webhooks: WebhookSettings::default(),
+            index_lag: Duration::ZERO,
         }
     }
 }
@@ -68,6 +72,11 @@ impl SandboxConfig {
 
     pub fn with_rate_limit(mut self, rate_limit: RateLimitConfig) -> Self {
         self.rate_limit = rate_limit;
+        self
+    }
+
+    pub fn with_index_lag(mut self, lag: Duration) -> Self {
+        self.index_lag = lag;
         self
     }
 

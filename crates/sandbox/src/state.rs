@@ -30,6 +30,8 @@ pub struct AppState {
     pub company_id: String,
     /// Turns true when the sandbox stops; hanging requests wait for it.
     pub stopping: watch::Receiver<bool>,
+    /// How long a write takes to show in search results (see [`SandboxConfig::index_lag`]).
+    pub index_lag_ms: i64,
     trace: AtomicU64,
 }
 
@@ -52,6 +54,7 @@ impl AppState {
             location_id: config.location_id.clone(),
             company_id: config.company_id.clone(),
             stopping,
+            index_lag_ms: i64::try_from(config.index_lag.as_millis()).unwrap_or(i64::MAX),
             trace: AtomicU64::new(1),
         }
     }

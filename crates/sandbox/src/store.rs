@@ -2,7 +2,7 @@
 //! lock, holding records as JSON objects in insertion order with an id index.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use serde_json::{Map, Value};
 
@@ -90,42 +90,10 @@ pub struct Collection {
     rows: BTreeMap<u64, Record>,
     by_id: HashMap<String, u64, foldhash::fast::RandomState>,
     next_seq: u64,
-    /// Moves with every change (or chance of one), so a remembered scan knows it is stale.
-    version: u64,
-    /// The last [`Collection::seqs_where`] scan.
-    scan: Mutex<Option<Scan>>,
-}
-
-/// Which rows had `field == value` at `version`.
-#[derive(Debug)]
-struct Scan {
-    version: u64,
-    field: String,
-    value: String,
-    seqs: Arc<Vec<u64>>,
 }
 
 impl Collection {
-    /// The rows whose `field` is the string `value`, in order, as keys for
-    /// [`Collection::by_seq`]. Remembered until the collection changes: a poll reads the
-    /// same search page by page, and each page would otherwise look into every record.
-    pub fn seqs_where(&self, field: &str, value: &str) -> Arc<Vec<u64>> {
-        let mut scan = self.scan.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(s) = scan.as_ref().filter(|s| s.version == self.version && s.field == field && s.value == value) {
-            return s.seqs.clone();
-        }
-        let seqs: Arc<Vec<u64>> =
-            Arc::new(self.rows.iter().filter(|(_, r)| str_of(r, field) == Some(value)).map(|(seq, _)| *seq).collect());
-        *scan = Some(Scan { version: self.version, field: field.into(), value: value.into(), seqs: seqs.clone() });
-        seqs
-    }
-
-    pub fn by_seq(&self, seq: u64) -> Option<&Record> {
-        self.rows.get(&seq)
-    }
-
     pub fn insert(&mut self, id: String, record: Record) {
-        self.version += 1;
         if let Some(seq) = self.by_id.get(&id) {
             self.rows.insert(*seq, record);
             return;
@@ -141,7 +109,6 @@ impl Collection {
     }
 
     pub fn get_mut(&mut self, id: &str) -> Option<&mut Record> {
-        self.version += 1;
         match self.by_id.get(id) {
             Some(seq) => self.rows.get_mut(seq),
             None => None,
@@ -149,7 +116,6 @@ impl Collection {
     }
 
     pub fn remove(&mut self, id: &str) -> Option<Record> {
-        self.version += 1;
         let seq = self.by_id.remove(id)?;
         self.rows.remove(&seq)
     }
@@ -159,7 +125,6 @@ impl Collection {
     }
 
     pub fn iter_mut(&mut self) -> impl Iterator<Item = &mut Record> {
-        self.version += 1;
         self.rows.values_mut()
     }
 
@@ -168,7 +133,6 @@ impl Collection {
     }
 
     pub fn clear(&mut self) {
-        self.version += 1;
         self.rows.clear();
         self.by_id.clear();
     }
@@ -292,41 +256,5 @@ mod tests {
         assert!(s.get(kinds::CONTACTS, &ids[1]).is_none());
         let ns: Vec<Value> = s.read(kinds::CONTACTS).iter().map(|r| r["n"].clone()).collect();
         assert_eq!(ns, vec![json!(0), json!(2)]);
-    }
-
-    /// The remembered scan answers as a fresh one would after every kind of change.
-    #[test]
-    fn a_remembered_scan_follows_every_change() {
-        let s = Store::default();
-        let add = |loc: &str| {
-            let mut r = Record::new();
-            r.insert("locationId".into(), json!(loc));
-            s.insert(kinds::CONTACTS, r)
-        };
-        let ids = [add("a"), add("b"), add("a")];
-        let ids_of = |seqs: &[u64]| -> Vec<String> {
-            let col = s.read(kinds::CONTACTS);
-            seqs.iter().filter_map(|q| col.by_seq(*q)).filter_map(|r| str_of(r, "id").map(String::from)).collect()
-        };
-        let scan = || s.read(kinds::CONTACTS).seqs_where("locationId", "a");
-        assert_eq!(ids_of(&scan()), vec![ids[0].clone(), ids[2].clone()]);
-        // Asked again unchanged: the same list, not a new scan.
-        assert!(Arc::ptr_eq(&scan(), &scan()));
-
-        let d = add("a");
-        assert_eq!(ids_of(&scan()), vec![ids[0].clone(), ids[2].clone(), d.clone()]);
-        if let Some(r) = s.write(kinds::CONTACTS).get_mut(&ids[1]) {
-            r.insert("locationId".into(), json!("a"));
-        }
-        assert_eq!(ids_of(&scan()).len(), 4);
-        s.remove(kinds::CONTACTS, &ids[0]);
-        assert_eq!(ids_of(&scan()), vec![ids[1].clone(), ids[2].clone(), d]);
-        for r in s.write(kinds::CONTACTS).iter_mut() {
-            r.insert("locationId".into(), json!("b"));
-        }
-        assert!(scan().is_empty());
-        assert_eq!(s.read(kinds::CONTACTS).seqs_where("locationId", "b").len(), 3);
-        s.clear();
-        assert!(s.read(kinds::CONTACTS).seqs_where("locationId", "b").is_empty());
     }
 }

@@ -24,7 +24,7 @@ async fn contact_lifecycle_is_visible_to_triggers() {
 
     let (s, found) = send(
         req(&c, &sb, Method::POST, "/contacts/search", V_CONTACTS)
-            .json(&json!({"locationId": loc, "query": "zed quill"})),
+            .json(&json!({"locationId": loc, "pageLimit": 20, "query": "zed quill"})),
     )
     .await;
     assert_eq!(s, 200);
@@ -52,7 +52,7 @@ async fn contact_lifecycle_is_visible_to_triggers() {
     assert_eq!(s, 201);
     assert_eq!(tags["tags"], json!(["new", "vip"]));
     let (_, by_tag) = send(req(&c, &sb, Method::POST, "/contacts/search", V_CONTACTS).json(&json!({
-        "locationId": loc, "filters": [{"field": "tags", "operator": "eq", "value": "vip"}, {"field": "firstName", "operator": "eq", "value": "zedd"}]
+        "locationId": loc, "pageLimit": 20, "filters": [{"field": "tags", "operator": "eq", "value": "vip"}, {"field": "firstName", "operator": "eq", "value": "zedd"}]
     })))
     .await;
     assert_eq!(by_tag["total"], 1, "{by_tag}");

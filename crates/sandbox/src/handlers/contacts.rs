@@ -231,76 +231,231 @@ fn filter_matches(r: &Record, f: &Value) -> bool {
         "exists" => !have.is_null() && !text(&have).is_empty() && have != json!([]),
         "not_exists" => have.is_null() || text(&have).is_empty() || have == json!([]),
         "range" => {
-            let h = num(&have);
-            let gte = want.get("gte").or_else(|| want.get("gt")).and_then(num);
-            let lte = want.get("lte").or_else(|| want.get("lt")).and_then(num);
-            h.is_some_and(|h| gte.is_none_or(|g| h >= g) && lte.is_none_or(|l| h <= l))
+            let Some(h) = num(&have) else { return false };
+            let bound = |k: &str| want.get(k).and_then(num);
+            bound("gt").is_none_or(|b| h > b)
+                && bound("gte").is_none_or(|b| h >= b)
+                && bound("lt").is_none_or(|b| h < b)
+                && bound("lte").is_none_or(|b| h <= b)
         }
         _ => true,
     }
 }
 
+/// `POST /contacts/search` as GHL documents it (`../shared/ghl-api/docs/contacts-search.md`):
+/// `pageLimit` required (at most 500); `page` or `searchAfter`, never both; page numbers
+/// reach 10,000 records at most; without `sort` the order is a fixed shuffle, not time;
+/// records appear only [`crate::SandboxConfig::index_lag`] after their last write.
 fn search_contacts(ctx: &Ctx) -> Result<Reply, ApiError> {
-    let page_limit = uint(ctx.b("pageLimit")).unwrap_or(20);
+    let page_limit = match ctx.b("pageLimit") {
+        None => return Err(ApiError::unprocessable(vec!["pageLimit should not be empty".into()])),
+        Some(v) => uint(Some(v)).unwrap_or(0),
+    };
     if page_limit == 0 || page_limit > 500 {
         return Err(ApiError::unprocessable(vec!["pageLimit must not be greater than 500".into()]));
     }
+    let search_after = match ctx.b("searchAfter") {
+        None | Some(Value::Null) => None,
+        Some(Value::Array(a)) if a.len() == 2 => Some(a.clone()),
+        Some(_) => {
+            return Err(ApiError::unprocessable(vec!["searchAfter must be the searchAfter of a contact".into()]))
+        }
+    };
+    if search_after.is_some() && ctx.b("page").is_some() {
+        return Err(ApiError::unprocessable(vec!["page and searchAfter cannot be used together".into()]));
+    }
     let page = uint(ctx.b("page")).unwrap_or(1).max(1);
+    if search_after.is_none() && page.saturating_mul(page_limit) > MAX_PAGED_RECORDS {
+        return Err(ApiError::unprocessable(vec![format!(
+            "page * pageLimit must not exceed {MAX_PAGED_RECORDS}; use searchAfter to read further"
+        )]));
+    }
     let query = ctx.b_str("query").map(str::to_lowercase);
-    let filters: Vec<Value> = ctx.b("filters").and_then(Value::as_array).cloned().unwrap_or_default();
+    if query.as_ref().is_some_and(|q| q.chars().count() > 75) {
+        return Err(ApiError::unprocessable(vec!["query must be shorter than or equal to 75 characters".into()]));
+    }
+    let filters: Vec<Value> = match ctx.b("filters") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(f)) => f.clone(),
+        Some(_) => return Err(ApiError::unprocessable(vec!["filters must be an array".into()])),
+    };
+    for f in &filters {
+        check_filter(f).map_err(|m| ApiError::unprocessable(vec![m]))?;
+    }
+    let sort = match ctx.b("sort") {
+        None | Some(Value::Null) => None,
+        Some(Value::Array(s)) if s.is_empty() => None,
+        Some(Value::Array(s)) => {
+            let first = &s[0];
+            let Some(field) = first.get("field").and_then(Value::as_str) else {
+                return Err(ApiError::unprocessable(vec!["sort.field should not be empty".into()]));
+            };
+            let desc = match first.get("direction").and_then(Value::as_str) {
+                None | Some("asc") => false,
+                Some("desc") => true,
+                Some(_) => return Err(ApiError::unprocessable(vec!["sort.direction must be one of asc, desc".into()])),
+            };
+            Some((field.to_string(), desc))
+        }
+        Some(_) => return Err(ApiError::unprocessable(vec!["sort must be an array".into()])),
+    };
     let loc = ctx.loc();
+    // The index holds what was written at least `index_lag` ago.
+    let lag = ctx.st.index_lag_ms;
+    let indexed_by = ctx.st.store.clock.wall_ms() - lag;
     let col = ctx.st.store.read(k::CONTACTS);
     let matches = |r: &Record| {
         field_is(r, "locationId", &loc)
+            && (lag == 0 || last_write_ms(r) <= indexed_by)
             && query
                 .as_ref()
                 .is_none_or(|q| text_matches(r, &["name", "email", "phone", "companyName", "firstName", "lastName"], q))
             && filters.iter().all(|f| filter_matches(r, f))
     };
-    let sort = ctx.b("sort").and_then(Value::as_array).and_then(|s| s.first());
-    let search_after = ctx.b("searchAfter").and_then(Value::as_array);
-    if sort.is_none() && search_after.is_none() && query.is_none() && filters.is_empty() {
-        // A plain page of the location's contacts in store order: how a poll reads them,
-        // 20 pages for 10,000 contacts, each from the same remembered scan.
-        let seqs = col.seqs_where("locationId", &loc);
-        let start = (page - 1).saturating_mul(page_limit).min(seqs.len());
-        let end = start.saturating_add(page_limit).min(seqs.len());
-        let contacts: Vec<SearchHit> =
-            seqs[start..end].iter().filter_map(|s| col.by_seq(*s)).map(SearchHit::of).collect();
-        let total = seqs.len();
-        let capacity = 64 + contacts.len() * SEARCH_HIT_BYTES;
-        return serialized(StatusCode::OK, &SearchPage { contacts, total }, capacity);
-    }
-    let mut hits: Vec<&Record> = col.iter().filter(|r| matches(r)).collect();
-    if let Some(sort) = sort {
-        let field = sort.get("field").and_then(Value::as_str).unwrap_or("dateAdded").to_string();
-        let desc = sort.get("direction").and_then(Value::as_str).is_some_and(|d| d.eq_ignore_ascii_case("desc"));
-        // Each key is built once, not twice per comparison: a location can hold 10,000s.
-        let key = |r: &Record| r.get(&field).map(|v| v.to_string().to_lowercase()).unwrap_or_default();
-        let mut keyed: Vec<(String, &Record)> = hits.into_iter().map(|r| (key(r), r)).collect();
-        keyed.sort_by(|(ka, a), (kb, b)| {
-            let o = ka.cmp(kb).then_with(|| str_of(a, "id").cmp(&str_of(b, "id")));
-            if desc {
-                o.reverse()
-            } else {
-                o
-            }
-        });
-        hits = keyed.into_iter().map(|(_, r)| r).collect();
-    }
+    // Each key is built once, not per comparison: a location can hold 10,000s.
+    let mut hits: Vec<(SortKey, &str, &Record)> = col
+        .iter()
+        .filter(|r| matches(r))
+        .map(|r| {
+            let key = match &sort {
+                Some((field, _)) => SortKey::of(r, field),
+                None => SortKey::Num(shuffle(str_of(r, "id").unwrap_or_default())),
+            };
+            (key, str_of(r, "id").unwrap_or_default(), r)
+        })
+        .collect();
+    let desc = sort.as_ref().is_some_and(|(_, d)| *d);
+    hits.sort_by(|a, b| {
+        let o = (&a.0, a.1).cmp(&(&b.0, b.1));
+        if desc {
+            o.reverse()
+        } else {
+            o
+        }
+    });
     let total = hits.len();
-    let start = match search_after {
-        // The cursor is the last contact's `searchAfter` ([dateAdded ms, id]).
+    let start = match &search_after {
+        // Strictly after the cursor in this order, whether or not that contact still exists.
         Some(after) => {
-            let id = after.get(1).and_then(Value::as_str).unwrap_or_default();
-            hits.iter().position(|r| field_is(r, "id", id)).map(|i| i + 1).unwrap_or(hits.len())
+            let key = SortKey::from_cursor(&after[0]);
+            let id = after[1].as_str().unwrap_or_default();
+            hits.partition_point(|(k, i, _)| {
+                let o = (k, *i).cmp(&(&key, id));
+                if desc {
+                    o == std::cmp::Ordering::Greater
+                } else {
+                    o != std::cmp::Ordering::Greater
+                }
+            })
         }
         None => (page - 1).saturating_mul(page_limit),
     };
-    let contacts: Vec<SearchHit> = hits.iter().skip(start).take(page_limit).map(|r| SearchHit::of(r)).collect();
+    let contacts: Vec<SearchHit> = hits
+        .iter()
+        .skip(start)
+        .take(page_limit)
+        .map(|(key, id, r)| SearchHit { record: r, cursor: (key.to_cursor(), id) })
+        .collect();
     // Written straight from the store under its read lock: a page can be 500 contacts.
     let capacity = 64 + contacts.len() * SEARCH_HIT_BYTES;
     serialized(StatusCode::OK, &SearchPage { contacts, total }, capacity)
+}
+
+/// Page-number paging of the search reaches this many records at most.
+const MAX_PAGED_RECORDS: usize = 10_000;
+
+/// Contact fields that hold dates: they sort and compare as instants, not as text.
+const DATE_FIELDS: &[&str] = &["dateAdded", "dateUpdated", "dateOfBirth", "lastActivity"];
+
+/// When a contact was last written (what the search index lags behind).
+fn last_write_ms(r: &Record) -> i64 {
+    r.get("dateUpdated").or_else(|| r.get("dateAdded")).and_then(parse_ms).unwrap_or(0)
+}
+
+/// A fixed pseudo-random rank per id (FNV-1a), so unsorted results are in no time order
+/// but page the same way on every request.
+fn shuffle(id: &str) -> i64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in id.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    (h >> 1) as i64
+}
+
+/// A search hit's sort value: instants for date fields, else lowercase text.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum SortKey {
+    Num(i64),
+    Text(String),
+}
+
+impl SortKey {
+    fn of(r: &Record, field: &str) -> SortKey {
+        let v = r.get(field).unwrap_or(&Value::Null);
+        if DATE_FIELDS.contains(&field) {
+            return SortKey::Num(parse_ms(v).unwrap_or(0));
+        }
+        match v {
+            Value::Number(n) => SortKey::Num(n.as_i64().unwrap_or(0)),
+            Value::String(s) => SortKey::Text(s.to_lowercase()),
+            Value::Null => SortKey::Text(String::new()),
+            other => SortKey::Text(other.to_string().to_lowercase()),
+        }
+    }
+
+    fn from_cursor(v: &Value) -> SortKey {
+        match v {
+            Value::Number(n) => SortKey::Num(n.as_i64().unwrap_or(0)),
+            Value::String(s) => SortKey::Text(s.clone()),
+            _ => SortKey::Text(String::new()),
+        }
+    }
+
+    fn to_cursor(&self) -> Value {
+        match self {
+            SortKey::Num(n) => Value::from(*n),
+            SortKey::Text(s) => Value::from(s.as_str()),
+        }
+    }
+}
+
+/// The operators GHL's search documents; anything else is refused, as GHL does.
+fn check_filter(f: &Value) -> Result<(), String> {
+    if let Some(group) = f.get("filters") {
+        let Some(group) = group.as_array() else { return Err("filters.filters must be an array".into()) };
+        return group.iter().try_for_each(check_filter);
+    }
+    let Some(field) = f.get("field").and_then(Value::as_str) else {
+        return Err("filters.field should not be empty".into());
+    };
+    let op = f.get("operator").and_then(Value::as_str).unwrap_or_default();
+    let value = f.get("value");
+    match op {
+        "eq" | "not_eq" | "contains" | "not_contains" => match value {
+            Some(Value::String(s)) if s.chars().count() > 75 => {
+                Err(format!("filters: the value for {field} is longer than 75 characters"))
+            }
+            Some(Value::Null) | None => Err(format!("filters: {op} on {field} needs a value")),
+            Some(_) => Ok(()),
+        },
+        "exists" | "not_exists" => Ok(()),
+        "range" => {
+            let Some(bounds) = value.and_then(Value::as_object) else {
+                return Err(format!("filters: range on {field} needs an object of gt, gte, lt, lte"));
+            };
+            if bounds.is_empty() || bounds.keys().any(|k| !matches!(k.as_str(), "gt" | "gte" | "lt" | "lte")) {
+                return Err(format!("filters: range on {field} takes only gt, gte, lt, lte"));
+            }
+            if bounds.values().any(|b| parse_ms(b).is_none() && !b.is_number()) {
+                return Err(format!("filters: range bounds on {field} must be dates or numbers"));
+            }
+            Ok(())
+        }
+        other => Err(format!(
+            "filters: operator `{other}` must be one of eq, not_eq, contains, not_contains, exists, not_exists, range"
+        )),
+    }
 }
 
 /// About the size of one serialised contact, to size a search page's buffer up front.
@@ -313,19 +468,12 @@ struct SearchPage<'a> {
     total: usize,
 }
 
-/// A stored contact plus its `searchAfter` cursor (`[dateAdded ms, id]`), serialised as the
+/// A stored contact plus its `searchAfter` cursor (`[sort value, id]`), serialised as the
 /// record with that field set would be (`Map::insert` order: an existing `searchAfter`
 /// keeps its place, a new one comes last), without copying the record.
 struct SearchHit<'a> {
     record: &'a Record,
-    cursor: (i64, &'a str),
-}
-
-impl<'a> SearchHit<'a> {
-    fn of(record: &'a Record) -> Self {
-        let added = record.get("dateAdded").and_then(parse_ms).unwrap_or(0);
-        SearchHit { record, cursor: (added, str_of(record, "id").unwrap_or_default()) }
-    }
+    cursor: (Value, &'a str),
 }
 
 impl Serialize for SearchHit<'_> {
@@ -632,7 +780,9 @@ mod tests {
         ];
         for v in records {
             let Value::Object(r) = v else { panic!("object") };
-            let page = SearchPage { contacts: vec![SearchHit::of(&r)], total: 9 };
+            let added = SortKey::of(&r, "dateAdded").to_cursor();
+            let hit = SearchHit { record: &r, cursor: (added, str_of(&r, "id").unwrap_or_default()) };
+            let page = SearchPage { contacts: vec![hit], total: 9 };
             let direct = serde_json::to_vec(&page).expect("serialise");
             let via_value =
                 serde_json::to_vec(&json!({ "contacts": [cloned_hit(&r)], "total": 9 })).expect("serialise");
