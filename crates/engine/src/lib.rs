@@ -13,6 +13,7 @@ mod execute;
 mod http_step;
 mod metrics;
 mod poll;
+mod read_plan;
 mod request;
 mod runtime;
 mod scheduler;

@@ -66,6 +66,8 @@ pub struct Metrics {
     pub rate_limit_waits: Counter,
     pub rate_limit_wait_seconds: Counter<f64, std::sync::atomic::AtomicU64>,
     pub token_refreshes: Counter,
+    /// Now minus the newest record time an incremental trigger has seen.
+    pub watermark_lag: Family<FlowLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
 }
 
 impl Default for Metrics {
@@ -94,6 +96,7 @@ impl Metrics {
             rate_limit_waits: Counter::default(),
             rate_limit_wait_seconds: Counter::default(),
             token_refreshes: Counter::default(),
+            watermark_lag: Family::default(),
         };
         if let Ok(mut r) = m.registry.lock() {
             r.register("polls", "Trigger polls", m.polls.clone());
@@ -124,6 +127,11 @@ impl Metrics {
                 m.rate_limit_wait_seconds.clone(),
             );
             r.register("token_refreshes", "OAuth token refreshes sent to GHL", m.token_refreshes.clone());
+            r.register(
+                "trigger_watermark_lag_seconds",
+                "Now minus the newest record time an incremental trigger has seen",
+                m.watermark_lag.clone(),
+            );
         }
         m
     }
@@ -154,6 +162,10 @@ impl Metrics {
             self.items_seen.get_or_create(&labels).inc_by(r.items as u64);
             self.items_new.get_or_create(&labels).inc_by(r.new as u64);
         }
+    }
+
+    pub(crate) fn record_watermark(&self, flow: &str, lag_ms: i64) {
+        self.watermark_lag.get_or_create(&FlowLabels { flow: flow.into() }).set(lag_ms as f64 / 1000.0);
     }
 
     pub(crate) fn record_poll_slot_wait(&self, waited: Duration) {

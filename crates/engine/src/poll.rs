@@ -10,6 +10,7 @@
 use crate::dedupe::dedupe_key;
 use crate::engine::Engine;
 use crate::error::EngineError;
+use crate::read_plan::{self, ReadPlan, ReadProgress};
 use crate::request;
 use crate::runtime::FlowRuntime;
 use chrono::{DateTime, Duration as ChronoDuration, Utc};
@@ -119,6 +120,12 @@ impl Engine {
         let trigger_id = rt.trigger_id.clone();
         let state = self.blocking(move || Ok(store.trigger_state(&trigger_id)?)).await?;
         let baseline = state.is_none();
+        let plan = read_plan::plan(&rt.trigger_op, spec, &flow.trigger, state.as_ref(), now);
+        let mut inputs = inputs;
+        read_plan::apply(&plan, &mut inputs);
+        let baseline_at = state.as_ref().and_then(|s| s.get("baseline_at").cloned()).unwrap_or_else(|| json!(now));
+        let baseline_ms =
+            baseline_at.as_str().and_then(|t| DateTime::parse_from_rfc3339(t).ok()).map(|t| t.timestamp_millis());
         // The flood guard holds every run of a poll that finds more than `max_new` new
         // items, so runs may only start before the last page when it cannot trip.
         let pipelined = flow.trigger.max_new >= self.config().max_items as u64;
@@ -126,30 +133,31 @@ impl Engine {
         // know which items are new before the commit: it checks every key again anyway and
         // creates no run for one already seen. One pass over the keys instead of two.
         let commit_decides = pipelined && flow.filter.is_none();
+        // Under `start: now`, an incremental read fires only for what was written after the
+        // baseline: a record indexed late with an older time existed before it.
+        let since_baseline =
+            (flow.trigger.start == Start::Now && plan.field.is_some()).then_some(baseline_ms).flatten();
 
         let mut report = PollReport { baseline, ..PollReport::default() };
         let mut seen_in_poll = HashSet::new();
         let mut ctx = ctx;
         let mut held_back = Vec::new();
-        let mut pages = self.fetch_pages(rt, &inputs, now)?;
+        let mut progress = ReadProgress::default();
+        tracing::debug!(flow = %flow.name, read = plan.kind, strategy = plan.strategy, "poll");
+        let mut pages = self.fetch_pages(rt, &inputs, now, &plan)?;
         let mut current = pages.next().await;
         while let Some(page) = current {
             let page = page?;
             report.items += page.len();
+            for item in &page {
+                progress.see(&plan, item);
+            }
+            if plan.ascending {
+                progress.last = page.last().cloned();
+            }
+            let scope = PollScope { spec, inputs: &inputs, baseline, commit_decides, since_baseline, plan: &plan };
             let work = async {
-                let items = self
-                    .new_items(
-                        rt,
-                        spec,
-                        &inputs,
-                        page,
-                        &mut seen_in_poll,
-                        baseline,
-                        commit_decides,
-                        &mut ctx,
-                        &mut report,
-                    )
-                    .await?;
+                let items = self.new_items(rt, &scope, page, &mut seen_in_poll, &mut ctx, &mut report).await?;
                 if pipelined {
                     // The trigger's state moves only with the last commit, so a crash between
                     // pages polls again from the old state; the keys committed here are not
@@ -168,6 +176,11 @@ impl Engine {
             done?;
             current = next;
         }
+        let capped = plan.field.is_some() && progress.items >= self.config().max_items;
+        if capped && !plan.ascending {
+            tracing::warn!(flow = %flow.name, max_items = self.config().max_items,
+                "more records changed since the last poll than one poll reads; the watermark stays until a poll reads them all (raise max_items)");
+        }
         let firing = held_back.iter().filter(|p| p.run.is_some()).count();
         let held = firing as u64 > flow.trigger.max_new;
         if held {
@@ -180,9 +193,18 @@ impl Engine {
                 "flood guard: runs held until `flowd release {}`", flow.name);
         }
         let polls = state.as_ref().and_then(|s| s.get("polls")).and_then(Value::as_u64).unwrap_or(0);
-        let baseline_at = state.as_ref().and_then(|s| s.get("baseline_at").cloned()).unwrap_or_else(|| json!(now));
-        let state = json!({ "baseline_at": baseline_at, "last_poll_at": now, "polls": polls + 1 });
-        let (created, seen_before) = self.commit(rt, Some(state), held_back).await?;
+        let mut next_state = Map::new();
+        next_state.insert("baseline_at".into(), baseline_at);
+        next_state.insert("last_poll_at".into(), json!(now));
+        next_state.insert("polls".into(), json!(polls + 1));
+        let fallback = baseline_ms.or(Some(now.timestamp_millis()));
+        read_plan::record(&plan, &progress, capped, state.as_ref(), fallback, now, &mut next_state);
+        if let Some(w) = next_state.get(read_plan::state_keys::WATERMARK).and_then(Value::as_i64) {
+            self.metrics().record_watermark(rt.name(), now.timestamp_millis().saturating_sub(w));
+        }
+        // The watermark commits with the seen keys and runs: a crash before it polls the
+        // same span again, and the keys committed so far make that a no-op.
+        let (created, seen_before) = self.commit(rt, Some(Value::Object(next_state)), held_back).await?;
         report.new = report.new.saturating_sub(seen_before);
         if held {
             report.held = created.len();
@@ -195,16 +217,12 @@ impl Engine {
 
     /// The items of one page whose dedupe key was never recorded, each with the run it
     /// fires (none on a baseline or when the `if:` filter leaves it out).
-    #[allow(clippy::too_many_arguments)]
     async fn new_items(
         &self,
         rt: &FlowRuntime,
-        spec: &catalog::TriggerSpec,
-        inputs: &Map<String, Value>,
+        scope: &PollScope<'_>,
         page: Vec<Value>,
         seen_in_poll: &mut HashSet<String>,
-        baseline: bool,
-        commit_decides: bool,
         ctx: &mut Value,
         report: &mut PollReport,
     ) -> Result<Vec<PollItem>, EngineError> {
@@ -213,7 +231,7 @@ impl Engine {
         let mut keyed: Vec<(String, Value)> = Vec::with_capacity(page.len());
         // Items move into the runs; nothing is cloned per item.
         for item in page {
-            match dedupe_key(spec, mode, &item, inputs) {
+            match dedupe_key(scope.spec, mode, &item, scope.inputs) {
                 Some(k) if seen_in_poll.insert(k.clone()) => keyed.push((k, item)),
                 Some(_) => {}
                 None => tracing::debug!(flow = %flow.name, "item without an id skipped"),
@@ -222,7 +240,7 @@ impl Engine {
         if keyed.is_empty() {
             return Ok(Vec::new());
         }
-        let unseen = if commit_decides {
+        let unseen = if scope.commit_decides {
             vec![true; keyed.len()]
         } else {
             let store = self.store().clone();
@@ -236,12 +254,15 @@ impl Engine {
                 continue;
             }
             report.new += 1;
-            let fire = !baseline
-                || match &flow.trigger.start {
+            let fire = if scope.baseline {
+                match &flow.trigger.start {
                     Start::Now => false,
                     Start::All => true,
-                    Start::Since(t) => item_time(spec, &item).is_some_and(|at| at >= *t),
-                };
+                    Start::Since(t) => item_time(scope.spec, &item).is_some_and(|at| at >= *t),
+                }
+            } else {
+                read_plan::after_baseline(scope.plan, &item, scope.since_baseline)
+            };
             let fire = fire && self.passes_filter(rt, ctx, &item, report)?;
             let run = fire.then(|| {
                 let mut run = NewRun::new(flow.name.clone(), item);
@@ -311,6 +332,7 @@ impl Engine {
         rt: &'a FlowRuntime,
         inputs: &Map<String, Value>,
         now: DateTime<Utc>,
+        plan: &ReadPlan,
     ) -> Result<BoxStream<'a, Result<Vec<Value>, EngineError>>, EngineError> {
         let op = &rt.trigger_op;
         let err = move |source| EngineError::Poll {
@@ -345,20 +367,41 @@ impl Engine {
             max_items: self.config().max_items,
             ..ghl::PageOptions::default()
         };
+        if plan.field.is_some() {
+            // An incremental read stops at `max_items` and the next poll resumes there;
+            // pages are bounded by that, not by a page count.
+            opts.max_pages = u32::MAX;
+        }
+        if let (Some(cutoff), Some(field)) = (plan.stop_before, plan.field.clone()) {
+            opts.stop_when =
+                Some(Arc::new(move |item: &Value| read_plan::time_ms(item, &field).is_some_and(|t| t < cutoff)));
+        }
         // A page size the flow asks for (`pageLimit: 50`) is kept; the pager would otherwise
         // use the catalog's, and the flow's value would silently not apply.
-        opts.page_size = requested_page_size(&spec.pagination, inputs);
-        if matches!(spec.pagination, catalog::Pagination::TimeWindow { .. }) {
+        opts.page_size = requested_page_size(&plan.pagination, inputs);
+        if matches!(plan.pagination, catalog::Pagination::TimeWindow { .. }) {
             // Upcoming events and slots: from a day ago to four weeks ahead.
             opts.window = Some((now - ChronoDuration::days(1), now + ChronoDuration::days(28)));
         }
-        let items = self.client().paginate(account, req, &spec.pagination, &spec.items, opts).map_err(err)?;
+        let items = self.client().paginate(account, req, &plan.pagination, &spec.items, opts).map_err(err)?;
         // Items arrive a page at a time: what is ready together is one page (or less).
         Ok(items
             .ready_chunks(PAGE_CHUNK)
             .map(move |chunk| chunk.into_iter().collect::<Result<Vec<Value>, ghl::Error>>().map_err(err))
             .boxed())
     }
+}
+
+/// What every page of one poll is checked with.
+struct PollScope<'a> {
+    spec: &'a catalog::TriggerSpec,
+    inputs: &'a Map<String, Value>,
+    /// This is the first poll: keys are recorded, and fire only as `start` says.
+    baseline: bool,
+    commit_decides: bool,
+    /// `start: now` on an incremental read: items written before this (epoch ms) don't fire.
+    since_baseline: Option<i64>,
+    plan: &'a ReadPlan,
 }
 
 /// At most this many items per commit when a poll commits page by page.

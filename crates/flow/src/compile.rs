@@ -18,6 +18,11 @@ use crate::webhook_events::WEBHOOK_EVENTS;
 pub const HTTP_STEP: &str = "http.request";
 /// Held back when one poll finds more new items than this, unless the flow says otherwise.
 pub const DEFAULT_MAX_NEW: u64 = 100;
+/// How far behind its watermark an incremental poll re-reads by default: GHL's search
+/// shows writes "a few seconds" late, and this leaves room for a slow index and clock skew.
+pub const DEFAULT_LOOKBACK: std::time::Duration = std::time::Duration::from_secs(120);
+const MAX_LOOKBACK: std::time::Duration = std::time::Duration::from_secs(86_400);
+const MIN_SWEEP: std::time::Duration = std::time::Duration::from_secs(600);
 /// Polling interval when a trigger gives neither `every` nor `cron`.
 pub const DEFAULT_EVERY: &str = "5m";
 /// Account used when a flow names none.
@@ -53,6 +58,12 @@ pub struct CompiledTrigger {
     pub start: Start,
     /// Flood guard: more new items than this in one poll are held, not fired.
     pub max_new: u64,
+    /// An incremental poll asks for records from the trigger's watermark minus this, and
+    /// dedupes the overlap (search results lag behind writes).
+    pub lookback: std::time::Duration,
+    /// An incremental trigger re-reads everything this often, to catch what a watermark
+    /// cannot (clock skew, indexing later than the lookback).
+    pub sweep: Option<std::time::Duration>,
     /// Set for `webhook:` triggers. Without `reconcile`, `op` is empty and the flow is
     /// never polled; with it, the fields above describe the reconciling poll.
     pub webhook: Option<WebhookTrigger>,
@@ -265,6 +276,8 @@ fn compile_trigger(
         ("dedupe", t.dedupe.as_ref().map(|a| a.pos)),
         ("start", t.start.as_ref().map(|a| a.pos)),
         ("max_new", t.max_new.as_ref().map(|a| a.pos)),
+        ("lookback", t.lookback.as_ref().map(|a| a.pos)),
+        ("sweep", t.sweep.as_ref().map(|a| a.pos)),
     ];
     for (key, at) in polling_keys {
         if let Some(at) = at {
@@ -305,6 +318,8 @@ fn compile_trigger(
             dedupe: DedupeMode::New,
             start: Start::Now,
             max_new: DEFAULT_MAX_NEW,
+            lookback: DEFAULT_LOOKBACK,
+            sweep: None,
             webhook: Some(webhook),
         }),
     };
@@ -392,13 +407,79 @@ fn compile_poll_trigger(
         },
     };
     let max_new = t.max_new.as_ref().map(|m| m.value).unwrap_or(DEFAULT_MAX_NEW);
-    let compiled = match (with, schedule, dedupe, start) {
-        (Some(with), Some(schedule), Some(dedupe), Some(start)) => {
-            Some(CompiledTrigger { op: op.key.clone(), with, schedule, dedupe, start, max_new, webhook: None })
+    let lookback = match &t.lookback {
+        None => Some(DEFAULT_LOOKBACK),
+        Some(l) => {
+            duration_within(l, MAX_LOOKBACK, "`lookback` re-reads this much on every poll; keep it to minutes", sink)
         }
+    };
+    let sweep = match &t.sweep {
+        None => Some(None),
+        Some(w) => match humantime::parse_duration(w.value.trim()) {
+            Ok(d) if d >= MIN_SWEEP => Some(Some(d)),
+            Ok(_) => {
+                sink.error(
+                    w.pos,
+                    format!("`sweep: {}` is shorter than {}", w.value, humantime::format_duration(MIN_SWEEP)),
+                )
+                .help("a sweep re-reads the whole collection; once every few hours is typical (`sweep: 6h`)");
+                None
+            }
+            Err(e) => {
+                sink.error(w.pos, format!("invalid duration `{}`: {e}", w.value)).help("write a duration such as `6h`");
+                None
+            }
+        },
+    };
+    if let (Some(d), Some(mode)) = (t.lookback.as_ref().or(t.sweep.as_ref()), dedupe) {
+        if spec.read_spec().mode(mode).is_none() {
+            let key = if t.lookback.is_some() { "lookback" } else { "sweep" };
+            sink.warning(
+                d.pos,
+                format!(
+                    "`{key}` has no effect: `{}` reads in full with `dedupe: {}` (strategy `{}`)",
+                    op.key,
+                    mode.as_str(),
+                    spec.read_spec().strategy()
+                ),
+            );
+        }
+    }
+    let compiled = match (with, schedule, dedupe, start, lookback, sweep) {
+        (Some(with), Some(schedule), Some(dedupe), Some(start), Some(lookback), Some(sweep)) => Some(CompiledTrigger {
+            op: op.key.clone(),
+            with,
+            schedule,
+            dedupe,
+            start,
+            max_new,
+            lookback,
+            sweep,
+            webhook: None,
+        }),
         _ => None,
     };
     (compiled, fields)
+}
+
+/// A duration no longer than `max`, else an error at its position.
+fn duration_within(
+    d: &At<String>,
+    max: std::time::Duration,
+    help: &str,
+    sink: &mut Sink,
+) -> Option<std::time::Duration> {
+    match humantime::parse_duration(d.value.trim()) {
+        Ok(v) if v <= max => Some(v),
+        Ok(_) => {
+            sink.error(d.pos, format!("`{}` is longer than {}", d.value, humantime::format_duration(max))).help(help);
+            None
+        }
+        Err(e) => {
+            sink.error(d.pos, format!("invalid duration `{}`: {e}", d.value)).help("write a duration such as `2m`");
+            None
+        }
+    }
 }
 
 fn parse_start(s: &str) -> Option<Start> {

@@ -1,6 +1,9 @@
 //! Flow files: parse with positions, validate against the catalog, compile to a plan the
 //! engine runs. Pure: no IO, no async, no environment reads; the caller passes the text,
 //! the catalog and a [`CompileEnv`].
+// The JSON Schema of the format (`schema.rs`) is one `json!` literal, deeper than the
+// default macro recursion limit allows.
+#![recursion_limit = "256"]
 
 mod compile;
 mod diagnostic;

@@ -204,6 +204,10 @@ pub(crate) struct TriggerDoc {
     pub dedupe: Option<At<String>>,
     pub start: Option<At<String>>,
     pub max_new: Option<At<u64>>,
+    /// How far behind its watermark an incremental poll re-reads (search results lag).
+    pub lookback: Option<At<String>>,
+    /// How often an incremental trigger re-reads everything instead.
+    pub sweep: Option<At<String>>,
     /// A GHL webhook event type: the trigger fires on deliveries instead of polls.
     pub webhook: Option<At<String>>,
     /// The polling trigger paired with `webhook`, sharing its dedupe keys.
@@ -231,10 +235,23 @@ pub(crate) struct TestDoc {
 }
 
 pub(crate) const TOP_KEYS: &[&str] = &["name", "account", "trigger", "if", "steps", "tests"];
-pub(crate) const TRIGGER_KEYS: &[&str] =
-    &["uses", "with", "every", "cron", "dedupe", "start", "max_new", "webhook", "reconcile", "coalesce"];
+pub(crate) const TRIGGER_KEYS: &[&str] = &[
+    "uses",
+    "with",
+    "every",
+    "cron",
+    "dedupe",
+    "start",
+    "max_new",
+    "lookback",
+    "sweep",
+    "webhook",
+    "reconcile",
+    "coalesce",
+];
 /// `reconcile:` is a polling trigger: the trigger's keys minus the webhook ones.
-pub(crate) const RECONCILE_KEYS: &[&str] = &["uses", "with", "every", "cron", "dedupe", "start", "max_new"];
+pub(crate) const RECONCILE_KEYS: &[&str] =
+    &["uses", "with", "every", "cron", "dedupe", "start", "max_new", "lookback", "sweep"];
 pub(crate) const STEP_KEYS: &[&str] = &["id", "uses", "with"];
 pub(crate) const TEST_KEYS: &[&str] = &["name", "item", "env", "results", "expect", "filtered"];
 
@@ -275,6 +292,8 @@ fn read_trigger(node: &Spanned<Node>, what: &str, keys: &[&str], sink: &mut Sink
         dedupe: None,
         start: None,
         max_new: None,
+        lookback: None,
+        sweep: None,
         webhook: None,
         reconcile: None,
         coalesce: None,
@@ -290,6 +309,8 @@ fn read_trigger(node: &Spanned<Node>, what: &str, keys: &[&str], sink: &mut Sink
             "cron" => t.cron = string(value, &name, sink),
             "dedupe" => t.dedupe = string(value, &name, sink),
             "start" => t.start = string(value, &name, sink),
+            "lookback" => t.lookback = string(value, &name, sink),
+            "sweep" => t.sweep = string(value, &name, sink),
             "webhook" => t.webhook = string(value, &name, sink),
             "coalesce" => t.coalesce = string(value, &name, sink),
             "reconcile" if !nested => {

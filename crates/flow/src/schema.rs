@@ -68,6 +68,8 @@ fn build(catalog: Option<&Catalog>) -> Value {
                     "dedupe": {"enum": ["new", "updated", "changed"], "description": "Which items fire; default from the catalog."},
                     "start": {"type": "string", "default": "now", "description": "`now`, `all` or an RFC 3339 time."},
                     "max_new": {"type": "integer", "minimum": 1, "default": DEFAULT_MAX_NEW, "description": "Flood guard: more new items than this in one poll are held."},
+                    "lookback": {"type": "string", "default": "2m", "description": "How far behind its watermark an incremental poll re-reads (search results lag)."},
+                    "sweep": {"type": "string", "description": "Re-read everything this often (at least 10m), e.g. `6h`, to catch what a watermark cannot."},
                     "webhook": {"type": "string", "enum": WEBHOOK_EVENTS, "description": "GHL webhook event type; the flow fires on deliveries instead of polls."},
                     "reconcile": {
                         "type": "object",
@@ -81,6 +83,8 @@ fn build(catalog: Option<&Catalog>) -> Value {
                             "cron": {"type": "string"},
                             "dedupe": {"enum": ["new", "updated", "changed"]},
                             "start": {"type": "string", "default": "now"},
+                            "lookback": {"type": "string", "default": "2m"},
+                            "sweep": {"type": "string"},
                             "max_new": {"type": "integer", "minimum": 1, "default": DEFAULT_MAX_NEW}
                         }
                     },

@@ -77,3 +77,18 @@ pub fn new_contact(sb: &Sandbox, n: usize) -> serde_json::Value {
     )
     .expect("contact inserted")
 }
+
+/// A sandbox whose contact search shows writes `lag` late, as GHL's does.
+pub async fn lagging_sandbox(seed: Seed, lag: std::time::Duration) -> Sandbox {
+    let mut config = SandboxConfig::default()
+        .with_seed(seed)
+        .with_rate_limit(sandbox::RateLimitConfig::disabled())
+        .with_index_lag(lag);
+    config.tokens = vec![TOKEN.into()];
+    Sandbox::start(config).await.expect("sandbox starts")
+}
+
+/// Requests the sandbox has served for one operation so far.
+pub fn requests_for(sb: &Sandbox, op: &str) -> usize {
+    sb.requests().iter().filter(|r| r["op"] == op).count()
+}
