@@ -4,6 +4,7 @@
 //! the crate at build time, and users can add their own files in the same format.
 //! This crate does no IO beyond reading those files, and nothing async.
 
+mod cost;
 mod load;
 mod model;
 mod problem;
@@ -14,6 +15,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
+pub use cost::{PollCost, WINDOW_DAYS};
 pub use load::Category;
 pub use model::*;
 pub use problem::{CatalogError, Place, Problem};

@@ -371,6 +371,11 @@ impl Engine {
             // An incremental read stops at `max_items` and the next poll resumes there;
             // pages are bounded by that, not by a page count.
             opts.max_pages = u32::MAX;
+        } else {
+            // A full read cannot resume: stopping early would leave the rest unseen for
+            // good, so it reads to the end (bounded only against a server that never ends).
+            opts.max_pages = FULL_READ_MAX_PAGES;
+            opts.max_items = usize::MAX;
         }
         if let (Some(cutoff), Some(field)) = (plan.stop_before, plan.field.clone()) {
             opts.stop_when =
@@ -381,7 +386,8 @@ impl Engine {
         opts.page_size = requested_page_size(&plan.pagination, inputs);
         if matches!(plan.pagination, catalog::Pagination::TimeWindow { .. }) {
             // Upcoming events and slots: from a day ago to four weeks ahead.
-            opts.window = Some((now - ChronoDuration::days(1), now + ChronoDuration::days(28)));
+            opts.window =
+                Some((now - ChronoDuration::days(1), now + ChronoDuration::days(i64::from(catalog::WINDOW_DAYS) - 1)));
         }
         let items = self.client().paginate(account, req, &plan.pagination, &spec.items, opts).map_err(err)?;
         // Items arrive a page at a time: what is ready together is one page (or less).
@@ -403,6 +409,10 @@ struct PollScope<'a> {
     since_baseline: Option<i64>,
     plan: &'a ReadPlan,
 }
+
+/// A full read stops after this many pages, with a warning: a server that always says
+/// "more" must not keep a poll going for ever.
+const FULL_READ_MAX_PAGES: u32 = 100_000;
 
 /// At most this many items per commit when a poll commits page by page.
 const PAGE_CHUNK: usize = 1000;

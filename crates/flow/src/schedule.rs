@@ -112,6 +112,11 @@ impl CronSchedule {
         self.cron.find_next_occurrence(&after, false).ok()
     }
 
+    /// The crontab expression as written.
+    pub fn pattern(&self) -> &str {
+        &self.source
+    }
+
     pub fn as_str(&self) -> &str {
         &self.source
     }

@@ -51,3 +51,15 @@ fn valid_fixtures() {
         }
     });
 }
+
+/// `lookback` on a trigger that reads in full would silently do nothing: it is a warning.
+#[test]
+fn lookback_on_a_full_read_is_a_warning() {
+    let text = "name: f\naccount: main\ntrigger:\n  uses: contacts.get_contact_notes\n  with: { contactId: c1 }\n  lookback: 30s\nsteps:\n  - id: tag\n    uses: contacts.add_tags\n    with: { contactId: c1, tags: [noted] }\n";
+    let cat = Catalog::builtin().expect("builtin catalog");
+    let (flow, diags) = load("f.yaml", text, &cat, &env());
+    let out = render_all(&diags);
+    assert!(flow.is_some(), "{out}");
+    assert!(out.contains("f.yaml:6:13: warning: `lookback` has no effect"), "{out}");
+    assert!(out.contains("strategy `full`"), "{out}");
+}

@@ -38,6 +38,9 @@ pub enum Command {
     Validate(ValidateArgs),
     /// Dry-run a flow for one trigger item, or run the flows' inline tests.
     Test(TestArgs),
+    /// Show what the config's flows will spend of each location's GHL request budget
+    /// (100 per 10 s, 200,000 a day); exit 1 if a location's flows do not fit.
+    Plan(PlanArgs),
     /// List runs recorded in the store.
     Runs(RunsArgs),
     /// Run a recorded run again (a new run with the same trigger item).
@@ -90,6 +93,22 @@ pub struct ValidateArgs {
     /// Check `account:` names against this config's accounts.
     #[arg(long, short, value_name = "FILE")]
     pub config: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    /// The service configuration file.
+    #[arg(long, short, value_name = "FILE", default_value = "flowd.yaml", env = "FLOWD_CONFIG")]
+    pub config: PathBuf,
+    /// Records each trigger's collection holds (what a full read pages through).
+    #[arg(long, default_value_t = 1000)]
+    pub records: u64,
+    /// Changes each flow's trigger sees an hour (each runs the flow's steps once).
+    #[arg(long, default_value_t = 60.0)]
+    pub changes: f64,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

@@ -33,6 +33,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Catalog(command) => cmd::catalog::run(&load_catalog(&cli)?, command, &mut out)?,
         Command::Validate(args) => cmd::validate::run(&load_catalog(&cli)?, args, &mut out)?,
         Command::Test(args) => cmd::test::run(&load_catalog(&cli)?, args, &mut out)?,
+        Command::Plan(args) => cmd::plan::run(&load_catalog(&cli)?, args, &mut out)?,
         Command::Schema => {
             serde_json::to_writer_pretty(&mut out, &flow::json_schema_for(&load_catalog(&cli)?))?;
             writeln!(out)?;

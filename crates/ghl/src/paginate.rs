@@ -498,7 +498,7 @@ async fn step(mut w: Walk) -> Option<(Result<Value, Error>, Walk)> {
         }
         if w.pager.pages() >= w.opts.max_pages {
             if !w.pager.is_done() {
-                tracing::debug!(pages = w.pager.pages(), path = %w.base.path, "pagination stopped at max_pages");
+                tracing::warn!(pages = w.pager.pages(), path = %w.base.path, "pagination stopped at max_pages; later pages were not read");
             }
             return None;
         }

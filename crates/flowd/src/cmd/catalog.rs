@@ -2,7 +2,7 @@
 
 use crate::cli::{CatalogCommand, Format, KindArg, ListArgs, ShowArgs};
 use crate::exit::UserError;
-use catalog::{Catalog, Kind, Operation};
+use catalog::{Catalog, DedupeMode, Kind, Operation};
 use serde::Serialize;
 use std::io::Write;
 
@@ -95,9 +95,40 @@ fn show(catalog: &Catalog, args: &ShowArgs, out: &mut dyn Write) -> anyhow::Resu
             serde_json::to_writer_pretty(&mut *out, op)?;
             writeln!(out)?;
         }
-        Format::Yaml => write!(out, "{}", serde_saphyr::to_string(op)?)?,
+        Format::Yaml => {
+            write!(out, "{}", serde_saphyr::to_string(op)?)?;
+            for line in read_summary(op) {
+                writeln!(out, "# {line}")?;
+            }
+        }
     }
     Ok(())
+}
+
+/// How a trigger reads and what one poll costs, per dedupe mode.
+pub fn read_summary(op: &Operation) -> Vec<String> {
+    let Some(spec) = op.trigger.as_ref() else { return Vec::new() };
+    let read = spec.read_spec();
+    let incremental: Vec<&str> = read.modes().iter().map(|m| m.as_str()).collect();
+    let mut lines = vec![match read.as_ref() {
+        catalog::ReadSpec::Full { why } => format!("read strategy: full ({why})"),
+        r if incremental.is_empty() => format!("read strategy: {}", r.strategy()),
+        r => format!("read strategy: {} (incremental for dedupe {})", r.strategy(), incremental.join(", ")),
+    }];
+    for mode in [DedupeMode::New, DedupeMode::Updated, DedupeMode::Changed] {
+        if mode == DedupeMode::Updated && spec.updated.is_none() {
+            continue;
+        }
+        let cost = spec.poll_cost(mode);
+        lines.push(format!(
+            "one poll with dedupe {}: {} (at 10 records: {}, at 20,000: {})",
+            mode.as_str(),
+            cost.describe(),
+            cost.requests(10, 0),
+            cost.requests(20_000, 0)
+        ));
+    }
+    lines
 }
 
 fn categories(catalog: &Catalog, out: &mut dyn Write) -> anyhow::Result<()> {

@@ -1,0 +1,65 @@
+//! `flowd plan`: a location's flows against GHL's request budget, before deployment.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn flowd(args: &[&str], dir: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_flowd"))
+        .args(args)
+        .current_dir(dir)
+        .env_remove("GHL_TOKEN")
+        .output()
+        .expect("flowd runs")
+}
+
+fn text(o: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+/// `n` flows on one location, each polling `uses` every `every` and making a task.
+fn setup(n: usize, uses: &str, with: &str, every: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir(dir.path().join("flows")).expect("flows dir");
+    std::fs::write(
+        dir.path().join("flowd.yaml"),
+        "store: ./data\nflows: ./flows\naccounts:\n  main:\n    location_id: loc_1\n    token: ${GHL_TOKEN}\n",
+    )
+    .expect("config");
+    for i in 0..n {
+        std::fs::write(
+            dir.path().join("flows").join(format!("f{i}.yaml")),
+            format!(
+                "name: f{i}\naccount: main\ntrigger:\n  uses: {uses}\n  with: {with}\n  every: {every}\nsteps:\n  - id: t\n    uses: contacts.create_task\n    with: {{ contactId: \"{{{{ trigger.id }}}}\", title: x, dueDate: \"2030-01-01T00:00:00Z\", completed: false }}\n"
+            ),
+        )
+        .expect("flow");
+    }
+    dir
+}
+
+#[test]
+fn twenty_incremental_flows_at_one_minute_fit_in_a_quarter_of_the_budget() {
+    let dir = setup(20, "contacts.search_contacts", "{ locationId: loc_1 }", "1m");
+    let out = flowd(&["plan", "--records", "50000", "--changes", "10", "--json"], dir.path());
+    assert!(out.status.success(), "{}", text(&out));
+    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let loc = &plan[0];
+    assert_eq!(loc["location"], "loc_1");
+    assert_eq!(loc["flows"].as_array().map(Vec::len), Some(20));
+    // 20 flows × 60 polls × 1 request + 20 × 10 changes × 1 step = 1,400 an hour.
+    assert_eq!(loc["requests_per_hour"], 1400.0);
+    let share = loc["share_of_daily_budget"].as_f64().expect("share");
+    assert!(share < 0.25, "{share}");
+}
+
+#[test]
+fn flows_that_cannot_fit_are_refused_before_deployment() {
+    // A full read of 20,000 businesses every minute: far past 200,000 a day.
+    let dir = setup(2, "businesses.list_businesses", "{ locationId: loc_1 }", "1m");
+    let out = flowd(&["plan", "--records", "20000"], dir.path());
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let t = text(&out);
+    assert!(t.contains("businesses.list_businesses"), "{t}");
+    assert!(t.contains("do not fit GHL's budget"), "{t}");
+    assert!(t.contains("warning: over 80%"), "{t}");
+}
