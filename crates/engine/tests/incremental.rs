@@ -202,3 +202,53 @@ async fn a_backfill_of_25000_contacts_fires_each_once() {
     let statuses: Vec<u16> = sb.requests().iter().filter_map(|r| r["status"].as_u64()).map(|s| s as u16).collect();
     assert!(statuses.iter().all(|s| *s == 200), "no request was refused");
 }
+
+/// A `since` strategy: opportunities are read from the watermark by `startAfter` in
+/// creation order, so an idle poll is one request among 500 opportunities.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_opportunities_are_read_from_the_watermark() {
+    let sb = lagging_sandbox(Seed::Contacts(1), Duration::ZERO).await;
+    let day = 86_400_000i64;
+    let now = chrono::Utc::now().timestamp_millis();
+    for i in 0..500i64 {
+        let created = chrono::DateTime::from_timestamp_millis(now - 30 * day + i * 60_000).expect("time");
+        sb.insert_record(
+            "opportunities",
+            json!({"name": format!("Old {i}"), "status": "open", "createdAt": created.to_rfc3339()}),
+        )
+        .expect("opportunity");
+    }
+    let text = r#"
+name: deals
+account: main
+trigger:
+  uses: opportunities.search_opportunities
+  with: { location_id: "{{ account.location_id }}" }
+  dedupe: new
+steps:
+  - id: push
+    uses: http.request
+    with: { method: POST, url: "http://127.0.0.1:9/", json: { id: "{{ trigger.id }}" } }
+"#;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let engine = engine_for(&sb, &dir.path().join("store"), fast_retries());
+    engine.set_flows(vec![compile(text)]).expect("flows load");
+    let op = "opportunities.search_opportunities";
+
+    let baseline = engine.poll("deals").await.expect("baseline");
+    assert!(baseline.baseline && baseline.runs.is_empty());
+    assert_eq!(requests_for(&sb, op), 1, "the baseline reads the lookback window: {baseline:?}");
+    let fresh: HashSet<String> = (0..3)
+        .map(|i| {
+            let o = sb.insert_record("opportunities", json!({"name": format!("New {i}"), "status": "open"}));
+            o.and_then(|o| o["id"].as_str().map(String::from)).expect("id")
+        })
+        .collect();
+    let report = engine.poll("deals").await.expect("poll");
+    assert_eq!(report.runs.len(), 3, "{report:?}");
+    let before = requests_for(&sb, op);
+    let idle = engine.poll("deals").await.expect("idle");
+    assert!(idle.runs.is_empty());
+    assert_eq!(requests_for(&sb, op) - before, 1, "idle: one request");
+    assert_eq!(fresh.len(), 3);
+}
