@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use store::{RunId, RunStatus, Store};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 /// Tuning; the defaults suit a service.
@@ -90,10 +90,31 @@ pub struct Engine {
     flows: RwLock<HashMap<String, Arc<FlowRuntime>>>,
     scheduled: Mutex<HashSet<String>>,
     in_flight: Mutex<HashSet<RunId>>,
-    permits: Arc<Semaphore>,
+    /// Flows whose polls wait for their location's daily budget to renew.
+    paused: Mutex<HashMap<String, Paused>>,
+    permits: Arc<crate::fair::FairSlots>,
     poll_slots: crate::scheduler::PollSlots,
     metrics: Arc<Metrics>,
     writer: Writer,
+}
+
+/// A loaded flow and what it is doing (`GET /api/flows`).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct FlowState {
+    pub name: String,
+    pub account: String,
+    /// The trigger's catalog key; empty for a flow started by webhooks only.
+    pub trigger: String,
+    /// Set while the flow's polls wait for its location's daily budget to renew.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub paused: Option<Paused>,
+}
+
+/// Why and until when a flow does not poll.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Paused {
+    pub until: DateTime<Utc>,
+    pub reason: String,
 }
 
 /// Marks a run as being executed by this process until dropped.
@@ -125,7 +146,7 @@ impl Engine {
             .connect_timeout(Duration::from_secs(10))
             .build()
             .unwrap_or_default();
-        let permits = Arc::new(Semaphore::new(config.concurrency.max(1)));
+        let permits = crate::fair::FairSlots::new(config.concurrency);
         let poll_slots =
             crate::scheduler::PollSlots::new(accounts.iter().map(|a| a.name.as_str()), config.poll_concurrency);
         let writer = Writer::start(store.clone());
@@ -140,6 +161,7 @@ impl Engine {
             flows: RwLock::new(HashMap::new()),
             scheduled: Mutex::new(HashSet::new()),
             in_flight: Mutex::new(HashSet::new()),
+            paused: Mutex::new(HashMap::new()),
             permits,
             poll_slots,
             metrics,
@@ -171,6 +193,37 @@ impl Engine {
         let mut names: Vec<String> = self.flows.read().map(|f| f.keys().cloned().collect()).unwrap_or_default();
         names.sort();
         names
+    }
+
+    /// Every loaded flow with what it is doing, sorted by name.
+    pub fn flow_states(&self) -> Vec<FlowState> {
+        let paused = self.paused.lock().map(|p| p.clone()).unwrap_or_default();
+        let flows = self.flows.read().map(|f| f.values().cloned().collect::<Vec<_>>()).unwrap_or_default();
+        let mut states: Vec<FlowState> = flows
+            .iter()
+            .map(|rt| FlowState {
+                name: rt.name().to_owned(),
+                account: rt.flow.account.clone(),
+                trigger: rt.trigger_op.key.clone(),
+                paused: paused.get(rt.name()).cloned(),
+            })
+            .collect();
+        states.sort_by(|a, b| a.name.cmp(&b.name));
+        states
+    }
+
+    pub(crate) fn pause(&self, flow: &str, until: DateTime<Utc>, reason: String) {
+        if let Ok(mut p) = self.paused.lock() {
+            p.insert(flow.to_owned(), Paused { until, reason });
+        }
+        self.metrics.flow_paused.get_or_create(&crate::metrics::FlowLabels { flow: flow.to_owned() }).set(1);
+    }
+
+    pub(crate) fn unpause(&self, flow: &str) {
+        if let Ok(mut p) = self.paused.lock() {
+            p.remove(flow);
+        }
+        self.metrics.flow_paused.get_or_create(&crate::metrics::FlowLabels { flow: flow.to_owned() }).set(0);
     }
 
     pub(crate) fn flow(&self, name: &str) -> Result<Arc<FlowRuntime>, EngineError> {
@@ -248,6 +301,15 @@ impl Engine {
         Self::wait_for(handles).await
     }
 
+    /// Like [`Engine::execute_all`] for runs whose flow is known, so each takes its flow's turn.
+    async fn execute_runs(self: &Arc<Self>, runs: Vec<(String, RunId)>) -> Result<Vec<RunStatus>, EngineError> {
+        let handles: Vec<JoinHandle<Result<RunStatus, EngineError>>> = runs
+            .into_iter()
+            .map(|(flow, id)| self.spawn_run(&flow, move |engine| async move { engine.execute(id).await }))
+            .collect();
+        Self::wait_for(handles).await
+    }
+
     /// Waits for dispatched runs, in order; returns the status each ended in.
     pub async fn wait_for(
         handles: Vec<JoinHandle<Result<RunStatus, EngineError>>>,
@@ -259,9 +321,10 @@ impl Engine {
         Ok(out)
     }
 
-    /// Starts executing a run in the background, once a concurrency permit is free.
+    /// Starts executing a run in the background, once a concurrency permit is free. Runs
+    /// dispatched by id alone (their flow is read when they start) share one turn.
     pub fn dispatch(self: &Arc<Self>, id: RunId) -> JoinHandle<Result<RunStatus, EngineError>> {
-        self.spawn_run(move |engine| async move { engine.execute(id).await })
+        self.spawn_run("", move |engine| async move { engine.execute(id).await })
     }
 
     /// Like [`Engine::dispatch`], for a run a poll has just created: it starts from what the
@@ -270,21 +333,23 @@ impl Engine {
         self: &Arc<Self>,
         run: crate::poll::Created,
     ) -> JoinHandle<Result<RunStatus, EngineError>> {
-        self.spawn_run(move |engine| async move { engine.execute_created(run).await })
+        let flow = run.flow.clone();
+        self.spawn_run(&flow, move |engine| async move { engine.execute_created(run).await })
     }
 
-    /// Spawns `execute` once a concurrency permit is free, counting it as queued meanwhile.
-    fn spawn_run<F, Fut>(self: &Arc<Self>, execute: F) -> JoinHandle<Result<RunStatus, EngineError>>
+    /// Spawns `execute` once a concurrency permit is free in `flow`'s turn (see `fair`),
+    /// counting it as queued meanwhile.
+    fn spawn_run<F, Fut>(self: &Arc<Self>, flow: &str, execute: F) -> JoinHandle<Result<RunStatus, EngineError>>
     where
         F: FnOnce(Arc<Engine>) -> Fut + Send + 'static,
         Fut: std::future::Future<Output = Result<RunStatus, EngineError>> + Send,
     {
         let engine = self.clone();
+        let flow = flow.to_owned();
         self.metrics.queue_depth.inc();
         tokio::spawn(async move {
-            let permit = engine.permits.clone().acquire_owned().await;
+            let _permit = engine.permits.acquire(&flow).await;
             engine.metrics.queue_depth.dec();
-            let _permit = permit.map_err(|e| EngineError::Join(e.to_string()))?;
             // Boxed once the run may start: a queued task then holds a small future, not
             // the whole run's state machine (kilobytes). A poll queues thousands at once, and
             // their fresh pages cost more than the run's bookkeeping did.
@@ -296,18 +361,17 @@ impl Engine {
     pub async fn resume(self: &Arc<Self>) -> Result<Vec<RunStatus>, EngineError> {
         let store = self.store.clone();
         let runs = self.blocking(move || Ok(store.list_resumable()?)).await?;
-        let ids: Vec<RunId> = runs.into_iter().map(|r| r.id).collect();
-        if !ids.is_empty() {
-            tracing::info!(runs = ids.len(), "resuming runs left unfinished");
+        if !runs.is_empty() {
+            tracing::info!(runs = runs.len(), "resuming runs left unfinished");
         }
-        self.execute_all(ids).await
+        self.execute_runs(runs.into_iter().map(|r| (r.flow, r.id)).collect()).await
     }
 
     /// Failed runs whose retry time has come; executes them and waits.
     pub async fn retry_due(self: &Arc<Self>) -> Result<Vec<RunStatus>, EngineError> {
         let store = self.store.clone();
         let runs = self.blocking(move || Ok(store.list_due_retries(Utc::now(), 256)?)).await?;
-        self.execute_all(runs.into_iter().map(|r| r.id).collect()).await
+        self.execute_runs(runs.into_iter().map(|r| (r.flow, r.id)).collect()).await
     }
 
     /// Makes a flow's held runs pending and executes them.
@@ -315,7 +379,7 @@ impl Engine {
         let store = self.store.clone();
         let name = flow.to_string();
         let ids = self.blocking(move || Ok(store.release_held(&name)?)).await?;
-        self.execute_all(ids).await
+        self.execute_runs(ids.into_iter().map(|id| (flow.to_owned(), id)).collect()).await
     }
 
     /// Runs a finished or stuck run again as a new run with the same item.
@@ -368,9 +432,7 @@ impl Engine {
     /// Waits until no run is executing or queued, or the deadline passes; returns whether
     /// everything finished.
     pub async fn drain(&self, deadline: Duration) -> bool {
-        let all = u32::try_from(self.config.concurrency.max(1)).unwrap_or(u32::MAX);
-        matches!(tokio::time::timeout(deadline, self.permits.acquire_many(all)).await, Ok(Ok(_)))
-            && self.metrics.queue_depth.get() == 0
+        tokio::time::timeout(deadline, self.permits.idle()).await.is_ok() && self.metrics.queue_depth.get() == 0
     }
 }
 

@@ -29,3 +29,13 @@ pub enum EngineError {
     #[error("background task failed: {0}")]
     Join(String),
 }
+
+impl EngineError {
+    /// How long until the location's daily budget renews, when a poll failed for that.
+    pub fn budget_spent(&self) -> Option<std::time::Duration> {
+        match self {
+            EngineError::Poll { source, .. } => source.budget_spent(),
+            _ => None,
+        }
+    }
+}

@@ -32,6 +32,9 @@ pub(crate) enum Failure {
     Permanent(String),
     /// The request may have reached the other side and is not safe to repeat.
     InDoubt(String),
+    /// Nothing was sent, and nothing can be before `after` (the location's daily budget is
+    /// spent): the run waits without spending an attempt.
+    Deferred { after: std::time::Duration, why: String },
 }
 
 impl Engine {
@@ -82,6 +85,7 @@ impl Engine {
         let mut ctx = self.context(&rt, std::mem::take(&mut run.item), &id.to_string(), Utc::now());
         let mut outcome = RunStatus::Succeeded;
         let mut error_text = None;
+        let mut deferred = None;
         for (i, step) in rt.steps.iter().enumerate() {
             // The last step's result goes only into its record: nothing renders from it.
             let keep_result = i + 1 < rt.steps.len();
@@ -133,9 +137,21 @@ impl Engine {
                     error_text = Some(format!("step `{}`: {e}", step.id));
                     break;
                 }
+                Err(Failure::Deferred { after, why }) => {
+                    deferred = Some(after);
+                    outcome = RunStatus::Failed;
+                    error_text = Some(format!("step `{}`: {why}", step.id));
+                    break;
+                }
             }
         }
         let final_status = match outcome {
+            RunStatus::Failed if deferred.is_some() => {
+                let after = deferred.and_then(|d| chrono::Duration::from_std(d).ok()).unwrap_or_default();
+                let error = error_text.clone().unwrap_or_default();
+                pending.0.push(RunChange::Defer { at: Utc::now() + after, error });
+                RunStatus::Failed
+            }
             RunStatus::Failed if run.attempts + 1 >= self.config().max_attempts => RunStatus::Dead,
             RunStatus::Failed => {
                 let at = Utc::now() + self.config().retry_delay(run.attempts + 1);
@@ -193,7 +209,7 @@ impl Engine {
         let result = match &step.kind {
             StepKind::Ghl { op, result } => {
                 let req = match request::build(op, &inputs) {
-                    Ok(r) => r,
+                    Ok(r) => r.origin(ghl::Origin::new(flow_name.as_str(), ghl::Purpose::Step)),
                     Err(e) => return Ok(Err(Failure::Permanent(e.to_string()))),
                 };
                 let rendered = request_record(op, &req);
@@ -227,7 +243,7 @@ impl Engine {
             Err(failure) => {
                 match &failure {
                     Failure::InDoubt(e) => pending.finish(&step.id, StepStatus::InDoubt, None, Some(e)),
-                    Failure::Retry(e) | Failure::Permanent(e) => {
+                    Failure::Retry(e) | Failure::Permanent(e) | Failure::Deferred { why: e, .. } => {
                         pending.finish(&step.id, StepStatus::Failed, None, Some(e))
                     }
                 }
@@ -292,6 +308,7 @@ impl Pending {
 pub(crate) fn classify(e: &ghl::Error, idempotent: bool) -> Failure {
     use ghl::Error as E;
     match e {
+        E::BudgetSpent { retry_after, .. } => Failure::Deferred { after: *retry_after, why: e.to_string() },
         E::Api(api) if api.status == 429 || api.status >= 500 => Failure::Retry(e.to_string()),
         E::Api(_) | E::InvalidRequest(_) => Failure::Permanent(e.to_string()),
         E::Timeout | E::Transport(_) | E::Decode(_) if !idempotent => Failure::InDoubt(e.to_string()),

@@ -10,6 +10,7 @@ mod dry_run;
 mod engine;
 mod error;
 mod execute;
+mod fair;
 mod http_step;
 mod metrics;
 mod poll;
@@ -23,7 +24,7 @@ mod writer;
 
 pub use dedupe::{content_hash, dedupe_key, item_id};
 pub use dry_run::{dry_run, DryRun, DryStep};
-pub use engine::{AccountInfo, Engine, EngineConfig, EngineTasks};
+pub use engine::{AccountInfo, Engine, EngineConfig, EngineTasks, FlowState, Paused};
 pub use error::EngineError;
 pub use metrics::Metrics;
 pub use poll::PollReport;

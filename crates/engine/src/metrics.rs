@@ -37,6 +37,19 @@ pub struct StepLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub location: String,
+    /// Empty for requests outside a flow.
+    pub flow: String,
+    pub purpose: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LocationLabels {
+    pub location: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StatusLabels {
     pub status: String,
 }
@@ -66,6 +79,14 @@ pub struct Metrics {
     pub rate_limit_waits: Counter,
     pub rate_limit_wait_seconds: Counter<f64, std::sync::atomic::AtomicU64>,
     pub token_refreshes: Counter,
+    /// GHL requests sent (each attempt), by location, flow and purpose.
+    pub ghl_requests: Family<RequestLabels, Counter>,
+    /// Requests a location has spent today (UTC), as its limiter counts them.
+    pub daily_budget_used: Family<LocationLabels, Gauge>,
+    /// A location's daily budget (GHL: 200,000, or what its headers announce).
+    pub daily_budget_limit: Family<LocationLabels, Gauge>,
+    /// 1 while a flow's polls wait for its location's daily budget to renew.
+    pub flow_paused: Family<FlowLabels, Gauge>,
     /// Now minus the newest record time an incremental trigger has seen.
     pub watermark_lag: Family<FlowLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
 }
@@ -96,7 +117,11 @@ impl Metrics {
             rate_limit_waits: Counter::default(),
             rate_limit_wait_seconds: Counter::default(),
             token_refreshes: Counter::default(),
+            ghl_requests: Family::default(),
+            daily_budget_used: Family::default(),
+            daily_budget_limit: Family::default(),
             watermark_lag: Family::default(),
+            flow_paused: Family::default(),
         };
         if let Ok(mut r) = m.registry.lock() {
             r.register("polls", "Trigger polls", m.polls.clone());
@@ -127,6 +152,22 @@ impl Metrics {
                 m.rate_limit_wait_seconds.clone(),
             );
             r.register("token_refreshes", "OAuth token refreshes sent to GHL", m.token_refreshes.clone());
+            r.register(
+                "ghl_requests",
+                "GHL requests sent, each attempt, by location, flow and purpose (poll, step, token, other)",
+                m.ghl_requests.clone(),
+            );
+            r.register(
+                "ghl_daily_budget_used",
+                "Requests a location has spent today (UTC) against its daily budget",
+                m.daily_budget_used.clone(),
+            );
+            r.register(
+                "flow_paused",
+                "1 while a flow's polls wait for its location's daily budget to renew",
+                m.flow_paused.clone(),
+            );
+            r.register("ghl_daily_budget_limit", "A location's daily request budget", m.daily_budget_limit.clone());
             r.register(
                 "trigger_watermark_lag_seconds",
                 "Now minus the newest record time an incremental trigger has seen",
@@ -202,7 +243,25 @@ impl ghl::Observer for Metrics {
         self.rate_limit_waits.inc();
         self.rate_limit_wait_seconds.inc_by(wait.as_secs_f64());
     }
-    fn token_refresh(&self) {
+    fn token_refresh(&self, resource: &str) {
         self.token_refreshes.inc();
+        self.ghl_requests
+            .get_or_create(&RequestLabels {
+                location: resource.to_owned(),
+                flow: String::new(),
+                purpose: ghl::Purpose::Token.as_str(),
+            })
+            .inc();
+    }
+    fn sending(&self, s: &ghl::Sending<'_>) {
+        let labels = RequestLabels {
+            location: s.location.to_owned(),
+            flow: s.origin.flow.as_deref().unwrap_or_default().to_owned(),
+            purpose: s.origin.purpose.as_str(),
+        };
+        self.ghl_requests.get_or_create(&labels).inc();
+        let location = LocationLabels { location: s.location.to_owned() };
+        self.daily_budget_used.get_or_create(&location).set(i64::from(s.daily_used));
+        self.daily_budget_limit.get_or_create(&location).set(i64::from(s.daily_max));
     }
 }

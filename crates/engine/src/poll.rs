@@ -340,7 +340,7 @@ impl Engine {
             op: rt.trigger_op.key.clone(),
             source: Box::new(source),
         };
-        let req = request::build(op, inputs)?;
+        let req = request::build(op, inputs)?.origin(ghl::Origin::new(rt.flow.name.as_str(), ghl::Purpose::Poll));
         let account = &rt.flow.account;
         if rt.is_single_record() {
             let one = async move {

@@ -134,7 +134,23 @@ pub(crate) fn spawn_flow(engine: Arc<Engine>, name: String, mut shutdown: watch:
                             held = report.held, baseline = report.baseline, "poll");
                     }
                 }
-                Err(e) => tracing::warn!(flow = %name, error = %e, "poll failed"),
+                Err(e) => match e.budget_spent() {
+                    // Polling on would only be refused again: the flow pauses until the
+                    // budget renews, and says so (`GET /api/flows`, `flowd_flow_paused`).
+                    Some(renews_in) => {
+                        let until = Utc::now() + chrono::Duration::from_std(renews_in).unwrap_or_default();
+                        tracing::warn!(flow = %name, error = %e, until = %until.to_rfc3339(), "flow paused until its location's daily budget renews");
+                        engine.pause(&name, until, e.to_string());
+                        tokio::select! {
+                            _ = tokio::time::sleep(renews_in) => {}
+                            _ = shutdown.changed() => return,
+                        }
+                        engine.unpause(&name);
+                        tracing::info!(flow = %name, "flow resumed: its location's daily budget renewed");
+                        previous = None;
+                    }
+                    None => tracing::warn!(flow = %name, error = %e, "poll failed"),
+                },
             }
         }
     })

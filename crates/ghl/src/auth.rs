@@ -237,7 +237,7 @@ impl Inner {
             if let Some(ut) = user_type.or(tokens.user_type.as_deref()) {
                 form.push(("user_type", ut.to_owned()));
             }
-            match self.token_request(&acct.account.base_url, "/oauth/token", &form, None).await {
+            match self.token_request(&acct.account, "/oauth/token", &form, None).await {
                 Ok(mut new) => {
                     // GHL omits these on refresh at times; keep what we knew.
                     new.location_id = new.location_id.or(tokens.location_id.take());
@@ -284,8 +284,7 @@ impl Inner {
         let form = [("companyId", company_id.to_owned()), ("locationId", location_id.to_owned())];
         let mut reauthed = false;
         loop {
-            let res =
-                self.token_request(&agency.account.base_url, "/oauth/locationToken", &form, Some(&bearer.token)).await;
+            let res = self.token_request(&agency.account, "/oauth/locationToken", &form, Some(&bearer.token)).await;
             match res {
                 Err(Error::Api(e)) if e.status == 401 && !reauthed && agency.renewable() => {
                     reauthed = true;
@@ -305,17 +304,18 @@ impl Inner {
     /// not reach GHL: a refresh that reached it has already spent the refresh token.
     pub(crate) async fn token_request(
         &self,
-        base: &Url,
+        account: &Account,
         path: &str,
         form: &[(&str, String)],
         bearer: Option<&Secret>,
     ) -> Result<TokenSet, Error> {
+        let base = &account.base_url;
         let mut url = base.clone();
         url.set_path(&format!("{}{}", base.path().trim_end_matches('/'), path));
         let mut attempt = 0;
         loop {
             attempt += 1;
-            self.observer.token_refresh();
+            self.observer.token_refresh(&account.resource);
             let mut rb = self
                 .http
                 .post(url.clone())

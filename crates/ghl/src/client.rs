@@ -8,7 +8,7 @@ use reqwest::header::{HeaderName, HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_TY
 
 use crate::auth::{Account, AccountState};
 use crate::error::{ApiError, Error};
-use crate::metrics::Observer;
+use crate::metrics::{Observer, Sending};
 use crate::ratelimit::{LocationLimiter, RateHeaders, RateLimit, RateLimiters};
 use crate::redact::Secret;
 use crate::request::{form_pairs, Body, Request};
@@ -177,7 +177,7 @@ impl Client {
         if let Some(ut) = user_type {
             form.push(("user_type", ut.clone()));
         }
-        let tokens = self.inner.token_request(&acct.account.base_url, "/oauth/token", &form, None).await?;
+        let tokens = self.inner.token_request(&acct.account, "/oauth/token", &form, None).await?;
         self.inner.save_tokens(account, &tokens).await?;
         // Fresh state: forget cached tokens and any refresh token marked dead.
         self.add_account(acct.account.clone());
@@ -229,7 +229,7 @@ impl Inner {
             // Token first: a refresh may take a while, and the limiter's slot should be
             // used the moment it is granted.
             let bearer = self.bearer(&acct).await?;
-            let waited = prepared.limiter.acquire().await?;
+            let waited = prepared.limiter.acquire_for(req.origin.flow.as_ref()).await?;
             if !waited.is_zero() {
                 self.observer.rate_limit_wait(waited);
             }
@@ -278,7 +278,8 @@ impl Inner {
             (None, Some(body)) => rb.json(body),
             (None, None) => rb,
         };
-        self.observer.sending(p.location);
+        let (daily_used, daily_max) = p.limiter.daily();
+        self.observer.sending(&Sending { location: p.location, origin: &req.origin, daily_used, daily_max });
         let started = Instant::now();
         let resp = match rb.send().await {
             Ok(resp) => resp,

@@ -23,6 +23,11 @@ pub enum Error {
     #[error("rate limit for {location}: {why}; retry in {}s", retry_after.as_secs())]
     RateLimited { location: String, why: String, retry_after: Duration },
 
+    /// The location's daily budget is spent: nothing more is sent for it until the budget
+    /// renews at 00:00 UTC.
+    #[error("the daily budget of {limit} requests for {location} is spent; it renews in {}s (00:00 UTC)", retry_after.as_secs())]
+    BudgetSpent { location: String, limit: u32, retry_after: Duration },
+
     #[error("request to GHL timed out")]
     Timeout,
 
@@ -57,6 +62,14 @@ impl Error {
         }
     }
 
+    /// How long until the location's daily budget renews, when that is why this failed.
+    pub fn budget_spent(&self) -> Option<Duration> {
+        match self {
+            Error::BudgetSpent { retry_after, .. } => Some(*retry_after),
+            _ => None,
+        }
+    }
+
     pub fn is_reconnect_needed(&self) -> bool {
         matches!(self, Error::ReconnectNeeded { .. })
     }
@@ -65,7 +78,11 @@ impl Error {
     pub fn is_transient(&self) -> bool {
         match self {
             Error::Api(e) => e.status == 429 || e.status >= 500,
-            Error::RateLimited { .. } | Error::Timeout | Error::Connect(_) | Error::Transport(_) => true,
+            Error::RateLimited { .. }
+            | Error::BudgetSpent { .. }
+            | Error::Timeout
+            | Error::Connect(_)
+            | Error::Transport(_) => true,
             _ => false,
         }
     }

@@ -31,11 +31,11 @@ mod token_store;
 pub use auth::{Account, Credentials, OAuthApp};
 pub use client::{Client, ClientBuilder, ClientConfig};
 pub use error::{ApiError, ApiMessage, Error};
-pub use metrics::{Counters, CountersSnapshot, Observer};
+pub use metrics::{Counters, CountersSnapshot, Observer, Sending};
 pub use paginate::{ItemStream, JsonPath, PageOptions, Pager, StopWhen};
 pub use ratelimit::{parse_retry_after, LocationLimiter, RateHeaders, RateLimit};
 pub use redact::Secret;
-pub use request::{render_path, Body, Request, DEFAULT_BASE_URL, DEFAULT_VERSION};
+pub use request::{render_path, Body, Origin, Purpose, Request, DEFAULT_BASE_URL, DEFAULT_VERSION};
 pub use retry::{decide, Decision, Outcome, RetryPolicy};
 pub use token_store::{MemoryTokenStore, TokenSet, TokenStore, TokenStoreError};
 

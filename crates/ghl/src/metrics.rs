@@ -3,10 +3,23 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use crate::request::Origin;
+
+/// An attempt about to go out, after any rate-limit wait.
+#[derive(Debug, Clone, Copy)]
+pub struct Sending<'a> {
+    /// The location (or company) whose budget it spends.
+    pub location: &'a str,
+    pub origin: &'a Origin,
+    /// The location's requests today (this one included) and its daily budget.
+    pub daily_used: u32,
+    pub daily_max: u32,
+}
+
 /// Hooks the client calls; every method has a no-op default.
 pub trait Observer: Send + Sync + 'static {
-    /// An attempt is about to go out for `_location` (after any rate-limit wait).
-    fn sending(&self, _location: &str) {}
+    /// An attempt is about to go out.
+    fn sending(&self, _s: &Sending<'_>) {}
     /// A response arrived (any status, including errors and 429s).
     fn response(&self, _status: u16) {}
     /// An attempt failed without a response (timeout, connection error).
@@ -15,8 +28,10 @@ pub trait Observer: Send + Sync + 'static {
     fn retry(&self, _delay: Duration) {}
     /// A caller waited `_wait` for the rate limiter before sending.
     fn rate_limit_wait(&self, _wait: Duration) {}
-    /// An OAuth refresh (or location-token exchange) was sent to GHL.
-    fn token_refresh(&self) {}
+    /// An OAuth refresh (or location-token exchange) for the account of `_resource` (its
+    /// location or company) was sent to GHL. Token requests are not charged to a location's
+    /// API budget.
+    fn token_refresh(&self, _resource: &str) {}
 }
 
 /// An [`Observer`] made of atomic counters.
@@ -112,16 +127,16 @@ impl Observer for Counters {
         self.rate_limit_wait_micros.fetch_add(micros, Ordering::Relaxed);
     }
 
-    fn token_refresh(&self) {
+    fn token_refresh(&self, _resource: &str) {
         self.refreshes.fetch_add(1, Ordering::Relaxed);
     }
 }
 
 /// Forwards to several observers (the service's exporter and a test's counters).
 impl<A: Observer, B: Observer> Observer for (A, B) {
-    fn sending(&self, l: &str) {
-        self.0.sending(l);
-        self.1.sending(l);
+    fn sending(&self, s: &Sending<'_>) {
+        self.0.sending(s);
+        self.1.sending(s);
     }
     fn response(&self, s: u16) {
         self.0.response(s);
@@ -139,9 +154,9 @@ impl<A: Observer, B: Observer> Observer for (A, B) {
         self.0.rate_limit_wait(d);
         self.1.rate_limit_wait(d);
     }
-    fn token_refresh(&self) {
-        self.0.token_refresh();
-        self.1.token_refresh();
+    fn token_refresh(&self, r: &str) {
+        self.0.token_refresh(r);
+        self.1.token_refresh(r);
     }
 }
 

@@ -54,6 +54,7 @@ use std::time::Duration;
 
 use chrono::{NaiveDate, Utc};
 use reqwest::header::HeaderName;
+use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
 use crate::error::Error;
@@ -166,6 +167,8 @@ pub struct LocationLimiter {
     location: String,
     config: RateLimit,
     state: Mutex<State>,
+    /// Per flow, the slots it may hold reserved (see [`LocationLimiter::acquire_for`]).
+    turns: Mutex<HashMap<Arc<str>, Arc<Semaphore>>>,
 }
 
 #[derive(Debug)]
@@ -201,6 +204,7 @@ impl LocationLimiter {
                 daily_used: 0,
                 day: Utc::now().date_naive(),
             }),
+            turns: Mutex::new(HashMap::new()),
             config,
         }
     }
@@ -232,9 +236,9 @@ impl LocationLimiter {
             s.daily_used = 0;
         }
         if s.daily_used >= s.daily_max {
-            return Err(Error::RateLimited {
+            return Err(Error::BudgetSpent {
                 location: self.location.clone(),
-                why: format!("daily budget of {} requests spent", s.daily_max),
+                limit: s.daily_max,
                 retry_after: until_next_utc_day(),
             });
         }
@@ -386,6 +390,36 @@ impl LocationLimiter {
     pub fn daily_used(&self) -> u32 {
         self.lock().daily_used
     }
+
+    /// Today's requests and the daily budget: (used, max).
+    pub fn daily(&self) -> (u32, u32) {
+        let s = self.lock();
+        (s.daily_used, s.daily_max)
+    }
+
+    /// Like [`LocationLimiter::acquire`], in `flow`'s turn: each flow holds at most B
+    /// reserved slots (B the idle burst) until they start, so while several flows have
+    /// requests waiting, the location's slots go round between them, B at a time, however
+    /// many requests one of them has queued. `None` (a request outside any flow) takes no turn.
+    pub async fn acquire_for(&self, flow: Option<&Arc<str>>) -> Result<Duration, Error> {
+        let Some(flow) = flow else { return self.acquire().await };
+        let turn = {
+            let mut turns = self.turns.lock().unwrap_or_else(|p| p.into_inner());
+            let burst = self.turn_size();
+            turns.entry(flow.clone()).or_insert_with(|| Arc::new(Semaphore::new(burst))).clone()
+        };
+        // The semaphore is never closed; were it, the request would only lose its turn.
+        let _turn = turn.acquire().await.ok();
+        self.acquire().await
+    }
+
+    /// Slots one flow may hold reserved at once: the idle burst, so a lone flow still
+    /// starts B requests at once, and at least 1.
+    fn turn_size(&self) -> usize {
+        let (max, interval) = self.current_limit();
+        let burst = self.pacing(max, interval).map_or(max, |(burst, _)| burst);
+        usize::try_from(burst).unwrap_or(usize::MAX).clamp(1, Semaphore::MAX_PERMITS)
+    }
 }
 
 fn until_next_utc_day() -> Duration {
@@ -517,6 +551,52 @@ mod tests {
         // The throughput is what the window rule allows: 100 per 10.2 s.
         let span = *starts.last().unwrap() - starts[0];
         assert_eq!(span, Duration::from_millis(102 * 449));
+    }
+
+    /// `callers` tasks of `flow` acquire at once; their (start, flow), unsorted.
+    fn flow_backlog(
+        l: &Arc<LocationLimiter>,
+        flow: &'static str,
+        callers: usize,
+    ) -> Vec<tokio::task::JoinHandle<(Instant, &'static str)>> {
+        let key: Arc<str> = flow.into();
+        (0..callers)
+            .map(|_| {
+                let (l, key) = (l.clone(), key.clone());
+                tokio::spawn(async move {
+                    l.acquire_for(Some(&key)).await.unwrap();
+                    (Instant::now(), flow)
+                })
+            })
+            .collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn flows_take_turns_for_the_locations_slots() {
+        let l = Arc::new(LocationLimiter::new(
+            "loc",
+            RateLimit { max_wait: Duration::from_secs(3600), ..RateLimit::default() },
+        ));
+        // A backfill queues 400 requests; a poll of another flow and three steps of a third
+        // come after it.
+        let mut tasks = flow_backlog(&l, "backfill", 400);
+        tokio::task::yield_now().await;
+        tasks.extend(flow_backlog(&l, "contact-created", 1));
+        tasks.extend(flow_backlog(&l, "task-sync", 3));
+        let mut starts = Vec::new();
+        for t in tasks {
+            starts.push(t.await.unwrap());
+        }
+        starts.sort();
+        let position = |flow: &str| starts.iter().rposition(|(_, f)| *f == flow).unwrap();
+        // First come, first served would start them after the 400: they go within a few turns.
+        assert!(position("contact-created") < 8, "{}", position("contact-created"));
+        assert!(position("task-sync") < 12, "{}", position("task-sync"));
+        // The location's pace is unchanged: 404 requests as fast as one flow's 404 would go.
+        let span = starts.last().unwrap().0 - starts[0].0;
+        assert_eq!(span, Duration::from_millis(102 * 403));
+        let times: Vec<Instant> = starts.iter().map(|(t, _)| *t).collect();
+        assert_windows(&times, 100, Duration::from_millis(10_200));
     }
 
     #[tokio::test(start_paused = true)]
@@ -669,8 +749,9 @@ mod tests {
         l.reserve().unwrap();
         l.reserve().unwrap();
         let e = l.reserve().unwrap_err();
-        assert!(matches!(e, Error::RateLimited { .. }));
-        assert!(e.to_string().contains("daily"));
+        assert!(matches!(e, Error::BudgetSpent { limit: 2, .. }), "{e:?}");
+        assert!(e.budget_spent().is_some_and(|d| d <= Duration::from_secs(86_400)));
+        assert!(e.to_string().contains("daily budget of 2 requests for loc is spent"), "{e}");
         let l = limiter(100, 1000);
         l.observe(&RateHeaders { daily_limit: Some(10), daily_remaining: Some(0), ..Default::default() }, 200);
         assert!(l.reserve().is_err());

@@ -1,6 +1,7 @@
 //! A request description, independent of any HTTP library, and how it becomes a URL.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use base64::Engine;
 use bytes::Bytes;
@@ -34,6 +35,50 @@ pub struct Request {
     /// The location (or company) whose rate limit this request spends; defaults to the
     /// account's own resource.
     pub location: Option<String>,
+    /// Who spends the request: the location's limiter takes turns between flows, and the
+    /// metrics count requests by flow and purpose.
+    pub origin: Origin,
+}
+
+/// The flow a request serves and why it is sent.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct Origin {
+    /// `None` for requests outside a flow (the CLI, tests); those take no turn.
+    pub flow: Option<Arc<str>>,
+    pub purpose: Purpose,
+}
+
+impl Origin {
+    pub fn new(flow: impl Into<Arc<str>>, purpose: Purpose) -> Self {
+        Origin { flow: Some(flow.into()), purpose }
+    }
+}
+
+/// Why a request is sent, as the metrics name it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum Purpose {
+    /// A trigger's read.
+    Poll,
+    /// A flow step's call.
+    Step,
+    /// An OAuth refresh or a location-token exchange.
+    Token,
+    /// Anything else (the CLI, tests).
+    #[default]
+    Other,
+}
+
+impl Purpose {
+    pub const ALL: [Purpose; 4] = [Purpose::Poll, Purpose::Step, Purpose::Token, Purpose::Other];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Purpose::Poll => "poll",
+            Purpose::Step => "step",
+            Purpose::Token => "token",
+            Purpose::Other => "other",
+        }
+    }
 }
 
 impl Request {
@@ -47,6 +92,7 @@ impl Request {
             form: false,
             version: DEFAULT_VERSION.to_owned(),
             location: None,
+            origin: Origin::default(),
         }
     }
 
@@ -92,6 +138,11 @@ impl Request {
 
     pub fn location(mut self, location: impl Into<String>) -> Self {
         self.location = Some(location.into());
+        self
+    }
+
+    pub fn origin(mut self, origin: Origin) -> Self {
+        self.origin = origin;
         self
     }
 

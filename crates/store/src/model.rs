@@ -271,6 +271,9 @@ pub enum RunChange {
     Status { status: RunStatus, error: Option<String> },
     /// Fail the run and schedule it for another attempt at `at`.
     RetryAt { at: DateTime<Utc>, error: String },
+    /// Like `RetryAt` for an attempt that sent nothing (the location's daily budget was
+    /// spent): it does not count against the run's attempts.
+    Defer { at: DateTime<Utc>, error: String },
     /// Changes nothing; refused unless the run is `status`. Lets a writer that did not
     /// read the record first (the engine starting a run it has just created) be sure it
     /// acts on what it believes.

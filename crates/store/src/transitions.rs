@@ -120,6 +120,15 @@ pub fn apply(run: &mut Run, change: &RunChange, now: DateTime<Utc>) -> Result<()
             run.next_retry_at = Some(*at);
             run.error = Some(error.clone());
         }
+        RunChange::Defer { at, error } => {
+            if run.status.is_final() {
+                return Err(conflict(run, format!("the run is {} (final); cannot defer it", run.status)));
+            }
+            run.status = RunStatus::Failed;
+            run.next_retry_at = Some(*at);
+            run.error = Some(error.clone());
+            run.attempts = run.attempts.saturating_sub(1);
+        }
     }
     run.updated_at = now;
     Ok(())

@@ -51,11 +51,11 @@ struct Recorder {
 }
 
 impl ghl::Observer for Recorder {
-    fn sending(&self, location: &str) {
+    fn sending(&self, sending: &ghl::Sending<'_>) {
         if let Ok(mut s) = self.sends.lock() {
             s.push(self.t0.elapsed().as_secs_f64());
         }
-        ghl::Observer::sending(&*self.inner, location);
+        ghl::Observer::sending(&*self.inner, sending);
     }
     fn response(&self, status: u16) {
         if let Ok(mut s) = self.statuses.lock() {
@@ -72,8 +72,8 @@ impl ghl::Observer for Recorder {
     fn rate_limit_wait(&self, wait: Duration) {
         ghl::Observer::rate_limit_wait(&*self.inner, wait);
     }
-    fn token_refresh(&self) {
-        ghl::Observer::token_refresh(&*self.inner);
+    fn token_refresh(&self, resource: &str) {
+        ghl::Observer::token_refresh(&*self.inner, resource);
     }
 }
 

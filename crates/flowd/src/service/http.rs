@@ -68,7 +68,7 @@ async fn metrics(State(api): State<Api>) -> Response {
 }
 
 async fn flows(State(api): State<Api>) -> Json<serde_json::Value> {
-    Json(json!({ "flows": api.engine.flow_names() }))
+    Json(json!({ "flows": api.engine.flow_states() }))
 }
 
 #[derive(Deserialize)]

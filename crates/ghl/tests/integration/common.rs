@@ -25,7 +25,7 @@ pub struct Recorder {
 }
 
 impl Observer for Recorder {
-    fn sending(&self, _location: &str) {
+    fn sending(&self, _s: &ghl::Sending<'_>) {
         self.sent.lock().unwrap().push(Instant::now());
     }
     fn response(&self, s: u16) {
@@ -40,8 +40,8 @@ impl Observer for Recorder {
     fn rate_limit_wait(&self, d: Duration) {
         self.counters.rate_limit_wait(d);
     }
-    fn token_refresh(&self) {
-        self.counters.token_refresh();
+    fn token_refresh(&self, r: &str) {
+        self.counters.token_refresh(r);
     }
 }
 

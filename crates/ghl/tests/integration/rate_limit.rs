@@ -119,7 +119,7 @@ async fn a_spent_daily_budget_is_reported_not_waited_for() {
         client.json(ACCOUNT, &get_location(&sb)).await.expect("within budget");
     }
     let err = client.json(ACCOUNT, &get_location(&sb)).await.expect_err("budget spent");
-    assert!(matches!(err, Error::RateLimited { .. }), "{err:?}");
+    assert!(matches!(err, Error::BudgetSpent { limit: 3, .. }), "{err:?}");
     assert!(err.to_string().contains("daily"), "{err}");
     assert_eq!(logged(&sb, "/locations/").len(), 3, "the fourth call never left the client");
 }
