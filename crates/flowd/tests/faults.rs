@@ -1,8 +1,10 @@
 //! The bounded (CI) form of the fault harness (`crates/bench/src/bin/faults.rs`, see
 //! BENCHMARKS.md): `flowd run` against the sandbox with 429s, malformed JSON and dropped
 //! connections on the action and 5xx, 429s, malformed JSON and drops on the trigger,
-//! SIGKILLed 3 times at random moments during a 300-item run, the store reopened after
-//! every kill; then faults off and a last start finishes the work.
+//! SIGKILLed 3 times at random moments during a 300-item run while 20 contacts more are
+//! created before each kill (found by the trigger's watermark, through a search index
+//! lagging 1 s), the store reopened after every kill; then faults off and a last start
+//! finishes the work.
 //!
 //! 5xx on the action and hangs are left to the long form: a 5xx sends the run to a retry
 //! 30 s later and a hang costs the client's 60 s timeout (neither is settable in
@@ -18,6 +20,8 @@ use store::RunStatus;
 const TOKEN: &str = "pit-fault-test";
 const ITEMS: usize = 300;
 const KILLS: usize = 3;
+/// Contacts created while flowd runs, before each kill.
+const CREATED_PER_KILL: usize = 20;
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
@@ -192,12 +196,14 @@ async fn a_kill_while_the_store_is_created_leaves_a_store_or_none() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn faults_and_sigkills_lose_nothing_and_duplicate_nothing() {
-    let mut config =
-        SandboxConfig::default().with_seed(Seed::Contacts(ITEMS)).with_rate_limit(RateLimitConfig::disabled());
+    let mut config = SandboxConfig::default()
+        .with_seed(Seed::Contacts(ITEMS))
+        .with_rate_limit(RateLimitConfig::disabled())
+        .with_index_lag(Duration::from_secs(1));
     config.tokens = vec![TOKEN.into()];
     let sb = Sandbox::start(config).await.expect("sandbox");
     sb.set_faults(faults(), Some(8));
-    let contacts: Vec<String> =
+    let mut contacts: Vec<String> =
         sb.records("contacts").iter().filter_map(|c| c["id"].as_str().map(str::to_string)).collect();
     assert_eq!(contacts.len(), ITEMS);
     let mut svc = Flowd::new(&sb);
@@ -211,6 +217,19 @@ async fn faults_and_sigkills_lose_nothing_and_duplicate_nothing() {
     };
     for kill in 1..=KILLS {
         svc.start();
+        for n in 0..CREATED_PER_KILL {
+            let c = sb
+                .insert_record(
+                    "contacts",
+                    serde_json::json!({
+                        "locationId": sb.location_id(),
+                        "firstName": format!("Late{kill}x{n}"),
+                        "email": format!("late{kill}x{n}@example.com"),
+                    }),
+                )
+                .expect("contact created");
+            contacts.push(c["id"].as_str().expect("id").to_string());
+        }
         // Kill once a random number of further tasks exist (spread over the run), or,
         // for the first kill, at a random moment during startup and the first poll.
         let before = sb.records("tasks").len();
@@ -251,7 +270,7 @@ async fn faults_and_sigkills_lose_nothing_and_duplicate_nothing() {
         let runs = reopen(svc.dir.path());
         let unsettled =
             runs.iter().any(|r| matches!(r.status, RunStatus::Pending | RunStatus::Running | RunStatus::Failed));
-        if runs.len() >= ITEMS && !unsettled {
+        if runs.len() >= contacts.len() && !unsettled {
             break runs;
         }
     };
@@ -274,12 +293,14 @@ async fn faults_and_sigkills_lose_nothing_and_duplicate_nothing() {
         })
         .collect();
     eprintln!(
-        "{KILLS} SIGKILLs, {ITEMS} items with faults: {succeeded} succeeded, {in_doubt} in doubt, {} lost, {duplicates} duplicates",
+        "{KILLS} SIGKILLs, {} items with faults: {succeeded} succeeded, {in_doubt} in doubt, {} lost, {duplicates} duplicates",
+        contacts.len(),
         lost.len()
     );
-    assert_eq!(runs.len(), ITEMS, "one run per item");
+    assert_eq!(contacts.len(), ITEMS + KILLS * CREATED_PER_KILL);
+    assert_eq!(runs.len(), contacts.len(), "one run per item");
     assert!(runs_per_item.values().all(|s| s.len() == 1), "one run per item");
-    assert_eq!(succeeded + in_doubt, ITEMS, "every run finished or was flagged for review: {runs:?}");
+    assert_eq!(succeeded + in_doubt, contacts.len(), "every run finished or was flagged for review: {runs:?}");
     assert!(lost.is_empty(), "items without a task and not in doubt: {lost:?}");
     assert_eq!(duplicates, 0, "no item was acted on twice");
     // Every contact with a succeeded run has its task.
