@@ -150,3 +150,61 @@ async fn run_once_fires_the_events_a_stopped_service_left_in_its_inbox() {
     let tag_requests = sb.requests().iter().filter(|e| e["method"] == "POST" && e["op"] == "contacts.add_tags").count();
     assert_eq!(tag_requests, 1, "{text}");
 }
+
+/// The campaign's case: 400 idle connections held open against the webhook port of a
+/// flowd started with a soft limit of 256 open files. flowd raises its limit, so the
+/// connections do not exhaust it; a delivery is still answered and `/healthz` does not hang.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_neither_exhaust_files_nor_block_deliveries() {
+    let mut config = SandboxConfig::default().with_seed(Seed::Empty).with_rate_limit(RateLimitConfig::disabled());
+    config.tokens = vec![TOKEN.into()];
+    let sb = Sandbox::start(config).await.expect("sandbox");
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir(dir.path().join("flows")).expect("flows dir");
+    std::fs::write(dir.path().join("flows/instant.yaml"), FLOW).expect("flow");
+    let admin = format!("127.0.0.1:{}", free_port());
+    let hooks = format!("127.0.0.1:{}", free_port());
+    let public =
+        base64::engine::general_purpose::STANDARD.encode(SigningKey::from_bytes(&SEED).verifying_key().as_bytes());
+    let yaml = format!(
+        "store: ./data\nflows: ./flows\nlisten: {admin}\nwebhooks:\n  listen: {hooks}\n  ed25519_keys: [\"{public}\"]\naccounts:\n  main:\n    location_id: {}\n    base_url: {}\n    token: ${{T}}\n",
+        sb.location_id(),
+        sb.base_url()
+    );
+    std::fs::write(dir.path().join("flowd.yaml"), yaml).expect("config");
+    let log = std::fs::File::create(dir.path().join("flowd.log")).expect("log");
+    let child = Killed(
+        Command::new("sh")
+            .args(["-c", "ulimit -Sn 256 && exec \"$0\" run --config flowd.yaml", env!("CARGO_BIN_EXE_flowd")])
+            .current_dir(dir.path())
+            .env("T", TOKEN)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("flowd starts"),
+    );
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(2)).build().expect("client");
+    let started = Instant::now();
+    while http.get(format!("http://{admin}/readyz")).send().await.map(|r| r.status() != 200).unwrap_or(true) {
+        assert!(started.elapsed() < Duration::from_secs(20), "{}", read_log(dir.path()));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", child.0.id())).expect("limits");
+    let open_files = limits.lines().find(|l| l.starts_with("Max open files")).expect("a line for open files");
+    let numbers: Vec<&str> = open_files.split_whitespace().skip(3).take(2).collect();
+    assert_eq!(numbers[0], numbers[1], "the soft limit is raised to the hard one: {open_files}");
+    assert_ne!(numbers[0], "256", "{open_files}");
+
+    let mut idle = Vec::new();
+    for _ in 0..400 {
+        idle.push(tokio::net::TcpStream::connect(&hooks).await.expect("connect"));
+    }
+    let t = Instant::now();
+    let health = http.get(format!("http://{admin}/healthz")).send().await.expect("healthz answers");
+    assert_eq!(health.status(), 200);
+    let unsigned =
+        http.post(format!("http://{hooks}/hooks/ghl")).body("{}").send().await.expect("a delivery is answered");
+    assert_eq!(unsigned.status(), 401);
+    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+    drop(idle);
+}

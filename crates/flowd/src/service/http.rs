@@ -27,7 +27,7 @@ pub fn serve(
     engine: Arc<Engine>,
     admin_token: Option<String>,
     ready: Arc<AtomicBool>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) -> JoinHandle<()> {
     let api = Api { engine, admin_token, ready };
     let app = Router::new()
@@ -40,18 +40,10 @@ pub fn serve(
         .route("/api/runs/{id}/replay", post(replay))
         .route("/api/flows/{name}/release", post(release))
         .with_state(api);
-    tokio::spawn(async move {
-        let stop = async move {
-            while !*shutdown.borrow() {
-                if shutdown.changed().await.is_err() {
-                    return;
-                }
-            }
-        };
-        if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stop).await {
-            tracing::error!(error = %e, "HTTP server failed");
-        }
-    })
+    // The admin listener answers probes and scrapes: a few connections at a time is what
+    // it serves, and idle ones must not keep /healthz from answering.
+    let limits = super::listener::Limits { max_connections: 128, ..super::listener::Limits::default() };
+    tokio::spawn(super::listener::serve(listener, app, limits, shutdown, std::time::Duration::from_secs(5)))
 }
 
 async fn readyz(State(api): State<Api>) -> Response {

@@ -7,6 +7,7 @@
 //! flush the store and exit 0.
 
 mod http;
+mod listener;
 mod reload;
 mod webhooks;
 pub mod wiring;
@@ -41,6 +42,7 @@ pub async fn run(config: Config, catalog: Arc<catalog::Catalog>, once: bool) -> 
         return run_once(&engine).await;
     }
 
+    raise_open_files_limit();
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let listener = tokio::net::TcpListener::bind(config.listen)
@@ -179,5 +181,15 @@ async fn wait_for_stop_signal() {
     #[cfg(not(unix))]
     {
         let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// Every connection and store file takes a descriptor; the soft limit (often 1,024, or 256)
+/// is raised to the hard limit so that a burst of deliveries meets the listeners' own cap
+/// (a fast 503) before the process runs out of descriptors.
+fn raise_open_files_limit() {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => tracing::debug!(limit, "open files limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open files limit"),
     }
 }

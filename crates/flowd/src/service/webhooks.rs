@@ -7,6 +7,9 @@ use std::sync::Arc;
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 
+/// How long open deliveries may take to finish after a shutdown signal.
+const DRAIN: std::time::Duration = std::time::Duration::from_secs(5);
+
 pub struct Receiver {
     server: JoinHandle<()>,
     processor: JoinHandle<()>,
@@ -22,7 +25,7 @@ impl Receiver {
 pub async fn start(
     config: &Webhooks,
     engine: &Arc<Engine>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<Receiver> {
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -40,17 +43,7 @@ pub async fn start(
     let processor = engine.start_webhooks(wake, shutdown.clone());
     let app = webhooks::router(receiver, &config.path);
     tracing::info!(listen = %config.listen, path = %config.path, "receiving GHL webhooks");
-    let server = tokio::spawn(async move {
-        let stop = async move {
-            while !*shutdown.borrow() {
-                if shutdown.changed().await.is_err() {
-                    return;
-                }
-            }
-        };
-        if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stop).await {
-            tracing::error!(error = %e, "webhook receiver failed");
-        }
-    });
+    let limits = super::listener::Limits::default();
+    let server = tokio::spawn(super::listener::serve(listener, app, limits, shutdown, DRAIN));
     Ok(Receiver { server, processor })
 }
