@@ -26,7 +26,7 @@ use store::{NewRunFields, Run, RunChange, RunId, RunStatus, StepStatus};
 /// How a step ended when it did not succeed.
 #[derive(Debug)]
 pub(crate) enum Failure {
-    /// Worth trying again later (429, 5xx, timeouts of safe requests, connection errors).
+    /// Worth trying again later (429, connection errors; 5xx and timeouts of safe requests).
     Retry(String),
     /// Trying again will not help (4xx, a template that cannot render).
     Permanent(String),
@@ -292,7 +292,12 @@ impl Pending {
 pub(crate) fn classify(e: &ghl::Error, idempotent: bool) -> Failure {
     use ghl::Error as E;
     match e {
-        E::Api(api) if api.status == 429 || api.status >= 500 => Failure::Retry(e.to_string()),
+        // GHL refuses a 429 before doing any work.
+        E::Api(api) if api.status == 429 => Failure::Retry(e.to_string()),
+        // A 5xx came after the body was sent: GHL (or the backend behind its gateway) may
+        // have acted on it, so only a request that is safe to repeat is tried again.
+        E::Api(api) if api.status >= 500 && !idempotent => Failure::InDoubt(e.to_string()),
+        E::Api(api) if api.status >= 500 => Failure::Retry(e.to_string()),
         E::Api(_) | E::InvalidRequest(_) => Failure::Permanent(e.to_string()),
         E::Timeout | E::Transport(_) | E::Decode(_) if !idempotent => Failure::InDoubt(e.to_string()),
         E::Timeout | E::Transport(_) | E::Decode(_) => Failure::Retry(e.to_string()),

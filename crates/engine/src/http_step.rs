@@ -63,7 +63,15 @@ pub(crate) async fn send(
         }
     })?;
     let status = response.status();
-    let text = response.text().await.map_err(|e| Failure::Retry(format!("{url}: reading the response: {e}")))?;
+    let text = response.text().await.map_err(|e| {
+        // The app answered, so it had the request: only a safe one is repeated.
+        let text = format!("{url}: reading the response: {e}");
+        if idempotent {
+            Failure::Retry(text)
+        } else {
+            Failure::InDoubt(text)
+        }
+    })?;
     let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
     if status.is_success() {
         // Not `json!`: it would serialize `body` into a copy instead of moving it.
@@ -73,8 +81,11 @@ pub(crate) async fn send(
         return Ok(Value::Object(out));
     }
     let message = format!("{url} answered {status}: {}", truncate(&body.to_string(), 300));
-    if status.as_u16() == 429 || status.is_server_error() {
+    if status.as_u16() == 429 || (status.is_server_error() && idempotent) {
         Err(Failure::Retry(message))
+    } else if status.is_server_error() {
+        // The app had the body and may have acted on it before failing.
+        Err(Failure::InDoubt(message))
     } else {
         Err(Failure::Permanent(message))
     }

@@ -31,8 +31,38 @@ fn tasks_of(h: &Harness, contact: &str) -> usize {
     h.sandbox.records("tasks").iter().filter(|t| t["contactId"] == contact).count()
 }
 
+/// A request that is safe to repeat (a PUT) and failed with 5xx until the client gave up
+/// is tried again by the run's next attempt.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_step_is_retried_on_backoff_and_succeeds_once() {
+    let h = harness(Seed::Contacts(2), &[UPDATE_FLOW], fast_retries()).await;
+    h.engine.poll_and_run("mark").await.expect("baseline");
+    let c = new_contact(&h.sandbox, 1);
+    let id = c["id"].as_str().expect("id");
+    // As many 503s as the client's own attempts (5): the run's attempt fails.
+    h.sandbox.set_faults(
+        fault_on(
+            "contacts.update_contact",
+            FaultRule { error_rate: 1.0, error_status: Some(503), times: Some(5), ..FaultRule::default() },
+        ),
+        Some(7),
+    );
+    let (_, statuses) = h.engine.poll_and_run("mark").await.expect("poll");
+    assert_eq!(statuses, [RunStatus::Failed]);
+    assert_ne!(h.sandbox.record("contacts", id).expect("contact")["city"], "Marked");
+
+    tokio::time::sleep(std::time::Duration::from_millis(80)).await;
+    let retried = h.engine.retry_due().await.expect("retry");
+    assert_eq!(retried, [RunStatus::Succeeded]);
+    assert_eq!(h.sandbox.record("contacts", id).expect("contact")["city"], "Marked");
+    assert_eq!(requests_for(&h.sandbox, "contacts.update_contact"), 6, "5 refused, then 1 served");
+    assert!(h.engine.retry_due().await.expect("nothing due").is_empty());
+}
+
+/// GHL created the task, then its gateway answered 502: the run is in doubt after the
+/// first attempt, and no later attempt creates a second task.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_post_answered_5xx_after_it_was_processed_is_in_doubt_not_retried() {
     let h = harness(Seed::Contacts(2), &[TASK_FLOW], fast_retries()).await;
     h.engine.poll_and_run("tasks").await.expect("baseline");
     let c = new_contact(&h.sandbox, 1);
@@ -40,19 +70,29 @@ async fn a_failed_step_is_retried_on_backoff_and_succeeds_once() {
     h.sandbox.set_faults(
         fault_on(
             "contacts.create_task",
-            FaultRule { error_rate: 1.0, error_status: Some(503), times: Some(1), ..FaultRule::default() },
+            FaultRule {
+                error_rate: 1.0,
+                error_status: Some(502),
+                error_after_processing: true,
+                ..FaultRule::default()
+            },
         ),
         Some(7),
     );
-    let (_, statuses) = h.engine.poll_and_run("tasks").await.expect("poll");
-    assert_eq!(statuses, [RunStatus::Failed]);
-    assert_eq!(tasks_of(&h, id), 0);
-
-    tokio::time::sleep(std::time::Duration::from_millis(80)).await;
-    let retried = h.engine.retry_due().await.expect("retry");
-    assert_eq!(retried, [RunStatus::Succeeded]);
-    assert_eq!(tasks_of(&h, id), 1, "exactly one task after the retry");
-    assert!(h.engine.retry_due().await.expect("nothing due").is_empty());
+    let (report, statuses) = h.engine.poll_and_run("tasks").await.expect("poll");
+    assert_eq!(statuses, [RunStatus::InDoubt]);
+    // Every later attempt the engine would make (attempts: 3).
+    for _ in 0..3 {
+        tokio::time::sleep(std::time::Duration::from_millis(60)).await;
+        h.engine.retry_due().await.expect("retry");
+        h.engine.resume().await.expect("resume");
+    }
+    assert_eq!(tasks_of(&h, id), 1, "GHL acted once, so exactly one task exists");
+    assert_eq!(requests_for(&h.sandbox, "contacts.create_task"), 1, "the POST left once");
+    let run = h.engine.store().get_run(report.runs[0]).expect("store").expect("run");
+    assert_eq!(run.status, RunStatus::InDoubt);
+    assert_eq!(run.steps[0].status, StepStatus::InDoubt);
+    assert!(run.error.as_deref().is_some_and(|e| e.contains("502")), "{:?}", run.error);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
