@@ -188,8 +188,11 @@ impl Engine {
             Ok(other) => return Ok(Err(Failure::Permanent(format!("`with` rendered to {other}, not a map")))),
             Err(e) => return Ok(Err(Failure::Permanent(format!("cannot render `with`: {e}")))),
         };
-        let started = Instant::now();
+        let began = Instant::now();
         let flow_name = ctx["flow"]["name"].as_str().unwrap_or_default().to_string();
+        // Whether the step's start was recorded: a request that failed before it left
+        // (a refused token, the daily budget) leaves no step record.
+        let mut started = false;
         let result = match &step.kind {
             StepKind::Ghl { op, result } => {
                 let req = match request::build(op, &inputs) {
@@ -197,8 +200,14 @@ impl Engine {
                     Err(e) => return Ok(Err(Failure::Permanent(e.to_string()))),
                 };
                 let rendered = request_record(op, &req);
-                self.start_step(id, &step.id, rendered, pending).await?;
-                match self.client().send(account, &req).await {
+                // Marked sent when the request leaves, after the rate limiter's wait: a
+                // run still queued there when the process stops has sent nothing.
+                let (mark_pending, mark_started) = (&mut *pending, &mut started);
+                let mark = move || {
+                    *mark_started = true;
+                    self.start_step(id, &step.id, rendered, mark_pending)
+                };
+                match self.client().send_marked(account, &req, mark).await? {
                     Ok(ghl::Body::Json(body)) => Ok(result.take_first(body).unwrap_or_else(|body| body)),
                     Ok(ghl::Body::Text { text, .. }) => Ok(Value::String(text)),
                     Ok(ghl::Body::Bytes { content_type, bytes }) => {
@@ -213,11 +222,12 @@ impl Engine {
                 if let Err(e) = http_step::check(&inputs, &self.config().http_allow_hosts) {
                     return Ok(Err(Failure::Permanent(e)));
                 }
+                started = true;
                 self.start_step(id, &step.id, rendered, pending).await?;
                 http_step::send(self.http(), &inputs, self.config().http_timeout, idempotent).await
             }
         };
-        self.metrics().record_step(&flow_name, &step.id, started.elapsed(), result.is_ok());
+        self.metrics().record_step(&flow_name, &step.id, began.elapsed(), result.is_ok());
         Ok(match result {
             Ok(v) => {
                 let kept = keep_result.then(|| v.clone());
@@ -226,6 +236,7 @@ impl Engine {
             }
             Err(failure) => {
                 match &failure {
+                    _ if !started => {}
                     Failure::InDoubt(e) => pending.finish(&step.id, StepStatus::InDoubt, None, Some(e)),
                     Failure::Retry(e) | Failure::Permanent(e) => {
                         pending.finish(&step.id, StepStatus::Failed, None, Some(e))
@@ -236,7 +247,7 @@ impl Engine {
         })
     }
 
-    /// Durably records that `step` is about to be sent, with everything pending before it.
+    /// Durably records that `step` is being sent, with everything pending before it.
     async fn start_step(
         &self,
         id: RunId,
