@@ -118,11 +118,16 @@ async fn a_rejected_step_goes_dead_and_replays() {
     assert_eq!(run.steps[0].status, StepStatus::Failed);
     assert!(run.error.as_deref().is_some_and(|e| e.contains("step `task`")), "{:?}", run.error);
 
-    // Once the contact is back, the dead run replays as a new run.
+    // Once the contact is back, the dead run replays: a new series of attempts of the same run.
     h.sandbox.insert_record("contacts", c.clone()).expect("restored");
-    let (new_id, status) = h.engine.replay(report.runs[0]).await.expect("replay");
-    assert_ne!(new_id, report.runs[0]);
+    let status = h.engine.replay(report.runs[0], false).await.expect("replay");
     assert_eq!(status, RunStatus::Succeeded);
+    assert_eq!(tasks_of(&h, id), 1);
+    let run = h.engine.store().get_run(report.runs[0]).expect("store").expect("run");
+    assert_eq!((run.status, run.replays, run.attempts, run.steps[0].tries), (RunStatus::Succeeded, 1, 1, 2));
+    // Asked again, the replay is refused: the run is no longer dead, and nothing is sent.
+    let again = h.engine.replay(report.runs[0], false).await;
+    assert!(matches!(&again, Err(engine::EngineError::NotReplayable(m)) if m.contains("succeeded")), "{again:?}");
     assert_eq!(tasks_of(&h, id), 1);
 }
 
@@ -149,8 +154,15 @@ async fn a_post_that_may_have_been_sent_before_a_crash_is_in_doubt_not_resent() 
     let resumed = h.engine.resume().await.expect("resume");
     assert_eq!(resumed, [RunStatus::InDoubt]);
     assert_eq!(tasks_of(&h, &id), 0, "an in-doubt POST is never sent again by itself");
-    let run = store.get_run(run).expect("store").expect("run");
-    assert_eq!(run.steps[0].status, StepStatus::InDoubt);
+    let record = store.get_run(run).expect("store").expect("run");
+    assert_eq!(record.steps[0].status, StepStatus::InDoubt);
+
+    // A replay sends it again only when the operator says it did not reach GHL.
+    let refused = h.engine.replay(run, false).await;
+    assert!(matches!(&refused, Err(engine::EngineError::NotReplayable(m)) if m.contains("--include-in-doubt")));
+    assert_eq!(tasks_of(&h, &id), 0);
+    assert_eq!(h.engine.replay(run, true).await.expect("replay"), RunStatus::Succeeded);
+    assert_eq!(tasks_of(&h, &id), 1);
 }
 
 const UPDATE_FLOW: &str = r#"
