@@ -256,3 +256,31 @@ steps:
     assert_eq!(got.lock().expect("lock").len(), 1);
     server.abort();
 }
+
+/// A template that loads but cannot render for one item (a helper refuses the value) ends
+/// that run `dead` with the reason, without sending anything; the engine carries on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_whose_template_fails_to_render_is_dead_with_the_reason() {
+    const FLOW: &str = r#"
+name: dates
+account: main
+trigger:
+  uses: contacts.search_contacts
+  with: { locationId: "{{ account.location_id }}" }
+steps:
+  - id: task
+    uses: contacts.create_task
+    with: { contactId: "{{ trigger.id }}", title: "Call", dueDate: "{{ date_add trigger.firstName days=1 }}", completed: false }
+"#;
+    let h = harness(Seed::Contacts(2), &[FLOW], fast_retries()).await;
+    h.engine.poll_and_run("dates").await.expect("baseline");
+    new_contact(&h.sandbox, 1);
+    let (report, statuses) = h.engine.poll_and_run("dates").await.expect("poll");
+    assert_eq!(statuses, [RunStatus::Dead]);
+    let run = h.engine.store().get_run(report.runs[0]).expect("store").expect("run");
+    let error = run.error.as_deref().unwrap_or_default();
+    assert!(error.contains("step `task`") && error.contains("cannot render") && error.contains("date_add"), "{error}");
+    assert_eq!(requests_for(&h.sandbox, "contacts.create_task"), 0, "nothing was sent");
+    // The engine is still serving: the next poll works.
+    h.engine.poll_and_run("dates").await.expect("next poll");
+}
