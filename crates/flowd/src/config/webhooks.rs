@@ -26,7 +26,7 @@ pub struct RawWebhooks {
     #[serde(default)]
     pub rsa_key_files: Vec<PathBuf>,
     /// Deliveries whose `timestamp` is further than this from now are rejected.
-    #[serde(default = "default_tolerance", with = "super::humantime_serde_compat")]
+    #[serde(default = "default_tolerance", deserialize_with = "super::bounded::duration::<_, 1000, { super::DAY }>")]
     pub tolerance: Duration,
 }
 
@@ -67,8 +67,8 @@ pub(super) fn resolve(
             inline.iter().enumerate().map(|(i, k)| (format!("webhooks.{what}[{i}]"), k.clone())).collect();
         for f in files {
             let path = if f.is_absolute() { f.clone() } else { base.join(f) };
-            let text = std::fs::read_to_string(&path)
-                .map_err(|e| format!("webhooks.{what}_files: cannot read {}: {e}", path.display()))?;
+            let text = super::read_limited(&path, super::MAX_SECRET_FILE)
+                .map_err(|e| format!("webhooks.{what}_files: {e}"))?;
             out.push((path.display().to_string(), text));
         }
         Ok(out)
