@@ -284,3 +284,50 @@ steps:
     // The engine is still serving: the next poll works.
     h.engine.poll_and_run("dates").await.expect("next poll");
 }
+
+/// A header value rendered with a line break can never be sent: the run is dead (not in
+/// doubt), nothing reaches the app, and no step is recorded as sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_header_with_a_line_break_is_dead_not_in_doubt() {
+    use axum::routing::post;
+    let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = hits.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        post(move || {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            async { "ok" }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}/hook", listener.local_addr().expect("addr"));
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    let flow_text = format!(
+        r#"
+name: push
+account: main
+trigger:
+  uses: contacts.search_contacts
+  with: {{ locationId: "{{{{ account.location_id }}}}" }}
+steps:
+  - id: push
+    uses: http.request
+    with: {{ method: POST, url: "{url}", headers: {{ x-name: "{{{{ trigger.firstName }}}}" }}, json: {{ id: "{{{{ trigger.id }}}}" }} }}
+"#
+    );
+    let h = harness(Seed::Contacts(1), &[&flow_text], fast_retries()).await;
+    let contact = h
+        .sandbox
+        .insert_record(
+            "contacts",
+            json!({"locationId": h.sandbox.location_id(), "firstName": "Eve\r\nX-Injected: 1", "email": "eve@example.com"}),
+        )
+        .expect("contact");
+    let id = h.engine.store().create_run(&NewRun::new("push", contact)).expect("run");
+    assert_eq!(h.engine.execute(id).await.expect("execute"), RunStatus::Dead);
+    let run = h.engine.store().get_run(id).expect("store").expect("run");
+    assert!(run.error.as_deref().is_some_and(|e| e.contains("x-name")), "{:?}", run.error);
+    assert!(run.steps.iter().all(|s| s.status != StepStatus::Sent && s.status != StepStatus::InDoubt), "{run:?}");
+    assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 0, "nothing reached the app");
+    server.abort();
+}
