@@ -16,7 +16,7 @@ pub mod webhooks;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawConfig {
-    #[serde(default = "default_store")]
+    #[serde(default = "default_store", deserialize_with = "store_dir")]
     pub store: PathBuf,
     /// The embedded database a new store is created with (`fjall` or `sled`); an existing
     /// store keeps the one it was created with.
@@ -379,6 +379,19 @@ fn default_shutdown() -> Duration {
     Duration::from_secs(10)
 }
 
+/// The store's directory. A URL (`postgres://…`) is refused: only the embedded databases
+/// exist, and a URL taken as a relative directory name would put the store somewhere
+/// nobody expects.
+fn store_dir<'de, D: serde::Deserializer<'de>>(d: D) -> Result<PathBuf, D::Error> {
+    let s = String::deserialize(d)?;
+    if let Some((scheme, _)) = s.split_once("://") {
+        return Err(serde::de::Error::custom(format!(
+            "`{scheme}://…` is a URL; `store` is a directory for the embedded database (fjall or sled): no database server is supported"
+        )));
+    }
+    Ok(PathBuf::from(s))
+}
+
 /// Numbers and durations within bounds, checked as the YAML is read so that a value out
 /// of range is reported at its line and column.
 mod bounded {
@@ -504,6 +517,13 @@ mod tests {
         }
         let (_d, path) = write("concurrency: 1024\npoll_concurrency: 64\nretry:\n  attempts: 100\n");
         assert!(load(&path, &env).is_ok());
+    }
+
+    #[test]
+    fn a_store_url_is_refused() {
+        let (_d, path) = write("flows: ./flows\nstore: postgres://db.example/flowd\n");
+        let e = load(&path, &env).unwrap_err().to_string();
+        assert!(e.contains("flowd.yaml:2:8: `postgres://…` is a URL"), "{e}");
     }
 
     #[test]
