@@ -296,7 +296,7 @@ fn resolve(path: &Path, raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) ->
     let webhooks = raw
         .webhooks
         .as_ref()
-        .map(|w| webhooks::resolve(w, base, listen, &mut warnings))
+        .map(|w| webhooks::resolve(w, base, listen, env, &mut warnings))
         .transpose()
         .map_err(invalid)?;
     let admin_token = match &raw.admin_token {
@@ -517,6 +517,25 @@ mod tests {
         }
         let (_d, path) = write("concurrency: 1024\npoll_concurrency: 64\nretry:\n  attempts: 100\n");
         assert!(load(&path, &env).is_ok());
+    }
+
+    /// The example in docs/config.md is a config that loads, as written.
+    #[test]
+    fn the_documented_example_loads() {
+        let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/config.md")).expect("doc");
+        let start = doc.find("```yaml\n").expect("a yaml block") + "```yaml\n".len();
+        let block = &doc[start..start + doc[start..].find("```").expect("closed")];
+        let (_d, path) = write(block);
+        let key = "A6EHv/POEL4dcN0Y50vAmWfk1jCbpQ1fHdyGZBJVMbg=";
+        let env = |name: &str| match name {
+            "GHL_WEBHOOK_KEY" => Some(key.to_string()),
+            "FLOWD_ADMIN_TOKEN" | "GHL_TOKEN" | "GHL_CLIENT_SECRET" | "GHL_REFRESH_TOKEN" => Some(format!("{name}-v")),
+            _ => None,
+        };
+        let c = load(&path, &env).unwrap_or_else(|e| panic!("{e}"));
+        let hooks = c.webhooks.expect("webhooks");
+        assert_eq!(hooks.path, "/hooks/ghl");
+        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
     }
 
     #[test]
