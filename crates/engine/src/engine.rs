@@ -382,23 +382,23 @@ impl Engine {
         self.execute_runs(ids.into_iter().map(|id| (flow.to_owned(), id)).collect()).await
     }
 
-    /// Runs a finished or stuck run again as a new run with the same item.
-    pub async fn replay(self: &Arc<Self>, id: RunId) -> Result<(RunId, RunStatus), EngineError> {
+    /// Replays a dead run (an `in_doubt` one only with `in_doubt`): in one write it becomes
+    /// `pending` for a new series of attempts, then it is executed. A run that is not dead
+    /// or in doubt (already replayed, say) is refused with [`EngineError::NotReplayable`],
+    /// so a replay asked twice sends once. Steps that succeeded are not sent again.
+    pub async fn replay(self: &Arc<Self>, id: RunId, in_doubt: bool) -> Result<RunStatus, EngineError> {
         let store = self.store.clone();
         let flow = self.blocking(move || Ok(store.get_run(id)?.ok_or(EngineError::UnknownRun(id))?.flow)).await?;
         // Checked first so a replay never leaves a run nobody will execute.
         self.flow(&flow)?;
         let store = self.store.clone();
-        let new_id = self
-            .blocking(move || {
-                let run = store.get_run(id)?.ok_or(EngineError::UnknownRun(id))?;
-                let mut new = store::NewRun::new(run.flow.clone(), run.item.clone());
-                new.trigger = run.trigger.clone();
-                Ok(store.create_run(&new)?)
-            })
-            .await?;
-        let status = self.execute(new_id).await?;
-        Ok((new_id, status))
+        self.blocking(move || match store.update_run(id, &[store::RunChange::Replay { in_doubt }]) {
+            Ok(_) => Ok(()),
+            Err(store::StoreError::Conflict(why)) => Err(EngineError::NotReplayable(why)),
+            Err(e) => Err(e.into()),
+        })
+        .await?;
+        self.execute(id).await
     }
 
     /// Starts the background tasks: one scheduler per flow, and the retry scanner. They

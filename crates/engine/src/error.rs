@@ -26,6 +26,9 @@ pub enum EngineError {
     Store(#[from] store::StoreError),
     #[error("run {0} not found")]
     UnknownRun(store::RunId),
+    /// The run is not dead (or in doubt, when that was not allowed): nothing was changed.
+    #[error("{0}")]
+    NotReplayable(String),
     #[error("background task failed: {0}")]
     Join(String),
 }

@@ -26,7 +26,7 @@ use store::{NewRunFields, Run, RunChange, RunId, RunStatus, StepStatus};
 /// How a step ended when it did not succeed.
 #[derive(Debug)]
 pub(crate) enum Failure {
-    /// Worth trying again later (429, 5xx, timeouts of safe requests, connection errors).
+    /// Worth trying again later (429, connection errors; 5xx and timeouts of safe requests).
     Retry(String),
     /// Trying again will not help (4xx, a template that cannot render).
     Permanent(String),
@@ -204,8 +204,11 @@ impl Engine {
             Ok(other) => return Ok(Err(Failure::Permanent(format!("`with` rendered to {other}, not a map")))),
             Err(e) => return Ok(Err(Failure::Permanent(format!("cannot render `with`: {e}")))),
         };
-        let started = Instant::now();
+        let began = Instant::now();
         let flow_name = ctx["flow"]["name"].as_str().unwrap_or_default().to_string();
+        // Whether the step's start was recorded: a request that failed before it left
+        // (a refused token, the daily budget) leaves no step record.
+        let mut started = false;
         let result = match &step.kind {
             StepKind::Ghl { op, result } => {
                 let req = match request::build(op, &inputs) {
@@ -213,8 +216,14 @@ impl Engine {
                     Err(e) => return Ok(Err(Failure::Permanent(e.to_string()))),
                 };
                 let rendered = request_record(op, &req);
-                self.start_step(id, &step.id, rendered, pending).await?;
-                match self.client().send(account, &req).await {
+                // Marked sent when the request leaves, after the rate limiter's wait: a
+                // run still queued there when the process stops has sent nothing.
+                let (mark_pending, mark_started) = (&mut *pending, &mut started);
+                let mark = move || {
+                    *mark_started = true;
+                    self.start_step(id, &step.id, rendered, mark_pending)
+                };
+                match self.client().send_marked(account, &req, mark).await? {
                     Ok(ghl::Body::Json(body)) => Ok(result.take_first(body).unwrap_or_else(|body| body)),
                     Ok(ghl::Body::Text { text, .. }) => Ok(Value::String(text)),
                     Ok(ghl::Body::Bytes { content_type, bytes }) => {
@@ -229,11 +238,12 @@ impl Engine {
                 if let Err(e) = http_step::check(&inputs, &self.config().http_allow_hosts) {
                     return Ok(Err(Failure::Permanent(e)));
                 }
+                started = true;
                 self.start_step(id, &step.id, rendered, pending).await?;
                 http_step::send(self.http(), &inputs, self.config().http_timeout, idempotent).await
             }
         };
-        self.metrics().record_step(&flow_name, &step.id, started.elapsed(), result.is_ok());
+        self.metrics().record_step(&flow_name, &step.id, began.elapsed(), result.is_ok());
         Ok(match result {
             Ok(v) => {
                 let kept = keep_result.then(|| v.clone());
@@ -242,6 +252,7 @@ impl Engine {
             }
             Err(failure) => {
                 match &failure {
+                    _ if !started => {}
                     Failure::InDoubt(e) => pending.finish(&step.id, StepStatus::InDoubt, None, Some(e)),
                     Failure::Retry(e) | Failure::Permanent(e) | Failure::Deferred { why: e, .. } => {
                         pending.finish(&step.id, StepStatus::Failed, None, Some(e))
@@ -252,7 +263,7 @@ impl Engine {
         })
     }
 
-    /// Durably records that `step` is about to be sent, with everything pending before it.
+    /// Durably records that `step` is being sent, with everything pending before it.
     async fn start_step(
         &self,
         id: RunId,
@@ -309,7 +320,12 @@ pub(crate) fn classify(e: &ghl::Error, idempotent: bool) -> Failure {
     use ghl::Error as E;
     match e {
         E::BudgetSpent { retry_after, .. } => Failure::Deferred { after: *retry_after, why: e.to_string() },
-        E::Api(api) if api.status == 429 || api.status >= 500 => Failure::Retry(e.to_string()),
+        // GHL refuses a 429 before doing any work.
+        E::Api(api) if api.status == 429 => Failure::Retry(e.to_string()),
+        // A 5xx came after the body was sent: GHL (or the backend behind its gateway) may
+        // have acted on it, so only a request that is safe to repeat is tried again.
+        E::Api(api) if api.status >= 500 && !idempotent => Failure::InDoubt(e.to_string()),
+        E::Api(api) if api.status >= 500 => Failure::Retry(e.to_string()),
         E::Api(_) | E::InvalidRequest(_) => Failure::Permanent(e.to_string()),
         E::Timeout | E::Transport(_) | E::Decode(_) if !idempotent => Failure::InDoubt(e.to_string()),
         E::Timeout | E::Transport(_) | E::Decode(_) => Failure::Retry(e.to_string()),

@@ -18,7 +18,28 @@ pub fn check(inputs: &Map<String, Value>, allow_hosts: &[String]) -> Result<(), 
     if !allow_hosts.is_empty() && !allow_hosts.iter().any(|h| h.eq_ignore_ascii_case(host)) {
         return Err(format!("host `{host}` is not in http_allow_hosts"));
     }
+    // A header the HTTP library would refuse (a line break rendered into a value) fails
+    // the request before anything is sent: it is a permanent error, not a doubt.
+    if let Some(Value::Object(headers)) = inputs.get("headers") {
+        for (k, v) in headers {
+            if reqwest::header::HeaderName::from_bytes(k.as_bytes()).is_err() {
+                return Err(format!("header name `{k}` is not valid in HTTP"));
+            }
+            if reqwest::header::HeaderValue::from_str(&header_text(v)).is_err() {
+                return Err(format!(
+                    "header `{k}`: its value has a line break or another character not allowed in HTTP"
+                ));
+            }
+        }
+    }
     Ok(())
+}
+
+fn header_text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
 }
 
 pub(crate) async fn send(
@@ -34,11 +55,7 @@ pub(crate) async fn send(
     let mut req = client.request(method, url).timeout(timeout);
     if let Some(Value::Object(headers)) = inputs.get("headers") {
         for (k, v) in headers {
-            let v = match v {
-                Value::String(s) => s.clone(),
-                other => other.to_string(),
-            };
-            req = req.header(k.as_str(), v);
+            req = req.header(k.as_str(), header_text(v));
         }
     }
     if let Some(Value::Object(query)) = inputs.get("query") {
@@ -55,15 +72,26 @@ pub(crate) async fn send(
     }
     let response = req.send().await.map_err(|e| {
         let text = format!("{url}: {e}");
-        // A connection that never opened sent nothing; otherwise only a safe method repeats.
-        if e.is_connect() || idempotent {
+        // A request that could not be built, or a connection that never opened, sent
+        // nothing; otherwise only a safe method repeats.
+        if e.is_builder() {
+            Failure::Permanent(text)
+        } else if e.is_connect() || idempotent {
             Failure::Retry(text)
         } else {
             Failure::InDoubt(text)
         }
     })?;
     let status = response.status();
-    let text = response.text().await.map_err(|e| Failure::Retry(format!("{url}: reading the response: {e}")))?;
+    let text = response.text().await.map_err(|e| {
+        // The app answered, so it had the request: only a safe one is repeated.
+        let text = format!("{url}: reading the response: {e}");
+        if idempotent {
+            Failure::Retry(text)
+        } else {
+            Failure::InDoubt(text)
+        }
+    })?;
     let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
     if status.is_success() {
         // Not `json!`: it would serialize `body` into a copy instead of moving it.
@@ -73,8 +101,11 @@ pub(crate) async fn send(
         return Ok(Value::Object(out));
     }
     let message = format!("{url} answered {status}: {}", truncate(&body.to_string(), 300));
-    if status.as_u16() == 429 || status.is_server_error() {
+    if status.as_u16() == 429 || (status.is_server_error() && idempotent) {
         Err(Failure::Retry(message))
+    } else if status.is_server_error() {
+        // The app had the body and may have acted on it before failing.
+        Err(Failure::InDoubt(message))
     } else {
         Err(Failure::Permanent(message))
     }

@@ -31,8 +31,38 @@ fn tasks_of(h: &Harness, contact: &str) -> usize {
     h.sandbox.records("tasks").iter().filter(|t| t["contactId"] == contact).count()
 }
 
+/// A request that is safe to repeat (a PUT) and failed with 5xx until the client gave up
+/// is tried again by the run's next attempt.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_step_is_retried_on_backoff_and_succeeds_once() {
+    let h = harness(Seed::Contacts(2), &[UPDATE_FLOW], fast_retries()).await;
+    h.engine.poll_and_run("mark").await.expect("baseline");
+    let c = new_contact(&h.sandbox, 1);
+    let id = c["id"].as_str().expect("id");
+    // As many 503s as the client's own attempts (5): the run's attempt fails.
+    h.sandbox.set_faults(
+        fault_on(
+            "contacts.update_contact",
+            FaultRule { error_rate: 1.0, error_status: Some(503), times: Some(5), ..FaultRule::default() },
+        ),
+        Some(7),
+    );
+    let (_, statuses) = h.engine.poll_and_run("mark").await.expect("poll");
+    assert_eq!(statuses, [RunStatus::Failed]);
+    assert_ne!(h.sandbox.record("contacts", id).expect("contact")["city"], "Marked");
+
+    tokio::time::sleep(std::time::Duration::from_millis(80)).await;
+    let retried = h.engine.retry_due().await.expect("retry");
+    assert_eq!(retried, [RunStatus::Succeeded]);
+    assert_eq!(h.sandbox.record("contacts", id).expect("contact")["city"], "Marked");
+    assert_eq!(requests_for(&h.sandbox, "contacts.update_contact"), 6, "5 refused, then 1 served");
+    assert!(h.engine.retry_due().await.expect("nothing due").is_empty());
+}
+
+/// GHL created the task, then its gateway answered 502: the run is in doubt after the
+/// first attempt, and no later attempt creates a second task.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_post_answered_5xx_after_it_was_processed_is_in_doubt_not_retried() {
     let h = harness(Seed::Contacts(2), &[TASK_FLOW], fast_retries()).await;
     h.engine.poll_and_run("tasks").await.expect("baseline");
     let c = new_contact(&h.sandbox, 1);
@@ -40,19 +70,29 @@ async fn a_failed_step_is_retried_on_backoff_and_succeeds_once() {
     h.sandbox.set_faults(
         fault_on(
             "contacts.create_task",
-            FaultRule { error_rate: 1.0, error_status: Some(503), times: Some(1), ..FaultRule::default() },
+            FaultRule {
+                error_rate: 1.0,
+                error_status: Some(502),
+                error_after_processing: true,
+                ..FaultRule::default()
+            },
         ),
         Some(7),
     );
-    let (_, statuses) = h.engine.poll_and_run("tasks").await.expect("poll");
-    assert_eq!(statuses, [RunStatus::Failed]);
-    assert_eq!(tasks_of(&h, id), 0);
-
-    tokio::time::sleep(std::time::Duration::from_millis(80)).await;
-    let retried = h.engine.retry_due().await.expect("retry");
-    assert_eq!(retried, [RunStatus::Succeeded]);
-    assert_eq!(tasks_of(&h, id), 1, "exactly one task after the retry");
-    assert!(h.engine.retry_due().await.expect("nothing due").is_empty());
+    let (report, statuses) = h.engine.poll_and_run("tasks").await.expect("poll");
+    assert_eq!(statuses, [RunStatus::InDoubt]);
+    // Every later attempt the engine would make (attempts: 3).
+    for _ in 0..3 {
+        tokio::time::sleep(std::time::Duration::from_millis(60)).await;
+        h.engine.retry_due().await.expect("retry");
+        h.engine.resume().await.expect("resume");
+    }
+    assert_eq!(tasks_of(&h, id), 1, "GHL acted once, so exactly one task exists");
+    assert_eq!(requests_for(&h.sandbox, "contacts.create_task"), 1, "the POST left once");
+    let run = h.engine.store().get_run(report.runs[0]).expect("store").expect("run");
+    assert_eq!(run.status, RunStatus::InDoubt);
+    assert_eq!(run.steps[0].status, StepStatus::InDoubt);
+    assert!(run.error.as_deref().is_some_and(|e| e.contains("502")), "{:?}", run.error);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -78,11 +118,16 @@ async fn a_rejected_step_goes_dead_and_replays() {
     assert_eq!(run.steps[0].status, StepStatus::Failed);
     assert!(run.error.as_deref().is_some_and(|e| e.contains("step `task`")), "{:?}", run.error);
 
-    // Once the contact is back, the dead run replays as a new run.
+    // Once the contact is back, the dead run replays: a new series of attempts of the same run.
     h.sandbox.insert_record("contacts", c.clone()).expect("restored");
-    let (new_id, status) = h.engine.replay(report.runs[0]).await.expect("replay");
-    assert_ne!(new_id, report.runs[0]);
+    let status = h.engine.replay(report.runs[0], false).await.expect("replay");
     assert_eq!(status, RunStatus::Succeeded);
+    assert_eq!(tasks_of(&h, id), 1);
+    let run = h.engine.store().get_run(report.runs[0]).expect("store").expect("run");
+    assert_eq!((run.status, run.replays, run.attempts, run.steps[0].tries), (RunStatus::Succeeded, 1, 1, 2));
+    // Asked again, the replay is refused: the run is no longer dead, and nothing is sent.
+    let again = h.engine.replay(report.runs[0], false).await;
+    assert!(matches!(&again, Err(engine::EngineError::NotReplayable(m)) if m.contains("succeeded")), "{again:?}");
     assert_eq!(tasks_of(&h, id), 1);
 }
 
@@ -109,8 +154,15 @@ async fn a_post_that_may_have_been_sent_before_a_crash_is_in_doubt_not_resent() 
     let resumed = h.engine.resume().await.expect("resume");
     assert_eq!(resumed, [RunStatus::InDoubt]);
     assert_eq!(tasks_of(&h, &id), 0, "an in-doubt POST is never sent again by itself");
-    let run = store.get_run(run).expect("store").expect("run");
-    assert_eq!(run.steps[0].status, StepStatus::InDoubt);
+    let record = store.get_run(run).expect("store").expect("run");
+    assert_eq!(record.steps[0].status, StepStatus::InDoubt);
+
+    // A replay sends it again only when the operator says it did not reach GHL.
+    let refused = h.engine.replay(run, false).await;
+    assert!(matches!(&refused, Err(engine::EngineError::NotReplayable(m)) if m.contains("--include-in-doubt")));
+    assert_eq!(tasks_of(&h, &id), 0);
+    assert_eq!(h.engine.replay(run, true).await.expect("replay"), RunStatus::Succeeded);
+    assert_eq!(tasks_of(&h, &id), 1);
 }
 
 const UPDATE_FLOW: &str = r#"
@@ -202,5 +254,80 @@ steps:
     let id = strict.store().create_run(&NewRun::new("push", c.clone())).expect("run");
     assert_eq!(strict.execute(id).await.expect("execute"), RunStatus::Dead);
     assert_eq!(got.lock().expect("lock").len(), 1);
+    server.abort();
+}
+
+/// A template that loads but cannot render for one item (a helper refuses the value) ends
+/// that run `dead` with the reason, without sending anything; the engine carries on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_whose_template_fails_to_render_is_dead_with_the_reason() {
+    const FLOW: &str = r#"
+name: dates
+account: main
+trigger:
+  uses: contacts.search_contacts
+  with: { locationId: "{{ account.location_id }}" }
+steps:
+  - id: task
+    uses: contacts.create_task
+    with: { contactId: "{{ trigger.id }}", title: "Call", dueDate: "{{ date_add trigger.firstName days=1 }}", completed: false }
+"#;
+    let h = harness(Seed::Contacts(2), &[FLOW], fast_retries()).await;
+    h.engine.poll_and_run("dates").await.expect("baseline");
+    new_contact(&h.sandbox, 1);
+    let (report, statuses) = h.engine.poll_and_run("dates").await.expect("poll");
+    assert_eq!(statuses, [RunStatus::Dead]);
+    let run = h.engine.store().get_run(report.runs[0]).expect("store").expect("run");
+    let error = run.error.as_deref().unwrap_or_default();
+    assert!(error.contains("step `task`") && error.contains("cannot render") && error.contains("date_add"), "{error}");
+    assert_eq!(requests_for(&h.sandbox, "contacts.create_task"), 0, "nothing was sent");
+    // The engine is still serving: the next poll works.
+    h.engine.poll_and_run("dates").await.expect("next poll");
+}
+
+/// A header value rendered with a line break can never be sent: the run is dead (not in
+/// doubt), nothing reaches the app, and no step is recorded as sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_header_with_a_line_break_is_dead_not_in_doubt() {
+    use axum::routing::post;
+    let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = hits.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        post(move || {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            async { "ok" }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}/hook", listener.local_addr().expect("addr"));
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    let flow_text = format!(
+        r#"
+name: push
+account: main
+trigger:
+  uses: contacts.search_contacts
+  with: {{ locationId: "{{{{ account.location_id }}}}" }}
+steps:
+  - id: push
+    uses: http.request
+    with: {{ method: POST, url: "{url}", headers: {{ x-name: "{{{{ trigger.firstName }}}}" }}, json: {{ id: "{{{{ trigger.id }}}}" }} }}
+"#
+    );
+    let h = harness(Seed::Contacts(1), &[&flow_text], fast_retries()).await;
+    let contact = h
+        .sandbox
+        .insert_record(
+            "contacts",
+            json!({"locationId": h.sandbox.location_id(), "firstName": "Eve\r\nX-Injected: 1", "email": "eve@example.com"}),
+        )
+        .expect("contact");
+    let id = h.engine.store().create_run(&NewRun::new("push", contact)).expect("run");
+    assert_eq!(h.engine.execute(id).await.expect("execute"), RunStatus::Dead);
+    let run = h.engine.store().get_run(id).expect("store").expect("run");
+    assert!(run.error.as_deref().is_some_and(|e| e.contains("x-name")), "{:?}", run.error);
+    assert!(run.steps.iter().all(|s| s.status != StepStatus::Sent && s.status != StepStatus::InDoubt), "{run:?}");
+    assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 0, "nothing reached the app");
     server.abort();
 }

@@ -40,6 +40,94 @@ pub enum TemplateError {
     UnknownHashKey { helper: &'static str, key: String },
     #[error("invalid JSONPath `{path}`: {message}")]
     JsonPath { path: String, message: String },
+    #[error("partials (`{{{{> name}}}}`, `{{{{#*inline}}}}`) and decorators are not supported in flows")]
+    Partial,
+    #[error("template nests deeper than {max} levels (blocks and helper calls inside one another)")]
+    TooDeep { max: usize },
+    #[error("template is {len} bytes; at most {max} are allowed")]
+    TooLarge { len: usize, max: usize },
+}
+
+/// The longest template a flow may hold. Templates are a value's worth of text; a longer
+/// one is a mistake or an attack, and its parse would cost the loader its time.
+pub const MAX_TEMPLATE_BYTES: usize = 16 * 1024;
+
+/// How deep blocks and helper calls may nest in one template. The parser and the renderer
+/// recurse once per level, so an unbounded depth could overflow a thread's stack.
+pub const MAX_TEMPLATE_DEPTH: usize = 32;
+
+/// Refuses a template too long or nested too deep, before the parser (which recurses)
+/// sees it. Counts `{{#…}}` blocks open and `(`, `[`, `{` open inside one `{{ }}`.
+fn check_limits(source: &str) -> Result<(), TemplateError> {
+    if source.len() > MAX_TEMPLATE_BYTES {
+        return Err(TemplateError::TooLarge { len: source.len(), max: MAX_TEMPLATE_BYTES });
+    }
+    let too_deep = TemplateError::TooDeep { max: MAX_TEMPLATE_DEPTH };
+    let b = source.as_bytes();
+    let (mut i, mut blocks) = (0, 0usize);
+    while i < b.len() {
+        if !b[i..].starts_with(b"{{") {
+            i += 1;
+            continue;
+        }
+        i += 2;
+        let mut j = i;
+        while j < b.len() && (b[j] == b'{' || b[j] == b'~' || b[j].is_ascii_whitespace()) {
+            j += 1;
+        }
+        match b.get(j) {
+            Some(b'#') => blocks += 1,
+            Some(b'/') => blocks = blocks.saturating_sub(1),
+            _ => {}
+        }
+        if blocks > MAX_TEMPLATE_DEPTH {
+            return Err(too_deep);
+        }
+        let (mut depth, mut quote) = (0usize, None);
+        while i < b.len() {
+            let c = b[i];
+            i += 1;
+            match quote {
+                Some(q) if c == q => quote = None,
+                Some(_) => {}
+                None => match c {
+                    b'"' | b'\'' => quote = Some(c),
+                    b'(' | b'[' | b'{' => {
+                        depth += 1;
+                        if blocks + depth > MAX_TEMPLATE_DEPTH {
+                            return Err(too_deep);
+                        }
+                    }
+                    b')' | b']' => depth = depth.saturating_sub(1),
+                    b'}' if depth > 0 => depth -= 1,
+                    b'}' if b.get(i) == Some(&b'}') => break,
+                    _ => {}
+                },
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Refuses partials and decorators anywhere in a template: flows have no use for them,
+/// a partial may render itself without end, and one that is not registered would only
+/// fail at run time.
+fn refuse_partials(elements: &[TemplateElement]) -> Result<(), TemplateError> {
+    for el in elements {
+        match el {
+            TemplateElement::PartialExpression(_)
+            | TemplateElement::PartialBlock(_)
+            | TemplateElement::DecoratorExpression(_)
+            | TemplateElement::DecoratorBlock(_) => return Err(TemplateError::Partial),
+            TemplateElement::HelperBlock(h) => {
+                for t in [&h.template, &h.inverse].into_iter().flatten() {
+                    refuse_partials(&t.elements)?;
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// A JSON value with templates in its strings, compiled once; see the module docs.
@@ -97,7 +185,9 @@ impl ValueTemplate {
         if !source.contains("{{") {
             return Ok(ValueTemplate::literal(Value::String(source.to_string())));
         }
+        check_limits(source)?;
         let tpl = handlebars::Template::compile(source).map_err(|e| TemplateError::Syntax(syntax_message(&e)))?;
+        refuse_partials(&tpl.elements)?;
         let elements: Vec<&TemplateElement> =
             tpl.elements.iter().filter(|e| !matches!(e, TemplateElement::Comment(_))).collect();
         if let [TemplateElement::Expression(h) | TemplateElement::HtmlExpression(h)] = elements.as_slice() {

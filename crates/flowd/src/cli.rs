@@ -162,9 +162,12 @@ pub struct ReplayArgs {
     /// The run to replay.
     #[arg(required_unless_present = "failed")]
     pub id: Option<u64>,
-    /// Replay every dead and in-doubt run instead.
+    /// Replay every dead run instead (in_doubt runs too with --include-in-doubt).
     #[arg(long, conflicts_with = "id")]
     pub failed: bool,
+    /// Also replay in_doubt runs: their request may have reached GHL, so check first.
+    #[arg(long)]
+    pub include_in_doubt: bool,
 }
 
 #[derive(Debug, Args)]

@@ -16,7 +16,7 @@ pub mod webhooks;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawConfig {
-    #[serde(default = "default_store")]
+    #[serde(default = "default_store", deserialize_with = "store_dir")]
     pub store: PathBuf,
     /// The embedded database a new store is created with (`fjall` or `sled`); an existing
     /// store keeps the one it was created with.
@@ -26,10 +26,10 @@ pub struct RawConfig {
     pub flows: PathBuf,
     #[serde(default = "default_listen")]
     pub listen: String,
-    #[serde(default = "default_concurrency")]
+    #[serde(default = "default_concurrency", deserialize_with = "bounded::usize::<_, 1, 1024>")]
     pub concurrency: usize,
     /// Scheduled polls in progress at once per account (more wait their turn).
-    #[serde(default = "default_poll_concurrency")]
+    #[serde(default = "default_poll_concurrency", deserialize_with = "bounded::usize::<_, 1, 64>")]
     pub poll_concurrency: usize,
     /// Bearer token for the admin endpoints that change state (replay, release).
     #[serde(default)]
@@ -47,10 +47,10 @@ pub struct RawConfig {
     #[serde(default)]
     pub rate_limit: Option<RawRateLimit>,
     /// How long to wait for in-flight steps on shutdown.
-    #[serde(default = "default_shutdown", with = "humantime_serde_compat")]
+    #[serde(default = "default_shutdown", deserialize_with = "bounded::duration::<_, 0, HOUR>")]
     pub shutdown_timeout: Duration,
     /// Longest a GHL request (body included) may take before it counts as failed.
-    #[serde(default = "default_request_timeout", with = "humantime_serde_compat")]
+    #[serde(default = "default_request_timeout", deserialize_with = "bounded::duration::<_, 100, HOUR>")]
     pub request_timeout: Duration,
     /// How failed runs are retried.
     #[serde(default)]
@@ -96,11 +96,11 @@ pub struct RawOAuth {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawRetry {
-    #[serde(default = "default_retry_base", with = "humantime_serde_compat")]
+    #[serde(default = "default_retry_base", deserialize_with = "bounded::duration::<_, 100, DAY>")]
     pub base: Duration,
-    #[serde(default = "default_retry_max", with = "humantime_serde_compat")]
+    #[serde(default = "default_retry_max", deserialize_with = "bounded::duration::<_, 100, { 7 * DAY }>")]
     pub max: Duration,
-    #[serde(default = "default_retry_attempts")]
+    #[serde(default = "default_retry_attempts", deserialize_with = "bounded::u32::<_, 1, 100>")]
     pub attempts: u32,
 }
 
@@ -113,11 +113,49 @@ impl Default for RawRetry {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawRateLimit {
+    #[serde(deserialize_with = "bounded::u32::<_, 1, 100_000>")]
     pub requests: u32,
-    #[serde(with = "humantime_serde_compat")]
+    #[serde(deserialize_with = "bounded::duration::<_, 1000, HOUR>")]
     pub per: Duration,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "bounded::some_u32::<_, 1, 100_000_000>")]
     pub daily: Option<u32>,
+}
+
+/// Milliseconds, for the bounds of durations.
+pub(crate) const HOUR: u64 = 3_600_000;
+pub(crate) const DAY: u64 = 24 * HOUR;
+
+/// The largest secret file (a token, a key) read: a secret is a few hundred bytes, and a
+/// path such as /dev/zero must not be read without end.
+pub const MAX_SECRET_FILE: u64 = 64 * 1024;
+
+/// The largest config file read.
+pub const MAX_CONFIG_FILE: u64 = 1024 * 1024;
+
+/// Why [`read_capped`] failed.
+enum ReadFailed {
+    Io(std::io::Error),
+    TooLarge,
+}
+
+/// Reads a UTF-8 file of at most `max` bytes; larger is an error, without reading past it.
+fn read_capped(path: &Path, max: u64) -> Result<String, ReadFailed> {
+    use std::io::Read;
+    let file = std::fs::File::open(path).map_err(ReadFailed::Io)?;
+    let mut text = String::new();
+    file.take(max + 1).read_to_string(&mut text).map_err(ReadFailed::Io)?;
+    if text.len() as u64 > max {
+        return Err(ReadFailed::TooLarge);
+    }
+    Ok(text)
+}
+
+/// [`read_capped`] with its failure as a message naming the file.
+pub(crate) fn read_limited(path: &Path, max: u64) -> Result<String, String> {
+    read_capped(path, max).map_err(|e| match e {
+        ReadFailed::Io(e) => format!("cannot read {}: {e}", path.display()),
+        ReadFailed::TooLarge => format!("{} is larger than {} KiB", path.display(), max / 1024),
+    })
 }
 
 /// A configuration with every reference resolved.
@@ -177,8 +215,13 @@ pub enum ConfigError {
 /// Reads and resolves a config file. `env` looks up environment variables (injected so
 /// tests need not touch the process environment).
 pub fn load(path: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
+    let text = read_capped(path, MAX_CONFIG_FILE).map_err(|e| match e {
+        ReadFailed::Io(source) => ConfigError::Read { path: path.display().to_string(), source },
+        ReadFailed::TooLarge => ConfigError::Invalid {
+            path: path.display().to_string(),
+            message: format!("a config is at most {} KiB", MAX_CONFIG_FILE / 1024),
+        },
+    })?;
     let raw: RawConfig = serde_saphyr::from_str(&text).map_err(|e| {
         let (line, column) = e.location().map(|l| (l.line(), l.column())).unwrap_or((0, 0));
         let message = e.to_string();
@@ -203,12 +246,6 @@ fn resolve(path: &Path, raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) ->
         .listen
         .parse()
         .map_err(|_| invalid(format!("listen: `{}` is not an address like 127.0.0.1:8686", raw.listen)))?;
-    if raw.concurrency == 0 {
-        return Err(invalid("concurrency must be at least 1".into()));
-    }
-    if raw.poll_concurrency == 0 {
-        return Err(invalid("poll_concurrency must be at least 1".into()));
-    }
     let secret =
         |what: &str, value: &Option<String>, file: &Option<PathBuf>, warnings: &mut Vec<String>| match (value, file) {
             (Some(_), Some(_)) => Err(invalid(format!("{what}: give either the value or the `_file`, not both"))),
@@ -220,9 +257,9 @@ fn resolve(path: &Path, raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) ->
             }
             (None, Some(f)) => {
                 let f = rel(f);
-                std::fs::read_to_string(&f)
+                read_limited(&f, MAX_SECRET_FILE)
                     .map(|s| Some(s.trim().to_string()))
-                    .map_err(|e| invalid(format!("{what}: cannot read {}: {e}", f.display())))
+                    .map_err(|e| invalid(format!("{what}: {e}")))
             }
             (None, None) => Ok(None),
         };
@@ -259,7 +296,7 @@ fn resolve(path: &Path, raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) ->
     let webhooks = raw
         .webhooks
         .as_ref()
-        .map(|w| webhooks::resolve(w, base, listen, &mut warnings))
+        .map(|w| webhooks::resolve(w, base, listen, env, &mut warnings))
         .transpose()
         .map_err(invalid)?;
     let admin_token = match &raw.admin_token {
@@ -342,8 +379,64 @@ fn default_shutdown() -> Duration {
     Duration::from_secs(10)
 }
 
+/// The store's directory. A URL (`postgres://…`) is refused: only the embedded databases
+/// exist, and a URL taken as a relative directory name would put the store somewhere
+/// nobody expects.
+fn store_dir<'de, D: serde::Deserializer<'de>>(d: D) -> Result<PathBuf, D::Error> {
+    let s = String::deserialize(d)?;
+    if let Some((scheme, _)) = s.split_once("://") {
+        return Err(serde::de::Error::custom(format!(
+            "`{scheme}://…` is a URL; `store` is a directory for the embedded database (fjall or sled): no database server is supported"
+        )));
+    }
+    Ok(PathBuf::from(s))
+}
+
+/// Numbers and durations within bounds, checked as the YAML is read so that a value out
+/// of range is reported at its line and column.
+mod bounded {
+    use serde::{Deserialize, Deserializer};
+    use std::time::Duration;
+
+    fn within<'de, D: Deserializer<'de>>(v: u64, min: u64, max: u64) -> Result<u64, D::Error> {
+        if (min..=max).contains(&v) {
+            Ok(v)
+        } else {
+            Err(serde::de::Error::custom(format!("{v} is out of range: give {min} to {max}")))
+        }
+    }
+
+    pub fn usize<'de, D: Deserializer<'de>, const MIN: u64, const MAX: u64>(d: D) -> Result<usize, D::Error> {
+        let v = within::<D>(u64::deserialize(d)?, MIN, MAX)?;
+        usize::try_from(v).map_err(serde::de::Error::custom)
+    }
+
+    pub fn u32<'de, D: Deserializer<'de>, const MIN: u64, const MAX: u64>(d: D) -> Result<u32, D::Error> {
+        let v = within::<D>(u64::deserialize(d)?, MIN, MAX)?;
+        u32::try_from(v).map_err(serde::de::Error::custom)
+    }
+
+    pub fn some_u32<'de, D: Deserializer<'de>, const MIN: u64, const MAX: u64>(d: D) -> Result<Option<u32>, D::Error> {
+        u32::<D, MIN, MAX>(d).map(Some)
+    }
+
+    /// A duration written as `10s`, `5m`, `1h30m`, between `MIN_MS` and `MAX_MS`.
+    pub fn duration<'de, D: Deserializer<'de>, const MIN_MS: u64, const MAX_MS: u64>(
+        d: D,
+    ) -> Result<Duration, D::Error> {
+        let v = super::humantime_serde_compat::deserialize(d)?;
+        let (min, max) = (Duration::from_millis(MIN_MS), Duration::from_millis(MAX_MS));
+        if (min..=max).contains(&v) {
+            Ok(v)
+        } else {
+            let show = |d: Duration| humantime::format_duration(d).to_string();
+            Err(serde::de::Error::custom(format!("{} is out of range: give {} to {}", show(v), show(min), show(max))))
+        }
+    }
+}
+
 /// Durations written as `10s`, `5m`, `1h30m`.
-mod humantime_serde_compat {
+pub(crate) mod humantime_serde_compat {
     use serde::{Deserialize, Deserializer};
     use std::time::Duration;
 
@@ -397,11 +490,73 @@ mod tests {
 
         let (_d, path) = write("poll_concurrency: 0\naccounts: {}\n");
         let e = load(&path, &env).unwrap_err().to_string();
-        assert!(e.contains("poll_concurrency must be at least 1"), "{e}");
+        assert!(e.contains("flowd.yaml:1:19: 0 is out of range: give 1 to 64"), "{e}");
 
         let (_d, path) = write("listen: 127.0.0.1:8686\nacounts: {}\n");
         let e = load(&path, &env).unwrap_err().to_string();
         assert!(e.contains("flowd.yaml:2:1: unknown field `acounts`"), "{e}");
+    }
+
+    #[test]
+    fn numbers_out_of_range_are_refused_at_their_place() {
+        for (yaml, at) in [
+            ("concurrency: 18446744073709551615\n", "flowd.yaml:1:14: "),
+            ("concurrency: 0\n", "flowd.yaml:1:14: "),
+            ("poll_concurrency: 100000\n", "flowd.yaml:1:19: "),
+            ("retry:\n  attempts: 4294967295\n", "flowd.yaml:2:13: "),
+            ("retry:\n  base: 0s\n", "flowd.yaml:2:9: "),
+            ("request_timeout: 100000h\n", "flowd.yaml:1:18: "),
+            ("shutdown_timeout: 9999999999s\n", "flowd.yaml:1:19: "),
+            ("rate_limit:\n  requests: 0\n  per: 10s\n", "flowd.yaml:2:13: "),
+            ("rate_limit:\n  requests: 100\n  per: 0s\n", "flowd.yaml:3:8: "),
+            ("rate_limit:\n  requests: 100\n  per: 10s\n  daily: 0\n", "flowd.yaml:4:10: "),
+        ] {
+            let (_d, path) = write(yaml);
+            let e = load(&path, &env).unwrap_err().to_string();
+            assert!(e.contains(at) && e.contains("out of range"), "{yaml}: {e}");
+        }
+        let (_d, path) = write("concurrency: 1024\npoll_concurrency: 64\nretry:\n  attempts: 100\n");
+        assert!(load(&path, &env).is_ok());
+    }
+
+    /// The example in docs/config.md is a config that loads, as written.
+    #[test]
+    fn the_documented_example_loads() {
+        let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/config.md")).expect("doc");
+        let start = doc.find("```yaml\n").expect("a yaml block") + "```yaml\n".len();
+        let block = &doc[start..start + doc[start..].find("```").expect("closed")];
+        let (_d, path) = write(block);
+        let key = "A6EHv/POEL4dcN0Y50vAmWfk1jCbpQ1fHdyGZBJVMbg=";
+        let env = |name: &str| match name {
+            "GHL_WEBHOOK_KEY" => Some(key.to_string()),
+            "FLOWD_ADMIN_TOKEN" | "GHL_TOKEN" | "GHL_CLIENT_SECRET" | "GHL_REFRESH_TOKEN" => Some(format!("{name}-v")),
+            _ => None,
+        };
+        let c = load(&path, &env).unwrap_or_else(|e| panic!("{e}"));
+        let hooks = c.webhooks.expect("webhooks");
+        assert_eq!(hooks.path, "/hooks/ghl");
+        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+    }
+
+    #[test]
+    fn a_store_url_is_refused() {
+        let (_d, path) = write("flows: ./flows\nstore: postgres://db.example/flowd\n");
+        let e = load(&path, &env).unwrap_err().to_string();
+        assert!(e.contains("flowd.yaml:2:8: `postgres://…` is a URL"), "{e}");
+    }
+
+    #[test]
+    fn secret_files_are_read_up_to_a_limit() {
+        let (dir, path) = write("accounts:\n  a:\n    location_id: l\n    token_file: /dev/zero\n");
+        let e = load(&path, &env).unwrap_err().to_string();
+        assert!(e.contains("accounts.a.token: /dev/zero is larger than 64 KiB"), "{e}");
+        std::fs::write(dir.path().join("big"), "x".repeat(64 * 1024 + 1)).expect("write");
+        let (_d2, path) = write(&format!(
+            "accounts:\n  a:\n    location_id: l\n    oauth:\n      client_id: c\n      client_secret_file: {}\n",
+            dir.path().join("big").display()
+        ));
+        let e = load(&path, &env).unwrap_err().to_string();
+        assert!(e.contains("larger than 64 KiB"), "{e}");
     }
 
     #[test]

@@ -78,11 +78,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What is logged without `RUST_LOG`: flowd's own crates at INFO, dependencies at WARN
+/// (the database alone logs a few INFO lines per partition at every start).
+const DEFAULT_LOG: &str =
+    "warn,flowd=info,engine=info,ghl=info,store=info,flow=info,catalog=info,webhooks=info,sandbox=info";
+
 /// Logs go to stderr: readable by default, JSON lines with `--log-format json`;
-/// `RUST_LOG` refines what is shown (default `info`).
+/// `RUST_LOG` replaces the default filter ([`DEFAULT_LOG`]).
 fn init_logging(format: cli::LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
     let _ = match format {

@@ -45,6 +45,28 @@ fn validate_reports_every_problem_with_its_place_and_exits_1() {
     assert!(t.contains("error(s)") && !t.contains("panicked"), "{t}");
 }
 
+/// Templates that would take the service down (a partial that renders itself, helpers
+/// nested thousands deep) and a partial that does not exist are refused by `validate`,
+/// with their place, instead of failing or crashing at run time.
+#[test]
+fn validate_refuses_partials_and_deep_templates() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let flow = |name: &str, title: &str| {
+        format!("name: {name}\naccount: main\ntrigger:\n  uses: contacts.search_contacts\n  with: {{ locationId: loc1 }}\nsteps:\n  - id: t\n    uses: contacts.create_task\n    with: {{ contactId: \"{{{{ trigger.id }}}}\", title: '{title}', dueDate: \"2030-01-01T10:00:00Z\", completed: false }}\n")
+    };
+    std::fs::write(dir.path().join("loop.yaml"), flow("loop", r#"{{#*inline "p"}}{{> p}}{{/inline}}{{> p}}"#))
+        .expect("write");
+    std::fs::write(dir.path().join("missing.yaml"), flow("missing", "{{> missing}}")).expect("write");
+    let deep = format!("{{{{ upper {}trigger.id{} }}}}", "(upper ".repeat(5000), ")".repeat(5000));
+    std::fs::write(dir.path().join("deep.yaml"), flow("deep", &deep)).expect("write");
+    let out = flowd(&["validate", "."], dir.path());
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let t = text(&out);
+    assert!(t.contains("./loop.yaml:9:") && t.contains("partials"), "{t}");
+    assert!(t.contains("./missing.yaml:9:") && !t.contains("already used"), "{t}");
+    assert!(t.contains("./deep.yaml:9:") && !t.contains("overflow"), "{t}");
+}
+
 #[test]
 fn test_item_prints_the_requests_without_sending() {
     let dir = tempfile::tempdir().expect("tempdir");

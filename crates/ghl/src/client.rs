@@ -148,6 +148,25 @@ impl Client {
         self.inner.send(account, req).await
     }
 
+    /// Like [`send`](Client::send), and awaits `before_send` once, at the moment the request
+    /// first leaves: after the token refresh, the rate limiter's wait and any backoff. A
+    /// caller that records "this may have reached GHL" does it there, so a request still
+    /// queued when the process stops is known not to have been sent. If `before_send` fails,
+    /// nothing is sent and its error is the outer one; if the request fails before it
+    /// leaves, `before_send` is never called.
+    pub async fn send_marked<F, Fut, E>(
+        &self,
+        account: &str,
+        req: &Request,
+        before_send: F,
+    ) -> Result<Result<Body, Error>, E>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<(), E>>,
+    {
+        self.inner.send_marked(account, req, before_send).await
+    }
+
     /// Sends a request and returns its body as JSON (see [`Body::into_value`] for downloads).
     pub async fn json(&self, account: &str, req: &Request) -> Result<serde_json::Value, Error> {
         self.inner.send(account, req).await.map(Body::into_value)
@@ -208,14 +227,41 @@ impl Inner {
     }
 
     pub(crate) async fn send(&self, account: &str, req: &Request) -> Result<Body, Error> {
-        let acct = self.account(account)?;
+        let nothing = || std::future::ready(Ok::<(), std::convert::Infallible>(()));
+        match self.send_marked(account, req, nothing).await {
+            Ok(result) => result,
+            Err(never) => match never {},
+        }
+    }
+
+    pub(crate) async fn send_marked<F, Fut, E>(
+        &self,
+        account: &str,
+        req: &Request,
+        before_send: F,
+    ) -> Result<Result<Body, Error>, E>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<(), E>>,
+    {
+        /// `?` for the request's own errors, which are the inner result.
+        macro_rules! ghl {
+            ($e:expr) => {
+                match $e {
+                    Ok(v) => v,
+                    Err(e) => return Ok(Err(e)),
+                }
+            };
+        }
+        let mut before_send = Some(before_send);
+        let acct = ghl!(self.account(account));
         let location = req.location.as_deref().unwrap_or(&acct.account.resource);
         let prepared = Prepared {
-            url: req.url(&acct.account.base_url)?,
-            method: reqwest::Method::from_bytes(req.method.as_str().as_bytes())
-                .map_err(|e| Error::InvalidRequest(format!("method: {e}")))?,
+            url: ghl!(req.url(&acct.account.base_url)),
+            method: ghl!(reqwest::Method::from_bytes(req.method.as_str().as_bytes())
+                .map_err(|e| Error::InvalidRequest(format!("method: {e}")))),
             form: match (&req.body, req.form) {
-                (Some(b), true) => Some(form_pairs(b)?),
+                (Some(b), true) => Some(ghl!(form_pairs(b))),
                 _ => None,
             },
             limiter: self.limiters.get(location),
@@ -228,19 +274,23 @@ impl Inner {
             attempt += 1;
             // Token first: a refresh may take a while, and the limiter's slot should be
             // used the moment it is granted.
-            let bearer = self.bearer(&acct).await?;
-            let waited = prepared.limiter.acquire_for(req.origin.flow.as_ref()).await?;
+            let bearer = ghl!(self.bearer(&acct).await);
+            let waited = ghl!(prepared.limiter.acquire_for(req.origin.flow.as_ref()).await);
             if !waited.is_zero() {
                 self.observer.rate_limit_wait(waited);
             }
-            let (outcome, err) = match self.attempt(&prepared, &bearer.token, attempt).await? {
-                Attempt::Done(body) => return Ok(body),
+            // Later attempts need no mark: the first one's stands for them.
+            if let Some(mark) = before_send.take() {
+                mark().await?;
+            }
+            let (outcome, err) = match ghl!(self.attempt(&prepared, &bearer.token, attempt).await) {
+                Attempt::Done(body) => return Ok(Ok(body)),
                 Attempt::Failed { status: Some(401), .. } if !reauthed && acct.renewable() => {
                     // An expired or revoked access token: renew once and repeat. GHL
                     // rejected the request before acting on it, so even a POST is safe.
                     reauthed = true;
                     attempt -= 1;
-                    self.renew(&acct, bearer.generation).await?;
+                    ghl!(self.renew(&acct, bearer.generation).await);
                     continue;
                 }
                 Attempt::Failed { outcome, error, .. } => (outcome, error),
@@ -257,7 +307,7 @@ impl Inner {
                     );
                     tokio::time::sleep(delay).await;
                 }
-                Decision::GiveUp => return Err(err),
+                Decision::GiveUp => return Ok(Err(err)),
             }
         }
     }

@@ -22,6 +22,9 @@ pub struct FaultRule {
     pub error_rate: f64,
     /// Which 5xx status (default 500).
     pub error_status: Option<u16>,
+    /// Carry the operation out before answering the 5xx, as GHL does when its gateway
+    /// gives up on a backend that did the work: the client cannot tell it from a refusal.
+    pub error_after_processing: bool,
     /// Start a burst of 429 answers.
     pub throttle_rate: f64,
     /// How many consecutive requests a 429 burst covers (default 1).
@@ -51,6 +54,8 @@ pub enum Fault {
     Drop,
     Hang,
     Error(u16),
+    /// The operation is carried out, then answered with this 5xx status.
+    ErrorAfterProcessing(u16),
     Throttle,
     Malformed,
 }
@@ -139,7 +144,12 @@ impl Faults {
                 } else if chance(rule.hang_rate) {
                     Fault::Hang
                 } else if chance(rule.error_rate) {
-                    Fault::Error(rule.error_status.filter(|s| (500..600).contains(s)).unwrap_or(500))
+                    let status = rule.error_status.filter(|s| (500..600).contains(s)).unwrap_or(500);
+                    if rule.error_after_processing {
+                        Fault::ErrorAfterProcessing(status)
+                    } else {
+                        Fault::Error(status)
+                    }
                 } else if chance(rule.throttle_rate) {
                     let burst = rule.throttle_burst.unwrap_or(1).max(1);
                     inner.throttle_left.insert(scope.clone(), burst - 1);

@@ -382,10 +382,7 @@ async fn api(st: Arc<AppState>, conn: ConnHandle, req: Request) -> Response {
             return StatusCode::SERVICE_UNAVAILABLE.into_response();
         }
         Fault::Error(code) => {
-            let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-            let e = ApiError { status, ..ApiError::internal("Internal server error") };
-            let mut resp = error_response(&e, &trace);
-            st.limiter.idle().write_headers(resp.headers_mut());
+            let resp = fault_error(&st, code, &trace);
             log(&st, &method, &path, Some(&op.key), code, Some("error"), &trace);
             return resp;
         }
@@ -396,11 +393,25 @@ async fn api(st: Arc<AppState>, conn: ConnHandle, req: Request) -> Response {
             log(&st, &method, &path, Some(&op.key), 429, Some("throttle"), &trace);
             return resp;
         }
-        Fault::None | Fault::Malformed => {}
+        Fault::None | Fault::Malformed | Fault::ErrorAfterProcessing(_) => {}
     }
     let out = serve_op(&st, op_index, path_params, req, &trace, fault == Fault::Malformed).await;
+    if let Fault::ErrorAfterProcessing(code) = fault {
+        // The work is done (and kept); only the answer is lost.
+        log(&st, &method, &path, Some(&op.key), code, Some("error_after_processing"), &trace);
+        return fault_error(&st, code, &trace);
+    }
     log(&st, &method, &path, Some(&op.key), out.status.as_u16(), out.fault, &trace);
     out.response
+}
+
+/// The 5xx answer of an injected error.
+fn fault_error(st: &AppState, code: u16, trace: &str) -> Response {
+    let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let e = ApiError { status, ..ApiError::internal("Internal server error") };
+    let mut resp = error_response(&e, trace);
+    st.limiter.idle().write_headers(resp.headers_mut());
+    resp
 }
 
 async fn serve_op(

@@ -140,14 +140,21 @@ pub struct Run {
     pub created_at: DateTime<Utc>,
     #[serde(serialize_with = "crate::time_format::serialize")]
     pub updated_at: DateTime<Utc>,
-    /// Times the run entered `Running`.
+    /// Times the run entered `Running` since it was created or last replayed.
     pub attempts: u32,
+    /// Times an operator replayed the run (see [`RunChange::Replay`]).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub replays: u32,
     #[serde(default, serialize_with = "crate::time_format::serialize_opt")]
     pub next_retry_at: Option<DateTime<Utc>>,
     #[serde(default)]
     pub error: Option<String>,
     #[serde(default)]
     pub steps: Vec<StepRecord>,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 impl Run {
@@ -163,6 +170,7 @@ impl Run {
             created_at: now,
             updated_at: now,
             attempts: 0,
+            replays: 0,
             next_retry_at: None,
             error: None,
             steps: Vec::new(),
@@ -274,6 +282,11 @@ pub enum RunChange {
     /// Like `RetryAt` for an attempt that sent nothing (the location's daily budget was
     /// spent): it does not count against the run's attempts.
     Defer { at: DateTime<Utc>, error: String },
+    /// An operator's replay: a `dead` run (or an `in_doubt` one, if `in_doubt`) becomes
+    /// `pending` again for a new series of attempts; anything else is refused, so the same
+    /// replay asked twice acts once. Steps that succeeded keep their result and are not
+    /// sent again; an in-doubt step becomes `failed`, to be sent again.
+    Replay { in_doubt: bool },
     /// Changes nothing; refused unless the run is `status`. Lets a writer that did not
     /// read the record first (the engine starting a run it has just created) be sure it
     /// acts on what it believes.

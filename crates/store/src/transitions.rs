@@ -106,6 +106,31 @@ pub fn apply(run: &mut Run, change: &RunChange, now: DateTime<Utc>) -> Result<()
                 run.error = error.clone();
             }
         }
+        RunChange::Replay { in_doubt } => {
+            let replayable = match run.status {
+                RunStatus::Dead => true,
+                RunStatus::InDoubt => *in_doubt,
+                _ => false,
+            };
+            if !replayable {
+                let what = if run.status == RunStatus::InDoubt {
+                    "it may have reached GHL: check, then replay it with --include-in-doubt".to_string()
+                } else {
+                    format!("it is {}; only dead and in_doubt runs are replayed", run.status)
+                };
+                return Err(conflict(run, format!("not replayed: {what}")));
+            }
+            for s in run.steps.iter_mut().filter(|s| matches!(s.status, StepStatus::InDoubt | StepStatus::Sent)) {
+                s.status = StepStatus::Failed;
+                s.error = Some(format!("{} (replayed)", s.error.as_deref().unwrap_or("in doubt")));
+                s.finished_at.get_or_insert(now);
+            }
+            run.status = RunStatus::Pending;
+            run.attempts = 0;
+            run.replays = run.replays.saturating_add(1);
+            run.next_retry_at = None;
+            run.error = None;
+        }
         RunChange::Expect { status } => {
             if run.status != *status {
                 return Err(conflict(run, format!("expected it {status}, but it is {}", run.status)));

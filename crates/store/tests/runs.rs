@@ -310,7 +310,47 @@ fn transaction_time_counts_poll_commits_and_update_batches<S: OpenStore>() {
     assert_eq!((after.polls, after.updates, after.flushes), (t.polls, t.updates, t.flushes + 1));
 }
 
+/// A replay turns a dead run pending once, keeps what succeeded, and survives a reopen
+/// as a run to resume; asked again, or of an in-doubt run without consent, it is refused.
+fn replay_makes_a_dead_run_pending_once<S: OpenStore>() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = store_in::<S>(&dir);
+    let dead = running(&s, "f");
+    s.mark_step_started(dead, "a", &json!({})).unwrap();
+    s.record_step_result(dead, "a", StepStatus::Succeeded, Some(&json!({"id": 1})), None).unwrap();
+    s.mark_step_started(dead, "b", &json!({})).unwrap();
+    s.record_step_result(dead, "b", StepStatus::Failed, None, Some("422")).unwrap();
+    s.set_run_status(dead, RunStatus::Dead, Some("b failed")).unwrap();
+    let doubt = running(&s, "f");
+    s.mark_step_started(doubt, "a", &json!({})).unwrap();
+    s.record_step_result(doubt, "a", StepStatus::InDoubt, None, Some("timed out")).unwrap();
+    s.set_run_status(doubt, RunStatus::InDoubt, None).unwrap();
+
+    let run = s.update_run(dead, &[RunChange::Replay { in_doubt: false }]).unwrap();
+    assert_eq!((run.status, run.attempts, run.replays, run.error.as_deref()), (RunStatus::Pending, 0, 1, None));
+    assert_eq!(run.step("a").unwrap().status, StepStatus::Succeeded);
+    let again = s.update_run(dead, &[RunChange::Replay { in_doubt: true }]).unwrap_err();
+    assert!(matches!(&again, StoreError::Conflict(m) if m.contains("it is pending")), "{again}");
+    let refused = s.update_run(doubt, &[RunChange::Replay { in_doubt: false }]).unwrap_err();
+    assert!(matches!(&refused, StoreError::Conflict(m) if m.contains("--include-in-doubt")), "{refused}");
+    assert_eq!(s.get_run(doubt).unwrap().unwrap().status, RunStatus::InDoubt);
+    let run = s.update_run(doubt, &[RunChange::Replay { in_doubt: true }]).unwrap();
+    assert_eq!((run.status, run.step("a").unwrap().status), (RunStatus::Pending, StepStatus::Failed));
+
+    let path = s.path().unwrap().to_path_buf();
+    drop(s);
+    let s = S::open(&path).unwrap();
+    let mut resumable: Vec<RunId> = s.list_resumable().unwrap().into_iter().map(|r| r.id).collect();
+    resumable.sort();
+    assert_eq!(resumable, [dead, doubt]);
+    let filter = |status| RunFilter { status: Some(status), ..RunFilter::default() };
+    assert!(s.list_runs(&filter(RunStatus::Dead)).unwrap().is_empty());
+    assert!(s.list_runs(&filter(RunStatus::InDoubt)).unwrap().is_empty());
+    assert_eq!(s.get_run(dead).unwrap().unwrap().replays, 1);
+}
+
 on_each_backend!(
+    replay_makes_a_dead_run_pending_once,
     a_run_and_its_steps_round_trip_across_reopen,
     steps_cannot_fire_twice,
     a_refused_batch_changes_nothing,

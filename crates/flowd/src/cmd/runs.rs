@@ -134,6 +134,10 @@ async fn show(config: &Config, id: u64, json: bool, out: &mut dyn Write) -> anyh
     Ok(())
 }
 
+/// Replays one run, or every dead run with `--failed`. A replayed run is `pending` again
+/// (in the same write that checks it is still dead), so running the command twice
+/// replays nothing the second time. In-doubt runs are replayed only with
+/// `--include-in-doubt`; `--failed` says how many it left out before it starts.
 pub async fn replay(
     config: &Config,
     catalog: Arc<catalog::Catalog>,
@@ -146,25 +150,57 @@ pub async fn replay(
             let ids: Vec<RunId> = match args.id {
                 Some(id) => vec![RunId(id)],
                 None => {
-                    let mut ids = Vec::new();
-                    for status in [RunStatus::Dead, RunStatus::InDoubt] {
-                        let f = RunFilter { flow: None, status: Some(status), before: None, limit: 10_000 };
-                        ids.extend(engine.store().list_runs(&f)?.into_iter().map(|r| r.id));
+                    let list = |status| {
+                        let f = RunFilter { flow: None, status: Some(status), before: None, limit: 0 };
+                        engine.store().list_runs(&f).map(|runs| runs.into_iter().map(|r| r.id).collect::<Vec<_>>())
+                    };
+                    let mut ids = list(RunStatus::Dead)?;
+                    let in_doubt = list(RunStatus::InDoubt)?;
+                    if args.include_in_doubt {
+                        if !in_doubt.is_empty() {
+                            writeln!(out, "including {} in_doubt run(s)", in_doubt.len())?;
+                        }
+                        ids.extend(in_doubt);
+                    } else if !in_doubt.is_empty() {
+                        writeln!(
+                            out,
+                            "{} in_doubt run(s) left out: their request may have reached GHL; check them, then replay them with --include-in-doubt",
+                            in_doubt.len()
+                        )?;
                     }
+                    // Oldest first, as they happened.
+                    ids.sort();
                     ids
                 }
             };
+            if ids.is_empty() {
+                writeln!(out, "no dead runs to replay")?;
+                return Ok(());
+            }
             let progress = indicatif::ProgressBar::new(ids.len() as u64);
-            let mut failed = 0;
+            let (mut failed, mut skipped) = (0, 0);
             for id in ids {
-                let (new_id, status) = engine.replay(id).await?;
-                if status != RunStatus::Succeeded {
-                    failed += 1;
+                match engine.replay(id, args.include_in_doubt).await {
+                    Ok(status) => {
+                        if status != RunStatus::Succeeded {
+                            failed += 1;
+                        }
+                        progress.suspend(|| writeln!(out, "run {id} replayed: {status}")).ok();
+                    }
+                    Err(engine::EngineError::NotReplayable(why)) if args.id.is_none() => {
+                        // Replayed by someone else since the list was read.
+                        skipped += 1;
+                        progress.suspend(|| writeln!(out, "{why}")).ok();
+                    }
+                    Err(engine::EngineError::NotReplayable(why)) => return Err(UserError::new(why).into()),
+                    Err(e) => return Err(e.into()),
                 }
-                progress.suspend(|| writeln!(out, "run {id} replayed as run {new_id}: {status}")).ok();
                 progress.inc(1);
             }
             progress.finish_and_clear();
+            if skipped > 0 {
+                writeln!(out, "{skipped} run(s) were no longer dead and were left alone")?;
+            }
             if failed > 0 {
                 return Err(UserError::new(format!("{failed} replayed run(s) did not succeed")).into());
             }
@@ -175,8 +211,9 @@ pub async fn replay(
                     UserError::new("with the service running, replay runs one at a time: flowd replay ID").into()
                 );
             };
-            let body = api_post(&base, &format!("/api/runs/{id}/replay"), &token).await?;
-            writeln!(out, "run {id} replayed as run {}: {}", body["run"], body["status"].as_str().unwrap_or("?"))?;
+            let query = if args.include_in_doubt { "?include_in_doubt=true" } else { "" };
+            let body = api_post(&base, &format!("/api/runs/{id}/replay{query}"), &token).await?;
+            writeln!(out, "run {id} replayed: {}", body["status"].as_str().unwrap_or("?"))?;
         }
     }
     Ok(())

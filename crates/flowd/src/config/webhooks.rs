@@ -26,7 +26,7 @@ pub struct RawWebhooks {
     #[serde(default)]
     pub rsa_key_files: Vec<PathBuf>,
     /// Deliveries whose `timestamp` is further than this from now are rejected.
-    #[serde(default = "default_tolerance", with = "super::humantime_serde_compat")]
+    #[serde(default = "default_tolerance", deserialize_with = "super::bounded::duration::<_, 1000, { super::DAY }>")]
     pub tolerance: Duration,
 }
 
@@ -50,6 +50,7 @@ pub(super) fn resolve(
     raw: &RawWebhooks,
     base: &Path,
     admin: SocketAddr,
+    env: &dyn Fn(&str) -> Option<String>,
     warnings: &mut Vec<String>,
 ) -> Result<Webhooks, String> {
     let listen: SocketAddr = raw
@@ -63,12 +64,17 @@ pub(super) fn resolve(
         return Err(format!("webhooks.path: `{}` must be a path such as /hooks/ghl", raw.path));
     }
     let texts = |inline: &[String], files: &[PathBuf], what: &str| -> Result<Vec<(String, String)>, String> {
-        let mut out: Vec<(String, String)> =
-            inline.iter().enumerate().map(|(i, k)| (format!("webhooks.{what}[{i}]"), k.clone())).collect();
+        // Inline keys may be `${ENV_VAR}` references, like every other value from outside.
+        let mut out = Vec::with_capacity(inline.len() + files.len());
+        for (i, k) in inline.iter().enumerate() {
+            let at = format!("webhooks.{what}[{i}]");
+            let key = super::expand(k, env).map_err(|m| format!("{at}: {m}"))?;
+            out.push((at, key));
+        }
         for f in files {
             let path = if f.is_absolute() { f.clone() } else { base.join(f) };
-            let text = std::fs::read_to_string(&path)
-                .map_err(|e| format!("webhooks.{what}_files: cannot read {}: {e}", path.display()))?;
+            let text = super::read_limited(&path, super::MAX_SECRET_FILE)
+                .map_err(|e| format!("webhooks.{what}_files: {e}"))?;
             out.push((path.display().to_string(), text));
         }
         Ok(out)
@@ -114,6 +120,7 @@ mod tests {
             &raw(&format!("listen: 0.0.0.0:8687\ned25519_keys: [\"{ED25519}\"]\n")),
             Path::new("."),
             admin,
+            &|_| None,
             &mut warnings,
         )
         .expect("valid");
@@ -121,16 +128,22 @@ mod tests {
         assert_eq!(w.verifier.tolerance(), Duration::from_secs(300));
         assert!(warnings.is_empty());
 
-        let e = resolve(&raw("listen: 127.0.0.1:8686\n"), Path::new("."), admin, &mut warnings).unwrap_err();
+        let e = resolve(&raw("listen: 127.0.0.1:8686\n"), Path::new("."), admin, &|_| None, &mut warnings).unwrap_err();
         assert!(e.contains("must differ"), "{e}");
-        let e = resolve(&raw("listen: 0.0.0.0:1\ned25519_keys: [nope]\n"), Path::new("."), admin, &mut warnings)
-            .unwrap_err();
-        assert!(e.starts_with("webhooks.ed25519_keys[0]: "), "{e}");
         let e =
-            resolve(&raw("listen: 0.0.0.0:1\nrsa_key_files: [missing.pem]\n"), Path::new("."), admin, &mut warnings)
+            resolve(&raw("listen: 0.0.0.0:1\ned25519_keys: [nope]\n"), Path::new("."), admin, &|_| None, &mut warnings)
                 .unwrap_err();
+        assert!(e.starts_with("webhooks.ed25519_keys[0]: "), "{e}");
+        let e = resolve(
+            &raw("listen: 0.0.0.0:1\nrsa_key_files: [missing.pem]\n"),
+            Path::new("."),
+            admin,
+            &|_| None,
+            &mut warnings,
+        )
+        .unwrap_err();
         assert!(e.contains("cannot read"), "{e}");
-        resolve(&raw("listen: 0.0.0.0:1\n"), Path::new("."), admin, &mut warnings).expect("RSA only");
+        resolve(&raw("listen: 0.0.0.0:1\n"), Path::new("."), admin, &|_| None, &mut warnings).expect("RSA only");
         assert_eq!(warnings.len(), 1, "no Ed25519 key is worth a warning");
     }
 }

@@ -116,13 +116,26 @@ fn unauthorized(api: &Api, headers: &HeaderMap) -> Option<Response> {
     (!ok).then(|| error(StatusCode::UNAUTHORIZED, "missing or wrong admin token"))
 }
 
-async fn replay(State(api): State<Api>, headers: HeaderMap, Path(id): Path<u64>) -> Response {
+#[derive(Deserialize)]
+struct ReplayQuery {
+    /// Replay an `in_doubt` run too (it may have reached GHL).
+    #[serde(default)]
+    include_in_doubt: bool,
+}
+
+async fn replay(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    Path(id): Path<u64>,
+    Query(q): Query<ReplayQuery>,
+) -> Response {
     if let Some(r) = unauthorized(&api, &headers) {
         return r;
     }
-    match api.engine.replay(store::RunId(id)).await {
-        Ok((new_id, status)) => Json(json!({ "run": new_id, "status": status })).into_response(),
+    match api.engine.replay(store::RunId(id), q.include_in_doubt).await {
+        Ok(status) => Json(json!({ "run": id, "status": status })).into_response(),
         Err(engine::EngineError::UnknownRun(_)) => error(StatusCode::NOT_FOUND, format!("run {id} not found")),
+        Err(engine::EngineError::NotReplayable(why)) => error(StatusCode::CONFLICT, why),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }

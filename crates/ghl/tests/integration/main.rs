@@ -2,6 +2,7 @@
 
 mod common;
 mod faults;
+mod marked;
 mod oauth;
 mod paginate;
 mod rate_limit;
