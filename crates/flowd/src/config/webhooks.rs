@@ -28,6 +28,15 @@ pub struct RawWebhooks {
     /// Deliveries whose `timestamp` is further than this from now are rejected.
     #[serde(default = "default_tolerance", deserialize_with = "super::bounded::duration::<_, 1000, { super::DAY }>")]
     pub tolerance: Duration,
+    /// Open connections at most; past it, deliveries get a 503 at once (GHL sends them again).
+    #[serde(default = "default_max_connections", deserialize_with = "super::bounded::usize::<_, 1, 100_000>")]
+    pub max_connections: usize,
+    /// Time a client has to send a request's headers, and an idle connection stays open.
+    #[serde(default = "default_header_timeout", deserialize_with = "super::bounded::duration::<_, 100, 300_000>")]
+    pub header_timeout: Duration,
+    /// Time from a request's headers to its answer: the body included.
+    #[serde(default = "default_request_timeout", deserialize_with = "super::bounded::duration::<_, 100, 600_000>")]
+    pub request_timeout: Duration,
 }
 
 /// The receiver's settings, keys parsed.
@@ -36,6 +45,21 @@ pub struct Webhooks {
     pub listen: SocketAddr,
     pub path: String,
     pub verifier: Arc<webhooks::Verifier>,
+    pub max_connections: usize,
+    pub header_timeout: Duration,
+    pub request_timeout: Duration,
+}
+
+fn default_max_connections() -> usize {
+    512
+}
+
+fn default_header_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+fn default_request_timeout() -> Duration {
+    Duration::from_secs(30)
 }
 
 fn default_path() -> String {
@@ -99,6 +123,9 @@ pub(super) fn resolve(
         listen,
         path: raw.path.clone(),
         verifier: Arc::new(webhooks::Verifier::new(ed25519, rsa, raw.tolerance)),
+        max_connections: raw.max_connections,
+        header_timeout: raw.header_timeout,
+        request_timeout: raw.request_timeout,
     })
 }
 
@@ -126,6 +153,10 @@ mod tests {
         .expect("valid");
         assert_eq!(w.path, "/hooks/ghl");
         assert_eq!(w.verifier.tolerance(), Duration::from_secs(300));
+        assert_eq!(
+            (w.max_connections, w.header_timeout, w.request_timeout),
+            (512, Duration::from_secs(10), Duration::from_secs(30))
+        );
         assert!(warnings.is_empty());
 
         let e = resolve(&raw("listen: 127.0.0.1:8686\n"), Path::new("."), admin, &|_| None, &mut warnings).unwrap_err();

@@ -43,7 +43,11 @@ pub async fn start(
     let processor = engine.start_webhooks(wake, shutdown.clone());
     let app = webhooks::router(receiver, &config.path);
     tracing::info!(listen = %config.listen, path = %config.path, "receiving GHL webhooks");
-    let limits = super::listener::Limits::default();
+    let limits = super::listener::Limits {
+        max_connections: config.max_connections,
+        header_timeout: config.header_timeout,
+        request_timeout: config.request_timeout,
+    };
     let server = tokio::spawn(super::listener::serve(listener, app, limits, shutdown, DRAIN));
     Ok(Receiver { server, processor })
 }
