@@ -206,6 +206,30 @@ impl ParamType {
         }
     }
 
+    /// The value in this type's JSON form when the conversion loses nothing: a number or
+    /// boolean becomes its text for a string; a string holding a JSON number becomes that
+    /// number (an integer only when it has no fraction); `"true"`/`"false"` become booleans.
+    /// `None` when the value has another shape (an object for a string, `"abc"` for a number).
+    pub fn convert(self, value: &Value) -> Option<Value> {
+        match (self, value) {
+            (ParamType::Any, v) => Some(v.clone()),
+            (ParamType::String, Value::String(_)) => Some(value.clone()),
+            (ParamType::String, Value::Number(n)) => Some(Value::String(n.to_string())),
+            (ParamType::String, Value::Bool(b)) => Some(Value::String(b.to_string())),
+            (ParamType::Integer, Value::Number(n)) if n.is_i64() || n.is_u64() => Some(value.clone()),
+            (ParamType::Integer, Value::String(s)) => {
+                let n = s.parse::<serde_json::Number>().ok().filter(|n| n.is_i64() || n.is_u64())?;
+                Some(Value::Number(n))
+            }
+            (ParamType::Number, Value::Number(_)) => Some(value.clone()),
+            (ParamType::Number, Value::String(s)) => s.parse::<serde_json::Number>().ok().map(Value::Number),
+            (ParamType::Boolean, Value::Bool(_)) => Some(value.clone()),
+            (ParamType::Boolean, Value::String(s)) if s == "true" || s == "false" => Some(Value::Bool(s == "true")),
+            (ParamType::Array, Value::Array(_)) | (ParamType::Object, Value::Object(_)) => Some(value.clone()),
+            _ => None,
+        }
+    }
+
     /// Whether a JSON value is acceptable for this type. Numbers and booleans given as
     /// strings are accepted where GHL itself accepts them (query strings are all text).
     pub fn accepts(self, value: &Value) -> bool {
@@ -503,4 +527,37 @@ pub struct ActionSpec {
     /// Top-level keys of the response as the spec spells them (typos included).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub response_keys: Vec<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ParamType;
+    use serde_json::json;
+
+    #[test]
+    fn conversions_to_the_declared_type_lose_nothing() {
+        let cases = [
+            (ParamType::String, json!(25), Some(json!("25"))),
+            (ParamType::String, json!(1.5), Some(json!("1.5"))),
+            (ParamType::String, json!(false), Some(json!("false"))),
+            (ParamType::String, json!({"a": 1}), None),
+            (ParamType::String, json!([1]), None),
+            (ParamType::Integer, json!("12"), Some(json!(12))),
+            (ParamType::Integer, json!("1.5"), None),
+            (ParamType::Integer, json!("12abc"), None),
+            (ParamType::Integer, json!(" 12"), None),
+            (ParamType::Integer, json!(2.5), None),
+            (ParamType::Number, json!("2.5"), Some(json!(2.5))),
+            (ParamType::Number, json!("007"), None),
+            (ParamType::Number, json!(true), None),
+            (ParamType::Boolean, json!("true"), Some(json!(true))),
+            (ParamType::Boolean, json!("yes"), None),
+            (ParamType::Boolean, json!(1), None),
+            (ParamType::Object, json!("Email"), None),
+            (ParamType::Any, json!("x"), Some(json!("x"))),
+        ];
+        for (ty, input, want) in cases {
+            assert_eq!(ty.convert(&input), want, "{input} as {}", ty.as_str());
+        }
+    }
 }

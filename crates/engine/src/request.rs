@@ -7,7 +7,7 @@ use serde_json::{Map, Value};
 /// Places each input where the catalog says it goes (path, query or body). `null` inputs
 /// are left out, so an optional template that rendered to nothing sends nothing.
 pub fn build(op: &Operation, inputs: &Map<String, Value>) -> Result<ghl::Request, EngineError> {
-    let mut req = ghl::Request::new(op.method, op.path.clone()).version(op.version.clone());
+    let mut req = ghl::Request::for_operation(op);
     for (name, value) in inputs {
         if value.is_null() {
             continue;

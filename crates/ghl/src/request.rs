@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use base64::Engine;
 use bytes::Bytes;
-use catalog::Method;
+use catalog::{Method, ParamType};
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use serde_json::{Map, Value};
 use url::Url;
@@ -34,6 +34,9 @@ pub struct Request {
     /// The location (or company) whose rate limit this request spends; defaults to the
     /// account's own resource.
     pub location: Option<String>,
+    /// Declared types of the operation's query and body parameters, so values the client
+    /// sets itself (page numbers, offsets, limits) go out in the type the operation takes.
+    pub param_types: BTreeMap<String, ParamType>,
 }
 
 impl Request {
@@ -47,13 +50,30 @@ impl Request {
             form: false,
             version: DEFAULT_VERSION.to_owned(),
             location: None,
+            param_types: BTreeMap::new(),
         }
     }
 
     /// Method, path template and Version header of a catalog operation; the caller adds
     /// the values.
     pub fn for_operation(op: &catalog::Operation) -> Self {
-        Request::new(op.method, op.path.clone()).version(op.version.clone())
+        let mut r = Request::new(op.method, op.path.clone()).version(op.version.clone());
+        r.param_types = op
+            .params
+            .iter()
+            .filter(|p| p.location != catalog::ParamIn::Path && p.ty != ParamType::Any)
+            .map(|p| (p.name.clone(), p.ty))
+            .collect();
+        r
+    }
+
+    /// `value` in the declared type of parameter `name` when it converts losslessly
+    /// (`25` for a string parameter is sent as `"25"`), otherwise unchanged.
+    pub fn typed(&self, name: &str, value: Value) -> Value {
+        match self.param_types.get(name) {
+            Some(ty) => ty.convert(&value).unwrap_or(value),
+            None => value,
+        }
     }
 
     pub fn get(path: impl Into<String>) -> Self {
