@@ -153,6 +153,20 @@ pub struct Param {
     pub default: Option<Value>,
 }
 
+impl Param {
+    /// The value in this parameter's declared type, items of a list included, when the
+    /// conversion loses nothing ([`ParamType::convert`]); `None` when it cannot.
+    pub fn convert(&self, value: &Value) -> Option<Value> {
+        let converted = self.ty.convert(value)?;
+        match (self.items, converted) {
+            (Some(item), Value::Array(list)) => {
+                list.iter().map(|v| item.convert(v)).collect::<Option<Vec<Value>>>().map(Value::Array)
+            }
+            (_, v) => Some(v),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ParamIn {

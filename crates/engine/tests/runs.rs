@@ -204,3 +204,64 @@ steps:
     assert_eq!(got.lock().expect("lock").len(), 1);
     server.abort();
 }
+
+/// YAML users write `zip: 12345` and `title: 5`; GHL refuses numbers and booleans in string
+/// fields with a 422, so flowd sends the declared type: the values' text.
+const SCALARS_FLOW: &str = r#"
+name: scalars
+account: main
+trigger:
+  uses: contacts.search_contacts
+  with: { locationId: "{{ account.location_id }}" }
+  every: 1m
+steps:
+  - id: task
+    uses: contacts.create_task
+    with: { contactId: "{{ trigger.id }}", title: 5, dueDate: "2030-01-01T10:00:00Z", completed: "true" }
+  - id: business
+    uses: businesses.create_business
+    with: { locationId: "{{ account.location_id }}", name: 12345, city: false, postalCode: 90210 }
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scalars_written_for_string_parameters_reach_ghl_as_strings() {
+    let h = harness(Seed::Contacts(2), &[SCALARS_FLOW], fast_retries()).await;
+    h.engine.poll_and_run("scalars").await.expect("baseline");
+    let c = new_contact(&h.sandbox, 1);
+    let id = c["id"].as_str().expect("id");
+    let (_, statuses) = h.engine.poll_and_run("scalars").await.expect("poll");
+    assert_eq!(statuses, [RunStatus::Succeeded]);
+    let tasks: Vec<_> = h.sandbox.records("tasks").into_iter().filter(|t| t["contactId"] == id).collect();
+    assert_eq!(tasks.len(), 1);
+    assert_eq!(tasks[0]["title"], "5");
+    assert_eq!(tasks[0]["completed"], true);
+    let biz: Vec<_> = h.sandbox.records("businesses").into_iter().filter(|b| b["name"] == "12345").collect();
+    assert_eq!(biz.len(), 1, "{:?}", h.sandbox.records("businesses"));
+    assert_eq!(biz[0]["city"], "false");
+    assert_eq!(biz[0]["postalCode"], "90210");
+}
+
+/// The dry run (`flowd test --item`) shows the same converted values the wire carries.
+#[test]
+fn the_dry_run_shows_scalars_in_the_declared_type() {
+    let flow = compile(SCALARS_FLOW);
+    let catalog = catalog::Catalog::builtin().expect("catalog");
+    let dry = engine::dry_run(
+        &flow,
+        &catalog,
+        json!({"id": "c1", "firstName": "Ann"}),
+        json!({"name": "main", "location_id": "loc1"}),
+        &std::collections::BTreeMap::new(),
+        &serde_json::Map::new(),
+        chrono::Utc::now(),
+    )
+    .expect("dry run");
+    assert_eq!(
+        dry.steps[0].request["body"],
+        json!({"title": "5", "dueDate": "2030-01-01T10:00:00Z", "completed": true})
+    );
+    assert_eq!(
+        dry.steps[1].request["body"],
+        json!({"locationId": "loc1", "name": "12345", "city": "false", "postalCode": "90210"})
+    );
+}

@@ -217,13 +217,16 @@ fn check_literal(
     at: Pos,
     sink: &mut Sink,
 ) -> bool {
-    if !ty.accepts(v) {
-        sink.error(at, format!("parameter `{name}` must be {}, found {}", article(ty), json_kind(v)));
+    // What the engine converts losslessly at render time is accepted (`zip: 12345` is sent
+    // as "12345", `limit: "25"` as 25); anything else would be refused by GHL with a 422.
+    if ty.convert(v).is_none() {
+        sink.error(at, format!("parameter `{name}` must be {}, found {}", article(ty), json_kind(v))).help(hint(ty));
         return false;
     }
     if let (Some(item_ty), Value::Array(list)) = (items, v) {
-        if let Some(bad) = list.iter().find(|i| !item_ty.accepts(i)) {
-            sink.error(at, format!("items of `{name}` must be {}, found {}", article(item_ty), json_kind(bad)));
+        if let Some(bad) = list.iter().find(|i| item_ty.convert(i).is_none()) {
+            sink.error(at, format!("items of `{name}` must be {}, found {}", article(item_ty), json_kind(bad)))
+                .help(hint(item_ty));
             return false;
         }
     }
@@ -250,6 +253,19 @@ fn check_literal(
         }
     }
     true
+}
+
+/// How to write a value of a type; says which conversions flowd makes.
+fn hint(ty: ParamType) -> &'static str {
+    match ty {
+        ParamType::String => "write the text itself; a number or `true`/`false` is sent as its text",
+        ParamType::Integer => "write a whole number such as `25`, or its digits in quotes (`\"25\"`)",
+        ParamType::Number => "write a plain number such as `1200.5` (no thousands separators, leading zeros or units)",
+        ParamType::Boolean => "write `true` or `false`",
+        ParamType::Array => "write a list, such as `[a, b]`",
+        ParamType::Object => "write a mapping, such as `{ key: value }`",
+        ParamType::Any => "any value is accepted",
+    }
 }
 
 fn article(ty: ParamType) -> &'static str {

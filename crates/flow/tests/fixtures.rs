@@ -63,3 +63,14 @@ fn lookback_on_a_full_read_is_a_warning() {
     assert!(out.contains("f.yaml:6:13: warning: `lookback` has no effect"), "{out}");
     assert!(out.contains("strategy `full`"), "{out}");
 }
+
+/// YAML reads `zip: 12345` as a number: numbers and booleans for string parameters, and
+/// numeric text for number parameters, are valid (the engine sends them converted).
+#[test]
+fn scalars_that_convert_losslessly_are_valid() {
+    let text = "name: f\naccount: main\ntrigger:\n  uses: contacts.search_contacts\n  with: { locationId: loc1 }\nsteps:\n  - id: biz\n    uses: businesses.create_business\n    with: { name: 12345, city: false, postalCode: 90210, locationId: loc1 }\n  - id: task\n    uses: contacts.create_task\n    with: { contactId: c1, title: 5, dueDate: \"2030-01-01\", completed: \"true\" }\n  - id: deal\n    uses: opportunities.create_opportunity\n    with: { pipelineId: p1, locationId: loc1, name: 7, status: open, contactId: c1, monetaryValue: \"1200.5\" }\n";
+    let cat = Catalog::builtin().expect("builtin catalog");
+    let (flow, diags) = load("f.yaml", text, &cat, &env());
+    assert!(diags.is_empty(), "{}", render_all(&diags));
+    assert!(flow.is_some());
+}
