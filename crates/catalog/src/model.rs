@@ -37,6 +37,10 @@ pub struct Operation {
     /// array, for example) rather than an object of the body parameters.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub body_root: Option<String>,
+    /// The spec requires a request body even when no body parameter is given (an update
+    /// with every field optional, a DELETE whose body schema is empty): flowd then sends `{}`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub body_required: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trigger: Option<TriggerSpec>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -58,6 +62,12 @@ impl Operation {
     /// Names of the `{placeholders}` in the path template, in order.
     pub fn path_placeholders(&self) -> Vec<&str> {
         path_placeholders(&self.path)
+    }
+
+    /// Where this entry deliberately differs from the official spec, and why: `(parameter,
+    /// reason)`.
+    pub fn amendments(&self) -> Vec<(&str, &str)> {
+        self.params.iter().filter_map(|p| p.amended.as_deref().map(|why| (p.name.as_str(), why))).collect()
     }
 }
 
@@ -151,6 +161,10 @@ pub struct Param {
     pub example: Option<Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub default: Option<Value>,
+    /// Set when this parameter deliberately differs from the official spec (a spec defect
+    /// that makes real values impossible): why, and what GHL takes instead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub amended: Option<String>,
 }
 
 impl Param {

@@ -30,6 +30,9 @@ pub fn build(op: &Operation, inputs: &Map<String, Value>) -> Result<ghl::Request
                 .map_err(|e| EngineError::Input { op: op.key.clone(), message: e.to_string() })?,
         }
     }
+    if op.body_required && req.body.is_none() {
+        req.body = Some(Value::Object(Map::new()));
+    }
     for p in op.params_in(ParamIn::Path) {
         if !req.path_params.contains_key(&p.name) {
             return Err(EngineError::Input {
@@ -64,6 +67,26 @@ mod tests {
         assert_eq!(b, json!({"locationId": "l1", "name": "12345", "city": "false"}));
         let b = body("contacts.add_tags", json!({"contactId": "c1", "tags": [1, "vip", true]}));
         assert_eq!(b["tags"], json!(["1", "vip", "true"]), "array items too");
+    }
+
+    /// The spec requires these bodies even with no field given (GHL's validation reads an
+    /// absent body as a missing one): `{}` goes out.
+    #[test]
+    fn a_required_body_is_sent_even_when_no_body_parameter_is_given() {
+        let cat = catalog::Catalog::builtin().expect("catalog");
+        let inputs = |v: Value| v.as_object().cloned().unwrap_or_default();
+        for (key, given) in [
+            ("calendars.delete_event", json!({"eventId": "e1"})),
+            ("contacts.add_to_campaign", json!({"contactId": "c1", "campaignId": "k1"})),
+            ("workflows.remove_contact_from_workflow", json!({"contactId": "c1", "workflowId": "w1"})),
+            ("workflows.add_contact_to_workflow", json!({"contactId": "c1", "workflowId": "w1"})),
+            ("contacts.update_contact", json!({"contactId": "c1"})),
+        ] {
+            let op = cat.get(key).expect("operation");
+            assert_eq!(build(op, &inputs(given)).expect("request").body, Some(json!({})), "{key}");
+        }
+        let op = cat.get("contacts.get_contact").expect("operation");
+        assert_eq!(build(op, &inputs(json!({"contactId": "c1"}))).expect("request").body, None, "GET has no body");
     }
 
     #[test]

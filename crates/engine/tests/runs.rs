@@ -265,3 +265,29 @@ fn the_dry_run_shows_scalars_in_the_declared_type() {
         json!({"locationId": "loc1", "name": "12345", "city": "false", "postalCode": "90210"})
     );
 }
+
+/// The most used action, as users write an SMS: GHL takes it without `status` or `subType`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_sms_is_sent_as_users_write_it() {
+    const SMS_FLOW: &str = r#"
+name: sms
+account: main
+trigger:
+  uses: contacts.search_contacts
+  with: { locationId: "{{ account.location_id }}" }
+  every: 1m
+steps:
+  - id: sms
+    uses: conversations.send_message
+    with: { type: SMS, contactId: "{{ trigger.id }}", message: "Hi {{ trigger.firstName }}" }
+"#;
+    let h = harness(Seed::Contacts(2), &[SMS_FLOW], fast_retries()).await;
+    h.engine.poll_and_run("sms").await.expect("baseline");
+    let c = new_contact(&h.sandbox, 1);
+    let id = c["id"].as_str().expect("id");
+    let (_, statuses) = h.engine.poll_and_run("sms").await.expect("poll");
+    assert_eq!(statuses, [RunStatus::Succeeded]);
+    let sent: Vec<_> = h.sandbox.records("messages").into_iter().filter(|m| m["contactId"] == id).collect();
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0]["body"], format!("Hi {}", c["firstName"].as_str().unwrap_or_default()));
+}

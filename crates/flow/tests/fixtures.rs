@@ -74,3 +74,14 @@ fn scalars_that_convert_losslessly_are_valid() {
     assert!(diags.is_empty(), "{}", render_all(&diags));
     assert!(flow.is_some());
 }
+
+/// Send Message as users write an SMS: the spec's required `status` and object-typed
+/// `subType` are amended in the catalog, so this is valid.
+#[test]
+fn an_sms_as_users_write_it_is_valid() {
+    let text = "name: f\naccount: main\ntrigger:\n  uses: contacts.search_contacts\n  with: { locationId: loc1 }\nsteps:\n  - id: sms\n    uses: conversations.send_message\n    with: { type: SMS, contactId: \"{{ trigger.id }}\", message: \"Hi {{ trigger.firstName }}\" }\n  - id: email\n    uses: conversations.send_message\n    with: { type: Email, subType: Email, contactId: c1, html: \"<p>Hi</p>\", subject: Hello }\n";
+    let cat = Catalog::builtin().expect("builtin catalog");
+    let (flow, diags) = load("f.yaml", text, &cat, &env());
+    assert!(diags.is_empty(), "{}", render_all(&diags));
+    assert!(flow.is_some());
+}
