@@ -192,6 +192,10 @@ fn resolve_at(doc: &Value, v: &Value, depth: usize) -> Value {
                     }
                 }
             }
+            // `type: any` (startAfterDate) is not JSON Schema: it means no type.
+            if out.get("type") == Some(&Value::String("any".into())) {
+                out.remove("type");
+            }
             if out.get("nullable") == Some(&Value::Bool(true)) {
                 if let Some(Value::String(t)) = out.get("type").cloned() {
                     out.insert("type".into(), serde_json::json!([t, "null"]));
