@@ -85,3 +85,18 @@ fn an_sms_as_users_write_it_is_valid() {
     assert!(diags.is_empty(), "{}", render_all(&diags));
     assert!(flow.is_some());
 }
+
+/// A query parameter GHL reads as a comma-separated list (`type=TYPE_SMS,TYPE_CALL`) takes
+/// several enum values that way; each one must still be valid.
+#[test]
+fn comma_lists_of_enum_values_in_a_query_parameter() {
+    let flow = |ty: &str| {
+        format!("name: f\naccount: main\ntrigger:\n  uses: conversations.get_messages\n  with: {{ conversationId: c1, type: \"{ty}\" }}\nsteps:\n  - id: tag\n    uses: contacts.add_tags\n    with: {{ contactId: c1, tags: [x] }}\n")
+    };
+    let cat = Catalog::builtin().expect("builtin catalog");
+    let (_, diags) = load("f.yaml", &flow("TYPE_SMS,TYPE_CALL"), &cat, &env());
+    assert!(diags.is_empty(), "{}", render_all(&diags));
+    let (_, diags) = load("f.yaml", &flow("TYPE_SMS,TYPE_SMOKE"), &cat, &env());
+    let out = render_all(&diags);
+    assert!(out.contains("f.yaml:5:37: error: `TYPE_SMOKE` is not a valid value for `type`"), "{out}");
+}
