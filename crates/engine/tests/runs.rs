@@ -291,3 +291,47 @@ steps:
     assert_eq!(sent.len(), 1);
     assert_eq!(sent[0]["body"], format!("Hi {}", c["firstName"].as_str().unwrap_or_default()));
 }
+
+/// Operations whose spec requires a body with no field in it: flowd sends `{}`, a DELETE
+/// included, and GHL (here the sandbox) carries them out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn required_empty_bodies_go_out_and_are_accepted() {
+    const FLOW: &str = r#"
+name: empties
+account: main
+trigger:
+  uses: contacts.search_contacts
+  with: { locationId: "{{ account.location_id }}" }
+  every: 1m
+steps:
+  - id: campaign
+    uses: contacts.add_to_campaign
+    with: { contactId: "{{ trigger.id }}", campaignId: "{{ env.CAMPAIGN }}" }
+  - id: unenrol
+    uses: workflows.remove_contact_from_workflow
+    with: { contactId: "{{ trigger.id }}", workflowId: "{{ env.WORKFLOW }}" }
+  - id: cancel
+    uses: calendars.delete_event
+    with: { eventId: "{{ env.EVENT }}" }
+"#;
+    let sb = sandbox(Seed::Contacts(2)).await;
+    let campaign =
+        sb.insert_record("campaigns", json!({"locationId": sb.location_id(), "name": "Spring"})).expect("campaign");
+    let workflow =
+        sb.insert_record("workflows", json!({"locationId": sb.location_id(), "name": "Nurture"})).expect("workflow");
+    let event = sb
+        .insert_record("events", json!({"locationId": sb.location_id(), "calendarId": "cal_x", "title": "Call", "startTime": "2030-01-01T10:00:00Z", "endTime": "2030-01-01T10:30:00Z"}))
+        .expect("event");
+    let text = FLOW
+        .replace("{{ env.CAMPAIGN }}", campaign["id"].as_str().expect("id"))
+        .replace("{{ env.WORKFLOW }}", workflow["id"].as_str().expect("id"))
+        .replace("{{ env.EVENT }}", event["id"].as_str().expect("id"));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let engine = engine_for(&sb, &dir.path().join("store"), fast_retries());
+    engine.set_flows(vec![compile(&text)]).expect("flows load");
+    engine.poll_and_run("empties").await.expect("baseline");
+    new_contact(&sb, 1);
+    let (_, statuses) = engine.poll_and_run("empties").await.expect("poll");
+    assert_eq!(statuses, [RunStatus::Succeeded]);
+    assert!(sb.record("events", event["id"].as_str().expect("id")).is_none(), "the event is deleted");
+}
