@@ -69,8 +69,8 @@ mod tests {
         assert_eq!(b["tags"], json!(["1", "vip", "true"]), "array items too");
     }
 
-    /// The spec requires these bodies even with no field given (GHL's validation reads an
-    /// absent body as a missing one): `{}` goes out.
+    /// The spec requires these bodies even with no field given: `{}` goes out, which the
+    /// spec's schema allows (it declares no required field).
     #[test]
     fn a_required_body_is_sent_even_when_no_body_parameter_is_given() {
         let cat = catalog::Catalog::builtin().expect("catalog");
