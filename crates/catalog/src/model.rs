@@ -37,6 +37,10 @@ pub struct Operation {
     /// array, for example) rather than an object of the body parameters.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub body_root: Option<String>,
+    /// The spec requires a request body even when no body parameter is given (an update
+    /// with every field optional, a DELETE whose body schema is empty): flowd then sends `{}`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub body_required: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trigger: Option<TriggerSpec>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -58,6 +62,12 @@ impl Operation {
     /// Names of the `{placeholders}` in the path template, in order.
     pub fn path_placeholders(&self) -> Vec<&str> {
         path_placeholders(&self.path)
+    }
+
+    /// Where this entry deliberately differs from the official spec, and why: `(parameter,
+    /// reason)`.
+    pub fn amendments(&self) -> Vec<(&str, &str)> {
+        self.params.iter().filter_map(|p| p.amended.as_deref().map(|why| (p.name.as_str(), why))).collect()
     }
 }
 
@@ -151,6 +161,24 @@ pub struct Param {
     pub example: Option<Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub default: Option<Value>,
+    /// Set when this parameter deliberately differs from the official spec (a spec defect
+    /// that makes real values impossible): why, and what GHL takes instead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub amended: Option<String>,
+}
+
+impl Param {
+    /// The value in this parameter's declared type, items of a list included, when the
+    /// conversion loses nothing ([`ParamType::convert`]); `None` when it cannot.
+    pub fn convert(&self, value: &Value) -> Option<Value> {
+        let converted = self.ty.convert(value)?;
+        match (self.items, converted) {
+            (Some(item), Value::Array(list)) => {
+                list.iter().map(|v| item.convert(v)).collect::<Option<Vec<Value>>>().map(Value::Array)
+            }
+            (_, v) => Some(v),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -203,6 +231,30 @@ impl ParamType {
             (ParamType::String, v) => v.is_string(),
             (ParamType::Integer | ParamType::Number | ParamType::Boolean, Value::String(_)) => false,
             (t, v) => t.accepts(v),
+        }
+    }
+
+    /// The value in this type's JSON form when the conversion loses nothing: a number or
+    /// boolean becomes its text for a string; a string holding a JSON number becomes that
+    /// number (an integer only when it has no fraction); `"true"`/`"false"` become booleans.
+    /// `None` when the value has another shape (an object for a string, `"abc"` for a number).
+    pub fn convert(self, value: &Value) -> Option<Value> {
+        match (self, value) {
+            (ParamType::Any, v) => Some(v.clone()),
+            (ParamType::String, Value::String(_)) => Some(value.clone()),
+            (ParamType::String, Value::Number(n)) => Some(Value::String(n.to_string())),
+            (ParamType::String, Value::Bool(b)) => Some(Value::String(b.to_string())),
+            (ParamType::Integer, Value::Number(n)) if n.is_i64() || n.is_u64() => Some(value.clone()),
+            (ParamType::Integer, Value::String(s)) => {
+                let n = s.parse::<serde_json::Number>().ok().filter(|n| n.is_i64() || n.is_u64())?;
+                Some(Value::Number(n))
+            }
+            (ParamType::Number, Value::Number(_)) => Some(value.clone()),
+            (ParamType::Number, Value::String(s)) => s.parse::<serde_json::Number>().ok().map(Value::Number),
+            (ParamType::Boolean, Value::Bool(_)) => Some(value.clone()),
+            (ParamType::Boolean, Value::String(s)) if s == "true" || s == "false" => Some(Value::Bool(s == "true")),
+            (ParamType::Array, Value::Array(_)) | (ParamType::Object, Value::Object(_)) => Some(value.clone()),
+            _ => None,
         }
     }
 
@@ -503,4 +555,37 @@ pub struct ActionSpec {
     /// Top-level keys of the response as the spec spells them (typos included).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub response_keys: Vec<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ParamType;
+    use serde_json::json;
+
+    #[test]
+    fn conversions_to_the_declared_type_lose_nothing() {
+        let cases = [
+            (ParamType::String, json!(25), Some(json!("25"))),
+            (ParamType::String, json!(1.5), Some(json!("1.5"))),
+            (ParamType::String, json!(false), Some(json!("false"))),
+            (ParamType::String, json!({"a": 1}), None),
+            (ParamType::String, json!([1]), None),
+            (ParamType::Integer, json!("12"), Some(json!(12))),
+            (ParamType::Integer, json!("1.5"), None),
+            (ParamType::Integer, json!("12abc"), None),
+            (ParamType::Integer, json!(" 12"), None),
+            (ParamType::Integer, json!(2.5), None),
+            (ParamType::Number, json!("2.5"), Some(json!(2.5))),
+            (ParamType::Number, json!("007"), None),
+            (ParamType::Number, json!(true), None),
+            (ParamType::Boolean, json!("true"), Some(json!(true))),
+            (ParamType::Boolean, json!("yes"), None),
+            (ParamType::Boolean, json!(1), None),
+            (ParamType::Object, json!("Email"), None),
+            (ParamType::Any, json!("x"), Some(json!("x"))),
+        ];
+        for (ty, input, want) in cases {
+            assert_eq!(ty.convert(&input), want, "{input} as {}", ty.as_str());
+        }
+    }
 }

@@ -3,7 +3,7 @@
 
 use crate::load::Category;
 use crate::model::{
-    DedupeMode, IdSource, Kind, Operation, Pagination, ParamIn, ParamType, ReadSpec, Shape, TriggerSpec,
+    DedupeMode, IdSource, Kind, Method, Operation, Pagination, ParamIn, ParamType, ReadSpec, Shape, TriggerSpec,
 };
 use crate::problem::{Place, Problem};
 use crate::suggest::{did_you_mean, nearest};
@@ -69,11 +69,17 @@ pub(crate) fn check_operation(op: &Operation, place: &Place, categories: &[Categ
                 }
             }
         }
+        if p.amended.as_deref().is_some_and(|why| why.trim().is_empty()) {
+            problem(format!("parameter `{}`: `amended` must say why it differs from the spec", p.name));
+        }
         if p.items.is_some() && p.ty != ParamType::Array {
             problem(format!("parameter `{}`: `items` is only for arrays", p.name));
         }
     }
 
+    if op.body_required && !matches!(op.method, Method::Post | Method::Put | Method::Patch | Method::Delete) {
+        problem(format!("body_required: a {} request has no body", op.method.as_str()));
+    }
     if let Some(root) = &op.body_root {
         if !op.params_in(ParamIn::Body).any(|p| &p.name == root) {
             problem(format!("body_root `{root}` is not a body parameter"));

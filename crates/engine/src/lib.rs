@@ -28,5 +28,6 @@ pub use engine::{AccountInfo, Engine, EngineConfig, EngineTasks, FlowState, Paus
 pub use error::EngineError;
 pub use metrics::Metrics;
 pub use poll::PollReport;
+pub use request::build as build_request;
 pub use tokens::StoreTokens;
 pub use webhook::WebhookReport;

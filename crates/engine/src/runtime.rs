@@ -139,6 +139,7 @@ fn webhook_operation(event: &str) -> SharedOperation {
         response_type: None,
         params: Vec::new(),
         body_root: None,
+        body_required: false,
         trigger: None,
         action: None,
         notes: None,

@@ -331,3 +331,134 @@ steps:
     assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 0, "nothing reached the app");
     server.abort();
 }
+
+/// YAML users write `zip: 12345` and `title: 5`; GHL refuses numbers and booleans in string
+/// fields with a 422, so flowd sends the declared type: the values' text.
+const SCALARS_FLOW: &str = r#"
+name: scalars
+account: main
+trigger:
+  uses: contacts.search_contacts
+  with: { locationId: "{{ account.location_id }}" }
+  every: 1m
+steps:
+  - id: task
+    uses: contacts.create_task
+    with: { contactId: "{{ trigger.id }}", title: 5, dueDate: "2030-01-01T10:00:00Z", completed: "true" }
+  - id: business
+    uses: businesses.create_business
+    with: { locationId: "{{ account.location_id }}", name: 12345, city: false, postalCode: 90210 }
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scalars_written_for_string_parameters_reach_ghl_as_strings() {
+    let h = harness(Seed::Contacts(2), &[SCALARS_FLOW], fast_retries()).await;
+    h.engine.poll_and_run("scalars").await.expect("baseline");
+    let c = new_contact(&h.sandbox, 1);
+    let id = c["id"].as_str().expect("id");
+    let (_, statuses) = h.engine.poll_and_run("scalars").await.expect("poll");
+    assert_eq!(statuses, [RunStatus::Succeeded]);
+    let tasks: Vec<_> = h.sandbox.records("tasks").into_iter().filter(|t| t["contactId"] == id).collect();
+    assert_eq!(tasks.len(), 1);
+    assert_eq!(tasks[0]["title"], "5");
+    assert_eq!(tasks[0]["completed"], true);
+    let biz: Vec<_> = h.sandbox.records("businesses").into_iter().filter(|b| b["name"] == "12345").collect();
+    assert_eq!(biz.len(), 1, "{:?}", h.sandbox.records("businesses"));
+    assert_eq!(biz[0]["city"], "false");
+    assert_eq!(biz[0]["postalCode"], "90210");
+}
+
+/// The dry run (`flowd test --item`) shows the same converted values the wire carries.
+#[test]
+fn the_dry_run_shows_scalars_in_the_declared_type() {
+    let flow = compile(SCALARS_FLOW);
+    let catalog = catalog::Catalog::builtin().expect("catalog");
+    let dry = engine::dry_run(
+        &flow,
+        &catalog,
+        json!({"id": "c1", "firstName": "Ann"}),
+        json!({"name": "main", "location_id": "loc1"}),
+        &std::collections::BTreeMap::new(),
+        &serde_json::Map::new(),
+        chrono::Utc::now(),
+    )
+    .expect("dry run");
+    assert_eq!(
+        dry.steps[0].request["body"],
+        json!({"title": "5", "dueDate": "2030-01-01T10:00:00Z", "completed": true})
+    );
+    assert_eq!(
+        dry.steps[1].request["body"],
+        json!({"locationId": "loc1", "name": "12345", "city": "false", "postalCode": "90210"})
+    );
+}
+
+/// The most used action, as users write an SMS: GHL takes it without `status` or `subType`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_sms_is_sent_as_users_write_it() {
+    const SMS_FLOW: &str = r#"
+name: sms
+account: main
+trigger:
+  uses: contacts.search_contacts
+  with: { locationId: "{{ account.location_id }}" }
+  every: 1m
+steps:
+  - id: sms
+    uses: conversations.send_message
+    with: { type: SMS, contactId: "{{ trigger.id }}", message: "Hi {{ trigger.firstName }}" }
+"#;
+    let h = harness(Seed::Contacts(2), &[SMS_FLOW], fast_retries()).await;
+    h.engine.poll_and_run("sms").await.expect("baseline");
+    let c = new_contact(&h.sandbox, 1);
+    let id = c["id"].as_str().expect("id");
+    let (_, statuses) = h.engine.poll_and_run("sms").await.expect("poll");
+    assert_eq!(statuses, [RunStatus::Succeeded]);
+    let sent: Vec<_> = h.sandbox.records("messages").into_iter().filter(|m| m["contactId"] == id).collect();
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0]["body"], format!("Hi {}", c["firstName"].as_str().unwrap_or_default()));
+}
+
+/// Operations whose spec requires a body with no field in it: flowd sends `{}`, a DELETE
+/// included, and GHL (here the sandbox) carries them out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn required_empty_bodies_go_out_and_are_accepted() {
+    const FLOW: &str = r#"
+name: empties
+account: main
+trigger:
+  uses: contacts.search_contacts
+  with: { locationId: "{{ account.location_id }}" }
+  every: 1m
+steps:
+  - id: campaign
+    uses: contacts.add_to_campaign
+    with: { contactId: "{{ trigger.id }}", campaignId: "{{ env.CAMPAIGN }}" }
+  - id: unenrol
+    uses: workflows.remove_contact_from_workflow
+    with: { contactId: "{{ trigger.id }}", workflowId: "{{ env.WORKFLOW }}" }
+  - id: cancel
+    uses: calendars.delete_event
+    with: { eventId: "{{ env.EVENT }}" }
+"#;
+    let sb = sandbox(Seed::Contacts(2)).await;
+    let campaign =
+        sb.insert_record("campaigns", json!({"locationId": sb.location_id(), "name": "Spring"})).expect("campaign");
+    let workflow =
+        sb.insert_record("workflows", json!({"locationId": sb.location_id(), "name": "Nurture"})).expect("workflow");
+    let event = sb
+        .insert_record("events", json!({"locationId": sb.location_id(), "calendarId": "cal_x", "title": "Call", "startTime": "2030-01-01T10:00:00Z", "endTime": "2030-01-01T10:30:00Z"}))
+        .expect("event");
+    let text = FLOW
+        .replace("{{ env.CAMPAIGN }}", campaign["id"].as_str().expect("id"))
+        .replace("{{ env.WORKFLOW }}", workflow["id"].as_str().expect("id"))
+        .replace("{{ env.EVENT }}", event["id"].as_str().expect("id"));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let engine = engine_for(&sb, &dir.path().join("store"), fast_retries());
+    engine.set_flows(vec![compile(&text)]).expect("flows load");
+    engine.poll_and_run("empties").await.expect("baseline");
+    new_contact(&sb, 1);
+    let (_, statuses) = engine.poll_and_run("empties").await.expect("poll");
+    assert_eq!(statuses, [RunStatus::Succeeded]);
+    assert!(sb.record("events", event["id"].as_str().expect("id")).is_none(), "the event is deleted");
+}

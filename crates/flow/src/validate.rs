@@ -183,7 +183,9 @@ pub(crate) fn check_ghl_with(
             continue;
         };
         if let Some(lit) = t.as_literal() {
-            if !check_literal(lit, param.ty, param.items, param.enum_values.as_deref(), &key.value, pos(value), sink) {
+            let (ty, items, values) = (param.ty, param.items, param.enum_values.as_deref());
+            let comma_list = param.location == catalog::ParamIn::Query;
+            if !check_literal(lit, ty, items, values, comma_list, &key.value, pos(value), sink) {
                 ok = false;
             }
         }
@@ -208,34 +210,43 @@ pub(crate) fn check_ghl_with(
 }
 
 /// Type and enum check of a value written without templates.
+/// `comma_list`: the value goes in a query string, where GHL reads `a,b` as two values.
+#[allow(clippy::too_many_arguments)]
 fn check_literal(
     v: &Value,
     ty: ParamType,
     items: Option<ParamType>,
     enum_values: Option<&[Value]>,
+    comma_list: bool,
     name: &str,
     at: Pos,
     sink: &mut Sink,
 ) -> bool {
-    if !ty.accepts(v) {
-        sink.error(at, format!("parameter `{name}` must be {}, found {}", article(ty), json_kind(v)));
+    // What the engine converts losslessly at render time is accepted (`zip: 12345` is sent
+    // as "12345", `limit: "25"` as 25); anything else would be refused by GHL with a 422.
+    if ty.convert(v).is_none() {
+        sink.error(at, format!("parameter `{name}` must be {}, found {}", article(ty), json_kind(v))).help(hint(ty));
         return false;
     }
     if let (Some(item_ty), Value::Array(list)) = (items, v) {
-        if let Some(bad) = list.iter().find(|i| !item_ty.accepts(i)) {
-            sink.error(at, format!("items of `{name}` must be {}, found {}", article(item_ty), json_kind(bad)));
+        if let Some(bad) = list.iter().find(|i| item_ty.convert(i).is_none()) {
+            sink.error(at, format!("items of `{name}` must be {}, found {}", article(item_ty), json_kind(bad)))
+                .help(hint(item_ty));
             return false;
         }
     }
     if let Some(allowed) = enum_values {
         let matches = |x: &Value| allowed.iter().any(|a| a == x || a.as_str().is_some_and(|s| Some(s) == x.as_str()));
-        let ok = match v {
-            Value::Array(list) => list.iter().all(matches),
-            other => matches(other),
+        let values: Vec<Value> = match v {
+            Value::Array(list) => list.clone(),
+            Value::String(s) if comma_list && s.contains(',') => {
+                s.split(',').map(|part| Value::String(part.trim().to_string())).collect()
+            }
+            other => vec![other.clone()],
         };
-        if !ok {
+        if let Some(bad) = values.iter().find(|x| !matches(x)) {
             let texts: Vec<String> = allowed.iter().map(|a| crate::helpers::text(a).into_owned()).collect();
-            let shown = crate::helpers::text(v);
+            let shown = crate::helpers::text(bad);
             let d = sink.error(at, format!("`{shown}` is not a valid value for `{name}`"));
             let s = catalog::nearest(&shown, texts.iter().map(String::as_str), 1);
             if s.is_empty() {
@@ -250,6 +261,19 @@ fn check_literal(
         }
     }
     true
+}
+
+/// How to write a value of a type; says which conversions flowd makes.
+fn hint(ty: ParamType) -> &'static str {
+    match ty {
+        ParamType::String => "write the text itself; a number or `true`/`false` is sent as its text",
+        ParamType::Integer => "write a whole number such as `25`, or its digits in quotes (`\"25\"`)",
+        ParamType::Number => "write a plain number such as `1200.5` (no thousands separators, leading zeros or units)",
+        ParamType::Boolean => "write `true` or `false`",
+        ParamType::Array => "write a list, such as `[a, b]`",
+        ParamType::Object => "write a mapping, such as `{ key: value }`",
+        ParamType::Any => "any value is accepted",
+    }
 }
 
 fn article(ty: ParamType) -> &'static str {
@@ -304,7 +328,7 @@ pub(crate) fn check_http_with(
         if let Some(lit) = t.as_literal() {
             let methods: Vec<Value> = HTTP_METHODS.iter().map(|m| Value::from(*m)).collect();
             let allowed = (key.value == "method").then_some(methods.as_slice());
-            if !check_literal(lit, ty, None, allowed, &key.value, pos(value), sink) {
+            if !check_literal(lit, ty, None, allowed, false, &key.value, pos(value), sink) {
                 ok = false;
             } else if key.value == "url" {
                 let u = lit.as_str().unwrap_or_default();

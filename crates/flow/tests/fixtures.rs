@@ -63,3 +63,40 @@ fn lookback_on_a_full_read_is_a_warning() {
     assert!(out.contains("f.yaml:6:13: warning: `lookback` has no effect"), "{out}");
     assert!(out.contains("strategy `full`"), "{out}");
 }
+
+/// YAML reads `zip: 12345` as a number: numbers and booleans for string parameters, and
+/// numeric text for number parameters, are valid (the engine sends them converted).
+#[test]
+fn scalars_that_convert_losslessly_are_valid() {
+    let text = "name: f\naccount: main\ntrigger:\n  uses: contacts.search_contacts\n  with: { locationId: loc1 }\nsteps:\n  - id: biz\n    uses: businesses.create_business\n    with: { name: 12345, city: false, postalCode: 90210, locationId: loc1 }\n  - id: task\n    uses: contacts.create_task\n    with: { contactId: c1, title: 5, dueDate: \"2030-01-01\", completed: \"true\" }\n  - id: deal\n    uses: opportunities.create_opportunity\n    with: { pipelineId: p1, locationId: loc1, name: 7, status: open, contactId: c1, monetaryValue: \"1200.5\" }\n";
+    let cat = Catalog::builtin().expect("builtin catalog");
+    let (flow, diags) = load("f.yaml", text, &cat, &env());
+    assert!(diags.is_empty(), "{}", render_all(&diags));
+    assert!(flow.is_some());
+}
+
+/// Send Message as users write an SMS: the spec's required `status` and object-typed
+/// `subType` are amended in the catalog, so this is valid.
+#[test]
+fn an_sms_as_users_write_it_is_valid() {
+    let text = "name: f\naccount: main\ntrigger:\n  uses: contacts.search_contacts\n  with: { locationId: loc1 }\nsteps:\n  - id: sms\n    uses: conversations.send_message\n    with: { type: SMS, contactId: \"{{ trigger.id }}\", message: \"Hi {{ trigger.firstName }}\" }\n  - id: email\n    uses: conversations.send_message\n    with: { type: Email, subType: Email, contactId: c1, html: \"<p>Hi</p>\", subject: Hello }\n";
+    let cat = Catalog::builtin().expect("builtin catalog");
+    let (flow, diags) = load("f.yaml", text, &cat, &env());
+    assert!(diags.is_empty(), "{}", render_all(&diags));
+    assert!(flow.is_some());
+}
+
+/// A query parameter GHL reads as a comma-separated list (`type=TYPE_SMS,TYPE_CALL`) takes
+/// several enum values that way; each one must still be valid.
+#[test]
+fn comma_lists_of_enum_values_in_a_query_parameter() {
+    let flow = |ty: &str| {
+        format!("name: f\naccount: main\ntrigger:\n  uses: conversations.get_messages\n  with: {{ conversationId: c1, type: \"{ty}\" }}\nsteps:\n  - id: tag\n    uses: contacts.add_tags\n    with: {{ contactId: c1, tags: [x] }}\n")
+    };
+    let cat = Catalog::builtin().expect("builtin catalog");
+    let (_, diags) = load("f.yaml", &flow("TYPE_SMS,TYPE_CALL"), &cat, &env());
+    assert!(diags.is_empty(), "{}", render_all(&diags));
+    let (_, diags) = load("f.yaml", &flow("TYPE_SMS,TYPE_SMOKE"), &cat, &env());
+    let out = render_all(&diags);
+    assert!(out.contains("f.yaml:5:37: error: `TYPE_SMOKE` is not a valid value for `type`"), "{out}");
+}

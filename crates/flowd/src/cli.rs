@@ -211,7 +211,8 @@ pub struct DemoArgs {
 pub enum CatalogCommand {
     /// List operations as a table (or JSON).
     List(ListArgs),
-    /// Show one operation's full definition.
+    /// Show one operation's full definition; parameters that deliberately differ from
+    /// GHL's official spec are marked `amended` with the reason.
     Show(ShowArgs),
     /// List the categories with their trigger and action counts.
     Categories,

@@ -65,6 +65,24 @@ fn show_prints_the_full_definition() {
     assert!(yaml.contains("result: $.task"), "{yaml}");
 }
 
+/// Where the catalog deliberately departs from GHL's spec, `show` says so and why.
+#[test]
+fn show_marks_amended_parameters_and_says_why() {
+    let out = flowd(&["catalog", "show", "conversations.send_message"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let yaml = stdout(&out);
+    let marks: Vec<&str> = yaml.lines().filter(|l| l.starts_with("# amended: ")).collect();
+    assert_eq!(marks.len(), 2, "{yaml}");
+    assert!(
+        marks[0].starts_with("# amended: `subType` (body string, differs from the spec): The spec types"),
+        "{yaml}"
+    );
+    assert!(marks[1].starts_with("# amended: `status` (body string, differs from the spec): The spec lists"), "{yaml}");
+
+    let plain = stdout(&flowd(&["catalog", "show", "contacts.create_task"]));
+    assert!(!plain.contains("amended"), "{plain}");
+}
+
 #[test]
 fn show_unknown_key_suggests_nearest_and_exits_non_zero() {
     let out = flowd(&["catalog", "show", "contacts.creat_task"]);

@@ -415,7 +415,10 @@ fn truthy(v: &Value) -> Option<bool> {
     }
 }
 
+/// Sets a paging parameter in the type the operation declares for it (some endpoints
+/// take `skip` and `limit` as strings and refuse numbers).
 fn set(r: &mut Request, location: ParamIn, name: &str, value: Value) -> Result<(), Error> {
+    let value = r.typed(name, value);
     match location {
         ParamIn::Query => {
             r.set_query(name.to_owned(), value);

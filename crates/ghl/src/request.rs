@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use base64::Engine;
 use bytes::Bytes;
-use catalog::Method;
+use catalog::{Method, ParamType};
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use serde_json::{Map, Value};
 use url::Url;
@@ -35,6 +35,9 @@ pub struct Request {
     /// The location (or company) whose rate limit this request spends; defaults to the
     /// account's own resource.
     pub location: Option<String>,
+    /// Declared types of the operation's query and body parameters, so values the client
+    /// sets itself (page numbers, offsets, limits) go out in the type the operation takes.
+    pub param_types: BTreeMap<String, ParamType>,
     /// Who spends the request: the location's limiter takes turns between flows, and the
     /// metrics count requests by flow and purpose.
     pub origin: Origin,
@@ -93,13 +96,30 @@ impl Request {
             version: DEFAULT_VERSION.to_owned(),
             location: None,
             origin: Origin::default(),
+            param_types: BTreeMap::new(),
         }
     }
 
     /// Method, path template and Version header of a catalog operation; the caller adds
     /// the values.
     pub fn for_operation(op: &catalog::Operation) -> Self {
-        Request::new(op.method, op.path.clone()).version(op.version.clone())
+        let mut r = Request::new(op.method, op.path.clone()).version(op.version.clone());
+        r.param_types = op
+            .params
+            .iter()
+            .filter(|p| p.location != catalog::ParamIn::Path && p.ty != ParamType::Any)
+            .map(|p| (p.name.clone(), p.ty))
+            .collect();
+        r
+    }
+
+    /// `value` in the declared type of parameter `name` when it converts losslessly
+    /// (`25` for a string parameter is sent as `"25"`), otherwise unchanged.
+    pub fn typed(&self, name: &str, value: Value) -> Value {
+        match self.param_types.get(name) {
+            Some(ty) => ty.convert(&value).unwrap_or(value),
+            None => value,
+        }
     }
 
     pub fn get(path: impl Into<String>) -> Self {

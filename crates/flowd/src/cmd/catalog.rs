@@ -97,12 +97,28 @@ fn show(catalog: &Catalog, args: &ShowArgs, out: &mut dyn Write) -> anyhow::Resu
         }
         Format::Yaml => {
             write!(out, "{}", serde_saphyr::to_string(op)?)?;
-            for line in read_summary(op) {
+            for line in amendment_summary(op).into_iter().chain(read_summary(op)) {
                 writeln!(out, "# {line}")?;
             }
         }
     }
     Ok(())
+}
+
+/// The parameters where the catalog deliberately departs from GHL's official spec, and why.
+pub fn amendment_summary(op: &Operation) -> Vec<String> {
+    op.params
+        .iter()
+        .filter_map(|p| {
+            let why = p.amended.as_deref()?;
+            Some(format!(
+                "amended: `{}` ({} {}, differs from the spec): {why}",
+                p.name,
+                p.location.as_str(),
+                p.ty.as_str()
+            ))
+        })
+        .collect()
 }
 
 /// How a trigger reads and what one poll costs, per dedupe mode.

@@ -118,6 +118,34 @@ async fn offset_style_with_has_more_returns_each_note_once() {
     assert_eq!(page_count(&sb, "/calendars/appointments"), 2);
 }
 
+/// The spec types `skip` and `limit` of this endpoint as strings, and GHL (like the
+/// sandbox) refuses numbers there with a 422: the pager sends the declared type.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offset_style_in_the_body_sends_skip_and_limit_in_the_declared_string_type() {
+    let (sb, client) = setup(Seed::Empty).await;
+    client.add_account(pit_account(&sb, "agency", sandbox::DEFAULT_AGENCY_TOKEN));
+    let mut emails = Vec::new();
+    for i in 0..7 {
+        let email = format!("user{i}@example.com");
+        sb.insert_record("users", json!({"companyId": sb.company_id(), "email": email, "name": format!("User {i}")}))
+            .expect("user");
+        emails.push(email);
+    }
+    let op = op("users.filter_users_by_email");
+    let base = op.base.clone().body(json!({"companyId": sb.company_id(), "emails": emails.join(",")}));
+    let opts = PageOptions { page_size: Some(3), ..Default::default() };
+    let mut stream = client.paginate("agency", base, &op.pagination, &op.items, opts).expect("paginate");
+    let mut got = Vec::new();
+    while let Some(item) = stream.next().await {
+        let item = item.expect("every page is accepted");
+        got.push(item.get("id").and_then(Value::as_str).expect("item id").to_owned());
+    }
+    assert_each_once(&got, &record_ids(&sb, "users", |_| true));
+    let pages = logged(&sb, "/users/search/filter-by-email");
+    assert_eq!(pages.len(), 3, "{pages:?}");
+    assert!(pages.iter().all(|p| status_of(p) == 200), "{pages:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn last_item_style_returns_each_conversation_once() {
     let (sb, client) = setup(Seed::Empty).await;
