@@ -282,3 +282,76 @@ async fn bodies_of_the_wrong_shape_or_missing_are_refused() {
     assert!(required > 40, "{required} operations require a body");
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+/// Fields where the spec's response schema is known to be wrong, with the form GHL answers:
+/// a user's `scopes` is declared as one scope string, while users are created and updated
+/// with a list of scopes and answer with that list; pipeline stages are declared as arrays of
+/// arrays, while each stage is an object (`{id, name, position}`).
+const RESPONSE_AMENDMENTS: &[(&str, &str)] = &[("users.", ".scopes:"), ("opportunities.list_pipelines", ".stages[")];
+
+fn amended(op: &str, problem: &str) -> bool {
+    RESPONSE_AMENDMENTS.iter().any(|(o, p)| op.starts_with(o) && problem.contains(p))
+}
+
+/// The responses of the operations below, checked against the spec's response schemas
+/// (types, enums and required fields at every depth), on demo data and after writes.
+#[tokio::test]
+async fn responses_have_the_specs_shapes() {
+    let cat = Catalog::builtin().expect("catalog");
+    let specs = common::spec::load();
+    let sb = start(Seed::Demo).await;
+    let c = client();
+    let keys: Vec<&str> = match std::env::var("SHAPES_ALL") {
+        Ok(_) => cat.operations().iter().map(|o| o.key.as_str()).collect(),
+        Err(_) => vec![
+            "conversations.get_conversation",
+            "conversations.search_conversations",
+            "opportunities.list_pipelines",
+            "opportunities.upsert_opportunity",
+            "opportunities.get_opportunity",
+            "calendars.get_appointment",
+            "calendars.list_calendar_events",
+            "calendars.create_appointment",
+            "calendars.update_appointment",
+            "users.get_user",
+            "users.list_users_by_location",
+            "users.search_users",
+            "users.create_user",
+            "users.update_user",
+        ],
+    };
+    let mut failures = Vec::new();
+    for key in keys {
+        let op = cat.get(key).expect("op");
+        let Some(schema) = common::spec::response_schema(&specs, op) else { continue };
+        sb.reset(Seed::Demo);
+        let ids = Ids::of(&sb);
+        let (status, body) = send(request(&c, &sb, op, &ids, &[])).await;
+        if !(200..300).contains(&status) {
+            failures.push(format!("{key}: status {status} {body}"));
+            continue;
+        }
+        let mut out = Vec::new();
+        common::spec::conform(&schema, &body, "$", &mut out);
+        out.retain(|p| !amended(key, p));
+        failures.extend(out.into_iter().map(|p| format!("{key}: {p}")));
+        if key.starts_with("users.") && key != "users.delete_user" {
+            let users = body.get("users").and_then(Value::as_array).cloned().unwrap_or_else(|| vec![body.clone()]);
+            if users.iter().any(|u| !u["scopes"].is_array()) {
+                failures.push(format!("{key}: scopes are not always a list: {body}"));
+            }
+        }
+    }
+    // An upserted value is answered in the type the spec declares, later reads included.
+    sb.reset(Seed::Demo);
+    let ids = Ids::of(&sb);
+    let upsert = cat.get("opportunities.upsert_opportunity").expect("op");
+    let (status, body) = send(request(&c, &sb, upsert, &ids, &[("monetaryValue".into(), json!("220"))])).await;
+    assert_eq!(status, 422, "GHL takes monetaryValue as a number: {body}");
+    let (status, body) = send(request(&c, &sb, upsert, &ids, &[("monetaryValue".into(), json!(220))])).await;
+    assert!((200..300).contains(&status), "{body}");
+    let id = body["opportunity"]["id"].as_str().expect("id").to_string();
+    let (_, got) = get(&c, &sb, &format!("/opportunities/{id}"), V_CONTACTS).await;
+    assert_eq!(got["opportunity"]["monetaryValue"], json!(220), "{got}");
+    assert!(failures.is_empty(), "{} departures from the spec:\n{}", failures.len(), failures.join("\n"));
+}

@@ -148,7 +148,8 @@ pub fn value_for(op: &Operation, p: &Param, ids: &Ids, sb: &Sandbox) -> Value {
         (_, "startDate" | "startTime") if p.location == ParamIn::Query => json!((now_ms() - 10 * DAY).to_string()),
         (_, "endDate" | "endTime") if p.location == ParamIn::Query => json!((now_ms() + 10 * DAY).to_string()),
         _ => match &p.example {
-            Some(e) if p.ty.accepts(e) || p.ty == ParamType::Any => e.clone(),
+            // An example that contradicts its declared type shows the form GHL takes.
+            Some(e) => e.clone(),
             _ => match p.ty {
                 ParamType::String | ParamType::Any => json!("sandbox"),
                 ParamType::Integer | ParamType::Number => json!(10),

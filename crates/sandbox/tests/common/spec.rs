@@ -154,3 +154,53 @@ pub fn response_schema(specs: &Specs, op: &catalog::Operation) -> Option<Value> 
     let schema = resp["content"]["application/json"].get("schema")?;
     Some(reduce(specs, *file, schema, 0))
 }
+
+/// Where `v` departs from a reduced schema: types, enums, required properties, nested
+/// objects and array items, all the way down.
+pub fn conform(schema: &Value, v: &Value, path: &str, out: &mut Vec<String>) {
+    if let Some(branches) = schema.get("anyOf").and_then(Value::as_array) {
+        let mut first = None;
+        for b in branches {
+            let mut p = Vec::new();
+            conform(b, v, path, &mut p);
+            if p.is_empty() {
+                return;
+            }
+            first.get_or_insert(p);
+        }
+        out.extend(first.unwrap_or_default());
+        return;
+    }
+    if v.is_null() {
+        return;
+    }
+    if let Some(t) = schema.get("type").and_then(Value::as_str) {
+        if !fits(t, v) {
+            out.push(format!("{path}: {v} is not {t}"));
+            return;
+        }
+    }
+    if let Some(values) = schema.get("enum").and_then(Value::as_array) {
+        if !values.contains(v) {
+            let shown: Vec<String> = values.iter().take(8).map(Value::to_string).collect();
+            out.push(format!("{path}: {v} is not one of {}", shown.join(", ")));
+        }
+    }
+    if let Value::Object(m) = v {
+        for r in schema.get("required").and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str) {
+            if !m.contains_key(r) {
+                out.push(format!("{path}.{r}: missing"));
+            }
+        }
+        for (name, sub) in schema.get("properties").and_then(Value::as_object).into_iter().flatten() {
+            if let Some(x) = m.get(name) {
+                conform(sub, x, &format!("{path}.{name}"), out);
+            }
+        }
+    }
+    if let (Value::Array(items), Some(item_schema)) = (v, schema.get("items")) {
+        for (i, x) in items.iter().enumerate() {
+            conform(item_schema, x, &format!("{path}[{i}]"), out);
+        }
+    }
+}
