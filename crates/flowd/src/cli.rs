@@ -192,9 +192,10 @@ pub struct SandboxArgs {
     /// Private Integration token it accepts.
     #[arg(long)]
     pub token: Option<String>,
-    /// Enforce GHL's rate limits (100 requests / 10 s per location).
+    /// Turn off GHL's rate limits, which are on by default as in GHL (100 requests per 10 s
+    /// and 200,000 per day per location, reported in `X-RateLimit-*` headers, 429 beyond).
     #[arg(long)]
-    pub rate_limit: bool,
+    pub no_rate_limit: bool,
 }
 
 #[derive(Debug, Args)]

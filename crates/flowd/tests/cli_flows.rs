@@ -174,10 +174,38 @@ fn sandbox_serves_ghl_as_printed_and_rejects_bad_seeds() {
     let client = reqwest::blocking::Client::new();
     let ok = client.get(&url).bearer_auth("tok-cli").header("Version", "2021-07-28").send().expect("GET");
     assert_eq!(ok.status().as_u16(), 200);
+    let header = |name: &str| ok.headers().get(name).and_then(|v| v.to_str().ok()).map(String::from);
+    assert_eq!(header("x-ratelimit-max").as_deref(), Some("100"), "GHL's burst limit is on by default");
+    assert_eq!(header("x-ratelimit-interval-milliseconds").as_deref(), Some("10000"));
+    assert_eq!(header("x-ratelimit-remaining").as_deref(), Some("99"));
+    assert_eq!(header("x-ratelimit-limit-daily").as_deref(), Some("200000"));
     let body: serde_json::Value = ok.json().expect("json");
     assert!(body["contact"]["id"].is_string(), "{body}");
     let denied = client.get(&url).bearer_auth("wrong").header("Version", "2021-07-28").send().expect("GET");
     assert_eq!(denied.status().as_u16(), 401);
+    let _ = child.kill();
+    let _ = child.wait();
+
+    // --no-rate-limit: no limit, so no headers announcing one.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("port");
+    let listen = format!("127.0.0.1:{port}");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_flowd"))
+        .args(["sandbox", "--listen", &listen, "--seed", "5", "--token", "tok-cli", "--no-rate-limit"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("sandbox starts");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let printed: Vec<String> = lines.by_ref().map_while(Result::ok).take_while(|l| !l.starts_with("Ctrl-C")).collect();
+    assert!(printed.iter().any(|l| l.contains("rate limits: off")), "{printed:?}");
+    let url = printed
+        .iter()
+        .find(|l| l.trim_start().starts_with("curl "))
+        .and_then(|l| l.split_whitespace().last())
+        .expect("the sandbox prints a curl example")
+        .to_string();
+    let free = client.get(&url).bearer_auth("tok-cli").header("Version", "2021-07-28").send().expect("GET");
+    assert!(free.headers().get("x-ratelimit-max").is_none(), "{:?}", free.headers());
     let _ = child.kill();
     let _ = child.wait();
 

@@ -24,6 +24,7 @@ mod handlers;
 mod paginate;
 mod ratelimit;
 mod routes;
+mod schema;
 mod seed;
 mod server;
 mod state;

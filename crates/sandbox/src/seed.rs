@@ -182,7 +182,7 @@ fn base(store: &Store, location: &str, company: &str) {
                 "id": id, "name": format!("{first} {last}"), "firstName": first, "lastName": last,
                 "email": format!("{}@example.com", first.to_lowercase()), "phone": "+15125550199", "extension": "",
                 "permissions": { "contactsEnabled": true, "opportunitiesEnabled": true, "appointmentsEnabled": true },
-                "scopes": "", "roles": { "type": "account", "role": role, "locationIds": [loc] },
+                "scopes": [], "roles": { "type": "account", "role": role, "locationIds": [loc] },
                 "deleted": false, "lcPhone": {}, "platformLanguage": "en_US", "companyId": company,
             })),
         );
@@ -289,7 +289,7 @@ fn demo(store: &Store, loc: &str, company: &str, now_ms: i64) {
                 "assignedUserId": users[(i % 3) as usize], "users": [users[(i % 3) as usize]], "address": "Zoom",
                 "notes": "", "description": "Seeded appointment", "isRecurring": false, "rrule": Value::Null,
                 "startTime": iso(s), "endTime": iso(s + 30 * MIN), "dateAdded": added, "dateUpdated": added,
-                "assignedResources": [], "createdBy": { "userId": "usr_admin" }, "masterEventId": Value::Null,
+                "assignedResources": [], "createdBy": { "userId": "usr_admin", "source": "booking_widget" }, "masterEventId": Value::Null,
                 "meetingLocationType": "custom", "isBlockSlot": false,
             }),
         ));
@@ -301,7 +301,7 @@ fn demo(store: &Store, loc: &str, company: &str, now_ms: i64) {
             json!({
                 "locationId": loc, "calendarId": calendars[0], "title": "Lunch", "assignedUserId": "usr_sales1",
                 "startTime": iso(s), "endTime": iso(s + 60 * MIN), "dateAdded": iso(now_ms - DAY),
-                "dateUpdated": iso(now_ms - DAY), "isBlockSlot": true,
+                "dateUpdated": iso(now_ms - DAY), "isBlockSlot": true, "users": [],
             }),
         );
     }
@@ -344,7 +344,7 @@ fn demo(store: &Store, loc: &str, company: &str, now_ms: i64) {
         k::PIPELINES,
         json!({
             "locationId": loc, "name": "Sales Pipeline", "showInFunnel": true, "showInPieChart": true,
-            "colorRenderMode": "default",
+            "colorRenderMode": "dot",
             "stages": stages.iter().zip(&stage_ids).enumerate()
                 .map(|(i, (n, id))| json!({ "id": id, "name": n, "position": i })).collect::<Vec<_>>(),
         }),

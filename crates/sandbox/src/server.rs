@@ -453,6 +453,9 @@ async fn serve_op(
             Err(e) => return fail(ApiError::bad_request(format!("Unexpected token in JSON: {e}")), quota),
         }
     };
+    if let Err(e) = check_body_shape(op, &bytes, &body) {
+        return fail(e, quota);
+    }
     // A `body_root` operation sends one parameter's value (a bare array) as the body.
     let rooted;
     let params_body = match &op.body_root {
@@ -502,6 +505,28 @@ async fn serve_op(
     };
     quota.write_headers(response.headers_mut());
     Outcome { status, response, fault: malformed.then_some("malformed") }
+}
+
+/// GHL parses JSON bodies strictly (body-parser's `strict`): only an object or an array is a
+/// body, anything else is a 400 before validation. An array where the operation declares an
+/// object fails validation, and so does a missing body the spec requires.
+fn check_body_shape(op: &catalog::Operation, bytes: &[u8], body: &Value) -> Result<(), ApiError> {
+    if let Some(first) = bytes.iter().find(|b| !b.is_ascii_whitespace()) {
+        if !body.is_object() && !body.is_array() {
+            return Err(ApiError::bad_request(format!(
+                "Unexpected token {} in JSON at position 0",
+                char::from(*first)
+            )));
+        }
+    }
+    let takes_body = op.params_in(ParamIn::Body).next().is_some();
+    if takes_body && op.body_root.is_none() && body.is_array() {
+        return Err(ApiError::unprocessable(vec!["an unknown value was passed to the validate function".into()]));
+    }
+    if body.is_null() && crate::schema::body_required(&op.key) {
+        return Err(ApiError::unprocessable(vec!["request body should not be empty".into()]));
+    }
+    Ok(())
 }
 
 /// The real answer cut mid-way: valid HTTP, JSON that does not parse.

@@ -13,7 +13,7 @@ pub async fn run(args: &SandboxArgs) -> anyhow::Result<()> {
     if let Some(t) = &args.token {
         config.tokens = vec![t.clone()];
     }
-    if !args.rate_limit {
+    if args.no_rate_limit {
         config = config.with_rate_limit(RateLimitConfig::disabled());
     }
     let token = config.tokens.first().cloned().unwrap_or_default();
@@ -27,6 +27,11 @@ pub async fn run(args: &SandboxArgs) -> anyhow::Result<()> {
     println!("  location id: {location}");
     println!("  token:       {token}  (Private Integration token, as `Authorization: Bearer ...`)");
     println!("  admin API:   {base}/_sandbox/  (requests, counters, faults, reset)");
+    if args.no_rate_limit {
+        println!("  rate limits: off (--no-rate-limit)");
+    } else {
+        println!("  rate limits: 100 requests / 10 s per location, as GHL (X-RateLimit-* headers, 429 beyond; --no-rate-limit turns them off)");
+    }
     if let Some(id) = contact {
         println!("try:\n  curl -H 'Authorization: Bearer {token}' -H 'Version: 2021-07-28' {base}/contacts/{id}");
     }

@@ -460,6 +460,9 @@ fn create_appointment(ctx: &Ctx) -> Result<Reply, ApiError> {
     e.entry("title").or_insert(json!("Appointment"));
     e.entry("appointmentStatus").or_insert(json!("confirmed"));
     e.entry("isRecurring").or_insert(json!(false));
+    e.entry("users").or_insert(json!([]));
+    // Booked through the API: GHL records the source as a third party.
+    e.insert("createdBy".into(), json!({ "userId": Value::Null, "source": "third_party" }));
     e.insert("groupId".into(), cal.get("groupId").cloned().unwrap_or(Value::Null));
     e.insert("dateAdded".into(), json!(now));
     e.insert("dateUpdated".into(), json!(now));
@@ -507,6 +510,7 @@ fn create_block_slot(ctx: &Ctx) -> Result<Reply, ApiError> {
     }
     normalise_times(&mut e, 60);
     e.entry("title").or_insert(json!("Blocked"));
+    e.entry("users").or_insert(json!([]));
     e.insert("dateAdded".into(), json!(now));
     e.insert("dateUpdated".into(), json!(now));
     e.insert("isBlockSlot".into(), json!(true));

@@ -81,7 +81,24 @@ fn get_conversation(ctx: &Ctx) -> Result<Reply, ApiError> {
     for f in ["contactId", "locationId", "deleted", "inbox", "type", "unreadCount", "assignedTo", "id", "starred"] {
         out.insert(f.into(), c.get(f).cloned().unwrap_or(Value::Null));
     }
+    // Search answers the channel by name, the single read by number (the spec's codes).
+    if let Some(t) = c.get("type").and_then(Value::as_str) {
+        out.insert("type".into(), json!(channel_code(t)));
+    }
     ok(Value::Object(out))
+}
+
+/// GHL's conversation channel numbers: 1 phone, 2 email, 3 Facebook Messenger, 4 review,
+/// 5 group SMS, 6 internal chat.
+fn channel_code(t: &str) -> u8 {
+    match t {
+        "TYPE_EMAIL" => 2,
+        "TYPE_FB_MESSENGER" | "TYPE_FACEBOOK" => 3,
+        "TYPE_REVIEW" => 4,
+        "TYPE_GROUP_SMS" => 5,
+        "TYPE_INTERNAL_CHAT" => 6,
+        _ => 1,
+    }
 }
 
 fn get_email(ctx: &Ctx) -> Result<Reply, ApiError> {

@@ -135,7 +135,7 @@ fn shape(ctx: &Ctx, mut fields: Map<String, Value>, base: Option<Record>) -> Rec
     u.entry("companyId").or_insert(json!(ctx.who.company_id));
     u.entry("deleted").or_insert(json!(false));
     u.entry("permissions").or_insert(json!({}));
-    u.entry("scopes").or_insert(json!(""));
+    u.entry("scopes").or_insert(json!([]));
     u.entry("extension").or_insert(json!(""));
     u.entry("phone").or_insert(Value::Null);
     u.entry("lcPhone").or_insert(json!({}));

@@ -148,7 +148,8 @@ pub fn value_for(op: &Operation, p: &Param, ids: &Ids, sb: &Sandbox) -> Value {
         (_, "startDate" | "startTime") if p.location == ParamIn::Query => json!((now_ms() - 10 * DAY).to_string()),
         (_, "endDate" | "endTime") if p.location == ParamIn::Query => json!((now_ms() + 10 * DAY).to_string()),
         _ => match &p.example {
-            Some(e) if p.ty.accepts(e) || p.ty == ParamType::Any => e.clone(),
+            // An example that contradicts its declared type shows the form GHL takes.
+            Some(e) => e.clone(),
             _ => match p.ty {
                 ParamType::String | ParamType::Any => json!("sandbox"),
                 ParamType::Integer | ParamType::Number => json!(10),
@@ -217,7 +218,8 @@ pub fn request(
         .query(&query);
     if let Some(root) = &op.body_root {
         rb = rb.json(&body.get(root).cloned().unwrap_or(Value::Null));
-    } else if !body.is_empty() {
+    } else if !body.is_empty() || op.params_in(ParamIn::Body).next().is_some() {
+        // A client sends the operation's body even when no field is set: `{}`.
         rb = rb.json(&body);
     }
     rb
