@@ -218,8 +218,8 @@ pub fn request(
         .query(&query);
     if let Some(root) = &op.body_root {
         rb = rb.json(&body.get(root).cloned().unwrap_or(Value::Null));
-    } else if !body.is_empty() || op.params_in(ParamIn::Body).next().is_some() {
-        // A client sends the operation's body even when no field is set: `{}`.
+    } else if !body.is_empty() || op.body_required || op.params_in(ParamIn::Body).next().is_some() {
+        // A client sends the operation's body even when no field is set: `{}`, as flowd does.
         rb = rb.json(&body);
     }
     rb
