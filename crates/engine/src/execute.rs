@@ -233,7 +233,7 @@ impl Engine {
                 }
             }
             StepKind::Http => {
-                let rendered = Value::Object(inputs.clone());
+                let rendered = http_step::record(&inputs);
                 let idempotent = step.is_idempotent(&rendered);
                 if let Err(e) = http_step::check(&inputs, &self.config().http_allow_hosts) {
                     return Ok(Err(Failure::Permanent(e)));

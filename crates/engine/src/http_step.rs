@@ -35,6 +35,58 @@ pub fn check(inputs: &Map<String, Value>, allow_hosts: &[String]) -> Result<(), 
     Ok(())
 }
 
+/// What replaces a secret in a run record.
+pub const REDACTED: &str = "<redacted>";
+
+/// Whether a header or query parameter named `name` carries a credential: the standard
+/// ones (`Authorization`, `Proxy-Authorization`, `Cookie`) and any name with `auth`,
+/// `token`, `secret`, `key`, `password`, `session`, `cookie` or `signature` in it
+/// (`X-Api-Key`, `X-Auth-Token`, `api_key`). A false positive only hides a value from
+/// the record; a false negative would keep a credential in every run.
+pub fn is_secret_name(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    ["auth", "token", "secret", "key", "password", "session", "cookie", "signature"].iter().any(|w| name.contains(w))
+}
+
+/// The step's inputs as its run record keeps them: credentials in headers, query
+/// parameters and the URL's user info replaced by [`REDACTED`]. Runs are listed by the
+/// API and kept for weeks; the request itself is sent from the rendered inputs.
+pub fn record(inputs: &Map<String, Value>) -> Value {
+    let mut out = inputs.clone();
+    for field in ["headers", "query"] {
+        if let Some(Value::Object(map)) = out.get_mut(field) {
+            for (k, v) in map.iter_mut() {
+                if is_secret_name(k) {
+                    *v = Value::String(REDACTED.into());
+                }
+            }
+        }
+    }
+    if let Some(Value::String(u)) = out.get_mut("url") {
+        if let Ok(mut parsed) = url::Url::parse(u) {
+            let mut changed = false;
+            if parsed.password().is_some() {
+                changed |= parsed.set_password(Some(REDACTED)).is_ok();
+            }
+            let pairs: Vec<(String, String)> =
+                parsed.query_pairs().map(|(k, v)| (k.into_owned(), v.into_owned())).collect();
+            if pairs.iter().any(|(k, _)| is_secret_name(k)) {
+                let mut q = parsed.query_pairs_mut();
+                q.clear();
+                for (k, v) in &pairs {
+                    q.append_pair(k, if is_secret_name(k) { REDACTED } else { v });
+                }
+                drop(q);
+                changed = true;
+            }
+            if changed {
+                *u = parsed.to_string();
+            }
+        }
+    }
+    Value::Object(out)
+}
+
 fn header_text(v: &Value) -> String {
     match v {
         Value::String(s) => s.clone(),

@@ -331,3 +331,72 @@ steps:
     assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 0, "nothing reached the app");
     server.abort();
 }
+
+/// Credentials in an http.request step reach the app, but the run record (what the store
+/// keeps and the API lists) holds `<redacted>` in their place; other headers stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_request_credentials_are_sent_but_not_recorded() {
+    use axum::routing::post;
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = seen.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        post(move |headers: axum::http::HeaderMap, axum::extract::RawQuery(q): axum::extract::RawQuery| {
+            let sink = sink.clone();
+            async move {
+                let h = |n: &str| headers.get(n).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+                sink.lock().expect("lock").push((
+                    h("authorization"),
+                    h("x-api-key"),
+                    h("cookie"),
+                    q.unwrap_or_default(),
+                ));
+                "ok"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}/hook?access_token=tok-in-url&page=2", listener.local_addr().expect("addr"));
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    let flow_text = format!(
+        r#"
+name: push
+account: main
+trigger:
+  uses: contacts.search_contacts
+  with: {{ locationId: "{{{{ account.location_id }}}}" }}
+steps:
+  - id: push
+    uses: http.request
+    with:
+      method: POST
+      url: "{url}"
+      headers: {{ Authorization: "Bearer app-secret-1", X-Api-Key: "app-key-2", Cookie: "sid=app-cookie-3", X-Trace: "visible" }}
+      json: {{ id: "{{{{ trigger.id }}}}" }}
+"#
+    );
+    let h = harness(Seed::Contacts(1), &[&flow_text], fast_retries()).await;
+    let contact = h.sandbox.records("contacts").pop().expect("contact");
+    let id = h.engine.store().create_run(&NewRun::new("push", contact)).expect("run");
+    assert_eq!(h.engine.execute(id).await.expect("execute"), RunStatus::Succeeded);
+    let got = seen.lock().expect("lock").clone();
+    assert_eq!(
+        got,
+        [(
+            "Bearer app-secret-1".to_string(),
+            "app-key-2".to_string(),
+            "sid=app-cookie-3".to_string(),
+            "access_token=tok-in-url&page=2".to_string()
+        )]
+    );
+    let run = h.engine.store().get_run(id).expect("store").expect("run");
+    let record = serde_json::to_string(&run).expect("json");
+    for secret in ["app-secret-1", "app-key-2", "app-cookie-3", "tok-in-url"] {
+        assert!(!record.contains(secret), "{secret} is in the run record: {record}");
+    }
+    let headers = &run.steps[0].request["headers"];
+    assert_eq!(headers["Authorization"], "<redacted>");
+    assert_eq!(headers["X-Trace"], "visible");
+    assert!(run.steps[0].request["url"].as_str().is_some_and(|u| u.contains("page=2")), "{record}");
+    server.abort();
+}

@@ -31,7 +31,7 @@ pub struct RawConfig {
     /// Scheduled polls in progress at once per account (more wait their turn).
     #[serde(default = "default_poll_concurrency", deserialize_with = "bounded::usize::<_, 1, 64>")]
     pub poll_concurrency: usize,
-    /// Bearer token for the admin endpoints that change state (replay, release).
+    /// Bearer token for the HTTP API (`/api/...`); without it the API is off.
     #[serde(default)]
     pub admin_token: Option<String>,
     /// Hosts `http.request` steps may call; empty means any.
@@ -246,6 +246,11 @@ fn resolve(path: &Path, raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) ->
         .listen
         .parse()
         .map_err(|_| invalid(format!("listen: `{}` is not an address like 127.0.0.1:8686", raw.listen)))?;
+    if !listen.ip().is_loopback() {
+        warnings.push(format!(
+            "listen: {listen} is not a loopback address: /metrics, /healthz and /readyz (no token) and the /api (admin_token) are reachable from the network"
+        ));
+    }
     let secret =
         |what: &str, value: &Option<String>, file: &Option<PathBuf>, warnings: &mut Vec<String>| match (value, file) {
             (Some(_), Some(_)) => Err(invalid(format!("{what}: give either the value or the `_file`, not both"))),
