@@ -234,7 +234,10 @@ steps:
     with: {{ method: POST, url: "{url}", headers: {{ x-flowd: "1" }}, json: {{ contact: "{{{{ trigger }}}}", tags: "{{{{ trigger.tags }}}}" }} }}
 "#
     );
-    let h = harness(Seed::Contacts(1), &[&flow_text], fast_retries()).await;
+    // The app is on 127.0.0.1: a local target, allowed explicitly.
+    let h =
+        harness(Seed::Contacts(1), &[&flow_text], engine::EngineConfig { http_allow_private: true, ..fast_retries() })
+            .await;
     h.engine.poll_and_run("push").await.expect("baseline");
     let c = new_contact(&h.sandbox, 7);
     let (report, statuses) = h.engine.poll_and_run("push").await.expect("poll");
@@ -248,7 +251,11 @@ steps:
 
     // The same flow with an allow-list that does not name the host: dead, nothing sent.
     let dir = tempfile::tempdir().expect("tempdir");
-    let config = engine::EngineConfig { http_allow_hosts: vec!["hooks.example.com".into()], ..fast_retries() };
+    let config = engine::EngineConfig {
+        http_allow_hosts: vec!["hooks.example.com".into()],
+        http_allow_private: true,
+        ..fast_retries()
+    };
     let strict = engine_for(&h.sandbox, &dir.path().join("s"), config);
     strict.set_flows(vec![compile(&flow_text)]).expect("flows");
     let id = strict.store().create_run(&NewRun::new("push", c.clone())).expect("run");
@@ -315,7 +322,10 @@ steps:
     with: {{ method: POST, url: "{url}", headers: {{ x-name: "{{{{ trigger.firstName }}}}" }}, json: {{ id: "{{{{ trigger.id }}}}" }} }}
 "#
     );
-    let h = harness(Seed::Contacts(1), &[&flow_text], fast_retries()).await;
+    // The app is on 127.0.0.1: a local target, allowed explicitly.
+    let h =
+        harness(Seed::Contacts(1), &[&flow_text], engine::EngineConfig { http_allow_private: true, ..fast_retries() })
+            .await;
     let contact = h
         .sandbox
         .insert_record(
@@ -375,7 +385,10 @@ steps:
       json: {{ id: "{{{{ trigger.id }}}}" }}
 "#
     );
-    let h = harness(Seed::Contacts(1), &[&flow_text], fast_retries()).await;
+    // The app is on 127.0.0.1: a local target, allowed explicitly.
+    let h =
+        harness(Seed::Contacts(1), &[&flow_text], engine::EngineConfig { http_allow_private: true, ..fast_retries() })
+            .await;
     let contact = h.sandbox.records("contacts").pop().expect("contact");
     let id = h.engine.store().create_run(&NewRun::new("push", contact)).expect("run");
     assert_eq!(h.engine.execute(id).await.expect("execute"), RunStatus::Succeeded);
