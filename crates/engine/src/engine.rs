@@ -34,8 +34,16 @@ pub struct EngineConfig {
     /// Bounds of one poll.
     pub max_pages: u32,
     pub max_items: usize,
-    /// Hosts `http.request` may call; empty means any.
+    /// Hosts `http.request` may call; empty means any (public address).
     pub http_allow_hosts: Vec<String>,
+    /// Whether `http.request` may call loopback, private and link-local addresses (an
+    /// app on the same host or network); off, they are refused after DNS resolution.
+    pub http_allow_private: bool,
+    /// Redirects an `http.request` follows (each hop checked like the first URL); 0
+    /// answers the step with the redirect itself.
+    pub http_max_redirects: usize,
+    /// Largest response body an `http.request` reads (decompressed).
+    pub http_max_response_bytes: usize,
     pub http_timeout: Duration,
     /// How often due retries are looked for.
     pub retry_scan: Duration,
@@ -56,6 +64,9 @@ impl Default for EngineConfig {
             max_pages: 100,
             max_items: 10_000,
             http_allow_hosts: Vec::new(),
+            http_allow_private: false,
+            http_max_redirects: 0,
+            http_max_response_bytes: 1024 * 1024,
             http_timeout: Duration::from_secs(30),
             retry_scan: Duration::from_secs(1),
         }
@@ -83,7 +94,8 @@ pub struct Engine {
     catalog: Arc<Catalog>,
     client: ghl::Client,
     store: Arc<dyn Store>,
-    http: reqwest::Client,
+    http: Result<reqwest::Client, String>,
+    http_targets: Arc<crate::http_step::Targets>,
     accounts: BTreeMap<String, AccountInfo>,
     env: BTreeMap<String, String>,
     config: EngineConfig,
@@ -141,11 +153,16 @@ impl Engine {
         config: EngineConfig,
         metrics: Arc<Metrics>,
     ) -> Arc<Engine> {
-        let http = reqwest::Client::builder()
-            .user_agent(concat!("flowd/", env!("CARGO_PKG_VERSION")))
-            .connect_timeout(Duration::from_secs(10))
-            .build()
-            .unwrap_or_default();
+        let http_targets = Arc::new(crate::http_step::Targets {
+            allow_hosts: config.http_allow_hosts.clone(),
+            allow_private: config.http_allow_private,
+        });
+        // Building fails only if the TLS backend cannot start. A default client would skip
+        // the address checks, so http.request steps then fail with the reason instead.
+        let http = crate::http_step::client(http_targets.clone(), config.http_max_redirects).map_err(|e| {
+            tracing::error!(error = %e, "cannot build the http.request client; http.request steps will fail");
+            format!("the HTTP client could not start: {e}")
+        });
         let permits = crate::fair::FairSlots::new(config.concurrency);
         let poll_slots =
             crate::scheduler::PollSlots::new(accounts.iter().map(|a| a.name.as_str()), config.poll_concurrency);
@@ -155,6 +172,7 @@ impl Engine {
             client,
             store,
             http,
+            http_targets,
             accounts: accounts.into_iter().map(|a| (a.name.clone(), a)).collect(),
             env,
             config,
@@ -249,8 +267,12 @@ impl Engine {
     pub fn catalog(&self) -> &Arc<Catalog> {
         &self.catalog
     }
-    pub(crate) fn http(&self) -> &reqwest::Client {
-        &self.http
+    pub(crate) fn http_targets(&self) -> &crate::http_step::Targets {
+        &self.http_targets
+    }
+
+    pub(crate) fn http(&self) -> Result<&reqwest::Client, &str> {
+        self.http.as_ref().map_err(String::as_str)
     }
 
     pub(crate) fn writer(&self) -> &Writer {

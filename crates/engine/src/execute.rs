@@ -233,14 +233,19 @@ impl Engine {
                 }
             }
             StepKind::Http => {
-                let rendered = Value::Object(inputs.clone());
+                let rendered = http_step::record(&inputs);
                 let idempotent = step.is_idempotent(&rendered);
-                if let Err(e) = http_step::check(&inputs, &self.config().http_allow_hosts) {
+                if let Err(e) = http_step::check(&inputs, self.http_targets()) {
                     return Ok(Err(Failure::Permanent(e)));
                 }
+                let client = match self.http() {
+                    Ok(c) => c,
+                    Err(e) => return Ok(Err(Failure::Permanent(e.to_string()))),
+                };
                 started = true;
                 self.start_step(id, &step.id, rendered, pending).await?;
-                http_step::send(self.http(), &inputs, self.config().http_timeout, idempotent).await
+                let config = self.config();
+                http_step::send(client, &inputs, config.http_timeout, idempotent, config.http_max_response_bytes).await
             }
         };
         self.metrics().record_step(&flow_name, &step.id, began.elapsed(), result.is_ok());

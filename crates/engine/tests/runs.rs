@@ -234,7 +234,10 @@ steps:
     with: {{ method: POST, url: "{url}", headers: {{ x-flowd: "1" }}, json: {{ contact: "{{{{ trigger }}}}", tags: "{{{{ trigger.tags }}}}" }} }}
 "#
     );
-    let h = harness(Seed::Contacts(1), &[&flow_text], fast_retries()).await;
+    // The app is on 127.0.0.1: a local target, allowed explicitly.
+    let h =
+        harness(Seed::Contacts(1), &[&flow_text], engine::EngineConfig { http_allow_private: true, ..fast_retries() })
+            .await;
     h.engine.poll_and_run("push").await.expect("baseline");
     let c = new_contact(&h.sandbox, 7);
     let (report, statuses) = h.engine.poll_and_run("push").await.expect("poll");
@@ -248,7 +251,11 @@ steps:
 
     // The same flow with an allow-list that does not name the host: dead, nothing sent.
     let dir = tempfile::tempdir().expect("tempdir");
-    let config = engine::EngineConfig { http_allow_hosts: vec!["hooks.example.com".into()], ..fast_retries() };
+    let config = engine::EngineConfig {
+        http_allow_hosts: vec!["hooks.example.com".into()],
+        http_allow_private: true,
+        ..fast_retries()
+    };
     let strict = engine_for(&h.sandbox, &dir.path().join("s"), config);
     strict.set_flows(vec![compile(&flow_text)]).expect("flows");
     let id = strict.store().create_run(&NewRun::new("push", c.clone())).expect("run");
@@ -315,7 +322,10 @@ steps:
     with: {{ method: POST, url: "{url}", headers: {{ x-name: "{{{{ trigger.firstName }}}}" }}, json: {{ id: "{{{{ trigger.id }}}}" }} }}
 "#
     );
-    let h = harness(Seed::Contacts(1), &[&flow_text], fast_retries()).await;
+    // The app is on 127.0.0.1: a local target, allowed explicitly.
+    let h =
+        harness(Seed::Contacts(1), &[&flow_text], engine::EngineConfig { http_allow_private: true, ..fast_retries() })
+            .await;
     let contact = h
         .sandbox
         .insert_record(
@@ -461,4 +471,76 @@ steps:
     let (_, statuses) = engine.poll_and_run("empties").await.expect("poll");
     assert_eq!(statuses, [RunStatus::Succeeded]);
     assert!(sb.record("events", event["id"].as_str().expect("id")).is_none(), "the event is deleted");
+}
+
+/// Credentials in an http.request step reach the app, but the run record (what the store
+/// keeps and the API lists) holds `<redacted>` in their place; other headers stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_request_credentials_are_sent_but_not_recorded() {
+    use axum::routing::post;
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = seen.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        post(move |headers: axum::http::HeaderMap, axum::extract::RawQuery(q): axum::extract::RawQuery| {
+            let sink = sink.clone();
+            async move {
+                let h = |n: &str| headers.get(n).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+                sink.lock().expect("lock").push((
+                    h("authorization"),
+                    h("x-api-key"),
+                    h("cookie"),
+                    q.unwrap_or_default(),
+                ));
+                "ok"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}/hook?access_token=tok-in-url&page=2", listener.local_addr().expect("addr"));
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    let flow_text = format!(
+        r#"
+name: push
+account: main
+trigger:
+  uses: contacts.search_contacts
+  with: {{ locationId: "{{{{ account.location_id }}}}" }}
+steps:
+  - id: push
+    uses: http.request
+    with:
+      method: POST
+      url: "{url}"
+      headers: {{ Authorization: "Bearer app-secret-1", X-Api-Key: "app-key-2", Cookie: "sid=app-cookie-3", X-Trace: "visible" }}
+      json: {{ id: "{{{{ trigger.id }}}}" }}
+"#
+    );
+    // The app is on 127.0.0.1: a local target, allowed explicitly.
+    let h =
+        harness(Seed::Contacts(1), &[&flow_text], engine::EngineConfig { http_allow_private: true, ..fast_retries() })
+            .await;
+    let contact = h.sandbox.records("contacts").pop().expect("contact");
+    let id = h.engine.store().create_run(&NewRun::new("push", contact)).expect("run");
+    assert_eq!(h.engine.execute(id).await.expect("execute"), RunStatus::Succeeded);
+    let got = seen.lock().expect("lock").clone();
+    assert_eq!(
+        got,
+        [(
+            "Bearer app-secret-1".to_string(),
+            "app-key-2".to_string(),
+            "sid=app-cookie-3".to_string(),
+            "access_token=tok-in-url&page=2".to_string()
+        )]
+    );
+    let run = h.engine.store().get_run(id).expect("store").expect("run");
+    let record = serde_json::to_string(&run).expect("json");
+    for secret in ["app-secret-1", "app-key-2", "app-cookie-3", "tok-in-url"] {
+        assert!(!record.contains(secret), "{secret} is in the run record: {record}");
+    }
+    let headers = &run.steps[0].request["headers"];
+    assert_eq!(headers["Authorization"], "<redacted>");
+    assert_eq!(headers["X-Trace"], "visible");
+    assert!(run.steps[0].request["url"].as_str().is_some_and(|u| u.contains("page=2")), "{record}");
+    server.abort();
 }

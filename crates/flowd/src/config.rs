@@ -31,12 +31,27 @@ pub struct RawConfig {
     /// Scheduled polls in progress at once per account (more wait their turn).
     #[serde(default = "default_poll_concurrency", deserialize_with = "bounded::usize::<_, 1, 64>")]
     pub poll_concurrency: usize,
-    /// Bearer token for the admin endpoints that change state (replay, release).
+    /// Bearer token for the HTTP API (`/api/...`); without it the API is off.
     #[serde(default)]
     pub admin_token: Option<String>,
-    /// Hosts `http.request` steps may call; empty means any.
+    /// Hosts `http.request` steps may call; empty means any (with a public address).
     #[serde(default)]
     pub http_allow_hosts: Vec<String>,
+    /// Lets `http.request` call loopback, private and link-local addresses (an app on this
+    /// host or network); refused by default, after DNS resolution.
+    #[serde(default)]
+    pub http_allow_private: bool,
+    /// Redirects an `http.request` follows, every hop checked like the first URL; 0 (the
+    /// default) follows none.
+    #[serde(default, deserialize_with = "bounded::u32::<_, 0, 10>")]
+    pub http_max_redirects: u32,
+    /// The largest `http.request` response body read (decompressed); a larger one fails
+    /// the step.
+    #[serde(
+        default = "default_http_max_response",
+        deserialize_with = "bounded::usize::<_, 1024, { 64 * 1024 * 1024 }>"
+    )]
+    pub http_max_response_bytes: usize,
     /// Catalog extension files.
     #[serde(default)]
     pub catalog_dir: Option<PathBuf>,
@@ -170,6 +185,9 @@ pub struct Config {
     pub poll_concurrency: usize,
     pub admin_token: Option<String>,
     pub http_allow_hosts: Vec<String>,
+    pub http_allow_private: bool,
+    pub http_max_redirects: u32,
+    pub http_max_response_bytes: usize,
     pub catalog_dir: Option<PathBuf>,
     pub accounts: BTreeMap<String, Account>,
     pub rate_limit: Option<RawRateLimit>,
@@ -246,6 +264,11 @@ fn resolve(path: &Path, raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) ->
         .listen
         .parse()
         .map_err(|_| invalid(format!("listen: `{}` is not an address like 127.0.0.1:8686", raw.listen)))?;
+    if !listen.ip().is_loopback() {
+        warnings.push(format!(
+            "listen: {listen} is not a loopback address: /metrics, /healthz and /readyz (no token) and the /api (admin_token) are reachable from the network"
+        ));
+    }
     let secret =
         |what: &str, value: &Option<String>, file: &Option<PathBuf>, warnings: &mut Vec<String>| match (value, file) {
             (Some(_), Some(_)) => Err(invalid(format!("{what}: give either the value or the `_file`, not both"))),
@@ -313,6 +336,9 @@ fn resolve(path: &Path, raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) ->
         poll_concurrency: raw.poll_concurrency,
         admin_token,
         http_allow_hosts: raw.http_allow_hosts,
+        http_allow_private: raw.http_allow_private,
+        http_max_redirects: raw.http_max_redirects,
+        http_max_response_bytes: raw.http_max_response_bytes,
         catalog_dir: raw.catalog_dir.map(|d| rel(&d)),
         accounts,
         rate_limit: raw.rate_limit,
@@ -345,6 +371,9 @@ pub fn expand(value: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Strin
     Ok(out)
 }
 
+fn default_http_max_response() -> usize {
+    engine::EngineConfig::default().http_max_response_bytes
+}
 fn default_store() -> PathBuf {
     PathBuf::from("./flowd-data")
 }
@@ -495,6 +524,24 @@ mod tests {
         let (_d, path) = write("listen: 127.0.0.1:8686\nacounts: {}\n");
         let e = load(&path, &env).unwrap_err().to_string();
         assert!(e.contains("flowd.yaml:2:1: unknown field `acounts`"), "{e}");
+    }
+
+    #[test]
+    fn http_request_targets_are_closed_by_default_and_listen_off_loopback_is_warned() {
+        let (_d, path) = write("accounts: {}\n");
+        let c = load(&path, &env).expect("valid");
+        assert!(!c.http_allow_private);
+        assert_eq!((c.http_max_redirects, c.http_max_response_bytes), (0, 1024 * 1024));
+        let (_d, path) = write(
+            "listen: 0.0.0.0:8686\nhttp_allow_private: true\nhttp_max_redirects: 3\nhttp_max_response_bytes: 4096\naccounts: {}\n",
+        );
+        let c = load(&path, &env).expect("valid");
+        assert!(c.http_allow_private);
+        assert_eq!((c.http_max_redirects, c.http_max_response_bytes), (3, 4096));
+        assert!(c.warnings.iter().any(|w| w.contains("0.0.0.0:8686 is not a loopback address")), "{:?}", c.warnings);
+        let (_d, path) = write("http_max_redirects: 11\naccounts: {}\n");
+        let e = load(&path, &env).unwrap_err().to_string();
+        assert!(e.contains("flowd.yaml:1:21: 11 is out of range: give 0 to 10"), "{e}");
     }
 
     #[test]

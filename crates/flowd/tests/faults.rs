@@ -79,7 +79,7 @@ impl Flowd {
         std::fs::create_dir(dir.path().join("flows")).expect("flows dir");
         std::fs::write(dir.path().join("flows/tasks.yaml"), FLOW).expect("flow");
         let config = format!(
-            "store: ./data\nflows: ./flows\nlisten: {listen}\nshutdown_timeout: 5s\n\
+            "store: ./data\nflows: ./flows\nlisten: {listen}\nadmin_token: fault-admin\nshutdown_timeout: 5s\n\
              rate_limit: {{ requests: 100000, per: 1s }}\n\
              accounts:\n  main:\n    location_id: {}\n    base_url: {}\n    token: ${{FAULT_TEST_TOKEN}}\n",
             sb.location_id(),
@@ -141,7 +141,8 @@ impl Flowd {
 
     async fn any(&self, status: &str) -> Option<bool> {
         let url = format!("http://{}/api/runs?status={status}&limit=1", self.listen);
-        let body: serde_json::Value = reqwest::get(url).await.ok()?.json().await.ok()?;
+        let res = reqwest::Client::new().get(url).bearer_auth("fault-admin").send().await.ok()?;
+        let body: serde_json::Value = res.json().await.ok()?;
         Some(!body["runs"].as_array()?.is_empty())
     }
 }

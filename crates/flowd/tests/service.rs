@@ -8,6 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 const TOKEN: &str = "pit-service-test";
+const ADMIN: &str = "admin-secret";
 
 struct Service {
     dir: tempfile::TempDir,
@@ -81,10 +82,31 @@ impl Service {
         }
     }
 
+    /// A GET with the admin token (every `/api` route needs it).
     async fn get(&self, path: &str) -> Option<(u16, String)> {
-        let res = reqwest::get(format!("http://{}{path}", self.listen)).await.ok()?;
+        self.get_with(path, &[("authorization", &format!("Bearer {ADMIN}"))]).await
+    }
+
+    async fn get_with(&self, path: &str, headers: &[(&str, &str)]) -> Option<(u16, String)> {
+        let mut req = reqwest::Client::new().get(format!("http://{}{path}", self.listen));
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let res = req.send().await.ok()?;
         let status = res.status().as_u16();
         Some((status, res.text().await.ok()?))
+    }
+
+    /// `flowd ARGS --config flowd.yaml` in the service's directory: (exit code, output).
+    fn cli(&self, args: &[&str]) -> (Option<i32>, String) {
+        let out = Command::new(env!("CARGO_BIN_EXE_flowd"))
+            .args(args)
+            .args(["--config", "flowd.yaml"])
+            .current_dir(self.dir.path())
+            .env("SERVICE_TEST_TOKEN", TOKEN)
+            .output()
+            .expect("flowd runs");
+        (out.status.code(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
     }
 
     async fn wait_ready(&self) {
@@ -200,16 +222,7 @@ async fn serves_health_and_metrics_reloads_flows_and_stops_cleanly_on_sigterm() 
     assert!(runs.iter().all(|r| r.status == store::RunStatus::Succeeded), "{runs:?}");
 
     // With the service stopped, the CLI reads and acts on the store directly.
-    let cli = |args: &[&str]| {
-        let out = Command::new(env!("CARGO_BIN_EXE_flowd"))
-            .args(args)
-            .args(["--config", "flowd.yaml"])
-            .current_dir(svc.dir.path())
-            .env("SERVICE_TEST_TOKEN", TOKEN)
-            .output()
-            .expect("flowd runs");
-        (out.status.code(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
-    };
+    let cli = |args: &[&str]| svc.cli(args);
     let (code, listing) = cli(&["runs", "--flow", "tasks"]);
     assert_eq!(code, Some(0), "{listing}");
     assert!(listing.contains("succeeded") && listing.contains("1 run(s)"), "{listing}");
@@ -238,6 +251,49 @@ async fn serves_health_and_metrics_reloads_flows_and_stops_cleanly_on_sigterm() 
     let (code, missing) = cli(&["runs", "show", "999999"]);
     assert_eq!(code, Some(1));
     assert!(missing.contains("run 999999 not found"), "{missing}");
+}
+
+/// Runs hold rendered requests and contact data: every `/api` route needs the admin
+/// token, and a request whose `Host` is not this listener's (a page re-pointed at
+/// 127.0.0.1 by DNS rebinding) is refused. Probes and scrapes stay open; the CLI sends
+/// the token when it goes through the running service.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_needs_the_admin_token_and_this_listeners_host() {
+    let sb = sandbox(Seed::Contacts(1)).await;
+    let mut svc = Service::new(&sb, &[("tasks.yaml", &task_flow("tasks", "1m", "now"))]);
+    svc.start();
+    svc.wait_ready().await;
+    for path in ["/api/runs", "/api/runs/1", "/api/flows"] {
+        assert_eq!(svc.get_with(path, &[]).await.map(|r| r.0), Some(401), "{path} without a token");
+        let wrong = svc.get_with(path, &[("authorization", "Bearer not-it")]).await.map(|r| r.0);
+        assert_eq!(wrong, Some(401), "{path} with a wrong token");
+    }
+    assert_eq!(svc.get("/api/runs").await.map(|r| r.0), Some(200));
+    for path in ["/healthz", "/readyz", "/metrics"] {
+        assert_eq!(svc.get_with(path, &[]).await.map(|r| r.0), Some(200), "{path} stays open");
+    }
+    let port = svc.listen.rsplit_once(':').map(|(_, p)| p).unwrap_or_default().to_string();
+    let rebound = format!("rebound.example:{port}");
+    let with_token = format!("Bearer {ADMIN}");
+    for path in ["/api/runs", "/metrics"] {
+        let res = svc.get_with(path, &[("host", &rebound), ("authorization", &with_token)]).await;
+        assert_eq!(res.as_ref().map(|r| r.0), Some(421), "{path} with Host {rebound}: {res:?}");
+    }
+    let local = format!("localhost:{port}");
+    assert_eq!(
+        svc.get_with("/api/runs", &[("host", &local), ("authorization", &with_token)]).await.map(|r| r.0),
+        Some(200)
+    );
+
+    // The store is the service's: the CLI goes through the API, with the token.
+    let (code, listing) = svc.cli(&["runs"]);
+    assert_eq!(code, Some(0), "{listing}");
+    assert!(listing.contains("0 run(s)"), "{listing}");
+    let (code, missing) = svc.cli(&["runs", "show", "999999"]);
+    assert_eq!(code, Some(1), "{missing}");
+    assert!(missing.contains("run 999999 not found"), "{missing}");
+    svc.signal("-TERM");
+    assert_eq!(svc.wait_exit(Duration::from_secs(15)), Some(0), "log:\n{}", svc.log());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

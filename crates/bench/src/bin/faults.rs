@@ -146,7 +146,7 @@ impl Service {
         std::fs::write(dir.join("flows/tasks.yaml"), FLOW)?;
         // The sandbox's rate limits are off, so the client's own limiter is raised to match.
         let config = format!(
-            "store: ./data\nflows: ./flows\nlisten: {listen}\nshutdown_timeout: 5s\n\
+            "store: ./data\nflows: ./flows\nlisten: {listen}\nadmin_token: bench-admin\nshutdown_timeout: 5s\n\
              rate_limit: {{ requests: 1000000, per: 1s, daily: 1000000000 }}\n\
              accounts:\n  main:\n    location_id: {}\n    base_url: {}\n    token: ${{FAULTS_TOKEN}}\n",
             sb.location_id(),
@@ -208,7 +208,8 @@ impl Service {
     /// How many runs of `status` the service lists (0 or 1: we only ask whether any).
     async fn any(&self, status: &str) -> Option<bool> {
         let url = format!("http://{}/api/runs?status={status}&limit=1", self.listen);
-        let body: serde_json::Value = self.http.get(url).send().await.ok()?.json().await.ok()?;
+        let body: serde_json::Value =
+            self.http.get(url).bearer_auth("bench-admin").send().await.ok()?.json().await.ok()?;
         Some(!body["runs"].as_array()?.is_empty())
     }
 }

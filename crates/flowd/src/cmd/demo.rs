@@ -67,7 +67,9 @@ pub async fn run(catalog: Arc<catalog::Catalog>, args: &DemoArgs) -> anyhow::Res
             .with_resource(sb.location_id()),
     );
     let accounts = vec![AccountInfo { name: "main".into(), location_id: sb.location_id().into() }];
-    let engine = Engine::new(catalog, client, store, accounts, env, EngineConfig::default(), metrics);
+    // The demo's app listens on 127.0.0.1: a local target, refused unless allowed.
+    let config = EngineConfig { http_allow_private: true, ..EngineConfig::default() };
+    let engine = Engine::new(catalog, client, store, accounts, env, config, metrics);
     engine.set_flows(flows)?;
     let mut hooks = instant::Webhooks::start(&sb, &engine).await?;
 

@@ -1,8 +1,8 @@
 //! `flowd runs`, `flowd runs show`, `flowd replay`, `flowd release`.
 //!
 //! The store can be open in one process only. When `flowd run` is not running these
-//! commands open it directly; when it is, they ask the service's HTTP API instead
-//! (replay and release then need the config's `admin_token`).
+//! commands open it directly; when it is, they ask the service's HTTP API instead, with
+//! the config's `admin_token` (every `/api` route needs it).
 
 use crate::cli::{ReleaseArgs, ReplayArgs, RunsArgs, RunsCommand, StatusArg};
 use crate::config::Config;
@@ -40,10 +40,17 @@ fn status_of(s: StatusArg) -> RunStatus {
     }
 }
 
-async fn api_get(base: &str, path: &str) -> anyhow::Result<Value> {
-    let res = reqwest::get(format!("{base}{path}")).await.map_err(|e| {
-        UserError::new(format!("the store is in use, and the service at {base} cannot be reached: {e}"))
-    })?;
+/// Calls the running service's API with the admin token.
+async fn api_call(method: reqwest::Method, base: &str, path: &str, token: &Option<String>) -> anyhow::Result<Value> {
+    let Some(token) = token else {
+        return Err(UserError::new(
+            "the store is in use by the running service: set `admin_token` in the config to use its API",
+        )
+        .into());
+    };
+    let res = reqwest::Client::new().request(method, format!("{base}{path}")).bearer_auth(token).send().await.map_err(
+        |e| UserError::new(format!("the store is in use, and the service at {base} cannot be reached: {e}")),
+    )?;
     let status = res.status();
     let body: Value = res.json().await?;
     if !status.is_success() {
@@ -54,22 +61,12 @@ async fn api_get(base: &str, path: &str) -> anyhow::Result<Value> {
     Ok(body)
 }
 
+async fn api_get(base: &str, path: &str, token: &Option<String>) -> anyhow::Result<Value> {
+    api_call(reqwest::Method::GET, base, path, token).await
+}
+
 async fn api_post(base: &str, path: &str, token: &Option<String>) -> anyhow::Result<Value> {
-    let Some(token) = token else {
-        return Err(UserError::new(
-            "the service is running: set `admin_token` in the config to replay or release through it",
-        )
-        .into());
-    };
-    let res = reqwest::Client::new().post(format!("{base}{path}")).bearer_auth(token).send().await?;
-    let status = res.status();
-    let body: Value = res.json().await?;
-    if !status.is_success() {
-        return Err(
-            UserError::new(format!("{base}{path}: {}", body["error"].as_str().unwrap_or("request failed"))).into()
-        );
-    }
-    Ok(body)
+    api_call(reqwest::Method::POST, base, path, token).await
 }
 
 pub async fn list(config: &Config, args: &RunsArgs, out: &mut dyn Write) -> anyhow::Result<()> {
@@ -86,7 +83,7 @@ pub async fn list(config: &Config, args: &RunsArgs, out: &mut dyn Write) -> anyh
             };
             s.list_runs(&filter)?
         }
-        Backend::Api { base, .. } => {
+        Backend::Api { base, token } => {
             let mut q = format!("/api/runs?limit={}", args.limit);
             if let Some(f) = &args.flow {
                 q.push_str(&format!("&flow={f}"));
@@ -94,7 +91,7 @@ pub async fn list(config: &Config, args: &RunsArgs, out: &mut dyn Write) -> anyh
             if let Some(s) = args.status {
                 q.push_str(&format!("&status={}", status_of(s).as_str()));
             }
-            serde_json::from_value(api_get(&base, &q).await?["runs"].clone())?
+            serde_json::from_value(api_get(&base, &q, &token).await?["runs"].clone())?
         }
     };
     if args.json {
@@ -123,7 +120,9 @@ pub async fn list(config: &Config, args: &RunsArgs, out: &mut dyn Write) -> anyh
 async fn show(config: &Config, id: u64, json: bool, out: &mut dyn Write) -> anyhow::Result<()> {
     let run: Run = match backend(config)? {
         Backend::Store(s) => s.get_run(RunId(id))?.ok_or_else(|| UserError::new(format!("run {id} not found")))?,
-        Backend::Api { base, .. } => serde_json::from_value(api_get(&base, &format!("/api/runs/{id}")).await?)?,
+        Backend::Api { base, token } => {
+            serde_json::from_value(api_get(&base, &format!("/api/runs/{id}"), &token).await?)?
+        }
     };
     if json {
         serde_json::to_writer_pretty(&mut *out, &run)?;

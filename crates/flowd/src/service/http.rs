@@ -1,9 +1,19 @@
 //! The service's HTTP endpoints (loopback by default): health, readiness, Prometheus
-//! metrics, and a small JSON API over runs. Anything that changes state needs the admin
-//! token (`Authorization: Bearer ...`); without a configured token those endpoints are off.
+//! metrics, and a small JSON API over runs.
+//!
+//! Every `/api` route needs the admin token (`Authorization: Bearer ...`): runs hold
+//! rendered requests and contact data. Without a configured token the API is off.
+//! `/healthz`, `/readyz` and `/metrics` stay open for probes and scrapers: they hold
+//! counts and flow names, no run data.
+//!
+//! Every request's `Host` must name this listener (a loopback name or address, the
+//! configured address, or with an unspecified `listen` any IP address): a web page
+//! whose name was re-pointed at 127.0.0.1 (DNS rebinding) sends its own name and is
+//! refused with 421.
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -20,6 +30,7 @@ struct Api {
     engine: Arc<Engine>,
     admin_token: Option<String>,
     ready: Arc<AtomicBool>,
+    listen: std::net::SocketAddr,
 }
 
 pub fn serve(
@@ -29,21 +40,62 @@ pub fn serve(
     ready: Arc<AtomicBool>,
     shutdown: watch::Receiver<bool>,
 ) -> JoinHandle<()> {
-    let api = Api { engine, admin_token, ready };
-    let app = Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
+    let listen = listener.local_addr().unwrap_or_else(|_| std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
+    let api = Api { engine, admin_token, ready, listen };
+    let admin = Router::new()
         .route("/api/flows", get(flows))
         .route("/api/runs", get(list_runs))
         .route("/api/runs/{id}", get(get_run))
         .route("/api/runs/{id}/replay", post(replay))
         .route("/api/flows/{name}/release", post(release))
+        .route_layer(middleware::from_fn_with_state(api.clone(), require_token));
+    let app = Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .merge(admin)
+        .layer(middleware::from_fn_with_state(api.clone(), check_host))
         .with_state(api);
     // The admin listener answers probes and scrapes: a few connections at a time is what
     // it serves, and idle ones must not keep /healthz from answering.
     let limits = super::listener::Limits { max_connections: 128, ..super::listener::Limits::default() };
     tokio::spawn(super::listener::serve(listener, app, limits, shutdown, std::time::Duration::from_secs(5)))
+}
+
+/// Refuses a request whose `Host` does not name this listener (see the module's comment).
+async fn check_host(State(api): State<Api>, request: Request, next: Next) -> Response {
+    let host = request.headers().get("host").and_then(|v| v.to_str().ok());
+    match host {
+        Some(h) if host_names_listener(h, api.listen) => next.run(request).await,
+        Some(h) => error(StatusCode::MISDIRECTED_REQUEST, format!("`Host: {h}` does not name this listener")),
+        None => error(StatusCode::MISDIRECTED_REQUEST, "a `Host` header is required"),
+    }
+}
+
+/// Whether a `Host` header value (`name[:port]`, `[v6][:port]`) names the listener at
+/// `listen`. An IP address cannot be re-pointed by DNS, so any address the listener
+/// answers on is accepted; names are accepted only for loopback (`localhost`).
+fn host_names_listener(host: &str, listen: std::net::SocketAddr) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(rest) => rest.split_once(']').map(|(ip, _)| ip).unwrap_or(rest),
+        None => host.rsplit_once(':').map(|(n, _)| n).unwrap_or(host),
+    };
+    let name = name.trim_end_matches('.').to_ascii_lowercase();
+    if name == "localhost" || name.ends_with(".localhost") {
+        return true;
+    }
+    match name.parse::<std::net::IpAddr>() {
+        Ok(ip) => ip.is_loopback() || ip == listen.ip() || listen.ip().is_unspecified(),
+        Err(_) => false,
+    }
+}
+
+/// Refuses an `/api` request without the admin token.
+async fn require_token(State(api): State<Api>, request: Request, next: Next) -> Response {
+    match unauthorized(&api, request.headers()) {
+        Some(refused) => refused,
+        None => next.run(request).await,
+    }
 }
 
 async fn readyz(State(api): State<Api>) -> Response {
@@ -106,7 +158,7 @@ async fn get_run(State(api): State<Api>, Path(id): Path<u64>) -> Response {
 /// The error response when the request lacks the admin token, or `None`.
 fn unauthorized(api: &Api, headers: &HeaderMap) -> Option<Response> {
     let Some(expected) = &api.admin_token else {
-        return Some(error(StatusCode::FORBIDDEN, "set `admin_token` in the config to use this endpoint"));
+        return Some(error(StatusCode::FORBIDDEN, "set `admin_token` in the config to use the API"));
     };
     let given = headers.get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
     // Constant-time comparison: the token guards replays of real actions.
@@ -123,15 +175,7 @@ struct ReplayQuery {
     include_in_doubt: bool,
 }
 
-async fn replay(
-    State(api): State<Api>,
-    headers: HeaderMap,
-    Path(id): Path<u64>,
-    Query(q): Query<ReplayQuery>,
-) -> Response {
-    if let Some(r) = unauthorized(&api, &headers) {
-        return r;
-    }
+async fn replay(State(api): State<Api>, Path(id): Path<u64>, Query(q): Query<ReplayQuery>) -> Response {
     match api.engine.replay(store::RunId(id), q.include_in_doubt).await {
         Ok(status) => Json(json!({ "run": id, "status": status })).into_response(),
         Err(engine::EngineError::UnknownRun(_)) => error(StatusCode::NOT_FOUND, format!("run {id} not found")),
@@ -140,12 +184,32 @@ async fn replay(
     }
 }
 
-async fn release(State(api): State<Api>, headers: HeaderMap, Path(name): Path<String>) -> Response {
-    if let Some(r) = unauthorized(&api, &headers) {
-        return r;
-    }
+async fn release(State(api): State<Api>, Path(name): Path<String>) -> Response {
     match api.engine.release(&name).await {
         Ok(statuses) => Json(json!({ "released": statuses.len(), "statuses": statuses })).into_response(),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::host_names_listener;
+
+    #[test]
+    fn host_must_name_the_listener() {
+        let loopback = "127.0.0.1:8686".parse().unwrap();
+        for ok in ["127.0.0.1:8686", "127.0.0.1", "localhost:8686", "LOCALHOST", "app.localhost:1", "[::1]:8686"] {
+            assert!(host_names_listener(ok, loopback), "{ok}");
+        }
+        for refused in ["evil.example:8686", "evil.example", "10.0.0.5:8686", "127.0.0.1.nip.io:8686", ""] {
+            assert!(!host_names_listener(refused, loopback), "{refused}");
+        }
+        let lan = "10.0.0.5:8686".parse().unwrap();
+        assert!(host_names_listener("10.0.0.5:8686", lan));
+        assert!(!host_names_listener("10.0.0.6:8686", lan));
+        assert!(!host_names_listener("flowd.example:8686", lan));
+        let any = "0.0.0.0:8686".parse().unwrap();
+        assert!(host_names_listener("192.168.1.9:8686", any));
+        assert!(!host_names_listener("rebound.example:8686", any));
     }
 }
