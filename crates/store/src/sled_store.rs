@@ -450,6 +450,7 @@ fn init_meta(meta: &Tree, clock: &Clock) -> Result<Marker> {
         format: FORMAT,
         store_id: uuid::Uuid::new_v4().to_string(),
         created_at: clock.now(),
+        generation: 0,
     };
     meta.transaction(|t| {
         t.insert(META_FORMAT, m.format.to_string().as_bytes())?;
