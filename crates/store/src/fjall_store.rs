@@ -386,7 +386,11 @@ impl FjallStore {
             txn.batch.insert(self.p.get(T::Meta), META_NEXT_RUN_ID, Slice::from(&floor.to_be_bytes()[..]));
         }
         if !txn.batch.is_empty() {
-            txn.batch.commit()?;
+            txn.batch.commit().map_err(|e| {
+                let e = StoreError::from(e);
+                self.group.record_fault(&e);
+                e
+            })?;
             if floor_moved {
                 self.recorded_floor.store(floor, Ordering::Relaxed);
             }
@@ -1283,6 +1287,10 @@ impl Store for FjallStore {
 
     fn backend(&self) -> Backend {
         Backend::Fjall
+    }
+
+    fn fault(&self) -> Option<String> {
+        self.group.fault.get().cloned()
     }
 }
 
