@@ -14,6 +14,8 @@ pub(crate) struct GroupFlush {
     done: std::sync::Condvar,
     /// Flushes run (each one fsync or its backend's equivalent).
     pub(crate) count: AtomicU64,
+    /// The first write or flush that failed (see [`crate::Store::fault`]).
+    pub(crate) fault: std::sync::OnceLock<String>,
 }
 
 #[derive(Default)]
@@ -27,6 +29,12 @@ struct FlushState {
 }
 
 impl GroupFlush {
+    /// Keeps the first failure: the one that says what went wrong (later ones are often
+    /// fjall's "poisoned").
+    pub(crate) fn record_fault(&self, e: &crate::error::StoreError) {
+        let _ = self.fault.set(e.to_string());
+    }
+
     /// Returns once every write made before the call is on disk, running
     /// `flush` (for everyone waiting) or waiting for a flush that started
     /// after the call.
@@ -48,8 +56,9 @@ impl GroupFlush {
                 let result = flush();
                 st = lock();
                 st.flushing = false;
-                if result.is_ok() {
-                    st.durable = st.durable.max(target);
+                match &result {
+                    Ok(()) => st.durable = st.durable.max(target),
+                    Err(e) => self.record_fault(e),
                 }
                 self.done.notify_all();
                 // On failure, waiters retry with a flush of their own.

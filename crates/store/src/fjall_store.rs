@@ -33,7 +33,7 @@
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 
 use chrono::{DateTime, Utc};
@@ -52,6 +52,13 @@ use crate::transitions;
 use crate::Store;
 
 const META_NEXT_RUN_ID: &[u8] = b"next_run_id";
+/// The store's commit generation (see [`FjallStore::checkpoint`]), big-endian u64.
+const META_GENERATION: &[u8] = b"generation";
+
+/// How often, at most, a store that is being written moves its commit generation on and
+/// records it in its marker: a journal that loses more than the last interval's writes is
+/// caught at the next open. Each checkpoint costs a journal sync and a marker rewrite.
+const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Deletions per batch when pruning or resetting: bounds how long one batch holds the
 /// writer lock.
@@ -115,6 +122,11 @@ impl T {
 }
 
 struct Parts([PartitionHandle; 11]);
+
+struct Checkpoint {
+    marker: Marker,
+    at: std::time::Instant,
+}
 
 impl Parts {
     fn open(ks: &Keyspace) -> Result<Parts> {
@@ -197,10 +209,28 @@ pub struct FjallStore {
     root: Option<PathBuf>,
     store_id: String,
     clock: Clock,
+    /// The store's directory (also for a temporary store, whose `root` is `None`).
+    dir: PathBuf,
+    /// The marker as last written, with the generation it records.
+    checkpoint: Mutex<Checkpoint>,
+    /// Something was made durable since the last checkpoint.
+    dirty: AtomicBool,
     /// The flock on `LOCK`, released after the keyspace has been dropped (fields drop in
     /// order).
     _lock: File,
     _temp: Option<TempDir>,
+}
+
+impl Drop for FjallStore {
+    /// A store closed after writes records its last generation, so a journal cut after a
+    /// clean stop is caught whole.
+    fn drop(&mut self) {
+        if self.dirty.load(Ordering::Acquire) {
+            let cp = self.checkpoint.get_mut().unwrap_or_else(PoisonError::into_inner);
+            let mut cp = std::mem::replace(cp, Checkpoint { marker: cp.marker.clone(), at: cp.at });
+            let _ = self.checkpoint(&mut cp);
+        }
+    }
 }
 
 impl std::fmt::Debug for FjallStore {
@@ -247,13 +277,18 @@ impl FjallStore {
         if create == Create::Staged && found.marker.is_none() && !layout::db_has_data_file(root, Backend::Fjall)? {
             create_keyspace(root)?;
         }
+        if create != Create::InPlace {
+            check_partitions(root)?;
+        }
         let ks = open_keyspace(root)?;
         let p = Parts::open(&ks)?;
         layout::restrict_permissions(root)?;
 
         let marker = match read_meta(p.get(T::Meta)).map_err(|r| layout::damaged(root, r))? {
-            Some(m) => {
+            Some(mut m) => {
+                m.generation = read_generation(p.get(T::Meta)).map_err(|r| layout::damaged(root, r))?;
                 layout::check_meta(root, &found, &m, &[FORMAT])?;
+                layout::check_generation(root, &found, m.generation)?;
                 m
             }
             None => {
@@ -275,8 +310,11 @@ impl FjallStore {
             recorded_floor: AtomicU64::new(0),
             tx_time: TxTime::default(),
             root: Some(root.to_path_buf()),
-            store_id: marker.store_id,
+            store_id: marker.store_id.clone(),
             clock: Clock::system(),
+            dir: root.to_path_buf(),
+            checkpoint: Mutex::new(Checkpoint { marker, at: std::time::Instant::now() }),
+            dirty: AtomicBool::new(false),
             _lock: lock,
             _temp: None,
         })
@@ -287,7 +325,43 @@ impl FjallStore {
     }
 
     fn durable(&self) -> Result<()> {
-        self.group.flush(|| Ok(self.ks.persist(PersistMode::SyncData)?))
+        self.group.flush(|| Ok(self.ks.persist(PersistMode::SyncData)?))?;
+        self.dirty.store(true, Ordering::Release);
+        // One caller at a time moves the generation on; the others do not wait for it.
+        if let Ok(mut cp) = self.checkpoint.try_lock() {
+            if cp.at.elapsed() >= CHECKPOINT_EVERY {
+                // What the caller asked for is durable already; the checkpoint is evidence for
+                // the next open, and one that fails is tried again with the next write.
+                let _ = self.checkpoint(&mut cp);
+            }
+        }
+        Ok(())
+    }
+
+    /// Moves the commit generation on: records it in `meta`, makes everything up to it
+    /// durable, then names it in the marker. The marker never names a generation the
+    /// database may not have (a crash between the two leaves the database one ahead, which
+    /// opens), so a database found behind its marker lost durable writes (see
+    /// [`layout::check_generation`]).
+    fn checkpoint(&self, cp: &mut Checkpoint) -> Result<()> {
+        self.dirty.store(false, Ordering::Release);
+        let generation = cp.marker.generation + 1;
+        let done = (|| {
+            self.write(None, |tx| {
+                tx.batch.insert(tx.parts.get(T::Meta), META_GENERATION, Slice::from(&generation.to_be_bytes()[..]));
+                Ok(())
+            })?;
+            self.ks.persist(PersistMode::SyncData)?;
+            let marker = Marker { generation, ..cp.marker.clone() };
+            layout::write_marker(&self.dir, &marker)?;
+            cp.marker = marker;
+            Ok(())
+        })();
+        cp.at = std::time::Instant::now();
+        if done.is_err() {
+            self.dirty.store(true, Ordering::Release);
+        }
+        done
     }
 
     fn new_run_id(&self) -> RunId {
@@ -312,7 +386,11 @@ impl FjallStore {
             txn.batch.insert(self.p.get(T::Meta), META_NEXT_RUN_ID, Slice::from(&floor.to_be_bytes()[..]));
         }
         if !txn.batch.is_empty() {
-            txn.batch.commit()?;
+            txn.batch.commit().map_err(|e| {
+                let e = StoreError::from(e);
+                self.group.record_fault(&e);
+                e
+            })?;
             if floor_moved {
                 self.recorded_floor.store(floor, Ordering::Relaxed);
             }
@@ -581,6 +659,43 @@ fn keyspace_at(root: &Path, dir: PathBuf) -> Result<Keyspace> {
         })
 }
 
+/// Every partition of a store that was created has its directory and, in it, the manifest
+/// fjall writes when it creates the partition (a store is built whole before it is put in
+/// place, see [`create_keyspace`]). fjall itself takes a partition without a manifest for
+/// an unfinished creation and deletes it, and recreates a missing one empty: an empty
+/// `seen` fires every item again, an empty `runs` forgets the history. Checked before
+/// fjall opens the database, so what is left is not touched.
+fn check_partitions(root: &Path) -> Result<()> {
+    let dir = layout::db_dir(root, Backend::Fjall).join("partitions");
+    for t in TABLES {
+        let manifest = dir.join(t.name()).join("manifest");
+        match std::fs::metadata(&manifest) {
+            Ok(m) if m.is_file() => {}
+            Ok(_) => return Err(layout::damaged(root, format!("its partition {:?} has no manifest file", t.name()))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let what = if dir.join(t.name()).is_dir() { "has no manifest file" } else { "is missing" };
+                return Err(layout::damaged(
+                    root,
+                    format!("its partition {:?} ({}) {what}", t.name(), manifest.parent().unwrap_or(&dir).display()),
+                ));
+            }
+            Err(e) => return Err(StoreError::Io { op: "inspect", path: manifest, source: e }),
+        }
+    }
+    Ok(())
+}
+
+/// The commit generation `meta` records (0: none yet).
+fn read_generation(meta: &PartitionHandle) -> std::result::Result<u64, String> {
+    match meta.get(META_GENERATION).map_err(|e| format!("cannot read meta: {e}"))? {
+        None => Ok(0),
+        Some(v) => {
+            let b: [u8; 8] = v[..].try_into().map_err(|_| "its meta generation is not a number".to_string())?;
+            Ok(u64::from_be_bytes(b))
+        }
+    }
+}
+
 /// `Ok(None)`: no meta at all. `Err(reason)`: meta present but unreadable.
 fn read_meta(meta: &PartitionHandle) -> std::result::Result<Option<Marker>, String> {
     let get = |k: &[u8]| meta.get(k).map_err(|e| format!("cannot read meta: {e}"));
@@ -594,6 +709,7 @@ fn init_meta(ks: &Keyspace, meta: &PartitionHandle, clock: &Clock) -> Result<Mar
         format: FORMAT,
         store_id: uuid::Uuid::new_v4().to_string(),
         created_at: clock.now(),
+        generation: 0,
     };
     let mut b = ks.batch();
     b.insert(meta, META_FORMAT, m.format.to_string().as_bytes());
@@ -1171,6 +1287,10 @@ impl Store for FjallStore {
 
     fn backend(&self) -> Backend {
         Backend::Fjall
+    }
+
+    fn fault(&self) -> Option<String> {
+        self.group.fault.get().cloned()
     }
 }
 

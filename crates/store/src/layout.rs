@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! <path>/          0700
-//! <path>/STORE     marker: {"format":1,"store_id":..,"created_at":..}  0600
+//! <path>/STORE     marker: {"engine":..,"format":3,"store_id":..,"created_at":..,"generation":..}  0600
 //! <path>/db/       sled's files (0700 dir, 0600 files), for a sled store
 //! <path>/fjall/    fjall's files, for a fjall store (see [`Backend`])
 //! <path>/LOCK      held (flock) while a fjall store is open; sled locks its own files
@@ -112,6 +112,12 @@ pub struct Marker {
     pub format: u32,
     pub store_id: String,
     pub created_at: DateTime<Utc>,
+    /// The commit generation the database had reached when this marker was written (fjall
+    /// stores; 0 for sled stores and markers written before generations existed). The
+    /// database records each generation durably *before* the marker names it, so a database
+    /// behind its marker lost writes it had made durable: see [`check_generation`].
+    #[serde(default)]
+    pub generation: u64,
 }
 
 /// The marker the `meta` records (format, store id, creation time) describe, read by either
@@ -135,13 +141,22 @@ pub fn marker_from_meta(
     let created_at = DateTime::parse_from_rfc3339(&text(created, "creation time")?)
         .map_err(|_| "its meta creation time is not a time".to_string())?
         .with_timezone(&Utc);
-    Ok(Some(Marker { engine, format, store_id, created_at }))
+    Ok(Some(Marker { engine, format, store_id, created_at, generation: 0 }))
 }
 
 /// Checks the `meta` a database holds against the marker found beside it, for either
 /// backend: a format in `known`, the same store id; a lost marker (or a creation that
 /// stopped just before writing it) is rewritten from `meta`, which proves a store existed.
 pub fn check_meta(root: &Path, found: &Found, meta: &Marker, known: &[u32]) -> Result<()> {
+    if let Some(mk) = found.marker.as_ref().filter(|mk| !known.contains(&mk.format)) {
+        return Err(damaged(
+            root,
+            format!(
+                "the marker file {MARKER_FILE} has format version {}, which this flowd does not know (it knows {FORMAT})",
+                mk.format
+            ),
+        ));
+    }
     if !known.contains(&meta.format) {
         return Err(damaged(
             root,
@@ -158,6 +173,24 @@ pub fn check_meta(root: &Path, found: &Found, meta: &Marker, known: &[u32]) -> R
         )),
         Some(_) => Ok(()),
         None => write_marker(root, meta),
+    }
+}
+
+/// A database whose commit generation (`in_db`) is behind the one its marker recorded lost
+/// writes it had made durable (a truncated journal, a restored or rolled-back file): opening
+/// it would forget items already handled and fire them again. A crash cannot cause this: a
+/// generation is durable in the database before any marker names it.
+pub fn check_generation(root: &Path, found: &Found, in_db: u64) -> Result<()> {
+    match &found.marker {
+        Some(mk) if mk.generation > in_db => Err(damaged(
+            root,
+            format!(
+                "its database is at commit generation {in_db} but the marker file {MARKER_FILE} records generation {}: \
+                 the database lost writes it had made durable (a truncated journal or a file from an older copy)",
+                mk.generation
+            ),
+        )),
+        _ => Ok(()),
     }
 }
 

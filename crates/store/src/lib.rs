@@ -242,4 +242,13 @@ pub trait Store: Send + Sync {
 
     /// The embedded database behind this store.
     fn backend(&self) -> Backend;
+
+    /// Why this handle can no longer be trusted to write, once a write or a flush failed in
+    /// the database (a full disk, a file size limit, an I/O error): fjall refuses every
+    /// later write ("poisoned") even after space is freed, and sled's state after a failed
+    /// flush is not known. What was made durable before is kept: reopening the store (a
+    /// restart) recovers it. `None` while every write has succeeded.
+    fn fault(&self) -> Option<String> {
+        None
+    }
 }

@@ -450,6 +450,7 @@ fn init_meta(meta: &Tree, clock: &Clock) -> Result<Marker> {
         format: FORMAT,
         store_id: uuid::Uuid::new_v4().to_string(),
         created_at: clock.now(),
+        generation: 0,
     };
     meta.transaction(|t| {
         t.insert(META_FORMAT, m.format.to_string().as_bytes())?;
@@ -1071,5 +1072,17 @@ impl Store for SledStore {
 
     fn backend(&self) -> Backend {
         Backend::Sled
+    }
+
+    /// sled keeps the first I/O error of its log writer and returns it from every later
+    /// call, a transaction's or a flush's: a flush asks for it (and costs nothing when every
+    /// change was flushed already, which every changing method does).
+    fn fault(&self) -> Option<String> {
+        if let Some(fault) = self.group.fault.get() {
+            return Some(fault.clone());
+        }
+        let e = StoreError::from(self.db.flush().err()?);
+        self.group.record_fault(&e);
+        Some(e.to_string())
     }
 }

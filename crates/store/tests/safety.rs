@@ -2,7 +2,7 @@ use std::fs;
 use std::path::Path;
 
 use serde_json::json;
-use store::{Backend, OpenStore, StoreError};
+use store::{Backend, OpenStore, Store, StoreError};
 
 #[macro_use]
 #[allow(unused)]
@@ -183,3 +183,105 @@ on_each_backend!(
     a_lost_marker_is_rewritten_from_meta,
     files_are_private,
 );
+
+fn set_marker_format(path: &Path, format: u64) {
+    let text = fs::read_to_string(path.join("STORE")).unwrap();
+    let mut marker: serde_json::Value = serde_json::from_str(&text).unwrap();
+    marker["format"] = json!(format);
+    fs::write(path.join("STORE"), serde_json::to_vec(&marker).unwrap()).unwrap();
+}
+
+fn an_unknown_format_in_the_marker_is_damaged<S: OpenStore>() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store");
+    created::<S>(&path);
+    set_marker_format(&path, 99);
+    let reason = damaged(S::open(&path));
+    assert!(reason.contains("99") && reason.contains("marker"), "{reason}");
+    damaged(S::create_or_open(&path));
+}
+
+on_each_backend!(an_unknown_format_in_the_marker_is_damaged);
+
+/// A fjall store with `n` token records written, closed.
+fn fjall_store_with_data(path: &Path, n: usize) -> String {
+    let s = store::FjallStore::create_or_open(path).unwrap();
+    for i in 0..n {
+        s.put_tokens(&format!("loc{i}"), &json!({"refresh_token": format!("r{i}"), "pad": "x".repeat(200)})).unwrap();
+    }
+    s.store_id().to_string()
+}
+
+fn partition(path: &Path, name: &str) -> std::path::PathBuf {
+    path.join("fjall").join("partitions").join(name)
+}
+
+#[test]
+fn fjall_a_deleted_partition_is_damaged_and_left_as_found() {
+    for name in ["seen", "runs", "triggers", "meta"] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store");
+        fjall_store_with_data(&path, 10);
+        fs::remove_dir_all(partition(&path, name)).unwrap();
+        let reason = damaged(store::FjallStore::open(&path));
+        assert!(reason.contains(&format!("{name:?}")) || reason.contains(name), "{name}: {reason}");
+        damaged(store::FjallStore::create_or_open(&path));
+        assert!(!partition(&path, name).exists(), "{name}: opening must not recreate the partition");
+    }
+}
+
+#[test]
+fn fjall_a_partition_without_its_manifest_is_damaged_and_left_as_found() {
+    for name in ["seen", "runs"] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store");
+        fjall_store_with_data(&path, 10);
+        fs::remove_file(partition(&path, name).join("manifest")).unwrap();
+        let reason = damaged(store::FjallStore::open(&path));
+        assert!(reason.contains(name), "{name}: {reason}");
+        damaged(store::FjallStore::create_or_open(&path));
+        assert!(partition(&path, name).is_dir(), "{name}: opening must not remove what is left of the partition");
+    }
+}
+
+#[test]
+fn fjall_a_journal_cut_in_half_is_damaged() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store");
+    fjall_store_with_data(&path, 2_000);
+    let journals = path.join("fjall").join("journals");
+    let mut cut = 0;
+    for e in fs::read_dir(&journals).unwrap() {
+        let p = e.unwrap().path();
+        let len = fs::metadata(&p).unwrap().len();
+        if p.is_file() && len > 1024 {
+            let f = fs::OpenOptions::new().write(true).open(&p).unwrap();
+            f.set_len(len / 2).unwrap();
+            cut += 1;
+        }
+    }
+    assert!(cut > 0, "the writes are in a journal");
+    let reason = damaged(store::FjallStore::open(&path));
+    assert!(reason.contains("journal") || reason.contains("lost"), "{reason}");
+    damaged(store::FjallStore::create_or_open(&path));
+}
+
+#[test]
+fn fjall_reopened_many_times_keeps_opening_and_its_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store");
+    let id = fjall_store_with_data(&path, 5);
+    for round in 0..5 {
+        let s = store::FjallStore::open(&path).unwrap();
+        assert_eq!(s.store_id(), id);
+        assert_eq!(s.get_tokens("loc4").unwrap().unwrap()["refresh_token"], "r4", "round {round}");
+        s.put_tokens(&format!("round{round}"), &json!({"t": round})).unwrap();
+        if round % 2 == 0 {
+            // Opened and closed without a write.
+            drop(s);
+            drop(store::FjallStore::open(&path).unwrap());
+        }
+    }
+    let s = store::FjallStore::open(&path).unwrap();
+    assert_eq!(s.get_tokens("round4").unwrap(), Some(json!({"t": 4})));
+}

@@ -99,7 +99,9 @@ async fn require_token(State(api): State<Api>, request: Request, next: Next) -> 
 }
 
 async fn readyz(State(api): State<Api>) -> Response {
-    if api.ready.load(Ordering::SeqCst) {
+    if let Some(fault) = api.engine.store().fault() {
+        (StatusCode::SERVICE_UNAVAILABLE, format!("the store cannot write: {fault}\n")).into_response()
+    } else if api.ready.load(Ordering::SeqCst) {
         "ready\n".into_response()
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "starting or stopping\n").into_response()

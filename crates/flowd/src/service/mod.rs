@@ -4,7 +4,10 @@
 //! flows that validate, resume runs a previous process left unfinished, then schedule
 //! polls and serve the HTTP endpoints. Flows reload when their directory changes or on
 //! SIGHUP. SIGTERM/SIGINT stop the schedulers, give in-flight runs a deadline to finish,
-//! flush the store and exit 0.
+//! flush the store and exit 0. A store that can no longer write (a full disk) stops the
+//! service the same way, not ready from the moment it is seen, and exits
+//! [`crate::exit::STORE_FAILED`]: the database refuses writes until it is reopened, and a
+//! restart reopens it with everything made durable.
 
 mod http;
 mod listener;
@@ -60,9 +63,20 @@ pub async fn run(config: Config, catalog: Arc<catalog::Catalog>, once: bool) -> 
     let watcher = reload::watch(engine.clone(), catalog.clone(), flows, shutdown_rx.clone());
     let pruner = spawn_pruner(engine.store().clone(), shutdown_rx.clone());
 
-    wait_for_stop_signal().await;
-    tracing::info!("stopping: no new polls; waiting up to {:?} for running flows", config.shutdown_timeout);
+    let store = engine.store().clone();
+    let fault = tokio::select! {
+        _ = wait_for_stop_signal() => None,
+        fault = store_fault(&store) => Some(fault),
+    };
     ready.store(false, std::sync::atomic::Ordering::SeqCst);
+    match &fault {
+        None => tracing::info!("stopping: no new polls; waiting up to {:?} for running flows", config.shutdown_timeout),
+        Some(fault) => tracing::error!(
+            error = %fault,
+            "the store cannot write (full disk or I/O error): stopping, exit code {}; a restart recovers everything stored",
+            crate::exit::STORE_FAILED
+        ),
+    }
     let _ = shutdown_tx.send(true);
     tasks.join().await;
     if let Some(r) = receiver {
@@ -73,11 +87,26 @@ pub async fn run(config: Config, catalog: Arc<catalog::Catalog>, once: bool) -> 
     if !engine.drain(config.shutdown_timeout).await {
         tracing::warn!("runs still executing at the deadline: they resume on the next start");
     }
-    let store = engine.store().clone();
+    if let Some(fault) = fault {
+        // No flush: the database takes no more writes; what it made durable is kept.
+        let _ = server.await;
+        return Err(crate::exit::StoreFailed(fault).into());
+    }
     tokio::task::spawn_blocking(move || store.flush()).await??;
     let _ = server.await;
     tracing::info!("stopped cleanly");
     Ok(())
+}
+
+/// Resolves once the store reports that it cannot write (see [`store::Store::fault`]).
+async fn store_fault(store: &Arc<dyn store::Store>) -> String {
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(200));
+    loop {
+        tick.tick().await;
+        if let Some(fault) = store.fault() {
+            return fault;
+        }
+    }
 }
 
 /// Keeps the store bounded: prunes old seen keys and finished runs hourly.
