@@ -201,6 +201,14 @@ impl Service {
         }
     }
 
+    /// The running flowd's peak resident set (`VmHWM` in `/proc/<pid>/status`), in KiB.
+    fn peak_rss_kb(&self) -> Option<u64> {
+        let pid = self.child.as_ref()?.id();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+        line.split_whitespace().nth(1)?.parse().ok()
+    }
+
     fn exited(&mut self) -> Option<std::process::ExitStatus> {
         self.child.as_mut().and_then(|c| c.try_wait().ok().flatten())
     }
@@ -344,6 +352,9 @@ async fn harness(args: Args, dir: &Path) -> Result<bool> {
             tokio::time::sleep(Duration::from_millis(500)).await;
             let busy = [svc.any("pending").await, svc.any("running").await, svc.any("failed").await];
             quiet = if busy.iter().all(|b| *b == Some(false)) { quiet + 1 } else { 0 };
+        }
+        if let Some(hwm) = svc.peak_rss_kb() {
+            println!("flowd peak RSS (VmHWM) {:.1} MB", hwm as f64 / 1024.0);
         }
         svc.stop()?;
         let runs = reopen(dir).context("after the final SIGTERM")?;
