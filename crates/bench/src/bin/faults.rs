@@ -147,7 +147,7 @@ impl Service {
         // The sandbox's rate limits are off, so the client's own limiter is raised to match.
         let config = format!(
             "store: ./data\nflows: ./flows\nlisten: {listen}\nshutdown_timeout: 5s\n\
-             rate_limit: {{ requests: 1000000, per: 1s, daily: 1000000000 }}\n\
+             rate_limit: {{ requests: 100000, per: 1s, daily: 100000000 }}\n\
              accounts:\n  main:\n    location_id: {}\n    base_url: {}\n    token: ${{FAULTS_TOKEN}}\n",
             sb.location_id(),
             sb.base_url()
