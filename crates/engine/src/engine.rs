@@ -47,6 +47,10 @@ pub struct EngineConfig {
     pub http_timeout: Duration,
     /// How often due retries are looked for.
     pub retry_scan: Duration,
+    /// Runs a poll may have created and handed over, queued or executing, before it waits to
+    /// commit another page: a burst of 10,000 new items then holds about this many items in
+    /// memory (plus a page or two), not all of them. The rest wait in GHL, unread.
+    pub max_runs_in_memory: usize,
 }
 
 impl Default for EngineConfig {
@@ -69,6 +73,9 @@ impl Default for EngineConfig {
             http_max_response_bytes: 1024 * 1024,
             http_timeout: Duration::from_secs(30),
             retry_scan: Duration::from_secs(1),
+            // 16 × the default concurrency: two GHL pages of 500 queued keep every
+            // execution slot busy while the poll commits the next.
+            max_runs_in_memory: 1024,
         }
     }
 }
@@ -105,6 +112,8 @@ pub struct Engine {
     /// Flows whose polls wait for their location's daily budget to renew.
     paused: Mutex<HashMap<String, Paused>>,
     permits: Arc<crate::fair::FairSlots>,
+    /// `max_runs_in_memory` permits: one per run a poll dispatched, held until it ends.
+    backlog: Arc<tokio::sync::Semaphore>,
     poll_slots: crate::scheduler::PollSlots,
     metrics: Arc<Metrics>,
     writer: Writer,
@@ -164,6 +173,9 @@ impl Engine {
             format!("the HTTP client could not start: {e}")
         });
         let permits = crate::fair::FairSlots::new(config.concurrency);
+        let backlog = Arc::new(tokio::sync::Semaphore::new(
+            config.max_runs_in_memory.clamp(1, tokio::sync::Semaphore::MAX_PERMITS),
+        ));
         let poll_slots =
             crate::scheduler::PollSlots::new(accounts.iter().map(|a| a.name.as_str()), config.poll_concurrency);
         let writer = Writer::start(store.clone());
@@ -181,6 +193,7 @@ impl Engine {
             in_flight: Mutex::new(HashSet::new()),
             paused: Mutex::new(HashMap::new()),
             permits,
+            backlog,
             poll_slots,
             metrics,
             writer,
@@ -351,12 +364,28 @@ impl Engine {
 
     /// Like [`Engine::dispatch`], for a run a poll has just created: it starts from what the
     /// poll holds instead of reading the run back.
+    /// `hold` (from [`Engine::room_for_runs`]) is kept until the run ends.
     pub(crate) fn dispatch_created(
         self: &Arc<Self>,
         run: crate::poll::Created,
+        hold: Option<tokio::sync::OwnedSemaphorePermit>,
     ) -> JoinHandle<Result<RunStatus, EngineError>> {
         let flow = run.flow.clone();
-        self.spawn_run(&flow, move |engine| async move { engine.execute_created(run).await })
+        self.spawn_run(&flow, move |engine| async move {
+            let _hold = hold;
+            engine.execute_created(run).await
+        })
+    }
+
+    /// Waits until `n` more runs a poll created may be held in memory (see
+    /// `max_runs_in_memory`); the permit holds as many slots, one per run, at most all of them.
+    pub(crate) async fn room_for_runs(&self, n: usize) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        let n = n.min(self.config.max_runs_in_memory.clamp(1, tokio::sync::Semaphore::MAX_PERMITS));
+        if n == 0 {
+            return None;
+        }
+        // The semaphore is never closed.
+        self.backlog.clone().acquire_many_owned(u32::try_from(n).unwrap_or(u32::MAX)).await.ok()
     }
 
     /// Spawns `execute` once a concurrency permit is free in `flow`'s turn (see `fair`),

@@ -21,6 +21,7 @@ use serde_json::{json, Map, Value};
 use std::collections::HashSet;
 use std::sync::Arc;
 use store::{NewRun, PollCommit, PollItem, RunId, RunStatus};
+use tokio::sync::OwnedSemaphorePermit;
 use tokio::task::JoinHandle;
 
 /// What one poll found and did.
@@ -47,14 +48,15 @@ pub(crate) struct Created {
     pub(crate) item: Value,
 }
 
-/// Runs created by a commit, handed over as soon as they are durable.
-type OnRuns<'a> = dyn FnMut(Vec<Created>) + Send + 'a;
+/// Runs created by a commit, handed over as soon as they are durable, with the room they
+/// take in memory (see [`Engine::room_for_runs`]) when they are to be executed.
+type OnRuns<'a> = dyn FnMut(Vec<Created>, Option<OwnedSemaphorePermit>) + Send + 'a;
 
 impl Engine {
     /// Polls a flow's trigger once and commits what it found. The runs it creates are
     /// returned, not executed; see [`Engine::poll_and_run`] and [`Engine::poll_and_dispatch`].
     pub async fn poll(&self, name: &str) -> Result<PollReport, EngineError> {
-        self.poll_with(name, &mut |_| {}).await
+        self.poll_with(name, false, &mut |_, _| {}).await
     }
 
     /// Polls a flow's trigger and dispatches each run as soon as its commit is durable:
@@ -68,7 +70,15 @@ impl Engine {
         let mut handles = Vec::new();
         let engine = self.clone();
         let report = self
-            .poll_with(name, &mut |runs| handles.extend(runs.into_iter().map(|run| engine.dispatch_created(run))))
+            .poll_with(name, true, &mut |runs, mut room| {
+                handles.extend(runs.into_iter().map(|run| {
+                    let hold = match room.as_mut().and_then(|r| r.split(1)) {
+                        Some(one) => Some(one),
+                        None => room.take(),
+                    };
+                    engine.dispatch_created(run, hold)
+                }))
+            })
             .await;
         // Runs already dispatched keep going even when a later page failed: they are durable.
         match report {
@@ -82,19 +92,25 @@ impl Engine {
         }
     }
 
-    async fn poll_with(&self, name: &str, on_runs: &mut OnRuns<'_>) -> Result<PollReport, EngineError> {
+    /// `bounded`: the runs are to be executed, so each commit first waits for room for them.
+    async fn poll_with(&self, name: &str, bounded: bool, on_runs: &mut OnRuns<'_>) -> Result<PollReport, EngineError> {
         let rt = self.flow(name)?;
         if rt.webhook_only() {
             // Webhook deliveries feed it; there is nothing to poll.
             return Ok(PollReport::default());
         }
         let started = std::time::Instant::now();
-        let result = self.poll_inner(&rt, on_runs).await;
+        let result = self.poll_inner(&rt, bounded, on_runs).await;
         self.metrics().record_poll(rt.name(), &rt.trigger_op.key, started.elapsed(), result.as_ref().ok());
         result
     }
 
-    async fn poll_inner(&self, rt: &Arc<FlowRuntime>, on_runs: &mut OnRuns<'_>) -> Result<PollReport, EngineError> {
+    async fn poll_inner(
+        &self,
+        rt: &Arc<FlowRuntime>,
+        bounded: bool,
+        on_runs: &mut OnRuns<'_>,
+    ) -> Result<PollReport, EngineError> {
         let now = Utc::now();
         let flow = &rt.flow;
         let ctx = self.context(rt, Value::Null, "", now);
@@ -165,7 +181,10 @@ impl Engine {
                     let (created, seen_before) = self.commit(rt, None, items).await?;
                     report.new = report.new.saturating_sub(seen_before);
                     report.runs.extend(created.iter().map(|c| c.id));
-                    on_runs(created);
+                    // The runs are durable: waiting here for earlier runs to end holds the
+                    // poll (and the pages after this one) back, not these runs.
+                    let room = if bounded { self.room_for_runs(created.len()).await } else { None };
+                    on_runs(created, room);
                 } else {
                     held_back.extend(items);
                 }
@@ -210,7 +229,8 @@ impl Engine {
             report.held = created.len();
         } else {
             report.runs.extend(created.iter().map(|c| c.id));
-            on_runs(created);
+            let room = if bounded { self.room_for_runs(created.len()).await } else { None };
+            on_runs(created, room);
         }
         Ok(report)
     }

@@ -213,3 +213,48 @@ fn sandbox_serves_ghl_as_printed_and_rejects_bad_seeds() {
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out).contains("--seed"), "{}", text(&out));
 }
+
+/// With stdout and stderr on one stream (a terminal, `2>&1`), every diagnostic and the
+/// summary stay on lines of their own, whichever stream each goes to.
+#[test]
+fn validate_diagnostics_and_summary_each_end_their_line_on_a_shared_stream() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        dir.path().join("list.yaml"),
+        "name: [a, b]\ntrigger:\n  uses: contacts.search_contacts\nsteps:\n  - id: t\n    uses: contacts.create_task\n    with: { title: [x] }\n",
+    )
+    .expect("write");
+    std::fs::write(dir.path().join("bad-yaml.yaml"), "name: [unclosed\n").expect("write");
+    let shared = tempfile::tempfile().expect("tempfile");
+    let status = Command::new(env!("CARGO_BIN_EXE_flowd"))
+        .args(["validate", "."])
+        .current_dir(dir.path())
+        .stdout(shared.try_clone().expect("clone"))
+        .stderr(shared.try_clone().expect("clone"))
+        .status()
+        .expect("flowd runs");
+    assert_eq!(status.code(), Some(1));
+    let mut shared = shared;
+    use std::io::{Read, Seek};
+    shared.rewind().expect("rewind");
+    let mut t = String::new();
+    shared.read_to_string(&mut t).expect("read");
+    assert!(t.ends_with('\n'), "{t:?}");
+    let lines: Vec<&str> = t.lines().collect();
+    let summary = lines.iter().filter(|l| l.contains("file(s)")).collect::<Vec<_>>();
+    assert_eq!(summary.len(), 1, "{t:?}");
+    assert!(summary[0].starts_with("error: ") && summary[0].contains("error(s)"), "{t:?}");
+    let diagnostics = lines.iter().filter(|l| l.starts_with("./")).count();
+    assert!(diagnostics >= 2, "{t:?}");
+    for l in &lines {
+        assert!(
+            l.starts_with("./") || l.starts_with("  = help: ") || *l == *summary[0],
+            "a line that is neither a diagnostic, a help nor the summary: {l:?} in {t:?}"
+        );
+        // A diagnostic or the summary that does not end its line runs into the next one.
+        assert!(
+            !l[1..].contains("./") && !l[1..].contains("error: 2 file(s)"),
+            "two messages on one line: {l:?} in {t:?}"
+        );
+    }
+}

@@ -47,6 +47,12 @@
 //! A caller that wakes late (a busy runtime) must not squeeze into a window that a punctual
 //! later caller already fills, so on waking each caller also checks the actual start times of
 //! the last N requests (rule 1 again) and waits a little more when needed.
+//!
+//! A 429 pauses the location ([`LocationLimiter::pause`]). The callers already asleep on a
+//! reserved start would all find the pause over at the same instant and go at once (a 429
+//! storm answered by another storm), so the pause moves every reservation still in the future
+//! onto a fresh schedule that starts where the pause ends, in the order they were reserved,
+//! under both rules: B at once, then one every τ. A caller learns its new start on waking.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, LazyLock, Mutex, MutexGuard};
@@ -181,6 +187,13 @@ struct State {
     /// Actual start times of the latest `max` requests, oldest first.
     started: VecDeque<Instant>,
     blocked_until: Option<Instant>,
+    /// Start times reserved and not yet reached, in the order they were reserved: every
+    /// caller still asleep, however many (`slots` keeps only the latest `max`).
+    waiting: VecDeque<Instant>,
+    /// Reservations a pause moved, in the order they were made: (reserved, new start). A
+    /// caller that wakes at `reserved` looks its new start up (and follows it again if a
+    /// later pause moved that one too).
+    moved: VecDeque<(Instant, Instant)>,
     /// Pacing (GCRA): the theoretical arrival time. A request may start at
     /// `tat - (burst - 1)·τ`; each start moves it on by τ. `None` until the first request.
     tat: Option<Instant>,
@@ -199,6 +212,8 @@ impl LocationLimiter {
                 slots: VecDeque::new(),
                 started: VecDeque::new(),
                 blocked_until: None,
+                waiting: VecDeque::new(),
+                moved: VecDeque::new(),
                 tat: None,
                 daily_max: config.daily_max,
                 daily_used: 0,
@@ -229,6 +244,11 @@ impl LocationLimiter {
     /// Reserves the next start time and returns how long the caller must wait for it.
     pub fn reserve(&self) -> Result<Duration, Error> {
         let now = Instant::now();
+        Ok(self.reserve_slot(now)?.saturating_duration_since(now))
+    }
+
+    /// Reserves the next start time and returns it.
+    fn reserve_slot(&self, now: Instant) -> Result<Instant, Error> {
         let mut s = self.lock();
         let today = Utc::now().date_naive();
         if today != s.day {
@@ -242,6 +262,28 @@ impl LocationLimiter {
                 retry_after: until_next_utc_day(),
             });
         }
+        let (at, paced) = self.next_start(&s, now);
+        let wait = at.saturating_duration_since(now);
+        if wait > self.config.max_wait {
+            return Err(Error::RateLimited {
+                location: self.location.clone(),
+                why: format!("{} requests per {:?} already queued", s.max, s.interval),
+                retry_after: wait,
+            });
+        }
+        self.book(&mut s, at, paced);
+        if at > now {
+            while s.waiting.front().is_some_and(|&t| t <= now) {
+                s.waiting.pop_front();
+            }
+            s.waiting.push_back(at);
+        }
+        s.daily_used = s.daily_used.saturating_add(1);
+        Ok(at)
+    }
+
+    /// The earliest start rules 1 and 2 allow now, and the one rule 2 alone allows.
+    fn next_start(&self, s: &State, now: Instant) -> (Instant, Instant) {
         let mut paced = now;
         if let Some(b) = s.blocked_until {
             paced = paced.max(b);
@@ -262,14 +304,13 @@ impl LocationLimiter {
                 at = at.max(nth_latest + s.interval + self.margin(s.interval));
             }
         }
-        let wait = at.saturating_duration_since(now);
-        if wait > self.config.max_wait {
-            return Err(Error::RateLimited {
-                location: self.location.clone(),
-                why: format!("{} requests per {:?} already queued", s.max, s.interval),
-                retry_after: wait,
-            });
-        }
+        (at, paced)
+    }
+
+    /// Books a start at `at` (from [`LocationLimiter::next_start`]) in both rules' state.
+    fn book(&self, s: &mut State, at: Instant, paced: Instant) {
+        let pacing = self.pacing(s.max, s.interval);
+        let max = s.max as usize;
         s.slots.push_back(at);
         while s.slots.len() > max {
             s.slots.pop_front();
@@ -282,14 +323,28 @@ impl LocationLimiter {
                 s.tat.map_or(at, |t| t.max(at)) + tau
             }
         });
-        s.daily_used = s.daily_used.saturating_add(1);
-        Ok(wait)
     }
 
     /// Records a start now if the window allows it; otherwise how much longer to wait.
     pub fn commit(&self) -> Duration {
+        self.commit_slot(&mut Instant::now())
+    }
+
+    /// [`LocationLimiter::commit`] for the caller that reserved `slot`: when a pause moved
+    /// that reservation, `slot` becomes the new start and the wait is until it.
+    fn commit_slot(&self, slot: &mut Instant) -> Duration {
         let now = Instant::now();
         let mut s = self.lock();
+        let mut moved = false;
+        while let Some(i) = s.moved.iter().position(|&(reserved, _)| reserved == *slot) {
+            if let Some((_, to)) = s.moved.remove(i) {
+                *slot = to;
+                moved = true;
+            }
+        }
+        if moved && *slot > now {
+            return *slot - now;
+        }
         let max = s.max as usize;
         let mut at = now;
         if let Some(b) = s.blocked_until {
@@ -312,12 +367,14 @@ impl LocationLimiter {
 
     /// Waits for a slot; returns how long it waited. The request should go out right after.
     pub async fn acquire(&self) -> Result<Duration, Error> {
-        let mut waited = self.reserve()?;
+        let now = Instant::now();
+        let mut slot = self.reserve_slot(now)?;
+        let mut waited = slot.saturating_duration_since(now);
         if !waited.is_zero() {
             tokio::time::sleep(waited).await;
         }
         loop {
-            let extra = self.commit();
+            let extra = self.commit_slot(&mut slot);
             if extra.is_zero() {
                 return Ok(waited);
             }
@@ -373,11 +430,33 @@ impl LocationLimiter {
         }
     }
 
-    /// Holds every caller of this location back for `pause` (after a 429).
+    /// Holds every caller of this location back for `pause` (after a 429), and spreads the
+    /// callers already waiting over the time after it at the paced rate (see the module doc).
     pub fn pause(&self, pause: Duration) {
-        let until = Instant::now() + pause.min(MAX_SANE_INTERVAL);
+        let now = Instant::now();
+        let until = now + pause.min(MAX_SANE_INTERVAL);
         let mut s = self.lock();
         s.blocked_until = Some(s.blocked_until.map_or(until, |b| b.max(until)));
+        // A moved reservation whose caller has not asked for it long after its new start
+        // belongs to a caller that gave up (its future was dropped).
+        let horizon = self.config.max_wait + MAX_SANE_INTERVAL;
+        s.moved.retain(|&(_, to)| to + horizon > now);
+        let waiting: Vec<Instant> = std::mem::take(&mut s.waiting).into_iter().filter(|&t| t > now).collect();
+        if waiting.is_empty() {
+            return;
+        }
+        // Slots are never decreasing: the reservations still to come are a suffix, and
+        // they are booked again below, after the pause.
+        let past = s.slots.partition_point(|&t| t <= now);
+        s.slots.truncate(past);
+        // The pacing credit restarts at the end of the pause: B at once, then one every τ.
+        s.tat = None;
+        for reserved in waiting {
+            let (at, paced) = self.next_start(&s, now);
+            self.book(&mut s, at, paced);
+            s.waiting.push_back(at);
+            s.moved.push_back((reserved, at));
+        }
     }
 
     /// The burst limit currently applied: (max, interval).
@@ -719,6 +798,77 @@ mod tests {
         l.pause(Duration::from_millis(700));
         assert_eq!(l.reserve().unwrap(), Duration::from_millis(700));
         assert_eq!(l.reserve().unwrap(), Duration::from_millis(700));
+    }
+
+    /// A 429 storm: callers queued before the pause resume at the paced rate after it, B at
+    /// once and then one every τ, in the order they queued, and so do those queued later.
+    #[tokio::test(start_paused = true)]
+    async fn after_a_429_pause_the_waiting_callers_resume_paced_not_at_once() {
+        let l = Arc::new(LocationLimiter::new(
+            "loc",
+            RateLimit { max_wait: Duration::from_secs(3600), ..RateLimit::default() },
+        ));
+        let t0 = Instant::now();
+        let spawn = |l: &Arc<LocationLimiter>, i: usize| {
+            let l = l.clone();
+            tokio::spawn(async move {
+                l.acquire().await.unwrap();
+                (Instant::now(), i)
+            })
+        };
+        let mut tasks: Vec<_> = (0..150).map(|i| spawn(&l, i)).collect();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        // 7 have started (3 at once, then every 102 ms); GHL answers 429, wait 10 s.
+        l.pause(Duration::from_secs(10));
+        let resume = t0 + Duration::from_millis(10_500);
+        tasks.extend((150..250).map(|i| spawn(&l, i)));
+        let mut starts = Vec::new();
+        for t in tasks {
+            starts.push(t.await.unwrap());
+        }
+        starts.sort();
+        let before = starts.iter().filter(|(t, _)| *t < resume).count();
+        assert_eq!(before, 7, "started before the pause");
+        let after: Vec<(Instant, usize)> = starts[before..].to_vec();
+        assert_eq!(after.iter().filter(|(t, _)| *t == resume).count(), 3, "a burst of B when the pause ends");
+        let tau = Duration::from_millis(102);
+        for w in after[2..].windows(2) {
+            assert!(w[1].0 - w[0].0 >= tau, "{:?} then {:?}", w[0].0 - t0, w[1].0 - t0);
+        }
+        // In the order they queued: the callers from before the pause first.
+        let order: Vec<usize> = after.iter().map(|&(_, i)| i).collect();
+        let mut sorted = order.clone();
+        sorted.sort();
+        assert_eq!(order, sorted);
+        let times: Vec<Instant> = starts.iter().map(|&(t, _)| t).collect();
+        assert_windows(&times, 100, Duration::from_millis(10_200));
+        // And at the paced rate, not slower: the 243 after the pause take 242·τ, as a backlog
+        // of an idle location does (3 at once, the window rule holds the 101st, see
+        // `a_ghl_backlog_is_paced_evenly`).
+        assert_eq!(after.last().unwrap().0 - resume, tau * (after.len() as u32 - 1));
+    }
+
+    /// Per-flow turns keep working across a pause: every request starts, paced.
+    #[tokio::test(start_paused = true)]
+    async fn flows_turns_survive_a_pause() {
+        let l = Arc::new(LocationLimiter::new(
+            "loc",
+            RateLimit { max_wait: Duration::from_secs(3600), ..RateLimit::default() },
+        ));
+        let mut tasks = flow_backlog(&l, "backfill", 60);
+        tasks.extend(flow_backlog(&l, "other", 20));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        l.pause(Duration::from_secs(5));
+        let resume = Instant::now() + Duration::from_secs(5);
+        let mut starts = Vec::new();
+        for t in tasks {
+            starts.push(t.await.unwrap().0);
+        }
+        starts.sort();
+        assert_eq!(starts.len(), 80);
+        let after: Vec<Instant> = starts.iter().copied().filter(|&t| t >= resume).collect();
+        assert_eq!(after.iter().filter(|&&t| t == resume).count(), 3);
+        assert!(after[2..].windows(2).all(|w| w[1] - w[0] >= Duration::from_millis(102)));
     }
 
     #[tokio::test(start_paused = true)]

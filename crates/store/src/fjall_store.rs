@@ -67,10 +67,20 @@ const CHUNK: usize = 512;
 /// Records per batch when importing a store.
 const IMPORT_CHUNK: usize = 10_000;
 
-/// Block cache: flowd's working set (recent seen keys, open runs) is small.
-const CACHE_BYTES: u64 = 32 * 1024 * 1024;
-/// In-memory tables across all partitions before they are written out.
-const WRITE_BUFFER_BYTES: u64 = 32 * 1024 * 1024;
+/// Block cache: flowd's working set (recent seen keys, open runs) is small, and the runs
+/// being executed are read from the in-memory tables or the engine's own records, not
+/// from blocks. Filled only as data is read back from disk (polls' seen checks on old
+/// keys, `/api/runs`).
+const CACHE_BYTES: u64 = 8 * 1024 * 1024;
+/// In-memory tables across all partitions before the largest is written out. A run is
+/// written a few times (created, started, each step, ended), so most of a burst's writes
+/// replace each other in memory; the journal keeps them durable meanwhile.
+const WRITE_BUFFER_BYTES: u64 = 12 * 1024 * 1024;
+/// One partition's in-memory table before it is sealed and written out.
+const MEMTABLE_BYTES: u32 = 4 * 1024 * 1024;
+/// Journals kept before the oldest one's tables are forced out: fjall's minimum is 24 MiB.
+/// On disk; it bounds how much a restart replays, not memory.
+const JOURNAL_BYTES: u64 = 64 * 1024 * 1024;
 
 /// The partitions, in the order of [`T`].
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -132,7 +142,9 @@ impl Parts {
     fn open(ks: &Keyspace) -> Result<Parts> {
         let mut handles = Vec::with_capacity(TABLES.len());
         for t in TABLES {
-            handles.push(ks.open_partition(t.name(), PartitionCreateOptions::default())?);
+            handles.push(
+                ks.open_partition(t.name(), PartitionCreateOptions::default().max_memtable_size(MEMTABLE_BYTES))?,
+            );
         }
         let handles: [PartitionHandle; 11] =
             handles.try_into().map_err(|_| StoreError::Invalid("partition count".into()))?;
@@ -648,6 +660,7 @@ fn keyspace_at(root: &Path, dir: PathBuf) -> Result<Keyspace> {
     fjall::Config::new(&dir)
         .cache_size(CACHE_BYTES)
         .max_write_buffer_size(WRITE_BUFFER_BYTES)
+        .max_journaling_size(JOURNAL_BYTES)
         // Background work stays off the engine's cores as far as possible.
         .flush_workers(1)
         .compaction_workers(1)

@@ -18,4 +18,4 @@ mod verify;
 pub use keys::{parse_ed25519, parse_rsa, KeyError, GHL_RSA_PUBLIC_KEY_PEM};
 pub use metrics::{Outcome, WebhookMetrics};
 pub use receiver::{router, Receiver, DEFAULT_PATH};
-pub use verify::{Rejection, Verified, Verifier, ED25519_HEADER, RSA_HEADER};
+pub use verify::{Rejection, Verified, Verifier, ED25519_HEADER, GHL_RETRY_SPAN, RSA_HEADER};

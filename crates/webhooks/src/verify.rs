@@ -19,6 +19,13 @@ pub const ED25519_HEADER: &str = "x-ghl-signature";
 /// GHL's legacy header: base64 RSA PKCS#1 v1.5 SHA-256 signature of the raw body.
 pub const RSA_HEADER: &str = "x-wh-signature";
 
+/// How long after its timestamp a delivery may still come as one of GHL's retries. GHL
+/// re-sends a delivery answered 429 up to six times, about ten minutes apart, and nothing in
+/// its reference says a retry is re-stamped: the timestamp is inside the signed body, and a
+/// retry keeps the `webhookId` (so it keeps the body). The last retry comes about an hour
+/// after the first attempt; ten minutes more absorb "about".
+pub const GHL_RETRY_SPAN: Duration = Duration::from_secs(70 * 60);
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Rejection {
     #[error("no {ED25519_HEADER} or {RSA_HEADER} header")]
@@ -69,6 +76,13 @@ impl Verifier {
         self.tolerance
     }
 
+    /// The oldest timestamp accepted: `tolerance` of clock skew plus [`GHL_RETRY_SPAN`], so
+    /// GHL's retries of a delivery answered 429 are not refused as stale. A replay inside
+    /// this window is refused by its `webhookId`, which the store keeps for longer (7 days).
+    pub fn max_age(&self) -> Duration {
+        self.tolerance.saturating_add(GHL_RETRY_SPAN)
+    }
+
     /// Signature, then shape, then timestamp. The replay check needs the store and is
     /// the receiver's.
     pub fn verify(&self, headers: &HeaderMap, body: &[u8], now: DateTime<Utc>) -> Result<Verified, Rejection> {
@@ -86,8 +100,9 @@ impl Verifier {
         let at = DateTime::parse_from_rfc3339(stamp)
             .map_err(|_| Rejection::Stale(format!("{stamp:?} (not an RFC 3339 time)")))?
             .with_timezone(&Utc);
-        let skew = (now - at).abs().to_std().unwrap_or(Duration::MAX);
-        if skew > self.tolerance {
+        // Ahead of now only by clock skew; behind it by skew and GHL's retries.
+        let (ahead, limit) = if at > now { (at - now, self.tolerance) } else { (now - at, self.max_age()) };
+        if ahead.to_std().unwrap_or(Duration::MAX) > limit {
             return Err(Rejection::Stale(stamp.to_string()));
         }
         Ok(Verified { id, payload })
@@ -151,8 +166,10 @@ mod tests {
         let mut garbage = HeaderMap::new();
         garbage.insert(ED25519_HEADER, "%%%".parse().expect("header"));
         assert_eq!(v.verify(&garbage, &body, now), Err(Rejection::BadSignature));
-        let later = now + chrono::Duration::minutes(6);
+        let later = now + chrono::Duration::minutes(5 + 70) + chrono::Duration::seconds(1);
         assert!(matches!(v.verify(&signed(&key, &body), &body, later), Err(Rejection::Stale(_))));
+        let earlier = now - chrono::Duration::minutes(6);
+        assert!(matches!(v.verify(&signed(&key, &body), &body, earlier), Err(Rejection::Stale(_))));
 
         for bad in [&b"[1]"[..], b"not json", br#"{"timestamp":"x"}"#] {
             assert!(matches!(

@@ -187,8 +187,9 @@ async fn accepts_signed_events_and_rejects_the_rest() {
     assert_eq!(s.post(&e3, &[("x-ghl-signature", "not base64 at all".into())]).await, 401);
     assert_eq!(s.post(&e3, &[("x-wh-signature", STANDARD.encode([0u8; 256]))]).await, 401);
 
-    // Stale both ways, and a signed body that is not an event.
-    let old = event("w4", now - chrono::Duration::minutes(6));
+    // Stale both ways (older than the tolerance and GHL's retries, or ahead by more than the
+    // tolerance), and a signed body that is not an event.
+    let old = event("w4", now - chrono::Duration::minutes(5 + 70 + 1));
     assert_eq!(s.post(&old, &s.ed25519(&old)).await, 400);
     let future = event("w5", now + chrono::Duration::minutes(6));
     assert_eq!(s.post(&future, &s.ed25519(&future)).await, 400);
@@ -227,4 +228,39 @@ async fn a_store_failure_is_a_429_and_the_retry_is_stored_once() {
     assert_eq!(s.store.list_unprocessed_webhooks(0).expect("list").len(), 1);
     assert_eq!(s.metrics.count(Outcome::StoreFailed), 1);
     assert_eq!(s.metrics.count(Outcome::Accepted), 1);
+}
+
+/// GHL re-sends a delivery answered 429 about ten minutes later, up to six times, with the
+/// body (and the timestamp) it first signed: those retries are stored, not refused as stale
+/// by the 5-minute tolerance, and a replay of one after it was stored is still refused.
+#[tokio::test]
+async fn ghl_retries_of_a_429_keep_their_timestamp_and_are_stored_once() {
+    let s = server().await;
+    let now = Utc::now();
+    // First attempt ten minutes ago was answered 429; this is the first retry, same body.
+    let body = event("w-late", now - chrono::Duration::minutes(10));
+    s.store.failures.store(1, Ordering::SeqCst);
+    assert_eq!(s.post(&body, &s.ed25519(&body)).await, 429, "the store fails again: 429, not 400");
+    assert_eq!(s.post(&body, &s.ed25519(&body)).await, 200, "the next retry is stored");
+    assert_eq!(s.post(&body, &s.ed25519(&body)).await, 409, "a replay of it is refused");
+    // The sixth retry, about an hour after the first attempt.
+    let last = event("w-last", now - chrono::Duration::minutes(62));
+    assert_eq!(s.post(&last, &s.ed25519(&last)).await, 200);
+    assert_eq!(s.post(&last, &s.ed25519(&last)).await, 409);
+    // Ahead of now, only clock skew is tolerated.
+    let ahead = event("w-ahead", now + chrono::Duration::minutes(6));
+    assert_eq!(s.post(&ahead, &s.ed25519(&ahead)).await, 400);
+    assert_eq!(s.store.list_unprocessed_webhooks(0).expect("list").len(), 2);
+    assert_eq!(s.metrics.count(Outcome::Accepted), 2);
+    assert_eq!(s.metrics.count(Outcome::Replayed), 2);
+}
+
+/// Replay protection holds only while the store remembers a `webhookId` for longer than a
+/// delivery's timestamp is accepted: a replay is either stale or a known id.
+#[test]
+fn webhook_ids_are_kept_longer_than_any_accepted_timestamp() {
+    let widest = Verifier::new(vec![], vec![], Duration::from_secs(24 * 3600));
+    let kept = Retention::default().webhooks_max_age.expect("processed events are pruned");
+    // The delivery may reach flowd `tolerance` before its timestamp; ids are kept from then.
+    assert!(kept > widest.max_age() + widest.tolerance(), "{kept:?}");
 }

@@ -147,7 +147,7 @@ impl Service {
         // The sandbox's rate limits are off, so the client's own limiter is raised to match.
         let config = format!(
             "store: ./data\nflows: ./flows\nlisten: {listen}\nadmin_token: bench-admin\nshutdown_timeout: 5s\n\
-             rate_limit: {{ requests: 1000000, per: 1s, daily: 1000000000 }}\n\
+             rate_limit: {{ requests: 100000, per: 1s, daily: 100000000 }}\n\
              accounts:\n  main:\n    location_id: {}\n    base_url: {}\n    token: ${{FAULTS_TOKEN}}\n",
             sb.location_id(),
             sb.base_url()
@@ -199,6 +199,14 @@ impl Service {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// The running flowd's peak resident set (`VmHWM` in `/proc/<pid>/status`), in KiB.
+    fn peak_rss_kb(&self) -> Option<u64> {
+        let pid = self.child.as_ref()?.id();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+        line.split_whitespace().nth(1)?.parse().ok()
     }
 
     fn exited(&mut self) -> Option<std::process::ExitStatus> {
@@ -345,6 +353,9 @@ async fn harness(args: Args, dir: &Path) -> Result<bool> {
             tokio::time::sleep(Duration::from_millis(500)).await;
             let busy = [svc.any("pending").await, svc.any("running").await, svc.any("failed").await];
             quiet = if busy.iter().all(|b| *b == Some(false)) { quiet + 1 } else { 0 };
+        }
+        if let Some(hwm) = svc.peak_rss_kb() {
+            println!("flowd peak RSS (VmHWM) {:.1} MB", hwm as f64 / 1024.0);
         }
         svc.stop()?;
         let runs = reopen(dir).context("after the final SIGTERM")?;

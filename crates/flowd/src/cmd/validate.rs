@@ -36,6 +36,9 @@ pub fn run(catalog: &Catalog, args: &ValidateArgs, out: &mut dyn Write) -> anyho
         loaded.warnings()
     );
     if loaded.errors() > 0 {
+        // The summary goes to stderr (as the error): what `out` holds must reach its
+        // stream first, whole lines, so a shared terminal shows them in order.
+        out.flush()?;
         return Err(UserError::new(summary).into());
     }
     writeln!(out, "{summary}")?;

@@ -25,7 +25,8 @@ pub struct RawWebhooks {
     pub rsa_keys: Vec<String>,
     #[serde(default)]
     pub rsa_key_files: Vec<PathBuf>,
-    /// Deliveries whose `timestamp` is further than this from now are rejected.
+    /// Clock skew allowed in a delivery's `timestamp`: refused when ahead of now by more, or
+    /// older than this plus GHL's retries (`webhooks::GHL_RETRY_SPAN`).
     #[serde(default = "default_tolerance", deserialize_with = "super::bounded::duration::<_, 1000, { super::DAY }>")]
     pub tolerance: Duration,
     /// Open connections at most; past it, deliveries get a 503 at once (GHL sends them again).
