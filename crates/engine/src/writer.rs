@@ -101,9 +101,37 @@ impl Writer {
     }
 }
 
+/// A failure the writer logs when it first happens and then at most once per interval, with
+/// how many it left out: a store that cannot write fails every flush (one every 5 ms or
+/// sooner) until the service stops, and one line per failure would bury everything else.
+#[derive(Debug, Default)]
+struct Repeated {
+    last: Option<Instant>,
+    left_out: u64,
+}
+
+impl Repeated {
+    const INTERVAL: Duration = Duration::from_secs(10);
+
+    /// `Some(n)` when this failure is to be logged, `n` being how many were left out since.
+    fn log_now(&mut self, now: Instant) -> Option<u64> {
+        match self.last {
+            Some(last) if now.saturating_duration_since(last) < Self::INTERVAL => {
+                self.left_out += 1;
+                None
+            }
+            _ => {
+                self.last = Some(now);
+                Some(std::mem::take(&mut self.left_out))
+            }
+        }
+    }
+}
+
 fn run(store: &dyn Store, queue: &Mutex<mpsc::Receiver<Job>>) {
     // When the oldest committed write not yet flushed was committed.
     let mut unflushed_since: Option<Instant> = None;
+    let mut flush_failures = Repeated::default();
     loop {
         // The queue is held only while a batch is taken, not while it is written.
         let jobs = {
@@ -145,8 +173,11 @@ fn run(store: &dyn Store, queue: &Mutex<mpsc::Receiver<Job>>) {
             Ok(()) => unflushed_since = None,
             // Tried again with the next batch, or when the wait runs out again.
             Err(e) => {
-                tracing::error!(error = %e, "flushing the runs' bookkeeping failed");
-                unflushed_since = Some(Instant::now());
+                let now = Instant::now();
+                if let Some(left_out) = flush_failures.log_now(now) {
+                    tracing::error!(error = %e, repeats_not_logged = left_out, "flushing the runs' bookkeeping failed");
+                }
+                unflushed_since = Some(now);
             }
         }
         for job in durable {
@@ -191,6 +222,17 @@ fn write_batch(store: &dyn Store, jobs: Vec<Job>) -> Vec<Waiting> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_failure_repeating_every_5ms_is_logged_once_per_interval_with_the_count() {
+        let mut r = super::Repeated::default();
+        let t0 = Instant::now();
+        let logged: Vec<(u64, u64)> = (0..6_000u64)
+            .filter_map(|i| r.log_now(t0 + Duration::from_millis(5 * i)).map(|left_out| (i, left_out)))
+            .collect();
+        // 30 s of failures: the first, then one line per 10 s saying how many it left out.
+        assert_eq!(logged, [(0, 0), (2_000, 1_999), (4_000, 1_999)]);
+    }
+
     use super::*;
     use store::{NewRun, RunStatus, SledStore};
 
