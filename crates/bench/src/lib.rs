@@ -245,6 +245,12 @@ pub fn free_port() -> Result<u16> {
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
+/// flowd's jemalloc options (crates/flowd/src/main.rs), so the figures are flowd's.
+#[cfg(all(feature = "jemalloc", not(target_env = "msvc")))]
+#[used]
+#[export_name = "_rjem_malloc_conf"]
+static MALLOC_CONF: &u8 = &b"narenas:1\0"[0];
+
 /// Bytes the allocator counts as allocated by the program, where it can tell.
 pub fn heap_in_use() -> Option<u64> {
     #[cfg(all(feature = "jemalloc", not(target_env = "msvc")))]

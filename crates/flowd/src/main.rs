@@ -17,6 +17,15 @@ use std::io::Write;
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
+/// One arena instead of jemalloc's four per core: flowd's few worker threads gain nothing
+/// from more (each thread keeps its own cache in front of the arena), while every extra
+/// arena keeps its own freed pages resident after a burst. `_RJEM_MALLOC_CONF` in the
+/// environment still overrides it (jemalloc reads it after this).
+#[cfg(all(feature = "jemalloc", not(target_env = "msvc")))]
+#[used]
+#[export_name = "_rjem_malloc_conf"]
+static MALLOC_CONF: &u8 = &b"narenas:1\0"[0];
+
 fn main() {
     let cli = Cli::parse();
     let code = match run(cli) {
