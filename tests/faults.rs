@@ -96,7 +96,7 @@ impl Flowd {
     fn start(&mut self) {
         let log =
             std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("flowd.log")).expect("log");
-        let child = Command::new(env!("CARGO_BIN_EXE_flowd"))
+        let child = Command::new(flowd_tests::flowd_bin())
             .args(["run", "--config", "flowd.yaml"])
             .current_dir(self.dir.path())
             .env("FAULT_TEST_TOKEN", TOKEN)
