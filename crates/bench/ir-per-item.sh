@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Instructions per item of the end-to-end run, counted by callgrind: a figure that does not
-# change with the host's speed (this machine's wall-clock figures move by ±25% on their own),
-# so two builds can be compared to within about 0.5%.
+# change with the host's speed, unlike wall-clock figures, so two builds can be compared
+# closely (how closely: BENCHMARKS.md, "Instructions per item").
 #
 # It runs `e2e` twice under callgrind, with N and 2N new contacts, and divides the difference
 # in instructions by N: what is the same in both runs (loading the catalog, starting the

@@ -10,9 +10,10 @@ use std::path::PathBuf;
 /// to actions (create a task, tag a contact, call your app), and run them as a service.
 /// Start with `flowd demo`.
 #[derive(Debug, Parser)]
-#[command(name = "flowd", version, propagate_version = true, max_term_width = 100)]
+#[command(name = "flowd", version, propagate_version = true, max_term_width = 100, after_help = EXIT_CODES)]
 pub struct Cli {
-    /// Add the operations defined in the YAML files of this directory to the catalog.
+    /// Add the operations defined in the YAML files of this directory to the catalog
+    /// (instead of the config's `catalog_dir`).
     #[arg(long, global = true, value_name = "DIR", env = "FLOWD_CATALOG_DIR")]
     pub catalog_dir: Option<PathBuf>,
 
@@ -24,6 +25,18 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// Shown at the end of `flowd --help`; the codes are chosen in `exit.rs`.
+const EXIT_CODES: &str = "\
+Exit codes:
+  0   success
+  1   a runtime failure: runs, tests or checks that failed, a store or service that cannot be
+      reached or opened, a plan over GHL's budget
+  2   bad input: a bad argument, config file, flow file or item file, an unknown name or run id
+  75  `flowd run` stopped because its store cannot write (a full disk): a restart recovers
+
+--catalog-dir (or FLOWD_CATALOG_DIR) wins over the config's `catalog_dir` in every command
+that reads a config.";
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
     Text,
@@ -34,7 +47,7 @@ pub enum LogFormat {
 pub enum Command {
     /// Run the service: poll triggers on schedule and execute flows.
     Run(RunArgs),
-    /// Check flow files and print every problem, compiler-style (exit 1 if any error).
+    /// Check flow files and print every problem, compiler-style (exit 2 if any error).
     Validate(ValidateArgs),
     /// Dry-run a flow for one trigger item, or run the flows' inline tests.
     Test(TestArgs),
@@ -90,7 +103,7 @@ pub struct RunArgs {
 pub struct ValidateArgs {
     /// Flow files or directories (default: the `flows` directory of the config, or ./flows).
     pub paths: Vec<PathBuf>,
-    /// Check `account:` names against this config's accounts.
+    /// Take the default flows directory, `account:` names and `catalog_dir` from this config.
     #[arg(long, short, value_name = "FILE")]
     pub config: Option<PathBuf>,
 }
@@ -127,6 +140,9 @@ pub struct TestArgs {
     /// Output format of the dry run.
     #[arg(long, value_enum, default_value_t = Format::Yaml)]
     pub format: Format,
+    /// Take the default flows directory, `account:` names and `catalog_dir` from this config.
+    #[arg(long, short, value_name = "FILE")]
+    pub config: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

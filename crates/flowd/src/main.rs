@@ -10,7 +10,9 @@ mod service;
 
 use clap::{CommandFactory, Parser};
 use cli::{Cli, Command};
+use service::wiring;
 use std::io::Write;
+use std::sync::Arc;
 
 /// See crates/flowd/Cargo.toml for why jemalloc.
 #[cfg(all(feature = "jemalloc", not(target_env = "msvc")))]
@@ -38,48 +40,69 @@ fn main() {
 fn run(cli: Cli) -> anyhow::Result<()> {
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
+    let catalog_dir = cli.catalog_dir.as_deref();
+    // The config, where the command reads one, and the catalog, with the config's
+    // `catalog_dir` unless `--catalog-dir` is given.
+    let configured = |path: &std::path::Path| -> anyhow::Result<(config::Config, Arc<catalog::Catalog>)> {
+        let config = wiring::load_config(path)?;
+        let catalog = Arc::new(wiring::catalog(catalog_dir, Some(&config))?);
+        Ok((config, catalog))
+    };
+    let optional = |path: Option<&std::path::Path>| -> anyhow::Result<(Option<config::Config>, catalog::Catalog)> {
+        let config = path.map(wiring::load_config).transpose()?;
+        let catalog = wiring::catalog(catalog_dir, config.as_ref())?;
+        Ok((config, catalog))
+    };
     match &cli.command {
-        Command::Catalog(command) => cmd::catalog::run(&load_catalog(&cli)?, command, &mut out)?,
-        Command::Validate(args) => cmd::validate::run(&load_catalog(&cli)?, args, &mut out)?,
-        Command::Test(args) => cmd::test::run(&load_catalog(&cli)?, args, &mut out)?,
-        Command::Plan(args) => cmd::plan::run(&load_catalog(&cli)?, args, &mut out)?,
+        Command::Catalog(command) => cmd::catalog::run(&wiring::catalog(catalog_dir, None)?, command, &mut out)?,
+        Command::Validate(args) => {
+            let (config, catalog) = optional(args.config.as_deref())?;
+            cmd::validate::run(&catalog, config.as_ref(), args, &mut out)?
+        }
+        Command::Test(args) => {
+            let (config, catalog) = optional(args.config.as_deref())?;
+            cmd::test::run(&catalog, config.as_ref(), args, &mut out)?
+        }
+        Command::Plan(args) => {
+            let config = cmd::plan::load_config(&args.config)?;
+            let catalog = wiring::catalog(catalog_dir, Some(&config))?;
+            cmd::plan::run(&catalog, &config, args, &mut out)?
+        }
         Command::Schema => {
-            serde_json::to_writer_pretty(&mut out, &flow::json_schema_for(&load_catalog(&cli)?))?;
+            serde_json::to_writer_pretty(&mut out, &flow::json_schema_for(&wiring::catalog(catalog_dir, None)?))?;
             writeln!(out)?;
         }
         Command::Completions { shell } => clap_complete::generate(*shell, &mut Cli::command(), "flowd", &mut out),
         Command::Sandbox(args) => runtime()?.block_on(cmd::sandbox::run(args))?,
-        Command::Auth(command) => runtime()?.block_on(cmd::auth::run(command, cli.catalog_dir.as_deref(), &mut out))?,
+        Command::Auth(command) => {
+            let (config, catalog) = configured(cmd::auth::config_path(command))?;
+            runtime()?.block_on(cmd::auth::run(&config, &catalog, command, &mut out))?
+        }
         Command::Run(args) => {
             init_logging(cli.log_format);
-            let config = config::load(&args.config.config, &|k| std::env::var(k).ok())?;
-            let catalog = std::sync::Arc::new(match &config.catalog_dir {
-                Some(dir) if cli.catalog_dir.is_none() => {
-                    catalog::Catalog::with_extensions(dir).map_err(|e| exit::UserError::new(e.to_string()))?
-                }
-                _ => load_catalog(&cli)?,
-            });
+            let (config, catalog) = configured(&args.config.config)?;
             runtime()?.block_on(service::run(config, catalog, args.once))?;
         }
         Command::Demo(args) => {
-            let catalog = std::sync::Arc::new(load_catalog(&cli)?);
+            let catalog = Arc::new(wiring::catalog(catalog_dir, None)?);
             runtime()?.block_on(cmd::demo::run(catalog, args))?;
         }
-        Command::Store(command) => cmd::store::run(command, &mut out)?,
+        Command::Store(command) => {
+            let config = wiring::load_config(cmd::store::config_path(command))?;
+            cmd::store::run(&config, command, &mut out)?
+        }
         Command::Runs(args) => {
-            let config = config::load(&args.config.config, &|k| std::env::var(k).ok())?;
+            let config = wiring::load_config(&args.config.config)?;
             runtime()?.block_on(cmd::runs::list(&config, args, &mut out))?;
         }
         Command::Replay(args) => {
             init_logging(cli.log_format);
-            let config = config::load(&args.config.config, &|k| std::env::var(k).ok())?;
-            let catalog = std::sync::Arc::new(load_catalog(&cli)?);
+            let (config, catalog) = configured(&args.config.config)?;
             runtime()?.block_on(cmd::runs::replay(&config, catalog, args, &mut out))?;
         }
         Command::Release(args) => {
             init_logging(cli.log_format);
-            let config = config::load(&args.config.config, &|k| std::env::var(k).ok())?;
-            let catalog = std::sync::Arc::new(load_catalog(&cli)?);
+            let (config, catalog) = configured(&args.config.config)?;
             runtime()?.block_on(cmd::runs::release(&config, catalog, args, &mut out))?;
         }
     }
@@ -106,21 +129,12 @@ fn init_logging(format: cli::LogFormat) {
 }
 
 /// Threads for blocking work at most (tokio's default is 512). flowd's blocking work is
-/// store calls (sled): CPU-bound or waiting on one shared flush, so more threads than this
-/// add no throughput. Unbounded, a burst of polls (10,000 flows starting together) grew
-/// the pool to 512 threads, each with its stack and its share of malloc arenas: hundreds
-/// of MB of RSS that stayed after the burst (see BENCHMARKS.md, "Scale").
+/// store calls: CPU-bound or waiting on one shared flush, so more threads add no
+/// throughput, while a burst of polls (thousands of flows starting together) would grow
+/// the pool to the limit, each thread with its stack and its share of malloc arenas, RSS
+/// that stays after the burst (BENCHMARKS.md, "Scale").
 const BLOCKING_THREADS: usize = 16;
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread().enable_all().max_blocking_threads(BLOCKING_THREADS).build()?)
-}
-
-/// The built-in catalog, plus the user's extension files when `--catalog-dir` is given.
-fn load_catalog(cli: &Cli) -> anyhow::Result<catalog::Catalog> {
-    let catalog = match &cli.catalog_dir {
-        Some(dir) => catalog::Catalog::with_extensions(dir),
-        None => catalog::Catalog::builtin(),
-    };
-    catalog.map_err(|e| exit::UserError::new(e.to_string()).into())
 }

@@ -19,8 +19,8 @@
 //! to change it; tokio's default is 512) and the allocator is flowd's (jemalloc, see
 //! `bench::heap_in_use`). Next to RSS the bench prints the bytes the allocator counts as
 //! allocated (read three times only), so live data shows apart from what the allocator
-//! keeps after a burst. Allocated counts memory never touched (sled allocates ≈ 21 MB of
-//! zeroed metrics at open that stay out of RSS), so it can exceed RSS.
+//! keeps after a burst. Allocated counts memory never touched (sled allocates zeroed
+//! metrics at open that stay out of RSS; BENCHMARKS.md, "Scale"), so it can exceed RSS.
 
 use anyhow::{anyhow, bail, Context, Result};
 use bench::{bucket_count, bucket_delta, bucket_quantile, cpu_seconds, drift_buckets, mb, peak_rss, rss, TOKEN};

@@ -5,8 +5,9 @@
 //! Tokens are never printed: only what they are for (location, scopes, expiry).
 
 use crate::cli::{AuthCheckArgs, AuthCommand, AuthOAuthArgs};
-use crate::config::{self, Account, Config, Credentials};
-use crate::exit::UserError;
+use crate::config::{Account, Config, Credentials};
+use crate::exit::{Failed, UserError};
+use crate::service::wiring::{self, Open, Opened};
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::Html;
@@ -25,20 +26,23 @@ const PROBE_OP: &str = "locations.get_location";
 /// The scope of that read; `auth oauth` asks for it too so that `auth check` works.
 const PROBE_SCOPE: &str = "locations.readonly";
 
-pub async fn run(command: &AuthCommand, catalog_dir: Option<&Path>, out: &mut dyn Write) -> anyhow::Result<()> {
-    let path = match command {
+pub async fn run(
+    config: &Config,
+    catalog: &catalog::Catalog,
+    command: &AuthCommand,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
+    match command {
+        AuthCommand::Oauth(args) => oauth(config, catalog, args, out).await,
+        AuthCommand::Check(args) => check(config, catalog, args, out).await,
+    }
+}
+
+/// The config file a subcommand reads.
+pub fn config_path(command: &AuthCommand) -> &Path {
+    match command {
         AuthCommand::Oauth(a) => &a.config.config,
         AuthCommand::Check(a) => &a.config.config,
-    };
-    let config = config::load(path, &|k| std::env::var(k).ok())?;
-    let catalog = match catalog_dir.or(config.catalog_dir.as_deref()) {
-        Some(dir) => catalog::Catalog::with_extensions(dir),
-        None => catalog::Catalog::builtin(),
-    }
-    .map_err(|e| UserError::new(e.to_string()))?;
-    match command {
-        AuthCommand::Oauth(args) => oauth(&config, &catalog, args, out).await,
-        AuthCommand::Check(args) => check(&config, &catalog, args, out).await,
     }
 }
 
@@ -89,37 +93,6 @@ fn split_scopes(text: &str) -> impl Iterator<Item = &str> {
     text.split(|c: char| c.is_whitespace() || c == ',').filter(|s| !s.is_empty())
 }
 
-fn ghl_credentials(a: &Account) -> ghl::Credentials {
-    match &a.credentials {
-        Credentials::PrivateToken(t) => ghl::Credentials::PrivateToken(ghl::Secret::new(t.clone())),
-        Credentials::OAuth { client_id, client_secret, .. } => ghl::Credentials::OAuth {
-            app: ghl::OAuthApp { client_id: client_id.clone(), client_secret: ghl::Secret::new(client_secret.clone()) },
-            user_type: Some("Location".into()),
-        },
-    }
-}
-
-fn ghl_account(name: &str, a: &Account) -> anyhow::Result<ghl::Account> {
-    let mut account = ghl::Account::new(name, ghl_credentials(a))?.with_resource(a.location_id.clone());
-    if let Some(url) = &a.base_url {
-        account = account.with_base_url(url)?;
-    }
-    Ok(account)
-}
-
-/// Opens the store; `Ok(None)` when a running `flowd run` holds it.
-fn open_store(config: &Config) -> anyhow::Result<Option<Arc<dyn store::Store>>> {
-    match store::create_or_open(&config.store, config.store_backend) {
-        Ok(s) => Ok(Some(s)),
-        Err(store::StoreError::Locked { .. }) => Ok(None),
-        Err(e) => Err(UserError::new(format!("cannot open the store {}: {e}", config.store.display())).into()),
-    }
-}
-
-fn store_in_use(config: &Config) -> String {
-    format!("the store {} is in use by a running flowd (only one process may open it)", config.store.display())
-}
-
 // ---------------------------------------------------------------------------------------
 // flowd auth oauth
 
@@ -166,15 +139,10 @@ async fn oauth(
         args.scopes.iter().flat_map(|s| split_scopes(s)).map(str::to_string).collect()
     };
 
-    let Some(store) = open_store(config)? else {
-        return Err(UserError::new(format!(
-            "{}: stop it, connect the account, and start it again",
-            store_in_use(config)
-        ))
-        .into());
-    };
+    let store = wiring::open_store(config, Open::CreateIfMissing)?
+        .or_in_use("stop it, connect the account, and start it again")?;
     let client = ghl::Client::builder().token_store(Arc::new(engine::StoreTokens(store.clone()))).build()?;
-    client.add_account(ghl_account(name, account)?);
+    wiring::add_account(&client, None, config, name, account)?;
 
     if let Some(code) = &args.code {
         let redirect_uri = args.redirect_uri.clone().or_else(|| args.redirect_port.map(loopback_uri));
@@ -189,7 +157,7 @@ async fn oauth(
         let port = args.redirect_port.unwrap_or(0);
         let l = tokio::net::TcpListener::bind(("127.0.0.1", port))
             .await
-            .map_err(|e| UserError::new(format!("cannot listen on 127.0.0.1:{port} for the redirect: {e}")))?;
+            .map_err(|e| Failed::new(format!("cannot listen on 127.0.0.1:{port} for the redirect: {e}")))?;
         Some(l)
     };
     let redirect_uri = match (&listener, &args.redirect_uri, args.redirect_port) {
@@ -236,13 +204,13 @@ async fn oauth(
     let result = loop {
         let cb = match tokio::time::timeout_at(deadline, rx.recv()).await {
             Err(_) => {
-                break Err(UserError::new(format!(
+                break Err(Failed::new(format!(
                     "no redirect from GoHighLevel within {}; run the command again (--timeout to wait longer)",
                     humantime::format_duration(args.timeout)
                 ))
                 .into())
             }
-            Ok(None) => break Err(UserError::new("the redirect listener stopped").into()),
+            Ok(None) => break Err(Failed::new("the redirect listener stopped").into()),
             Ok(Some(cb)) => cb,
         };
         let mut cb = cb;
@@ -256,10 +224,9 @@ async fn oauth(
         if let Some(err) = param("error") {
             let why = param("error_description").unwrap_or("");
             cb.reply(StatusCode::BAD_REQUEST, &format!("GoHighLevel did not authorize flowd: {err} {why}"));
-            break Err(UserError::new(
-                format!("GoHighLevel did not authorize the app: {err} {why}").trim().to_string(),
-            )
-            .into());
+            break Err(
+                Failed::new(format!("GoHighLevel did not authorize the app: {err} {why}").trim().to_string()).into()
+            );
         }
         let Some(code) = param("code") else {
             cb.reply(StatusCode::BAD_REQUEST, "No authorization code in this request (expected ?code=...).");
@@ -367,7 +334,7 @@ async fn exchange(
             Some(401) => " (check the account's oauth client_id and client_secret)",
             _ => "",
         };
-        UserError::new(format!("exchanging the authorization code for account `{name}` failed: {e}{hint}")).into()
+        Failed::new(format!("exchanging the authorization code for account `{name}` failed: {e}{hint}")).into()
     })
 }
 
@@ -499,7 +466,11 @@ async fn check(
     let any_oauth = selected.iter().any(|(_, a)| matches!(a.credentials, Credentials::OAuth { .. }));
     // The store holds the OAuth tokens; without it (a service holds it) refreshing here
     // would rotate the service's refresh token away, so OAuth accounts are not checked.
-    let store = if any_oauth { open_store(config)? } else { None };
+    let (store, in_use) = match any_oauth.then(|| wiring::open_store(config, Open::CreateIfMissing)).transpose()? {
+        Some(Opened::Ready(s)) => (Some(s), None),
+        Some(Opened::InUse(in_use)) => (None, Some(in_use)),
+        None => (None, None),
+    };
     let token_store: Arc<dyn ghl::TokenStore> = match &store {
         Some(s) => Arc::new(engine::StoreTokens(s.clone())),
         None => Arc::new(ghl::MemoryTokenStore::new()),
@@ -533,14 +504,14 @@ async fn check(
         };
         if oauth && store.is_none() {
             report.status = Status::Skipped;
-            report.detail = Some(format!("{}; its OAuth tokens cannot be checked from here", store_in_use(config)));
+            report.detail = Some(format!(
+                "{}; its OAuth tokens cannot be checked from here",
+                in_use.as_ref().map(ToString::to_string).unwrap_or_default()
+            ));
             reports.push(report);
             continue;
         }
-        if let (Some(store), Credentials::OAuth { refresh_token: Some(rt), .. }) = (&store, &account.credentials) {
-            crate::service::wiring::seed_refresh_token(store.as_ref(), name, &account.location_id, rt)?;
-        }
-        client.add_account(ghl_account(name, account)?);
+        wiring::add_account(&client, store.as_deref(), config, name, account)?;
         let req = probe.clone().path_param("locationId", account.location_id.clone());
         match client.json(name, &req).await {
             Ok(body) => {
@@ -598,7 +569,7 @@ async fn check(
     }
     let failing = reports.iter().filter(|r| r.status.fails()).count();
     if failing > 0 {
-        return Err(UserError::new(format!("{failing} of {} account(s) need attention", reports.len())).into());
+        return Err(Failed::new(format!("{failing} of {} account(s) need attention", reports.len())).into());
     }
     Ok(())
 }

@@ -4,7 +4,7 @@
 mod instant;
 
 use crate::cli::DemoArgs;
-use crate::exit::UserError;
+use crate::exit::Failed;
 use axum::routing::post;
 use axum::{Json, Router};
 use engine::{AccountInfo, Engine, EngineConfig, Metrics};
@@ -36,9 +36,9 @@ pub async fn run(catalog: Arc<catalog::Catalog>, args: &DemoArgs) -> anyhow::Res
     let started = Instant::now();
     let config = SandboxConfig::default().with_seed(Seed::Demo).with_rate_limit(RateLimitConfig::disabled());
     let token = config.tokens.first().cloned().unwrap_or_default();
-    let sb = Sandbox::start(config).await.map_err(|e| UserError::new(format!("cannot start the sandbox: {e}")))?;
+    let sb = Sandbox::start(config).await.map_err(|e| Failed::new(format!("cannot start the sandbox: {e}")))?;
     let (app_url, received) = start_app().await?;
-    let watched = watched_contact(&sb).ok_or_else(|| UserError::new("the demo data has no contact with tasks"))?;
+    let watched = watched_contact(&sb).ok_or_else(|| Failed::new("the demo data has no contact with tasks"))?;
 
     let mut env: BTreeMap<String, String> = BTreeMap::new();
     env.insert("APP_HOOK_URL".into(), app_url.clone());
@@ -50,9 +50,7 @@ pub async fn run(catalog: Arc<catalog::Catalog>, args: &DemoArgs) -> anyhow::Res
         match compiled {
             Some(f) if !diags.iter().any(|d| d.is_error()) => flows.push(f),
             _ => {
-                return Err(
-                    UserError::new(format!("example flow {file} is invalid:\n{}", flow::render_all(&diags))).into()
-                )
+                return Err(Failed::new(format!("example flow {file} is invalid:\n{}", flow::render_all(&diags))).into())
             }
         }
     }
@@ -116,7 +114,7 @@ pub async fn run(catalog: Arc<catalog::Catalog>, args: &DemoArgs) -> anyhow::Res
         started.elapsed().as_secs_f64()
     );
     if totals.failures > 0 {
-        return Err(UserError::new(format!("{} run(s) failed", totals.failures)).into());
+        return Err(Failed::new(format!("{} run(s) failed", totals.failures)).into());
     }
     Ok(())
 }

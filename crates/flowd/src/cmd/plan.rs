@@ -2,7 +2,7 @@
 //! requests per 10 s, 200,000 a day), before it is deployed.
 
 use crate::cli::PlanArgs;
-use crate::exit::UserError;
+use crate::exit::{Failed, UserError};
 use crate::flows;
 use catalog::Catalog;
 use chrono::{Duration as ChronoDuration, Utc};
@@ -40,9 +40,18 @@ struct LocationPlan {
     share_of_10s_budget: f64,
 }
 
-pub fn run(catalog: &Catalog, args: &PlanArgs, out: &mut dyn Write) -> anyhow::Result<()> {
-    // Planning needs no credentials: unset variables stand for themselves.
-    let config = crate::config::load(&args.config, &|k| std::env::var(k).ok().or_else(|| Some(format!("${{{k}}}"))))?;
+/// The config as planning reads it: it needs no credentials, so unset variables stand
+/// for themselves.
+pub fn load_config(path: &std::path::Path) -> anyhow::Result<crate::config::Config> {
+    Ok(crate::config::load(path, &|k| std::env::var(k).ok().or_else(|| Some(format!("${{{k}}}"))))?)
+}
+
+pub fn run(
+    catalog: &Catalog,
+    config: &crate::config::Config,
+    args: &PlanArgs,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
     let files = flows::discover(std::slice::from_ref(&config.flows)).map_err(UserError::new)?;
     let loaded = flows::load_files(&files, catalog, &flows::compile_env(config.accounts.keys().cloned().collect()));
     if loaded.errors() > 0 {
@@ -86,7 +95,7 @@ pub fn run(catalog: &Catalog, args: &PlanArgs, out: &mut dyn Write) -> anyhow::R
         render(&by_location, args, out)?;
     }
     if !over.is_empty() {
-        return Err(UserError::new(format!(
+        return Err(Failed::new(format!(
             "the flows of {} do not fit GHL's budget (100 requests per 10 s, 200,000 a day per location)",
             over.join(", ")
         ))

@@ -6,8 +6,8 @@
 
 use crate::cli::{ReleaseArgs, ReplayArgs, RunsArgs, RunsCommand, StatusArg};
 use crate::config::Config;
-use crate::exit::UserError;
-use crate::service::wiring;
+use crate::exit::{Failed, UserError};
+use crate::service::wiring::{self, Open, Opened};
 use serde_json::Value;
 use std::io::Write;
 use std::sync::Arc;
@@ -19,13 +19,12 @@ enum Backend {
 }
 
 fn backend(config: &Config) -> anyhow::Result<Backend> {
-    match store::open(&config.store) {
-        Ok(s) => Ok(Backend::Store(s)),
-        Err(store::StoreError::Locked { .. }) => {
-            Ok(Backend::Api { base: format!("http://{}", config.listen), token: config.admin_token.clone() })
+    Ok(match wiring::open_store(config, Open::Existing)? {
+        Opened::Ready(s) => Backend::Store(s),
+        Opened::InUse(_) => {
+            Backend::Api { base: format!("http://{}", config.listen), token: config.admin_token.clone() }
         }
-        Err(e) => Err(UserError::new(format!("cannot open the store {}: {e}", config.store.display())).into()),
-    }
+    })
 }
 
 fn status_of(s: StatusArg) -> RunStatus {
@@ -48,15 +47,21 @@ async fn api_call(method: reqwest::Method, base: &str, path: &str, token: &Optio
         )
         .into());
     };
-    let res = reqwest::Client::new().request(method, format!("{base}{path}")).bearer_auth(token).send().await.map_err(
-        |e| UserError::new(format!("the store is in use, and the service at {base} cannot be reached: {e}")),
-    )?;
+    let res =
+        reqwest::Client::new().request(method, format!("{base}{path}")).bearer_auth(token).send().await.map_err(
+            |e| Failed::new(format!("the store is in use, and the service at {base} cannot be reached: {e}")),
+        )?;
     let status = res.status();
     let body: Value = res.json().await?;
     if !status.is_success() {
-        return Err(
-            UserError::new(format!("{base}{path}: {}", body["error"].as_str().unwrap_or("request failed"))).into()
-        );
+        let message = format!("{base}{path}: {}", body["error"].as_str().unwrap_or("request failed"));
+        // The service refuses what the user asked for (an unknown run or flow, a run that
+        // is not dead, a wrong token) with a 4xx: the same bad input as offline.
+        return Err(if status.is_client_error() {
+            UserError::new(message).into()
+        } else {
+            Failed::new(message).into()
+        });
     }
     Ok(body)
 }
@@ -191,7 +196,10 @@ pub async fn replay(
                         skipped += 1;
                         progress.suspend(|| writeln!(out, "{why}")).ok();
                     }
-                    Err(engine::EngineError::NotReplayable(why)) => return Err(UserError::new(why).into()),
+                    Err(e @ (engine::EngineError::NotReplayable(_) | engine::EngineError::UnknownRun(_))) => {
+                        return Err(UserError::new(e.to_string()).into())
+                    }
+                    Err(engine::EngineError::UnknownFlow(flow)) => return Err(not_loaded(config, &flow).into()),
                     Err(e) => return Err(e.into()),
                 }
                 progress.inc(1);
@@ -201,7 +209,7 @@ pub async fn replay(
                 writeln!(out, "{skipped} run(s) were no longer dead and were left alone")?;
             }
             if failed > 0 {
-                return Err(UserError::new(format!("{failed} replayed run(s) did not succeed")).into());
+                return Err(Failed::new(format!("{failed} replayed run(s) did not succeed")).into());
             }
         }
         Backend::Api { base, token } => {
@@ -227,7 +235,13 @@ pub async fn release(
     match backend(config)? {
         Backend::Store(s) => {
             let engine = offline_engine(config, catalog, s)?;
-            let statuses = engine.release(&args.flow).await?;
+            if !engine.flow_names().contains(&args.flow) {
+                return Err(not_loaded(config, &args.flow).into());
+            }
+            let statuses = match engine.release(&args.flow).await {
+                Err(engine::EngineError::UnknownFlow(flow)) => return Err(not_loaded(config, &flow).into()),
+                other => other?,
+            };
             let ok = statuses.iter().filter(|s| **s == RunStatus::Succeeded).count();
             writeln!(out, "released {} run(s) of {}: {ok} succeeded", statuses.len(), args.flow)?;
         }
@@ -237,6 +251,15 @@ pub async fn release(
         }
     }
     Ok(())
+}
+
+/// A flow a command names (or a run belongs to) that is not among the config's valid flows.
+fn not_loaded(config: &Config, flow: &str) -> UserError {
+    UserError::new(format!(
+        "flow `{flow}` is not among the valid flows of {} (see `flowd validate --config {}`)",
+        config.flows.display(),
+        config.path.display()
+    ))
 }
 
 /// An engine over the store with the flows that validate, for commands run while the

@@ -1,7 +1,7 @@
 //! `flowd sandbox`: the GHL simulator as a standalone server.
 
 use crate::cli::SandboxArgs;
-use crate::exit::UserError;
+use crate::exit::{Failed, UserError};
 use sandbox::{RateLimitConfig, Sandbox, SandboxConfig, Seed};
 
 pub async fn run(args: &SandboxArgs) -> anyhow::Result<()> {
@@ -20,7 +20,7 @@ pub async fn run(args: &SandboxArgs) -> anyhow::Result<()> {
     let location = config.location_id.clone();
     let sb = Sandbox::bind(args.listen, config)
         .await
-        .map_err(|e| UserError::new(format!("cannot start the sandbox on {}: {e}", args.listen)))?;
+        .map_err(|e| Failed::new(format!("cannot start the sandbox on {}: {e}", args.listen)))?;
     let base = sb.base_url();
     let contact = sb.records("contacts").first().and_then(|c| c["id"].as_str().map(str::to_string));
     println!("GHL sandbox listening on {base}");

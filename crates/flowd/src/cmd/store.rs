@@ -4,32 +4,26 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use crate::cli::StoreCommand;
-use crate::config::{self, Config};
-use crate::exit::UserError;
+use crate::config::Config;
+use crate::exit::{Failed, UserError};
+use crate::service::wiring::{self, Open};
 
-pub fn run(command: &StoreCommand, out: &mut dyn Write) -> anyhow::Result<()> {
-    let args = match command {
-        StoreCommand::Info(a) | StoreCommand::Migrate(a) => a,
-    };
-    let config = config::load(&args.config.config, &|k| std::env::var(k).ok())?;
+/// The config file a subcommand reads.
+pub fn config_path(command: &StoreCommand) -> &Path {
     match command {
-        StoreCommand::Info(_) => info(&config, out),
-        StoreCommand::Migrate(_) => migrate(&config, out),
+        StoreCommand::Info(a) | StoreCommand::Migrate(a) => &a.config.config,
     }
 }
 
-fn open_error(config: &Config, e: store::StoreError) -> anyhow::Error {
-    match e {
-        store::StoreError::Locked { .. } => {
-            UserError::new(format!("the store {} is in use by a running flowd; stop it first", config.store.display()))
-                .into()
-        }
-        other => UserError::new(format!("cannot open the store {}: {other}", config.store.display())).into(),
+pub fn run(config: &Config, command: &StoreCommand, out: &mut dyn Write) -> anyhow::Result<()> {
+    match command {
+        StoreCommand::Info(_) => info(config, out),
+        StoreCommand::Migrate(_) => migrate(config, out),
     }
 }
 
 fn info(config: &Config, out: &mut dyn Write) -> anyhow::Result<()> {
-    let s = store::open(&config.store).map_err(|e| open_error(config, e))?;
+    let s = wiring::open_store(config, Open::Existing)?.or_in_use("stop it first")?;
     let marker = store::layout::read_marker(&config.store)?;
     writeln!(out, "store:    {}", config.store.display())?;
     writeln!(out, "database: {}", s.backend())?;
@@ -91,7 +85,7 @@ fn migrate(config: &Config, out: &mut dyn Write) -> anyhow::Result<()> {
             if store::layout::existing_backend(&staging)? == Some(store::Backend::Sled) {
                 let kept = kept_name(path);
                 std::fs::rename(&staging, &kept).map_err(|e| {
-                    UserError::new(format!("cannot move {} to {}: {e}", staging.display(), kept.display()))
+                    Failed::new(format!("cannot move {} to {}: {e}", staging.display(), kept.display()))
                 })?;
                 writeln!(
                     out,
@@ -107,7 +101,7 @@ fn migrate(config: &Config, out: &mut dyn Write) -> anyhow::Result<()> {
         Some(store::Backend::Sled) => {}
     }
     if staging.exists() {
-        return Err(UserError::new(format!(
+        return Err(Failed::new(format!(
             "{} exists (an interrupted migration?); remove it and run again",
             staging.display()
         ))
@@ -116,19 +110,19 @@ fn migrate(config: &Config, out: &mut dyn Write) -> anyhow::Result<()> {
     let migrated = store::migrate::sled_to_fjall(path, &staging).map_err(|e| {
         // Nothing was changed at `path`; the half-made copy is of no use.
         let _ = std::fs::remove_dir_all(&staging);
-        open_error(config, e)
+        wiring::store_error(config, e)
     })?;
     let kept = kept_name(path);
     // One atomic swap where possible: a crash then leaves either the sled store or the
     // complete fjall store in place, never neither (a start would create an empty one).
     if exchange(&staging, path)? {
         std::fs::rename(&staging, &kept)
-            .map_err(|e| UserError::new(format!("cannot move {} to {}: {e}", staging.display(), kept.display())))?;
+            .map_err(|e| Failed::new(format!("cannot move {} to {}: {e}", staging.display(), kept.display())))?;
     } else {
         std::fs::rename(path, &kept)
-            .map_err(|e| UserError::new(format!("cannot move {} to {}: {e}", path.display(), kept.display())))?;
+            .map_err(|e| Failed::new(format!("cannot move {} to {}: {e}", path.display(), kept.display())))?;
         std::fs::rename(&staging, path).map_err(|e| {
-            UserError::new(format!(
+            Failed::new(format!(
                 "cannot move {} to {}: {e}. The migrated store is complete in the first; the sled store is in {}",
                 staging.display(),
                 path.display(),

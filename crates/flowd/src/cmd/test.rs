@@ -1,7 +1,8 @@
 //! `flowd test`: a dry run of one flow for one trigger item, or the flows' inline tests.
 
 use crate::cli::{Format, TestArgs};
-use crate::exit::UserError;
+use crate::config::Config;
+use crate::exit::{Failed, UserError};
 use crate::flows;
 use catalog::Catalog;
 use chrono::Utc;
@@ -9,10 +10,16 @@ use serde_json::{json, Map, Value};
 use std::io::Write;
 use std::path::PathBuf;
 
-pub fn run(catalog: &Catalog, args: &TestArgs, out: &mut dyn Write) -> anyhow::Result<()> {
-    let paths = if args.paths.is_empty() { vec![PathBuf::from("flows")] } else { args.paths.clone() };
+/// `config` is the one `--config` names, if any: its `flows` are the default paths and
+/// `account:` names are checked against its accounts.
+pub fn run(catalog: &Catalog, config: Option<&Config>, args: &TestArgs, out: &mut dyn Write) -> anyhow::Result<()> {
+    let paths = match (args.paths.is_empty(), config) {
+        (false, _) => args.paths.clone(),
+        (true, Some(config)) => vec![config.flows.clone()],
+        (true, None) => vec![PathBuf::from("flows")],
+    };
     let files = flows::discover(&paths).map_err(UserError::new)?;
-    let mut env = flows::compile_env(Vec::new());
+    let mut env = flows::compile_env(config.map(|c| c.accounts.keys().cloned().collect()).unwrap_or_default());
     for kv in &args.env {
         let Some((k, v)) = kv.split_once('=') else {
             return Err(UserError::new(format!("--env `{kv}`: expected KEY=VALUE")).into());
@@ -93,7 +100,7 @@ fn inline_tests(
     }
     writeln!(out, "{passed} passed, {failed} failed")?;
     if failed > 0 {
-        return Err(UserError::new(format!("{failed} flow test(s) failed")).into());
+        return Err(Failed::new(format!("{failed} flow test(s) failed")).into());
     }
     if passed == 0 {
         writeln!(out, "(no flow has inline `tests:`; use --item ITEM.json for a dry run)")?;

@@ -1,16 +1,17 @@
 //! `flowd validate [PATH...]`: every problem in every file, compiler-style.
 
 use crate::cli::ValidateArgs;
+use crate::config::Config;
 use crate::exit::UserError;
 use crate::flows;
 use catalog::Catalog;
 use std::io::Write;
 use std::path::PathBuf;
 
-pub fn run(catalog: &Catalog, args: &ValidateArgs, out: &mut dyn Write) -> anyhow::Result<()> {
-    let (paths, accounts) = match &args.config {
-        Some(path) => {
-            let config = crate::config::load(path, &|k| std::env::var(k).ok())?;
+/// `config` is the one `--config` names, if any.
+pub fn run(catalog: &Catalog, config: Option<&Config>, args: &ValidateArgs, out: &mut dyn Write) -> anyhow::Result<()> {
+    let (paths, accounts) = match config {
+        Some(config) => {
             let paths = if args.paths.is_empty() { vec![config.flows.clone()] } else { args.paths.clone() };
             (paths, config.accounts.keys().cloned().collect())
         }

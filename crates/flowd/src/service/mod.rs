@@ -162,7 +162,7 @@ async fn run_once(engine: &Arc<Engine>) -> anyhow::Result<()> {
     let store = engine.store().clone();
     tokio::task::spawn_blocking(move || store.flush()).await??;
     if failures > 0 {
-        return Err(crate::exit::UserError::new(format!("{failures} poll(s) or run(s) failed")).into());
+        return Err(crate::exit::Failed::new(format!("{failures} poll(s) or run(s) failed")).into());
     }
     Ok(())
 }

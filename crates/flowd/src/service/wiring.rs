@@ -1,23 +1,137 @@
-//! From a resolved config to a running engine: store, GHL client, accounts.
+//! From the command line and a resolved config to what the commands use: the config
+//! itself, the catalog, the store, the GHL accounts and the engine. Each is made here
+//! and only here, so every command follows the same rules: which catalog directory
+//! wins, how a store held by another process or missing is reported, how an account's
+//! credentials become a GHL account.
 
-use crate::config::{Config, Credentials};
-use crate::exit::UserError;
+use crate::config::{Account, Config, Credentials};
+use crate::exit::{Failed, UserError};
 use engine::{AccountInfo, Engine, EngineConfig, Metrics, StoreTokens};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-pub fn open_store(config: &Config) -> anyhow::Result<Arc<dyn store::Store>> {
-    let store = store::create_or_open(&config.store, config.store_backend).map_err(|e| match e {
-        store::StoreError::Locked { .. } => UserError::new(format!(
-            "the store {} is in use by another flowd process (only one may run per store)",
-            config.store.display()
-        )),
-        other => UserError::new(format!("cannot open the store {}: {other}", config.store.display())),
-    })?;
-    Ok(store)
+/// Reads and resolves a config file, `${VAR}` references from the process environment.
+pub fn load_config(path: &Path) -> anyhow::Result<Config> {
+    Ok(crate::config::load(path, &|k| std::env::var(k).ok())?)
 }
 
+/// The catalog a command works with: the built-in operations plus the extension files
+/// of `--catalog-dir` (or `FLOWD_CATALOG_DIR`) when given, else of the config's
+/// `catalog_dir` when the command reads a config. The command line wins so that one
+/// run can try other definitions without editing the config.
+pub fn catalog(cli_dir: Option<&Path>, config: Option<&Config>) -> anyhow::Result<catalog::Catalog> {
+    let loaded = match cli_dir.or_else(|| config.and_then(|c| c.catalog_dir.as_deref())) {
+        Some(dir) => catalog::Catalog::with_extensions(dir),
+        None => catalog::Catalog::builtin(),
+    };
+    loaded.map_err(|e| UserError::new(e.to_string()).into())
+}
+
+/// How a command opens the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Open {
+    /// The service and `auth oauth`: a missing store is created (with the config's
+    /// `store_backend`).
+    CreateIfMissing,
+    /// Commands that read what a service recorded: a missing store is an error.
+    Existing,
+}
+
+/// What opening the store found: the store, or that another process (a running
+/// `flowd run`) holds it, which some commands answer by asking that process instead.
+pub enum Opened {
+    Ready(Arc<dyn store::Store>),
+    InUse(StoreInUse),
+}
+
+/// Another process holds the store (only one may open it).
+#[derive(Debug, Clone)]
+pub struct StoreInUse {
+    pub path: PathBuf,
+}
+
+impl std::fmt::Display for StoreInUse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "the store {} is in use by a running flowd (only one process may open it)", self.path.display())
+    }
+}
+
+impl Opened {
+    /// The store, or a failure that says what to do while another process holds it.
+    pub fn or_in_use(self, what_to_do: &str) -> anyhow::Result<Arc<dyn store::Store>> {
+        match self {
+            Opened::Ready(s) => Ok(s),
+            Opened::InUse(in_use) => Err(Failed::new(format!("{in_use}: {what_to_do}")).into()),
+        }
+    }
+}
+
+/// Opens the config's store; a store another process holds is [`Opened::InUse`], every
+/// other problem an error ([`store_error`]).
+pub fn open_store(config: &Config, how: Open) -> anyhow::Result<Opened> {
+    let opened = match how {
+        Open::CreateIfMissing => store::create_or_open(&config.store, config.store_backend),
+        Open::Existing => store::open(&config.store),
+    };
+    match opened {
+        Ok(s) => Ok(Opened::Ready(s)),
+        Err(store::StoreError::Locked { .. }) => Ok(Opened::InUse(StoreInUse { path: config.store.clone() })),
+        Err(e) => Err(store_error(config, e)),
+    }
+}
+
+/// An error from opening (or copying) the config's store, as the user sees it: bad
+/// input when the config's `store:` names no store or a directory that is not one, a
+/// failure otherwise (in use, damaged, unreadable).
+pub fn store_error(config: &Config, e: store::StoreError) -> anyhow::Error {
+    match e {
+        store::StoreError::Locked { .. } => {
+            Failed::new(format!("{}: stop it first", StoreInUse { path: config.store.clone() })).into()
+        }
+        e @ (store::StoreError::NotFound { .. } | store::StoreError::NotAStore { .. }) => {
+            UserError::new(format!("{}: `store:` {e}", config.path.display())).into()
+        }
+        other => Failed::new(format!("cannot open the store {}: {other}", config.store.display())).into(),
+    }
+}
+
+/// The GHL account for the config's account `name`: credentials, location, base URL.
+pub fn ghl_account(config: &Config, name: &str, a: &Account) -> anyhow::Result<ghl::Account> {
+    let credentials = match &a.credentials {
+        Credentials::PrivateToken(t) => ghl::Credentials::PrivateToken(ghl::Secret::new(t.clone())),
+        Credentials::OAuth { client_id, client_secret, .. } => ghl::Credentials::OAuth {
+            app: ghl::OAuthApp { client_id: client_id.clone(), client_secret: ghl::Secret::new(client_secret.clone()) },
+            user_type: Some("Location".into()),
+        },
+    };
+    let invalid = |e: ghl::Error| UserError::new(format!("{}: accounts.{name}: {e}", config.path.display()));
+    let mut account = ghl::Account::new(name, credentials).map_err(invalid)?.with_resource(a.location_id.clone());
+    if let Some(url) = &a.base_url {
+        account = account.with_base_url(url).map_err(invalid)?;
+    }
+    Ok(account)
+}
+
+/// Adds the config's account `name` to `client`. With a store, a refresh token written
+/// in the config seeds it first (see [`seed_refresh_token`]).
+pub fn add_account(
+    client: &ghl::Client,
+    store: Option<&dyn store::Store>,
+    config: &Config,
+    name: &str,
+    a: &Account,
+) -> anyhow::Result<AccountInfo> {
+    if let (Some(store), Credentials::OAuth { refresh_token: Some(rt), .. }) = (store, &a.credentials) {
+        seed_refresh_token(store, name, &a.location_id, rt)?;
+    }
+    client.add_account(ghl_account(config, name, a)?);
+    Ok(AccountInfo { name: name.to_string(), location_id: a.location_id.clone() })
+}
+
+/// The engine of `flowd run`: over the config's store, created if missing.
 pub fn build_engine(config: &Config, catalog: Arc<catalog::Catalog>) -> anyhow::Result<Arc<Engine>> {
-    build_engine_on(config, catalog, open_store(config)?)
+    let store = open_store(config, Open::CreateIfMissing)?.or_in_use("stop the other process first")?;
+    build_engine_on(config, catalog, store)
 }
 
 /// An engine over a store that is already open.
@@ -50,29 +164,7 @@ pub fn build_engine_on(
         .build()?;
     let mut accounts = Vec::new();
     for (name, a) in &config.accounts {
-        let credentials = match &a.credentials {
-            Credentials::PrivateToken(t) => ghl::Credentials::PrivateToken(ghl::Secret::new(t.clone())),
-            Credentials::OAuth { client_id, client_secret, refresh_token } => {
-                // A refresh token from the config seeds the store once; after that the
-                // rotated pair in the store is the truth.
-                if let Some(rt) = refresh_token {
-                    seed_refresh_token(store.as_ref(), name, &a.location_id, rt)?;
-                }
-                ghl::Credentials::OAuth {
-                    app: ghl::OAuthApp {
-                        client_id: client_id.clone(),
-                        client_secret: ghl::Secret::new(client_secret.clone()),
-                    },
-                    user_type: Some("Location".into()),
-                }
-            }
-        };
-        let mut account = ghl::Account::new(name.clone(), credentials)?.with_resource(a.location_id.clone());
-        if let Some(url) = &a.base_url {
-            account = account.with_base_url(url)?;
-        }
-        client.add_account(account);
-        accounts.push(AccountInfo { name: name.clone(), location_id: a.location_id.clone() });
+        accounts.push(add_account(&client, Some(store.as_ref()), config, name, a)?);
     }
     let engine_config = EngineConfig {
         concurrency: config.concurrency,
@@ -91,7 +183,7 @@ pub fn build_engine_on(
 
 /// A refresh token written in the config seeds the store once (the first connection);
 /// later rotations live in the store only.
-pub fn seed_refresh_token(store: &dyn store::Store, name: &str, location_id: &str, rt: &str) -> anyhow::Result<()> {
+fn seed_refresh_token(store: &dyn store::Store, name: &str, location_id: &str, rt: &str) -> anyhow::Result<()> {
     if store.get_tokens(name)?.is_none() {
         let seed = ghl::TokenSet {
             access_token: ghl::Secret::new(""),

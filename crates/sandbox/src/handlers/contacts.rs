@@ -762,8 +762,8 @@ fn list_campaigns(ctx: &Ctx) -> Result<Reply, ApiError> {
 mod tests {
     use super::*;
 
-    /// What the reply held before it was serialised directly: the record, cloned, with
-    /// `searchAfter` inserted.
+    /// The reply built the plain way, the record cloned with `searchAfter` inserted: what
+    /// the direct serialisation must equal.
     fn cloned_hit(r: &Record) -> Value {
         let mut c = r.clone();
         let added = r.get("dateAdded").and_then(parse_ms).unwrap_or(0);

@@ -68,7 +68,7 @@ fn pit_account(name: &str, token: &str, location: &str) -> String {
 }
 
 fn command(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> tokio::process::Command {
-    let mut c = tokio::process::Command::new(env!("CARGO_BIN_EXE_flowd"));
+    let mut c = tokio::process::Command::new(flowd_tests::flowd_bin());
     c.args(args).current_dir(dir).env("AUTH_TEST_SECRET", SECRET).env_remove("FLOWD_CONFIG").kill_on_drop(true);
     for (k, v) in env {
         c.env(k, v);
@@ -308,7 +308,7 @@ async fn check_reports_reconnect_needed_and_missing_scopes_and_code_reconnects()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bad_input_gets_a_clear_message_and_exit_1() {
+async fn bad_input_gets_a_clear_message_and_exit_2() {
     let sb = sandbox(&[("app", &[])]).await;
     let accounts = [pit_account("pit", PIT, "LOC"), oauth_account("oa", "app", None)].concat();
     let dir = setup(&sb, &accounts, &[]);
@@ -326,7 +326,7 @@ async fn bad_input_gets_a_clear_message_and_exit_1() {
     for (args, expected) in cases {
         let out = flowd(dir.path(), args, &[]).await;
         let (stdout, stderr) = text(&out);
-        assert_eq!(out.status.code(), Some(1), "{args:?}: {stdout}\n{stderr}");
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stdout}\n{stderr}");
         assert!(stderr.contains(expected), "{args:?}: {stderr}");
         assert!(!stderr.contains("panicked"), "{stderr}");
     }

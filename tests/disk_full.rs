@@ -54,10 +54,10 @@ fn read_log(dir: &Path) -> String {
 /// `exec`) and only warnings logged.
 fn start(dir: &Path, limited: bool) -> Killed {
     let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("flowd.log")).expect("log");
-    let flowd = env!("CARGO_BIN_EXE_flowd");
+    let flowd = flowd_tests::flowd_bin();
     let mut cmd = if limited {
         let mut c = Command::new("sh");
-        c.args(["-c", "trap '' XFSZ; exec \"$0\" run --config flowd.yaml", flowd]);
+        c.args(["-c", "trap '' XFSZ; exec \"$0\" run --config flowd.yaml"]).arg(flowd);
         c
     } else {
         let mut c = Command::new(flowd);

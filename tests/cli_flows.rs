@@ -5,7 +5,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 fn flowd(args: &[&str], dir: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_flowd")).args(args).current_dir(dir).output().expect("flowd runs")
+    Command::new(flowd_tests::flowd_bin()).args(args).current_dir(dir).output().expect("flowd runs")
 }
 
 fn text(o: &Output) -> String {
@@ -13,7 +13,7 @@ fn text(o: &Output) -> String {
 }
 
 fn repo() -> &'static Path {
-    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
+    flowd_tests::repo()
 }
 
 #[test]
@@ -27,7 +27,7 @@ fn the_example_flows_validate_and_pass_their_tests() {
 }
 
 #[test]
-fn validate_reports_every_problem_with_its_place_and_exits_1() {
+fn validate_reports_every_problem_with_its_place_and_exits_2() {
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::write(
         dir.path().join("broken.yaml"),
@@ -36,7 +36,7 @@ fn validate_reports_every_problem_with_its_place_and_exits_1() {
     .expect("write");
     std::fs::write(dir.path().join("bad-yaml.yaml"), "name: [unclosed\n").expect("write");
     let out = flowd(&["validate", "."], dir.path());
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     let t = text(&out);
     assert!(t.contains("./broken.yaml:3:9: error: unknown trigger `contacts.serch_contacts`"), "{t}");
     assert!(t.contains("contacts.search_contacts"), "suggests the nearest key: {t}");
@@ -60,7 +60,7 @@ fn validate_refuses_partials_and_deep_templates() {
     let deep = format!("{{{{ upper {}trigger.id{} }}}}", "(upper ".repeat(5000), ")".repeat(5000));
     std::fs::write(dir.path().join("deep.yaml"), flow("deep", &deep)).expect("write");
     let out = flowd(&["validate", "."], dir.path());
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     let t = text(&out);
     assert!(t.contains("./loop.yaml:9:") && t.contains("partials"), "{t}");
     assert!(t.contains("./missing.yaml:9:") && !t.contains("already used"), "{t}");
@@ -94,7 +94,7 @@ fn test_item_prints_the_requests_without_sending() {
 
     std::fs::write(&item, "{not json").expect("write");
     let out = flowd(&["test", flow.to_str().expect("utf-8"), "--item", item.to_str().expect("utf-8")], dir.path());
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(2));
     assert!(text(&out).contains("item.json:1:2: not JSON"), "{}", text(&out));
 }
 
@@ -130,12 +130,12 @@ fn bad_config_gives_a_clear_message_not_a_backtrace() {
     )
     .expect("write");
     let out = flowd(&["run", "--once"], dir.path());
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(2));
     let t = text(&out);
     assert!(t.contains("accounts.main.token: environment variable `NOPE_NOT_SET` is not set"), "{t}");
     assert!(!t.contains("panicked") && !t.contains("backtrace"), "{t}");
     let out = flowd(&["run", "--config", "missing.yaml"], dir.path());
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(2));
     assert!(text(&out).contains("cannot read missing.yaml"), "{}", text(&out));
 }
 
@@ -153,7 +153,7 @@ fn sandbox_serves_ghl_as_printed_and_rejects_bad_seeds() {
     use std::io::{BufRead, BufReader};
     let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("port");
     let listen = format!("127.0.0.1:{port}");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_flowd"))
+    let mut child = Command::new(flowd_tests::flowd_bin())
         .args(["sandbox", "--listen", &listen, "--seed", "5", "--token", "tok-cli"])
         .stdout(std::process::Stdio::piped())
         .spawn()
@@ -189,7 +189,7 @@ fn sandbox_serves_ghl_as_printed_and_rejects_bad_seeds() {
     // --no-rate-limit: no limit, so no headers announcing one.
     let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("port");
     let listen = format!("127.0.0.1:{port}");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_flowd"))
+    let mut child = Command::new(flowd_tests::flowd_bin())
         .args(["sandbox", "--listen", &listen, "--seed", "5", "--token", "tok-cli", "--no-rate-limit"])
         .stdout(std::process::Stdio::piped())
         .spawn()
@@ -210,7 +210,7 @@ fn sandbox_serves_ghl_as_printed_and_rejects_bad_seeds() {
     let _ = child.wait();
 
     let out = flowd(&["sandbox", "--seed", "lots"], repo());
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(2));
     assert!(text(&out).contains("--seed"), "{}", text(&out));
 }
 
@@ -226,14 +226,14 @@ fn validate_diagnostics_and_summary_each_end_their_line_on_a_shared_stream() {
     .expect("write");
     std::fs::write(dir.path().join("bad-yaml.yaml"), "name: [unclosed\n").expect("write");
     let shared = tempfile::tempfile().expect("tempfile");
-    let status = Command::new(env!("CARGO_BIN_EXE_flowd"))
+    let status = Command::new(flowd_tests::flowd_bin())
         .args(["validate", "."])
         .current_dir(dir.path())
         .stdout(shared.try_clone().expect("clone"))
         .stderr(shared.try_clone().expect("clone"))
         .status()
         .expect("flowd runs");
-    assert_eq!(status.code(), Some(1));
+    assert_eq!(status.code(), Some(2));
     let mut shared = shared;
     use std::io::{Read, Seek};
     shared.rewind().expect("rewind");

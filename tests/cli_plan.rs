@@ -4,7 +4,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 fn flowd(args: &[&str], dir: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_flowd"))
+    Command::new(flowd_tests::flowd_bin())
         .args(args)
         .current_dir(dir)
         .env_remove("GHL_TOKEN")

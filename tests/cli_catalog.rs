@@ -3,7 +3,7 @@
 use std::process::{Command, Output};
 
 fn flowd(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_flowd")).args(args).output().expect("flowd runs")
+    Command::new(flowd_tests::flowd_bin()).args(args).output().expect("flowd runs")
 }
 
 fn stdout(o: &Output) -> String {
@@ -48,7 +48,7 @@ fn list_filters_by_kind_and_category() {
 #[test]
 fn unknown_category_suggests_and_fails() {
     let out = flowd(&["catalog", "list", "--category", "Contcts"]);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("unknown category `Contcts`; did you mean `Contacts`"), "{}", stderr(&out));
 }
 
@@ -86,7 +86,7 @@ fn show_marks_amended_parameters_and_says_why() {
 #[test]
 fn show_unknown_key_suggests_nearest_and_exits_non_zero() {
     let out = flowd(&["catalog", "show", "contacts.creat_task"]);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(2));
     let err = stderr(&out);
     assert!(
         err.starts_with("error: unknown operation `contacts.creat_task`; did you mean `contacts.create_task`"),
@@ -109,7 +109,7 @@ fn catalog_dir_adds_operations_and_reports_broken_files() {
 
     std::fs::write(dir.path().join("broken.yaml"), "operations:\n  - key: acme.pong\n    nme: Pong\n").expect("write");
     let out = flowd(&["--catalog-dir", d, "catalog", "list"]);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(2));
     let err = stderr(&out);
     assert!(err.contains("broken.yaml:3:5: unknown field `nme`; did you mean `name`?"), "{err}");
 }

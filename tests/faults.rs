@@ -96,7 +96,7 @@ impl Flowd {
     fn start(&mut self) {
         let log =
             std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("flowd.log")).expect("log");
-        let child = Command::new(env!("CARGO_BIN_EXE_flowd"))
+        let child = Command::new(flowd_tests::flowd_bin())
             .args(["run", "--config", "flowd.yaml"])
             .current_dir(self.dir.path())
             .env("FAULT_TEST_TOKEN", TOKEN)
@@ -168,8 +168,8 @@ fn reopen_if_created(dir: &Path) -> Vec<store::Run> {
     }
 }
 
-/// SIGKILLs spread over a first start's first 600 ms (a debug build starts creating the
-/// store after 150–200 ms and finishes after 400–460):
+/// SIGKILLs spread over a first start's first 600 ms, long enough for a debug build to
+/// begin and finish creating the store, so kills land before, during and after it:
 /// each leaves a store that opens, or none, and the next start creates or opens it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_kill_while_the_store_is_created_leaves_a_store_or_none() {

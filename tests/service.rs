@@ -43,7 +43,7 @@ impl Service {
 
     fn start(&mut self) {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.path("flowd.log")).expect("log");
-        let child = Command::new(env!("CARGO_BIN_EXE_flowd"))
+        let child = Command::new(flowd_tests::flowd_bin())
             .args(["run", "--config", "flowd.yaml"])
             .current_dir(self.dir.path())
             .env("SERVICE_TEST_TOKEN", TOKEN)
@@ -99,7 +99,7 @@ impl Service {
 
     /// `flowd ARGS --config flowd.yaml` in the service's directory: (exit code, output).
     fn cli(&self, args: &[&str]) -> (Option<i32>, String) {
-        let out = Command::new(env!("CARGO_BIN_EXE_flowd"))
+        let out = Command::new(flowd_tests::flowd_bin())
             .args(args)
             .args(["--config", "flowd.yaml"])
             .current_dir(self.dir.path())
@@ -236,20 +236,20 @@ async fn serves_health_and_metrics_reloads_flows_and_stops_cleanly_on_sigterm() 
     );
     let tasks_before = sb.records("tasks").len();
     let (code, refused) = cli(&["replay", &id]);
-    assert_eq!(code, Some(1), "the flow file is broken, so its runs cannot replay: {refused}");
-    assert!(refused.contains("flow `tasks` is not loaded"), "{refused}");
+    assert_eq!(code, Some(2), "the flow file is broken, so its runs cannot replay: {refused}");
+    assert!(refused.contains("flow `tasks` is not among the valid flows"), "{refused}");
     std::fs::write(svc.path("flows/tasks.yaml"), task_flow("tasks", "1s", "now")).expect("fix the flow");
     // Only dead (and in_doubt) runs replay: this one succeeded, so nothing is sent again
     // (tests/replay.rs replays dead runs).
     let (code, refused) = cli(&["replay", &id]);
-    assert_eq!(code, Some(1), "{refused}");
+    assert_eq!(code, Some(2), "{refused}");
     assert!(refused.contains("it is succeeded"), "{refused}");
     assert_eq!(sb.records("tasks").len(), tasks_before, "a succeeded run is not sent again");
     let (code, released) = cli(&["release", "tasks"]);
     assert_eq!(code, Some(0), "{released}");
     assert!(released.contains("released 0 run(s) of tasks"), "{released}");
     let (code, missing) = cli(&["runs", "show", "999999"]);
-    assert_eq!(code, Some(1));
+    assert_eq!(code, Some(2), "{missing}");
     assert!(missing.contains("run 999999 not found"), "{missing}");
 }
 
@@ -290,7 +290,7 @@ async fn the_api_needs_the_admin_token_and_this_listeners_host() {
     assert_eq!(code, Some(0), "{listing}");
     assert!(listing.contains("0 run(s)"), "{listing}");
     let (code, missing) = svc.cli(&["runs", "show", "999999"]);
-    assert_eq!(code, Some(1), "{missing}");
+    assert_eq!(code, Some(2), "{missing}");
     assert!(missing.contains("run 999999 not found"), "{missing}");
     svc.signal("-TERM");
     assert_eq!(svc.wait_exit(Duration::from_secs(15)), Some(0), "log:\n{}", svc.log());

@@ -22,7 +22,7 @@ steps:
 "#;
 
 async fn flowd(dir: &Path, args: &[&str]) -> Output {
-    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_flowd"));
+    let mut cmd = tokio::process::Command::new(flowd_tests::flowd_bin());
     cmd.args(args).current_dir(dir).env_remove("FLOWD_CONFIG").env_remove("RUST_LOG").env("REPLAY_TEST_TOKEN", TOKEN);
     cmd.output().await.expect("flowd runs")
 }

@@ -6,7 +6,7 @@ use std::process::{Command, Output};
 use serde_json::json;
 
 fn flowd(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_flowd"))
+    Command::new(flowd_tests::flowd_bin())
         .args(args)
         .current_dir(dir)
         .env_remove("FLOWD_CONFIG")
