@@ -2,6 +2,8 @@
 //! the test plays the browser (reads the printed install URL, mints a code at the sandbox's
 //! admin API, calls the loopback redirect itself).
 
+mod support;
+
 use sandbox::{OAuthClient, RateLimitConfig, Sandbox, SandboxConfig, Seed, OTHER_LOCATION_ID};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
@@ -68,7 +70,7 @@ fn pit_account(name: &str, token: &str, location: &str) -> String {
 }
 
 fn command(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> tokio::process::Command {
-    let mut c = tokio::process::Command::new(flowd_tests::flowd_bin());
+    let mut c = tokio::process::Command::new(support::flowd_bin());
     c.args(args).current_dir(dir).env("AUTH_TEST_SECRET", SECRET).env_remove("FLOWD_CONFIG").kill_on_drop(true);
     for (k, v) in env {
         c.env(k, v);

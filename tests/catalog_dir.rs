@@ -1,7 +1,9 @@
 //! The catalog a command uses: `--catalog-dir` (or `FLOWD_CATALOG_DIR`) wins, else the
 //! config's `catalog_dir`, in every command that reads a config.
 
-use flowd_tests::{run as flowd, text};
+mod support;
+
+use support::{run as flowd, text};
 use std::process::Command;
 
 /// A config whose `catalog_dir` adds `acme.ping`, and a flow whose step uses it: the
@@ -56,7 +58,7 @@ fn the_command_line_catalog_dir_wins_over_the_configs() {
     assert!(text(&out).contains("acme.ping"), "{}", text(&out));
     let out = flowd(dir.path(), &["--catalog-dir", "empty", "release", "--config", "flowd.yaml", "ping"]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
-    let out = Command::new(flowd_tests::flowd_bin())
+    let out = Command::new(support::flowd_bin())
         .args(["validate", "--config", "flowd.yaml"])
         .current_dir(dir.path())
         .env_remove("FLOWD_CONFIG")

@@ -1,9 +1,11 @@
 //! `flowd catalog ...` as a user runs it: the built binary, its output and exit codes.
 
+mod support;
+
 use std::process::{Command, Output};
 
 fn flowd(args: &[&str]) -> Output {
-    Command::new(flowd_tests::flowd_bin()).args(args).output().expect("flowd runs")
+    Command::new(support::flowd_bin()).args(args).output().expect("flowd runs")
 }
 
 fn stdout(o: &Output) -> String {

@@ -1,11 +1,13 @@
 //! `flowd validate`, `flowd test`, `flowd schema` and `flowd demo --once`, run as a user
 //! runs them.
 
+mod support;
+
 use std::path::Path;
 use std::process::{Command, Output};
 
 fn flowd(args: &[&str], dir: &Path) -> Output {
-    Command::new(flowd_tests::flowd_bin()).args(args).current_dir(dir).output().expect("flowd runs")
+    Command::new(support::flowd_bin()).args(args).current_dir(dir).output().expect("flowd runs")
 }
 
 fn text(o: &Output) -> String {
@@ -13,7 +15,7 @@ fn text(o: &Output) -> String {
 }
 
 fn repo() -> &'static Path {
-    flowd_tests::repo()
+    support::repo()
 }
 
 #[test]
@@ -153,7 +155,7 @@ fn sandbox_serves_ghl_as_printed_and_rejects_bad_seeds() {
     use std::io::{BufRead, BufReader};
     let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("port");
     let listen = format!("127.0.0.1:{port}");
-    let mut child = Command::new(flowd_tests::flowd_bin())
+    let mut child = Command::new(support::flowd_bin())
         .args(["sandbox", "--listen", &listen, "--seed", "5", "--token", "tok-cli"])
         .stdout(std::process::Stdio::piped())
         .spawn()
@@ -189,7 +191,7 @@ fn sandbox_serves_ghl_as_printed_and_rejects_bad_seeds() {
     // --no-rate-limit: no limit, so no headers announcing one.
     let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("port");
     let listen = format!("127.0.0.1:{port}");
-    let mut child = Command::new(flowd_tests::flowd_bin())
+    let mut child = Command::new(support::flowd_bin())
         .args(["sandbox", "--listen", &listen, "--seed", "5", "--token", "tok-cli", "--no-rate-limit"])
         .stdout(std::process::Stdio::piped())
         .spawn()
@@ -226,7 +228,7 @@ fn validate_diagnostics_and_summary_each_end_their_line_on_a_shared_stream() {
     .expect("write");
     std::fs::write(dir.path().join("bad-yaml.yaml"), "name: [unclosed\n").expect("write");
     let shared = tempfile::tempfile().expect("tempfile");
-    let status = Command::new(flowd_tests::flowd_bin())
+    let status = Command::new(support::flowd_bin())
         .args(["validate", "."])
         .current_dir(dir.path())
         .stdout(shared.try_clone().expect("clone"))

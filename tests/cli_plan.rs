@@ -1,10 +1,12 @@
 //! `flowd plan`: a location's flows against GHL's request budget, before deployment.
 
+mod support;
+
 use std::path::Path;
 use std::process::{Command, Output};
 
 fn flowd(args: &[&str], dir: &Path) -> Output {
-    Command::new(flowd_tests::flowd_bin())
+    Command::new(support::flowd_bin())
         .args(args)
         .current_dir(dir)
         .env_remove("GHL_TOKEN")

@@ -6,6 +6,8 @@
 //! then say so (`/readyz` not 200) and exit with the documented code; restarted with space,
 //! every delivery it accepted fires its flow once and nothing is lost.
 
+mod support;
+
 use base64::Engine as _;
 use ed25519_dalek::{Signer, SigningKey};
 use sandbox::{RateLimitConfig, Sandbox, SandboxConfig, Seed};
@@ -54,7 +56,7 @@ fn read_log(dir: &Path) -> String {
 /// `exec`) and only warnings logged.
 fn start(dir: &Path, limited: bool) -> Killed {
     let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("flowd.log")).expect("log");
-    let flowd = flowd_tests::flowd_bin();
+    let flowd = support::flowd_bin();
     let mut cmd = if limited {
         let mut c = Command::new("sh");
         c.args(["-c", "trap '' XFSZ; exec \"$0\" run --config flowd.yaml"]).arg(flowd);

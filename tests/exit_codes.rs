@@ -2,7 +2,9 @@
 //! runtime failure, 2 bad input (argument, config, flow file, unknown run id), as the
 //! README and `flowd --help` document them.
 
-use flowd_tests::{run as flowd, text};
+mod support;
+
+use support::{run as flowd, text};
 
 const FLOW: &str = r#"name: tasks
 account: main

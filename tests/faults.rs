@@ -10,6 +10,8 @@
 //! 30 s later and a hang costs the client's 60 s timeout (neither is settable in
 //! flowd.yaml), which would make this test minutes long.
 
+mod support;
+
 use sandbox::{FaultRule, FaultSettings, RateLimitConfig, Sandbox, SandboxConfig, Seed};
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -96,7 +98,7 @@ impl Flowd {
     fn start(&mut self) {
         let log =
             std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("flowd.log")).expect("log");
-        let child = Command::new(flowd_tests::flowd_bin())
+        let child = Command::new(support::flowd_bin())
             .args(["run", "--config", "flowd.yaml"])
             .current_dir(self.dir.path())
             .env("FAULT_TEST_TOKEN", TOKEN)

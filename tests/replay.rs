@@ -2,6 +2,8 @@
 //! sandbox: a repeated `--failed` replays nothing twice, and in_doubt runs are replayed
 //! only when asked for.
 
+mod support;
+
 use sandbox::{RateLimitConfig, Sandbox, SandboxConfig, Seed};
 use std::path::Path;
 use std::process::Output;
@@ -22,7 +24,7 @@ steps:
 "#;
 
 async fn flowd(dir: &Path, args: &[&str]) -> Output {
-    let mut cmd = tokio::process::Command::new(flowd_tests::flowd_bin());
+    let mut cmd = tokio::process::Command::new(support::flowd_bin());
     cmd.args(args).current_dir(dir).env_remove("FLOWD_CONFIG").env_remove("RUST_LOG").env("REPLAY_TEST_TOKEN", TOKEN);
     cmd.output().await.expect("flowd runs")
 }

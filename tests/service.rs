@@ -2,6 +2,8 @@
 //! reloading edited flows (a broken edit keeps the running version), a clean SIGTERM,
 //! and SIGKILLs at random moments during a 1,000-item run with nothing lost.
 
+mod support;
+
 use sandbox::{RateLimitConfig, Sandbox, SandboxConfig, Seed};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -43,7 +45,7 @@ impl Service {
 
     fn start(&mut self) {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.path("flowd.log")).expect("log");
-        let child = Command::new(flowd_tests::flowd_bin())
+        let child = Command::new(support::flowd_bin())
             .args(["run", "--config", "flowd.yaml"])
             .current_dir(self.dir.path())
             .env("SERVICE_TEST_TOKEN", TOKEN)
@@ -99,7 +101,7 @@ impl Service {
 
     /// `flowd ARGS --config flowd.yaml` in the service's directory: (exit code, output).
     fn cli(&self, args: &[&str]) -> (Option<i32>, String) {
-        let out = Command::new(flowd_tests::flowd_bin())
+        let out = Command::new(support::flowd_bin())
             .args(args)
             .args(["--config", "flowd.yaml"])
             .current_dir(self.dir.path())

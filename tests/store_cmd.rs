@@ -1,12 +1,14 @@
 //! `flowd store info` and `flowd store migrate`, as a user runs them.
 
+mod support;
+
 use std::path::Path;
 use std::process::{Command, Output};
 
 use serde_json::json;
 
 fn flowd(dir: &Path, args: &[&str]) -> Output {
-    Command::new(flowd_tests::flowd_bin())
+    Command::new(support::flowd_bin())
         .args(args)
         .current_dir(dir)
         .env_remove("FLOWD_CONFIG")

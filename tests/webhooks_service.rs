@@ -3,6 +3,8 @@
 //! endpoints are not served on the webhook port. `flowd run --once` fires the events a
 //! stopped service left in its inbox.
 
+mod support;
+
 use base64::Engine as _;
 use ed25519_dalek::SigningKey;
 use sandbox::{RateLimitConfig, Sandbox, SandboxConfig, Seed, WebhookSettings};
@@ -57,7 +59,7 @@ async fn webhooks_fire_flows_through_flowd_run() {
     std::fs::write(dir.path().join("flowd.yaml"), yaml).expect("config");
     let log = std::fs::File::create(dir.path().join("flowd.log")).expect("log");
     let _child = Killed(
-        Command::new(flowd_tests::flowd_bin())
+        Command::new(support::flowd_bin())
             .args(["run", "--config", "flowd.yaml"])
             .current_dir(dir.path())
             .env("T", TOKEN)
@@ -129,7 +131,7 @@ async fn run_once_fires_the_events_a_stopped_service_left_in_its_inbox() {
         assert!(store.put_webhook_event("wh-1", &event).expect("stored"));
     }
     let once = || {
-        Command::new(flowd_tests::flowd_bin())
+        Command::new(support::flowd_bin())
             .args(["run", "--once", "--config", "flowd.yaml"])
             .current_dir(dir.path())
             .env("T", TOKEN)
@@ -176,7 +178,7 @@ async fn idle_connections_neither_exhaust_files_nor_block_deliveries() {
     let child = Killed(
         Command::new("sh")
             .args(["-c", "ulimit -Sn 256 && exec \"$0\" run --config flowd.yaml"])
-            .arg(flowd_tests::flowd_bin())
+            .arg(support::flowd_bin())
             .current_dir(dir.path())
             .env("T", TOKEN)
             .stdout(Stdio::null())
