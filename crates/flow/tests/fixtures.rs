@@ -123,7 +123,7 @@ fn rehearse_renders_steps_in_order_with_stand_ins() {
 
     let failed = flow::rehearse(&flow.steps, &mut ctx, |step, _| match step.id.as_str() {
         "tag" => Err("refused".into()),
-        _ => Ok(serde_json::Value::Null),
+        _ => Ok(serde_json::json!({"id": "t1"})),
     });
     assert_eq!(failed, Err("step `tag`: refused".to_string()));
 }
