@@ -430,8 +430,9 @@ async fn the_dry_run_shows_the_request_a_run_records() {
         assert_eq!(d.id, r.step);
         assert_eq!(&d.request, &*r.request, "step {}", d.id);
     }
-    assert_eq!(dry.steps[0].request["op"], "contacts.create_task");
+    assert_eq!(dry.steps[0].uses, "contacts.create_task");
     assert_eq!(dry.steps[0].request["method"], "POST");
+    assert_eq!(dry.steps[0].request["version"], "2021-07-28");
 }
 
 /// The most used action, as users write an SMS: GHL takes it without `status` or `subType`.
