@@ -1,10 +1,13 @@
 //! Rendering a flow's requests for one trigger item without sending anything: what
-//! `flowd test --item` prints, and what users snapshot-test their flows with.
+//! `flowd test --item` prints, and what users snapshot-test their flows with. The flow is
+//! resolved and its steps rendered exactly as a run would (`render`), walked like an inline
+//! test (`flow::rehearse`).
 
-use crate::request;
+use crate::render;
+use crate::runtime::{FlowRuntime, Paths, StepKind};
 use catalog::Catalog;
 use chrono::{DateTime, Utc};
-use flow::{CompiledFlow, StepTarget};
+use flow::CompiledFlow;
 use serde::Serialize;
 use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
@@ -21,7 +24,9 @@ pub struct DryRun {
 pub struct DryStep {
     pub id: String,
     pub uses: String,
-    /// The HTTP request the step would send (for GHL steps), or its inputs (http.request).
+    /// The request the step would send, as its run record would keep it: for a GHL step
+    /// `{method, path, version, query, body}`, for `http.request` its inputs with
+    /// credentials redacted.
     pub request: Value,
 }
 
@@ -36,44 +41,20 @@ pub fn dry_run(
     stand_ins: &Map<String, Value>,
     now: DateTime<Utc>,
 ) -> Result<DryRun, String> {
-    let mut ctx = flow::context(&flow.name, item, account, env, "dry-run", now);
-    let passes_filter = match &flow.filter {
-        Some(f) => f.matches(&ctx).map_err(|e| format!("if: {e}"))?,
-        None => true,
-    };
+    let rt = FlowRuntime::new(flow.clone(), catalog, account, &mut Paths::default()).map_err(|e| e.to_string())?;
+    let mut ctx = rt.context(item, env, "dry-run", now);
+    let passes_filter = flow.passes_filter(&ctx).map_err(|e| format!("if: {e}"))?;
     let mut steps = Vec::new();
     if passes_filter {
-        for step in &flow.steps {
-            let inputs = match step.with.render(&ctx).map_err(|e| format!("step `{}`: {e}", step.id))? {
-                Value::Object(m) => m,
-                Value::Null => Map::new(),
-                other => return Err(format!("step `{}`: `with` rendered to {other}", step.id)),
+        flow::rehearse(&rt.steps, &mut ctx, |step, inputs| {
+            let prepared = render::prepare_inputs(step, inputs)?;
+            let uses = match &step.kind {
+                StepKind::Ghl { op, .. } => op.key.clone(),
+                StepKind::Http => flow::HTTP_STEP.to_string(),
             };
-            let (uses, request) = match &step.uses {
-                StepTarget::Http => (flow::HTTP_STEP.to_string(), Value::Object(inputs)),
-                StepTarget::Ghl(key) => {
-                    let op = catalog.get(key).ok_or_else(|| format!("unknown action `{key}`"))?;
-                    let req = request::build(op, &inputs).map_err(|e| e.to_string())?;
-                    let path = ghl::render_path(&req.path, &req.path_params).map_err(|e| e.to_string())?;
-                    let mut r = Map::new();
-                    r.insert("method".into(), json!(op.method.as_str()));
-                    r.insert("path".into(), json!(path));
-                    r.insert("version".into(), json!(op.version));
-                    if !req.query.is_empty() {
-                        let q: Map<String, Value> = req.query.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-                        r.insert("query".into(), Value::Object(q));
-                    }
-                    if let Some(b) = req.body {
-                        r.insert("body".into(), b);
-                    }
-                    (key.clone(), Value::Object(r))
-                }
-            };
-            let stand_in =
-                stand_ins.get(&step.id).cloned().unwrap_or_else(|| json!({ "id": format!("{}-result", step.id) }));
-            ctx["steps"][&step.id] = stand_in;
-            steps.push(DryStep { id: step.id.clone(), uses, request });
-        }
+            steps.push(DryStep { id: step.id().to_owned(), uses, request: prepared.record().clone() });
+            Ok(stand_ins.get(step.id()).cloned().unwrap_or_else(|| json!({ "id": format!("{}-result", step.id()) })))
+        })?;
     }
     Ok(DryRun { flow: flow.name.clone(), passes_filter, steps })
 }

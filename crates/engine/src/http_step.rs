@@ -12,7 +12,9 @@
 //! enabled, and then every hop is checked like the first URL. A response body is read up
 //! to a cap (after decompression), never whole into memory first.
 
-use crate::execute::Failure;
+use crate::failure::Failure;
+use catalog::Method;
+use ghl::Outcome;
 use serde_json::{Map, Value};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
@@ -258,18 +260,20 @@ fn refused(e: &reqwest::Error) -> Option<&Refused> {
     None
 }
 
+/// Sends the step. What a failure means is [`ghl::verdict`]'s rule for `method`, as for
+/// GHL steps.
 pub(crate) async fn send(
     client: &reqwest::Client,
     inputs: &Map<String, Value>,
     timeout: Duration,
-    idempotent: bool,
+    method: Method,
     max_body: usize,
 ) -> Result<Value, Failure> {
     let url = inputs.get("url").and_then(Value::as_str).unwrap_or_default();
-    let method = inputs.get("method").and_then(Value::as_str).unwrap_or("POST").to_ascii_uppercase();
-    let method = reqwest::Method::from_bytes(method.as_bytes())
-        .map_err(|_| Failure::Permanent(format!("`{method}` is not an HTTP method")))?;
-    let mut req = client.request(method, url).timeout(timeout);
+    let verb = inputs.get("method").and_then(Value::as_str).unwrap_or("POST").to_ascii_uppercase();
+    let verb = reqwest::Method::from_bytes(verb.as_bytes())
+        .map_err(|_| Failure::Permanent(format!("`{verb}` is not an HTTP method")))?;
+    let mut req = client.request(verb, url).timeout(timeout);
     if let Some(Value::Object(headers)) = inputs.get("headers") {
         for (k, v) in headers {
             req = req.header(k.as_str(), header_text(v));
@@ -290,19 +294,21 @@ pub(crate) async fn send(
     let mut response = req.send().await.map_err(|e| {
         let text = format!("{url}: {e}");
         // A refused target (its address, a redirect's) will be refused again: the first
-        // request was never sent, or was answered with the redirect.
+        // request was never sent, or was answered with the redirect. A request that could
+        // not be built sent nothing either.
         if let Some(r) = refused(&e) {
-            return Failure::Permanent(format!("{url}: {r}"));
+            return Failure::of(method, Outcome::Invalid, format!("{url}: {r}"));
         }
-        // A request that could not be built, or a connection that never opened, sent
-        // nothing; otherwise only a safe method repeats.
-        if e.is_builder() {
-            Failure::Permanent(text)
-        } else if e.is_connect() || idempotent {
-            Failure::Retry(text)
+        let outcome = if e.is_builder() {
+            Outcome::Invalid
+        } else if e.is_connect() {
+            Outcome::ConnectFailed
+        } else if e.is_timeout() {
+            Outcome::Timeout
         } else {
-            Failure::InDoubt(text)
-        }
+            Outcome::Broken
+        };
+        Failure::of(method, outcome, text)
     })?;
     let status = response.status();
     // Read chunk by chunk (decompressed), never past the cap: a small compressed body
@@ -319,20 +325,19 @@ pub(crate) async fn send(
             Ok(Some(chunk)) => bytes.extend_from_slice(&chunk),
             Ok(None) => break,
             Err(e) => {
-                // The app answered, so it had the request: only a safe one is repeated.
-                let text = format!("{url}: reading the response: {e}");
-                return Err(if idempotent { Failure::Retry(text) } else { Failure::InDoubt(text) });
+                // The app answered, so it had the request.
+                return Err(Failure::of(method, Outcome::Broken, format!("{url}: reading the response: {e}")));
             }
         }
     }
     if oversized && status.is_success() {
         // The app answered success, so it acted: a request not safe to repeat is in
         // doubt rather than dead (a replay would act twice); a safe one would get the same
-        // answer again.
+        // answer again, so it is not retried either.
         let text = format!(
             "{url} answered {status} with a body larger than {max_body} bytes (http_max_response_bytes); it was not kept"
         );
-        return Err(if idempotent { Failure::Permanent(text) } else { Failure::InDoubt(text) });
+        return Err(if method.is_idempotent() { Failure::Permanent(text) } else { Failure::InDoubt(text) });
     }
     let text = String::from_utf8_lossy(&bytes).into_owned();
     let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
@@ -347,14 +352,7 @@ pub(crate) async fn send(
     if status.is_redirection() {
         message.push_str(" (redirects are not followed unless http_max_redirects is set)");
     }
-    if status.as_u16() == 429 || (status.is_server_error() && idempotent) {
-        Err(Failure::Retry(message))
-    } else if status.is_server_error() {
-        // The app had the body and may have acted on it before failing.
-        Err(Failure::InDoubt(message))
-    } else {
-        Err(Failure::Permanent(message))
-    }
+    Err(Failure::of(method, Outcome::Status { status: status.as_u16(), retry_after: None }, message))
 }
 
 fn truncate(s: &str, max: usize) -> &str {

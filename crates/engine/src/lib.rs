@@ -5,26 +5,32 @@
 //! Architecture invariant: the engine never parses YAML (it takes compiled flows) and
 //! never reads the environment or files (flowd hands it what it needs).
 
+mod config;
 mod dedupe;
 mod dry_run;
 mod engine;
 mod error;
-mod execute;
+mod failure;
 mod fair;
 mod http_step;
 mod metrics;
 mod poll;
+mod poll_slots;
 mod read_plan;
+mod render;
 mod request;
+mod run;
 mod runtime;
 mod scheduler;
+mod services;
 mod tokens;
 mod webhook;
 mod writer;
 
+pub use config::{AccountInfo, EngineConfig};
 pub use dedupe::{content_hash, dedupe_key, item_id};
 pub use dry_run::{dry_run, DryRun, DryStep};
-pub use engine::{AccountInfo, Engine, EngineConfig, EngineTasks, FlowState, Paused};
+pub use engine::{Engine, EngineTasks, FlowState, Paused};
 pub use error::EngineError;
 pub use metrics::Metrics;
 pub use poll::PollReport;

@@ -8,11 +8,11 @@
 //! does not hold them all back until the last page has arrived.
 
 use crate::dedupe::dedupe_key;
-use crate::engine::Engine;
 use crate::error::EngineError;
 use crate::read_plan::{self, ReadPlan, ReadProgress};
 use crate::request;
-use crate::runtime::FlowRuntime;
+use crate::runtime::{FlowRuntime, Polled};
+use crate::services::{blocking, Services};
 use chrono::{DateTime, Duration as ChronoDuration, Utc};
 use flow::Start;
 use futures::stream::BoxStream;
@@ -20,9 +20,8 @@ use futures::StreamExt;
 use serde_json::{json, Map, Value};
 use std::collections::HashSet;
 use std::sync::Arc;
-use store::{NewRun, PollCommit, PollItem, RunId, RunStatus};
-use tokio::sync::OwnedSemaphorePermit;
-use tokio::task::JoinHandle;
+use store::{NewRun, PollCommit, PollItem, RunId};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// What one poll found and did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -44,77 +43,73 @@ pub struct PollReport {
 /// A run a commit created, with what it takes to start it without reading it back.
 pub(crate) struct Created {
     pub(crate) id: RunId,
-    pub(crate) flow: String,
+    pub(crate) rt: Arc<FlowRuntime>,
     pub(crate) item: Value,
 }
 
 /// Runs created by a commit, handed over as soon as they are durable, with the room they
-/// take in memory (see [`Engine::room_for_runs`]) when they are to be executed.
-type OnRuns<'a> = dyn FnMut(Vec<Created>, Option<OwnedSemaphorePermit>) + Send + 'a;
+/// take in memory (see [`Backlog`]) when they are to be executed.
+pub(crate) type OnRuns<'a> = dyn FnMut(Vec<Created>, Option<OwnedSemaphorePermit>) + Send + 'a;
 
-impl Engine {
-    /// Polls a flow's trigger once and commits what it found. The runs it creates are
-    /// returned, not executed; see [`Engine::poll_and_run`] and [`Engine::poll_and_dispatch`].
-    pub async fn poll(&self, name: &str) -> Result<PollReport, EngineError> {
-        self.poll_with(name, false, &mut |_, _| {}).await
+/// Room for the runs polls created and handed over, queued or executing
+/// ([`crate::EngineConfig::max_runs_in_memory`]): one permit per run, held until it ends.
+pub(crate) struct Backlog {
+    permits: Arc<Semaphore>,
+    max: usize,
+}
+
+impl Backlog {
+    pub(crate) fn new(max_runs_in_memory: usize) -> Backlog {
+        let max = max_runs_in_memory.clamp(1, Semaphore::MAX_PERMITS);
+        Backlog { permits: Arc::new(Semaphore::new(max)), max }
     }
 
-    /// Polls a flow's trigger and dispatches each run as soon as its commit is durable:
-    /// for a flow whose flood guard cannot trip (`max_new` at least the engine's
-    /// `max_items`), every page is committed and its runs start while later pages are
-    /// still being fetched. Returns the report and the dispatched runs' handles.
-    pub async fn poll_and_dispatch(
-        self: &Arc<Self>,
-        name: &str,
-    ) -> Result<(PollReport, Vec<JoinHandle<Result<RunStatus, EngineError>>>), EngineError> {
-        let mut handles = Vec::new();
-        let engine = self.clone();
-        let report = self
-            .poll_with(name, true, &mut |runs, mut room| {
-                handles.extend(runs.into_iter().map(|run| {
-                    let hold = match room.as_mut().and_then(|r| r.split(1)) {
-                        Some(one) => Some(one),
-                        None => room.take(),
-                    };
-                    engine.dispatch_created(run, hold)
-                }))
-            })
-            .await;
-        // Runs already dispatched keep going even when a later page failed: they are durable.
-        match report {
-            Ok(report) => Ok((report, handles)),
-            Err(e) => {
-                if !handles.is_empty() {
-                    tracing::warn!(runs = handles.len(), error = %e, "poll failed after some pages were committed; their runs go on");
-                }
-                Err(e)
-            }
+    /// Waits until `n` more runs may be held in memory; the permit holds as many slots,
+    /// one per run, at most all of them.
+    async fn room_for(&self, n: usize) -> Option<OwnedSemaphorePermit> {
+        let n = n.min(self.max);
+        if n == 0 {
+            return None;
         }
+        // The semaphore is never closed.
+        self.permits.clone().acquire_many_owned(u32::try_from(n).unwrap_or(u32::MAX)).await.ok()
     }
+}
 
-    /// `bounded`: the runs are to be executed, so each commit first waits for room for them.
-    async fn poll_with(&self, name: &str, bounded: bool, on_runs: &mut OnRuns<'_>) -> Result<PollReport, EngineError> {
-        let rt = self.flow(name)?;
-        if rt.webhook_only() {
-            // Webhook deliveries feed it; there is nothing to poll.
+/// One poll of one flow, with what it needs lent by the engine.
+pub(crate) struct Poller<'a> {
+    pub(crate) svc: &'a Services,
+    /// Set when the runs are to be executed: each commit first waits for room for them.
+    pub(crate) backlog: Option<&'a Backlog>,
+}
+
+impl Poller<'_> {
+    /// Polls `rt`'s trigger once and commits what it found, handing each commit's runs to
+    /// `on_runs` as soon as they are durable. A flow fed by webhooks only has nothing to poll.
+    pub(crate) async fn poll(
+        &self,
+        rt: &Arc<FlowRuntime>,
+        on_runs: &mut OnRuns<'_>,
+    ) -> Result<PollReport, EngineError> {
+        let Some(polled) = rt.polled() else {
             return Ok(PollReport::default());
-        }
+        };
         let started = std::time::Instant::now();
-        let result = self.poll_inner(&rt, bounded, on_runs).await;
-        self.metrics().record_poll(rt.name(), &rt.trigger_op.key, started.elapsed(), result.as_ref().ok());
+        let result = self.poll_inner(rt, polled, on_runs).await;
+        self.svc.metrics.record_poll(&rt.name, &polled.op.key, started.elapsed(), result.as_ref().ok());
         result
     }
 
     async fn poll_inner(
         &self,
         rt: &Arc<FlowRuntime>,
-        bounded: bool,
+        polled: &Polled,
         on_runs: &mut OnRuns<'_>,
     ) -> Result<PollReport, EngineError> {
         let now = Utc::now();
-        let flow = &rt.flow;
-        let ctx = self.context(rt, Value::Null, "", now);
-        let inputs = flow.render_trigger_with(&ctx).map_err(|source| EngineError::Render {
+        let flow = &**rt;
+        let ctx = rt.context(Value::Null, &self.svc.env, "", now);
+        let inputs = flow.trigger.with.render(&ctx).map_err(|source| EngineError::Render {
             flow: flow.name.clone(),
             what: "trigger.with".into(),
             source: Box::new(source),
@@ -129,14 +124,14 @@ impl Engine {
                 })
             }
         };
-        let Some(spec) = rt.trigger_op.trigger.as_ref() else {
+        let Some(spec) = polled.spec() else {
             return Err(EngineError::Flow { flow: flow.name.clone(), message: "trigger has no trigger spec".into() });
         };
-        let store = self.store().clone();
+        let store = self.svc.store.clone();
         let trigger_id = rt.trigger_id.clone();
-        let state = self.blocking(move || Ok(store.trigger_state(&trigger_id)?)).await?;
+        let state = blocking(move || Ok(store.trigger_state(&trigger_id)?)).await?;
         let baseline = state.is_none();
-        let plan = read_plan::plan(&rt.trigger_op, spec, &flow.trigger, state.as_ref(), now);
+        let plan = read_plan::plan(&polled.op, spec, &flow.trigger, state.as_ref(), now);
         let mut inputs = inputs;
         read_plan::apply(&plan, &mut inputs);
         let baseline_at = state.as_ref().and_then(|s| s.get("baseline_at").cloned()).unwrap_or_else(|| json!(now));
@@ -144,7 +139,7 @@ impl Engine {
             baseline_at.as_str().and_then(|t| DateTime::parse_from_rfc3339(t).ok()).map(|t| t.timestamp_millis());
         // The flood guard holds every run of a poll that finds more than `max_new` new
         // items, so runs may only start before the last page when it cannot trip.
-        let pipelined = flow.trigger.max_new >= self.config().max_items as u64;
+        let pipelined = flow.trigger.max_new >= self.svc.config.max_items as u64;
         // Then, without an `if:` filter (which counts what it leaves out), nothing needs to
         // know which items are new before the commit: it checks every key again anyway and
         // creates no run for one already seen. One pass over the keys instead of two.
@@ -160,7 +155,7 @@ impl Engine {
         let mut held_back = Vec::new();
         let mut progress = ReadProgress::default();
         tracing::debug!(flow = %flow.name, read = plan.kind, strategy = plan.strategy, "poll");
-        let mut pages = self.fetch_pages(rt, &inputs, now, &plan)?;
+        let mut pages = self.fetch_pages(rt, polled, &inputs, now, &plan)?;
         let mut current = pages.next().await;
         while let Some(page) = current {
             let page = page?;
@@ -183,7 +178,7 @@ impl Engine {
                     report.runs.extend(created.iter().map(|c| c.id));
                     // The runs are durable: waiting here for earlier runs to end holds the
                     // poll (and the pages after this one) back, not these runs.
-                    let room = if bounded { self.room_for_runs(created.len()).await } else { None };
+                    let room = self.room_for(created.len()).await;
                     on_runs(created, room);
                 } else {
                     held_back.extend(items);
@@ -195,9 +190,9 @@ impl Engine {
             done?;
             current = next;
         }
-        let capped = plan.field.is_some() && progress.items >= self.config().max_items;
+        let capped = plan.field.is_some() && progress.items >= self.svc.config.max_items;
         if capped && !plan.ascending {
-            tracing::warn!(flow = %flow.name, max_items = self.config().max_items,
+            tracing::warn!(flow = %flow.name, max_items = self.svc.config.max_items,
                 "more records changed since the last poll than one poll reads; the watermark stays until a poll reads them all (raise max_items)");
         }
         let firing = held_back.iter().filter(|p| p.run.is_some()).count();
@@ -219,7 +214,7 @@ impl Engine {
         let fallback = baseline_ms.or(Some(now.timestamp_millis()));
         read_plan::record(&plan, &progress, capped, state.as_ref(), fallback, now, &mut next_state);
         if let Some(w) = next_state.get(read_plan::state_keys::WATERMARK).and_then(Value::as_i64) {
-            self.metrics().record_watermark(rt.name(), now.timestamp_millis().saturating_sub(w));
+            self.svc.metrics.record_watermark(&rt.name, now.timestamp_millis().saturating_sub(w));
         }
         // The watermark commits with the seen keys and runs: a crash before it polls the
         // same span again, and the keys committed so far make that a no-op.
@@ -229,24 +224,31 @@ impl Engine {
             report.held = created.len();
         } else {
             report.runs.extend(created.iter().map(|c| c.id));
-            let room = if bounded { self.room_for_runs(created.len()).await } else { None };
+            let room = self.room_for(created.len()).await;
             on_runs(created, room);
         }
         Ok(report)
+    }
+
+    async fn room_for(&self, n: usize) -> Option<OwnedSemaphorePermit> {
+        match self.backlog {
+            Some(b) => b.room_for(n).await,
+            None => None,
+        }
     }
 
     /// The items of one page whose dedupe key was never recorded, each with the run it
     /// fires (none on a baseline or when the `if:` filter leaves it out).
     async fn new_items(
         &self,
-        rt: &FlowRuntime,
+        rt: &Arc<FlowRuntime>,
         scope: &PollScope<'_>,
         page: Vec<Value>,
         seen_in_poll: &mut HashSet<String>,
         ctx: &mut Value,
         report: &mut PollReport,
     ) -> Result<Vec<PollItem>, EngineError> {
-        let flow = &rt.flow;
+        let flow = &**rt;
         let mode = flow.trigger.dedupe;
         let mut keyed: Vec<(String, Value)> = Vec::with_capacity(page.len());
         // Items move into the runs; nothing is cloned per item.
@@ -263,10 +265,10 @@ impl Engine {
         let unseen = if scope.commit_decides {
             vec![true; keyed.len()]
         } else {
-            let store = self.store().clone();
+            let store = self.svc.store.clone();
             let trigger_id = rt.trigger_id.clone();
             let keys: Vec<String> = keyed.iter().map(|(k, _)| k.clone()).collect();
-            self.blocking(move || Ok(store.filter_unseen(&trigger_id, &keys)?)).await?
+            blocking(move || Ok(store.filter_unseen(&trigger_id, &keys)?)).await?
         };
         let mut out = Vec::new();
         for ((key, item), is_new) in keyed.into_iter().zip(unseen) {
@@ -299,7 +301,7 @@ impl Engine {
     /// already recorded (no run for those).
     async fn commit(
         &self,
-        rt: &FlowRuntime,
+        rt: &Arc<FlowRuntime>,
         state: Option<Value>,
         items: Vec<PollItem>,
     ) -> Result<(Vec<Created>, usize), EngineError> {
@@ -307,20 +309,19 @@ impl Engine {
             return Ok((Vec::new(), 0));
         }
         let commit = PollCommit { trigger: rt.trigger_id.clone(), state, items };
-        let store = self.store().clone();
-        let (outcome, commit) = self
-            .blocking(move || {
-                let outcome = store.commit_poll(&commit)?;
-                Ok((outcome, commit))
-            })
-            .await?;
+        let store = self.svc.store.clone();
+        let (outcome, commit) = blocking(move || {
+            let outcome = store.commit_poll(&commit)?;
+            Ok((outcome, commit))
+        })
+        .await?;
         // `created` follows the items' order, skipping keys already seen.
         let mut created = outcome.created.into_iter().peekable();
         let mut out = Vec::with_capacity(created.len());
         for item in commit.items {
             let Some(run) = item.run else { continue };
             if let Some((_, id)) = created.next_if(|(key, _)| *key == item.key) {
-                out.push(Created { id, flow: run.flow, item: run.item });
+                out.push(Created { id, rt: rt.clone(), item: run.item });
             }
         }
         Ok((out, outcome.already_seen.len()))
@@ -333,10 +334,10 @@ impl Engine {
         item: &Value,
         report: &mut PollReport,
     ) -> Result<bool, EngineError> {
-        let Some(filter) = &rt.flow.filter else { return Ok(true) };
+        let Some(filter) = &rt.filter else { return Ok(true) };
         ctx["trigger"] = item.clone();
         let keep = filter.matches(ctx).map_err(|source| EngineError::Render {
-            flow: rt.flow.name.clone(),
+            flow: rt.name.clone(),
             what: "if".into(),
             source: Box::new(source),
         })?;
@@ -350,23 +351,24 @@ impl Engine {
     fn fetch_pages<'a>(
         &'a self,
         rt: &'a FlowRuntime,
+        polled: &'a Polled,
         inputs: &Map<String, Value>,
         now: DateTime<Utc>,
         plan: &ReadPlan,
     ) -> Result<BoxStream<'a, Result<Vec<Value>, EngineError>>, EngineError> {
-        let op = &rt.trigger_op;
+        let op = &polled.op;
         let err = move |source| EngineError::Poll {
-            flow: rt.flow.name.clone(),
-            op: rt.trigger_op.key.clone(),
+            flow: rt.name.clone(),
+            op: polled.op.key.clone(),
             source: Box::new(source),
         };
-        let req = request::build(op, inputs)?.origin(ghl::Origin::new(rt.flow.name.as_str(), ghl::Purpose::Poll));
-        let account = &rt.flow.account;
-        if rt.is_single_record() {
+        let req = request::build(op, inputs)?.origin(ghl::Origin::new(rt.name.as_str(), ghl::Purpose::Poll));
+        let account = &rt.account;
+        if polled.is_single_record() {
             let one = async move {
-                match self.client().send(account, &req).await {
+                match self.svc.client.send(account, &req).await {
                     Ok(ghl::Body::Json(body)) => {
-                        Ok(rt.items_path.first(&body).filter(|v| !v.is_null()).cloned().into_iter().collect())
+                        Ok(polled.items.first(&body).filter(|v| !v.is_null()).cloned().into_iter().collect())
                     }
                     Ok(ghl::Body::Text { content_type, text }) => {
                         Ok(vec![json!({ "contentType": content_type, "size": text.len(), "text": text })])
@@ -383,8 +385,8 @@ impl Engine {
         }
         let Some(spec) = op.trigger.as_ref() else { return Ok(futures::stream::empty().boxed()) };
         let mut opts = ghl::PageOptions {
-            max_pages: self.config().max_pages,
-            max_items: self.config().max_items,
+            max_pages: self.svc.config.max_pages,
+            max_items: self.svc.config.max_items,
             ..ghl::PageOptions::default()
         };
         if plan.field.is_some() {
@@ -409,7 +411,7 @@ impl Engine {
             opts.window =
                 Some((now - ChronoDuration::days(1), now + ChronoDuration::days(i64::from(catalog::WINDOW_DAYS) - 1)));
         }
-        let items = self.client().paginate(account, req, &plan.pagination, &spec.items, opts).map_err(err)?;
+        let items = self.svc.client.paginate(account, req, &plan.pagination, &spec.items, opts).map_err(err)?;
         // Items arrive a page at a time: what is ready together is one page (or less).
         Ok(items
             .ready_chunks(PAGE_CHUNK)

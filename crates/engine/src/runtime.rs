@@ -1,147 +1,221 @@
-//! A flow ready to run: its compiled form plus everything resolved once at load — the
-//! catalog entries of its trigger and steps and their parsed JSONPaths — so the hot path
-//! never looks anything up by name.
+//! A flow resolved once, at load or reload, into what the hot path uses: each step with
+//! its template and its catalog operation together, the trigger as what it is (a catalog
+//! operation to poll, or webhook deliveries only), its JSONPaths parsed, and the account as
+//! templates see it. Polls and runs hold it by `Arc` and never look anything up by name.
 
 use crate::error::EngineError;
-use catalog::{Catalog, Operation, Pagination, SharedOperation};
-use flow::{CompiledFlow, StepTarget};
+use catalog::{Catalog, Method, Pagination, SharedOperation};
+use flow::{CompiledFlow, CompiledStep, CompiledTrigger, Filter, StepTarget};
 use ghl::JsonPath;
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, OnceLock};
+use serde_json::{json, Map, Value};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 #[derive(Debug)]
 pub struct FlowRuntime {
-    pub flow: CompiledFlow,
-    /// Shared with the catalog (not a copy: an operation is kilobytes, times 10,000 flows).
-    pub trigger_op: SharedOperation,
+    pub name: String,
+    pub account: String,
+    /// The trigger's compiled settings (schedule, dedupe, start, flood guard, `webhook:`).
+    pub trigger: CompiledTrigger,
+    pub source: Source,
     /// Where an item's dedupe state lives; changes when the trigger's meaning changes, so a
     /// flow whose trigger was edited records a new baseline.
     pub trigger_id: String,
-    /// Parsed once per distinct path and shared by every flow using it (see [`json_path`]).
-    pub items_path: Arc<JsonPath>,
-    pub steps: Vec<StepRuntime>,
+    pub filter: Option<Filter>,
+    pub steps: Vec<Step>,
+    /// What templates see as `account` (`{name, location_id}`), and the location a
+    /// webhook event must name to be this flow's.
+    pub account_ctx: Value,
+    pub location_id: Option<String>,
+}
+
+/// What starts the flow's runs.
+#[derive(Debug)]
+pub enum Source {
+    /// A catalog trigger, polled (alone, or reconciling a `webhook:` trigger).
+    Poll(Polled),
+    /// Webhook deliveries of this event type only: nothing to poll.
+    Webhook { event: String },
 }
 
 #[derive(Debug)]
-pub struct StepRuntime {
-    pub id: String,
+pub struct Polled {
+    /// Shared with the catalog (not a copy: an operation is kilobytes, times 10,000 flows).
+    pub op: SharedOperation,
+    /// The trigger's `items` JSONPath, parsed.
+    pub items: Arc<JsonPath>,
+}
+
+impl Polled {
+    /// The operation's trigger spec (checked present when the runtime was built).
+    pub fn spec(&self) -> Option<&catalog::TriggerSpec> {
+        self.op.trigger.as_ref()
+    }
+
+    /// A trigger that reads one record (or file), not a list.
+    pub fn is_single_record(&self) -> bool {
+        matches!(self.spec().map(|s| &s.pagination), Some(Pagination::SingleRecord | Pagination::SingleFile))
+    }
+}
+
+/// One step: its template and what it calls, together.
+#[derive(Debug)]
+pub struct Step {
+    pub def: CompiledStep,
     pub kind: StepKind,
 }
 
 #[derive(Debug)]
 pub enum StepKind {
-    Ghl { op: SharedOperation, result: Arc<JsonPath> },
+    /// A catalog action; `result` is the JSONPath of what it returns.
+    Ghl {
+        op: SharedOperation,
+        result: Arc<JsonPath>,
+    },
     Http,
 }
 
-impl StepRuntime {
-    /// Whether sending the step twice cannot create a second effect, so a step that may
-    /// have been sent before a crash can be sent again.
-    pub fn is_idempotent(&self, rendered: &serde_json::Value) -> bool {
+impl AsRef<CompiledStep> for Step {
+    fn as_ref(&self) -> &CompiledStep {
+        &self.def
+    }
+}
+
+impl Step {
+    pub fn id(&self) -> &str {
+        &self.def.id
+    }
+
+    /// The method the step sends with, for the one idempotency rule
+    /// ([`Method::is_idempotent`]); `rendered` is its request as recorded.
+    pub fn method(&self, rendered: &Value) -> Method {
         match &self.kind {
-            StepKind::Ghl { op, .. } => op.method.is_idempotent(),
-            StepKind::Http => {
-                let method = rendered.get("method").and_then(|m| m.as_str()).unwrap_or("POST");
-                matches!(method.to_ascii_uppercase().as_str(), "GET" | "HEAD" | "PUT" | "DELETE" | "OPTIONS")
-            }
+            StepKind::Ghl { op, .. } => op.method,
+            StepKind::Http => http_method(rendered.get("method").and_then(Value::as_str).unwrap_or("POST")),
         }
+    }
+}
+
+/// An `http.request` method as the catalog method of the same semantics (RFC 9110
+/// section 9.2): HEAD and OPTIONS are safe like GET; a method it does not know is treated
+/// like POST, as nothing says it is safe to repeat.
+pub fn http_method(method: &str) -> Method {
+    match method.to_ascii_uppercase().as_str() {
+        "GET" | "HEAD" | "OPTIONS" => Method::Get,
+        "PUT" => Method::Put,
+        "DELETE" => Method::Delete,
+        "PATCH" => Method::Patch,
+        _ => Method::Post,
+    }
+}
+
+/// JSONPaths parsed while loading a set of flows, each distinct path once: the paths come
+/// from catalog entries (a trigger's `items`, an action's `result`), so 10,000 flows share
+/// a few dozen parsed paths.
+#[derive(Default)]
+pub struct Paths(HashMap<String, Arc<JsonPath>>);
+
+impl Paths {
+    fn get(&mut self, text: &str) -> Result<Arc<JsonPath>, String> {
+        if let Some(p) = self.0.get(text) {
+            return Ok(p.clone());
+        }
+        let parsed = Arc::new(JsonPath::parse(text).map_err(|e| e.to_string())?);
+        self.0.insert(text.to_owned(), parsed.clone());
+        Ok(parsed)
     }
 }
 
 impl FlowRuntime {
-    pub fn new(flow: CompiledFlow, catalog: &Catalog) -> Result<Arc<FlowRuntime>, EngineError> {
-        let err = |message: String| EngineError::Flow { flow: flow.name.clone(), message };
-        if let (false, Some(hook)) = (flow.trigger.polls(), flow.trigger.webhook.as_ref()) {
-            let trigger_op = webhook_operation(&hook.event);
-            let trigger_id = format!("{}/{}", flow.name, trigger_op.key);
-            let items_path = json_path("$").map_err(err)?;
-            let steps = step_runtimes(&flow, catalog)?;
-            return Ok(Arc::new(FlowRuntime { flow, trigger_op, trigger_id, items_path, steps }));
+    /// Resolves `flow` against the catalog. `account` is what templates see as `account`
+    /// (`Value::Null` when the account is unknown).
+    pub fn new(
+        flow: CompiledFlow,
+        catalog: &Catalog,
+        account_ctx: Value,
+        paths: &mut Paths,
+    ) -> Result<Arc<FlowRuntime>, EngineError> {
+        let CompiledFlow { name, account, trigger, filter, steps, tests: _ } = flow;
+        let err = |message: String| EngineError::Flow { flow: name.clone(), message };
+        let (source, trigger_id) = match (trigger.polls(), trigger.webhook.as_ref()) {
+            (false, Some(hook)) => {
+                let id = format!("{name}/webhook.{}", hook.event);
+                (Source::Webhook { event: hook.event.clone() }, id)
+            }
+            _ => {
+                let op =
+                    catalog.get_shared(&trigger.op).ok_or_else(|| err(format!("unknown trigger `{}`", trigger.op)))?;
+                let spec = op.trigger.as_ref().ok_or_else(|| err(format!("`{}` is not a trigger", op.key)))?;
+                let items = paths.get(&spec.items).map_err(err)?;
+                let id = format!("{name}/{}/{}", op.key, trigger.dedupe.as_str());
+                (Source::Poll(Polled { op, items }), id)
+            }
+        };
+        let mut resolved = Vec::with_capacity(steps.len());
+        for def in steps {
+            let kind = match &def.uses {
+                StepTarget::Http => StepKind::Http,
+                StepTarget::Ghl(key) => {
+                    let op = catalog.get_shared(key).ok_or_else(|| err(format!("unknown action `{key}`")))?;
+                    let path = op.action.as_ref().map(|a| a.result.as_str()).unwrap_or("$");
+                    let result = paths.get(path).map_err(err)?;
+                    StepKind::Ghl { op, result }
+                }
+            };
+            resolved.push(Step { def, kind });
         }
-        let trigger_op = catalog
-            .get_shared(&flow.trigger.op)
-            .ok_or_else(|| err(format!("unknown trigger `{}`", flow.trigger.op)))?;
-        let spec = trigger_op.trigger.as_ref().ok_or_else(|| err(format!("`{}` is not a trigger", trigger_op.key)))?;
-        let items_path = json_path(&spec.items).map_err(err)?;
-        let steps = step_runtimes(&flow, catalog)?;
-        let trigger_id = format!("{}/{}/{}", flow.name, trigger_op.key, flow.trigger.dedupe.as_str());
-        Ok(Arc::new(FlowRuntime { flow, trigger_op, trigger_id, items_path, steps }))
+        let location_id = account_ctx.get("location_id").and_then(Value::as_str).map(str::to_owned);
+        Ok(Arc::new(FlowRuntime {
+            name,
+            account,
+            trigger,
+            source,
+            trigger_id,
+            filter,
+            steps: resolved,
+            account_ctx,
+            location_id,
+        }))
     }
 
-    pub fn name(&self) -> &str {
-        &self.flow.name
+    /// The polled trigger; `None` for a flow fed by webhooks only.
+    pub fn polled(&self) -> Option<&Polled> {
+        match &self.source {
+            Source::Poll(p) => Some(p),
+            Source::Webhook { .. } => None,
+        }
     }
 
     /// A `webhook:` trigger without `reconcile`: nothing to poll.
     pub fn webhook_only(&self) -> bool {
-        !self.flow.trigger.polls()
+        matches!(self.source, Source::Webhook { .. })
     }
 
-    pub fn is_single_record(&self) -> bool {
-        matches!(
-            self.trigger_op.trigger.as_ref().map(|t| &t.pagination),
-            Some(Pagination::SingleRecord | Pagination::SingleFile)
-        )
+    /// What the flow is started by, as `GET /api/flows` names it: the catalog key of its
+    /// trigger, or `webhook.<event>` for a flow fed by webhooks only.
+    pub fn trigger_key(&self) -> String {
+        match &self.source {
+            Source::Poll(p) => p.op.key.clone(),
+            Source::Webhook { event } => format!("webhook.{event}"),
+        }
+    }
+
+    /// The template context for one item; `steps` starts empty.
+    pub fn context(
+        &self,
+        trigger: Value,
+        env: &BTreeMap<String, String>,
+        run_id: &str,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Value {
+        flow::context(&self.name, trigger, self.account_ctx.clone(), env, run_id, now)
     }
 }
 
-fn step_runtimes(flow: &CompiledFlow, catalog: &Catalog) -> Result<Vec<StepRuntime>, EngineError> {
-    let err = |message: String| EngineError::Flow { flow: flow.name.clone(), message };
-    let mut steps = Vec::with_capacity(flow.steps.len());
-    for s in &flow.steps {
-        let kind = match &s.uses {
-            StepTarget::Http => StepKind::Http,
-            StepTarget::Ghl(key) => {
-                let op = catalog.get_shared(key).ok_or_else(|| err(format!("unknown action `{key}`")))?;
-                let path = op.action.as_ref().map(|a| a.result.as_str()).unwrap_or("$");
-                let result = json_path(path).map_err(err)?;
-                StepKind::Ghl { op, result }
-            }
-        };
-        steps.push(StepRuntime { id: s.id.clone(), kind });
-    }
-    Ok(steps)
-}
-
-/// A parsed JSONPath, shared: the paths come from catalog entries (a trigger's `items`,
-/// an action's `result`), so 10,000 flows use a few dozen distinct ones, and each parsed
-/// path is a few hundred bytes. The cache holds every path parsed so far (bounded by the
-/// catalogs loaded: built-in plus extensions).
-fn json_path(text: &str) -> Result<Arc<JsonPath>, String> {
-    static PATHS: OnceLock<Mutex<HashMap<String, Arc<JsonPath>>>> = OnceLock::new();
-    let paths = PATHS.get_or_init(Default::default);
-    if let Some(p) = paths.lock().ok().and_then(|m| m.get(text).cloned()) {
-        return Ok(p);
-    }
-    let parsed = Arc::new(JsonPath::parse(text).map_err(|e| e.to_string())?);
-    if let Ok(mut m) = paths.lock() {
-        m.entry(text.to_string()).or_insert_with(|| parsed.clone());
-    }
-    Ok(parsed)
-}
-
-/// Stands in for the catalog entry a webhook-only flow lacks, so the runtime keeps one
-/// shape; it has no trigger spec, so it can never be polled.
-fn webhook_operation(event: &str) -> SharedOperation {
-    SharedOperation::new(Operation {
-        key: format!("webhook.{event}"),
-        name: event.to_string(),
-        description: format!("GHL webhook event {event}"),
-        kind: catalog::Kind::Trigger,
-        category: "webhooks".into(),
-        method: catalog::Method::Post,
-        path: String::new(),
-        version: String::new(),
-        scopes: Vec::new(),
-        tokens: Vec::new(),
-        deprecated: false,
-        content_type: None,
-        response_type: None,
-        params: Vec::new(),
-        body_root: None,
-        body_required: false,
-        trigger: None,
-        action: None,
-        notes: None,
-    })
+/// `account` as templates see it.
+pub fn account_context(name: &str, location_id: &str) -> Value {
+    let mut m = Map::with_capacity(2);
+    m.insert("name".into(), json!(name));
+    m.insert("location_id".into(), json!(location_id));
+    Value::Object(m)
 }

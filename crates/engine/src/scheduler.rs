@@ -1,45 +1,37 @@
 //! When polls happen: each flow's schedule plus a stable per-flow jitter, so a thousand
 //! flows on `every: 5m` do not all hit GHL in the same second.
 
-use crate::engine::Engine;
+use crate::engine::{Engine, EngineTasks};
 use chrono::Utc;
-use std::collections::HashMap;
 use std::sync::Arc;
-use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-/// How many scheduled polls of one account may be in progress at once
-/// ([`crate::EngineConfig::poll_concurrency`]). GHL limits requests per location, so a
-/// burst of polls on one account (every flow's first poll after a start, 100 flows on
-/// one location) would otherwise all be in flight together, each waiting in the rate
-/// limiter with its request, template context and items: at 10,000 flows that burst was
-/// most of the process's memory. Waiting for a slot holds nothing; slots are handed out
-/// in request order (the semaphore is fair), so the earliest due poll goes first.
-pub(crate) struct PollSlots {
-    per_account: usize,
-    accounts: HashMap<String, Arc<Semaphore>>,
-}
-
-impl PollSlots {
-    pub(crate) fn new<'a>(accounts: impl Iterator<Item = &'a str>, per_account: usize) -> PollSlots {
-        let per_account = per_account.max(1);
-        let accounts = accounts.map(|a| (a.to_string(), Arc::new(Semaphore::new(per_account)))).collect();
-        PollSlots { per_account, accounts }
+impl Engine {
+    /// Starts the background tasks: one scheduler per flow, and the retry scanner. They
+    /// stop when `shutdown` turns true; `EngineTasks::join` waits for them.
+    pub fn start(self: &Arc<Self>, shutdown: watch::Receiver<bool>) -> EngineTasks {
+        let mut tasks = self.schedule_new_flows(&shutdown);
+        tasks.push(spawn_retries(self.clone(), shutdown));
+        EngineTasks { tasks }
     }
 
-    /// Waits for a slot of `account`; the slot is free again when the permit is dropped.
-    /// An account the engine was not given (flows naming one are refused at load) gets a
-    /// slot of its own.
-    pub(crate) async fn acquire(&self, account: &str) -> Option<OwnedSemaphorePermit> {
-        let slots = match self.accounts.get(account) {
-            Some(s) => s.clone(),
-            None => Arc::new(Semaphore::new(self.per_account)),
-        };
-        slots.acquire_owned().await.ok()
+    /// Starts a scheduler for each loaded flow that has none (after a reload). A flow
+    /// that was replaced keeps its scheduler, which picks up the new definition; one that
+    /// was removed stops its scheduler at its next wake-up.
+    pub fn schedule_new_flows(self: &Arc<Self>, shutdown: &watch::Receiver<bool>) -> Vec<JoinHandle<()>> {
+        let mut handles = Vec::new();
+        for name in self.flow_names() {
+            let fresh = self.scheduled.lock().map(|mut s| s.insert(name.clone())).unwrap_or(false);
+            if fresh {
+                handles.push(spawn_flow(self.clone(), name, shutdown.clone()));
+            }
+        }
+        handles
     }
 }
 
-pub(crate) fn spawn_flow(engine: Arc<Engine>, name: String, mut shutdown: watch::Receiver<bool>) -> JoinHandle<()> {
+fn spawn_flow(engine: Arc<Engine>, name: String, mut shutdown: watch::Receiver<bool>) -> JoinHandle<()> {
     tokio::spawn(async move {
         // Due time of the previous poll: intervals run at a fixed rate from it, so a slow
         // poll does not push every later poll back.
@@ -63,7 +55,7 @@ pub(crate) fn spawn_flow(engine: Arc<Engine>, name: String, mut shutdown: watch:
                 previous = None;
                 continue;
             }
-            let schedule = &rt.flow.trigger.schedule;
+            let schedule = &rt.trigger.schedule;
             let now = Utc::now();
             let jitter =
                 |bound: std::time::Duration| chrono::Duration::from_std(flow::jitter(&name, bound)).unwrap_or_default();
@@ -109,12 +101,12 @@ pub(crate) fn spawn_flow(engine: Arc<Engine>, name: String, mut shutdown: watch:
             let drift = (Utc::now() - due).to_std().unwrap_or_default();
             engine.metrics().poll_drift.observe(drift.as_secs_f64());
             // A slot of the flow's account first (see `PollSlots`). Drift above is the
-            // scheduler's lateness alone, as before slots existed; the wait for a slot (the
-            // account's earlier polls, mostly waiting for its rate limit) is counted apart.
+            // scheduler's lateness alone; the wait for a slot (the account's earlier polls,
+            // mostly waiting for its rate limit) is counted apart.
             let Ok(rt) = engine.flow(&name) else { continue };
             let waiting = std::time::Instant::now();
             let slot = tokio::select! {
-                slot = engine.poll_slots().acquire(&rt.flow.account) => slot,
+                slot = engine.poll_slots().acquire(&rt.account) => slot,
                 _ = shutdown.changed() => return,
             };
             drop(rt);
@@ -156,7 +148,7 @@ pub(crate) fn spawn_flow(engine: Arc<Engine>, name: String, mut shutdown: watch:
     })
 }
 
-pub(crate) fn spawn_retries(engine: Arc<Engine>, mut shutdown: watch::Receiver<bool>) -> JoinHandle<()> {
+fn spawn_retries(engine: Arc<Engine>, mut shutdown: watch::Receiver<bool>) -> JoinHandle<()> {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(engine.config().retry_scan);
         loop {
@@ -172,23 +164,4 @@ pub(crate) fn spawn_retries(engine: Arc<Engine>, mut shutdown: watch::Receiver<b
             }
         }
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::PollSlots;
-    use std::time::Duration;
-
-    #[tokio::test]
-    async fn poll_slots_bound_each_account_apart() {
-        let slots = PollSlots::new(["a", "b"].into_iter(), 2);
-        let a1 = slots.acquire("a").await.expect("slot");
-        let _a2 = slots.acquire("a").await.expect("slot");
-        // `a` is full; `b` is not.
-        assert!(tokio::time::timeout(Duration::from_millis(50), slots.acquire("a")).await.is_err());
-        let _b1 = slots.acquire("b").await.expect("slot");
-        // A slot comes back when its poll ends.
-        drop(a1);
-        assert!(tokio::time::timeout(Duration::from_millis(50), slots.acquire("a")).await.is_ok());
-    }
 }

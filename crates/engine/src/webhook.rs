@@ -13,6 +13,7 @@ use crate::dedupe::dedupe_key;
 use crate::engine::Engine;
 use crate::error::EngineError;
 use crate::runtime::FlowRuntime;
+use crate::services::blocking;
 use chrono::Utc;
 use serde_json::{Map, Value};
 use std::sync::Arc;
@@ -44,22 +45,19 @@ impl Engine {
     /// One pass over the webhook inbox; the runs it creates are returned, not executed.
     pub async fn process_webhooks(&self) -> Result<WebhookReport, EngineError> {
         let store = self.store().clone();
-        let events = self.blocking(move || Ok(store.list_unprocessed_webhooks(BATCH)?)).await?;
+        let events = blocking(move || Ok(store.list_unprocessed_webhooks(BATCH)?)).await?;
         let mut report = WebhookReport::default();
         if events.is_empty() {
             return Ok(report);
         }
-        let flows: Vec<Arc<FlowRuntime>> = self
-            .flow_names()
-            .iter()
-            .filter_map(|n| self.flow(n).ok())
-            .filter(|rt| rt.flow.trigger.webhook.is_some())
-            .collect();
+        let mut flows = self.runtimes();
+        flows.retain(|rt| rt.trigger.webhook.is_some());
+        flows.sort_by(|a, b| a.name.cmp(&b.name));
         let now = Utc::now();
         for (i, ev) in events.iter().enumerate() {
             let event_type = ev.payload.get("type").and_then(Value::as_str).unwrap_or_default();
             let matching: Vec<&Arc<FlowRuntime>> =
-                flows.iter().filter(|rt| self.matches(rt, event_type, &ev.payload)).collect();
+                flows.iter().filter(|rt| matches(rt, event_type, &ev.payload)).collect();
             let window = matching.iter().filter_map(|rt| coalesce(rt)).max().unwrap_or_default();
             let age = (now - ev.received_at).to_std().unwrap_or_default();
             if age < window {
@@ -79,22 +77,21 @@ impl Engine {
             }
             let store = self.store().clone();
             let id = ev.id.clone();
-            let (runs, seen) = self
-                .blocking(move || {
-                    let mut runs = Vec::new();
-                    let mut seen = 0;
-                    for c in &commits {
-                        let out = store.commit_poll(c)?;
-                        seen += out.already_seen.len();
-                        runs.extend(out.created.into_iter().map(|(_, id)| id));
-                    }
-                    match store.complete_webhook_event(&id, &[]) {
-                        // Another pass finished it first: its runs exist, ours were deduped.
-                        Ok(_) | Err(StoreError::Conflict(_)) => Ok((runs, seen)),
-                        Err(e) => Err(e.into()),
-                    }
-                })
-                .await?;
+            let (runs, seen) = blocking(move || {
+                let mut runs = Vec::new();
+                let mut seen = 0;
+                for c in &commits {
+                    let out = store.commit_poll(c)?;
+                    seen += out.already_seen.len();
+                    runs.extend(out.created.into_iter().map(|(_, id)| id));
+                }
+                match store.complete_webhook_event(&id, &[]) {
+                    // Another pass finished it first: its runs exist, ours were deduped.
+                    Ok(_) | Err(StoreError::Conflict(_)) => Ok((runs, seen)),
+                    Err(e) => Err(e.into()),
+                }
+            })
+            .await?;
             report.events += 1;
             report.skipped += seen;
             report.runs.extend(runs);
@@ -102,23 +99,10 @@ impl Engine {
         Ok(report)
     }
 
-    fn matches(&self, rt: &FlowRuntime, event_type: &str, payload: &Value) -> bool {
-        let Some(hook) = &rt.flow.trigger.webhook else { return false };
-        if hook.event != event_type {
-            return false;
-        }
-        // One receiver serves every account: an event belongs to the flows of its location.
-        let account = self.context(rt, Value::Null, "", Utc::now());
-        match (payload.get("locationId").and_then(Value::as_str), account["account"]["location_id"].as_str()) {
-            (Some(event_loc), Some(flow_loc)) => event_loc == flow_loc,
-            _ => true,
-        }
-    }
-
     /// The commit that fires `rt` for `ev`, or `None` when its `if` leaves the event out.
     fn commit_for(&self, rt: &FlowRuntime, ev: &WebhookEvent) -> Result<Option<PollCommit>, EngineError> {
-        let flow = &rt.flow;
-        let mut ctx = self.context(rt, ev.payload.clone(), "", Utc::now());
+        let flow = rt;
+        let mut ctx = self.context(rt, ev.payload.clone(), Utc::now());
         if let Some(filter) = &flow.filter {
             match filter.matches(&ctx) {
                 Ok(true) => {}
@@ -174,8 +158,21 @@ impl Engine {
     }
 }
 
+/// Whether `payload` is an event for `rt`: its `webhook:` type, and its location. One
+/// receiver serves every account, so an event belongs to the flows of its location.
+fn matches(rt: &FlowRuntime, event_type: &str, payload: &Value) -> bool {
+    let Some(hook) = &rt.trigger.webhook else { return false };
+    if hook.event != event_type {
+        return false;
+    }
+    match (payload.get("locationId").and_then(Value::as_str), rt.location_id.as_deref()) {
+        (Some(event_loc), Some(flow_loc)) => event_loc == flow_loc,
+        _ => true,
+    }
+}
+
 fn coalesce(rt: &FlowRuntime) -> Option<Duration> {
-    rt.flow.trigger.webhook.as_ref().and_then(|h| h.coalesce)
+    rt.trigger.webhook.as_ref().and_then(|h| h.coalesce)
 }
 
 /// Whether a later event of the same type is about the same record: the flow then
@@ -192,16 +189,16 @@ fn superseded(ev: &WebhookEvent, later: &[WebhookEvent]) -> bool {
 /// The key the reconciling poll would record for this record.
 fn reconcile_key(rt: &FlowRuntime, ctx: &mut Value, ev: &WebhookEvent) -> String {
     ctx["trigger"] = Value::Null;
-    let inputs = match rt.flow.render_trigger_with(ctx) {
+    let inputs = match rt.trigger.with.render(ctx) {
         Ok(Value::Object(m)) => m,
         _ => Map::new(),
     };
     let key =
-        rt.trigger_op.trigger.as_ref().and_then(|spec| dedupe_key(spec, rt.flow.trigger.dedupe, &ev.payload, &inputs));
+        rt.polled().and_then(|p| p.spec()).and_then(|spec| dedupe_key(spec, rt.trigger.dedupe, &ev.payload, &inputs));
     key.unwrap_or_else(|| {
         // Never drop a delivery for want of a key: fire it, at the risk of the poll
         // firing the same record again.
-        tracing::warn!(flow = %rt.flow.name, webhook = %ev.id, "webhook payload has no id the poll would use");
+        tracing::warn!(flow = %rt.name, webhook = %ev.id, "webhook payload has no id the poll would use");
         format!("webhook:{}", ev.id)
     })
 }

@@ -1,9 +1,9 @@
 //! One thread writes the bookkeeping of every run, many runs per transaction.
 //!
 //! Each run must have its step's start on disk before the step is sent, so every run
-//! waits for a durable write several times. Written one run at a time, those writes cost
-//! a sled transaction and a share of a flush each, and a hop through the blocking pool;
-//! at a few thousand runs a second that bookkeeping is most of flowd's CPU. Here runs
+//! waits for a durable write several times. Written one run at a time, each of those
+//! writes would cost a transaction, a flush and a hop through the blocking pool, and at a
+//! few thousand runs a second that bookkeeping would dwarf the runs' own work. So runs
 //! hand their changes to a writer thread instead: it takes everything queued since its
 //! last write, applies it with [`store::Store::update_runs`] (one transaction, one flush)
 //! and answers each run. While it writes, the next batch gathers, so the batch grows with
@@ -11,9 +11,8 @@
 //!
 //! On sled, two such threads share the queue: while one waits for its flush (the disk),
 //! the other applies the next batch, whose flush then starts as soon as the first one ends
-//! (the store's group commit). With one thread, each run waited for a whole
-//! write-then-flush cycle twice, and the CPU idled during every flush. On fjall one thread
-//! is faster (see [`threads`]).
+//! (the store's group commit), so the CPU does not idle during every flush. On fjall one
+//! thread is enough (see [`threads`]).
 //!
 //! A write is either durable (a step's start: on disk before `write` returns Ok) or only
 //! committed (a run's final status: when `write` returns, every read sees it and a killed
@@ -43,8 +42,8 @@ const MAX_UNFLUSHED: Duration = Duration::from_millis(5);
 
 /// Writer threads. sled: two, one applying a batch while the other waits for its flush.
 /// fjall: one. Its flush holds the journal's lock, so a second writer's commit only waits
-/// behind it, and two writers flush twice as often with half-size batches (10,000 items at
-/// concurrency 64: 8,400-8,500 items/s with two, 9,800-10,400 with one, interleaved).
+/// behind it, and two writers flush twice as often with half-size batches, which is slower
+/// (BENCHMARKS.md, "One writer thread on fjall").
 fn threads(backend: store::Backend) -> usize {
     match backend {
         store::Backend::Sled => 2,

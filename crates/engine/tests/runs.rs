@@ -403,6 +403,38 @@ fn the_dry_run_shows_scalars_in_the_declared_type() {
     );
 }
 
+/// One request shape: what `flowd test --item` shows for a step is exactly what a real
+/// run of the same item records for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dry_run_shows_the_request_a_run_records() {
+    let h = harness(Seed::Contacts(2), &[SCALARS_FLOW], fast_retries()).await;
+    h.engine.poll_and_run("scalars").await.expect("baseline");
+    let contact = new_contact(&h.sandbox, 1);
+    let (report, statuses) = h.engine.poll_and_run("scalars").await.expect("poll");
+    assert_eq!(statuses, [RunStatus::Succeeded]);
+    let run = h.engine.store().get_run(report.runs[0]).expect("store").expect("run");
+    let account = json!({"name": "main", "location_id": h.sandbox.location_id()});
+    let catalog = catalog::Catalog::builtin().expect("catalog");
+    let dry = engine::dry_run(
+        &compile(SCALARS_FLOW),
+        &catalog,
+        contact,
+        account,
+        &std::collections::BTreeMap::new(),
+        &serde_json::Map::new(),
+        chrono::Utc::now(),
+    )
+    .expect("dry run");
+    assert_eq!(dry.steps.len(), run.steps.len());
+    for (d, r) in dry.steps.iter().zip(&run.steps) {
+        assert_eq!(d.id, r.step);
+        assert_eq!(&d.request, &*r.request, "step {}", d.id);
+    }
+    assert_eq!(dry.steps[0].uses, "contacts.create_task");
+    assert_eq!(dry.steps[0].request["method"], "POST");
+    assert_eq!(dry.steps[0].request["version"], "2021-07-28");
+}
+
 /// The most used action, as users write an SMS: GHL takes it without `status` or `subType`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_sms_is_sent_as_users_write_it() {

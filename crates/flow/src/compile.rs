@@ -601,7 +601,7 @@ pub fn context(
 ) -> Value {
     let env: Map<String, Value> = env.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect();
     // Built by hand: `json!` would serialize `trigger` (the whole item) into a copy of
-    // itself instead of moving it, a tenth of a run's CPU for a contact-sized item.
+    // itself instead of moving it, once per run.
     let mut ctx = Map::with_capacity(7);
     ctx.insert("trigger".into(), trigger);
     ctx.insert("steps".into(), Value::Object(Map::new()));
@@ -613,7 +613,58 @@ pub fn context(
     Value::Object(ctx)
 }
 
+impl CompiledStep {
+    /// The step's inputs for `ctx`: its `with` rendered, which must be a map (or nothing).
+    /// Real runs, dry runs and inline tests all render a step through this.
+    pub fn render_inputs(&self, ctx: &Value) -> Result<Map<String, Value>, String> {
+        match self.with.render(ctx) {
+            Ok(Value::Object(m)) => Ok(m),
+            Ok(Value::Null) => Ok(Map::new()),
+            Ok(other) => Err(format!("`with` rendered to {other}, not a map")),
+            Err(e) => Err(format!("cannot render `with`: {e}")),
+        }
+    }
+}
+
+/// Walks a flow's steps without running them, the way a run would: each step's inputs
+/// rendered in order, and what `each` returns for a step (a stand-in for its result)
+/// visible to later steps as `steps.<id>`. The one walk behind inline tests
+/// ([`CompiledFlow::run_test`]) and the engine's dry run; a failure names its step.
+pub fn rehearse<S: AsRef<CompiledStep>>(
+    steps: &[S],
+    ctx: &mut Value,
+    mut each: impl FnMut(&S, Map<String, Value>) -> Result<Value, String>,
+) -> Result<(), String> {
+    for s in steps {
+        let step = s.as_ref();
+        let stand_in = step.render_inputs(ctx).and_then(|inputs| each(s, inputs));
+        match stand_in {
+            Ok(v) => {
+                if let Some(steps) = ctx.get_mut("steps").and_then(Value::as_object_mut) {
+                    steps.insert(step.id.clone(), v);
+                }
+            }
+            Err(e) => return Err(format!("step `{}`: {e}", step.id)),
+        }
+    }
+    Ok(())
+}
+
+impl AsRef<CompiledStep> for CompiledStep {
+    fn as_ref(&self) -> &CompiledStep {
+        self
+    }
+}
+
 impl CompiledFlow {
+    /// Whether the `if:` filter keeps the item in `ctx` (no filter keeps everything).
+    pub fn passes_filter(&self, ctx: &Value) -> Result<bool, RenderError> {
+        match &self.filter {
+            Some(f) => f.matches(ctx),
+            None => Ok(true),
+        }
+    }
+
     /// Runs one inline test: filter, then each step's inputs rendered in order, with
     /// `results` standing in for what the steps would have returned.
     pub fn run_test(
@@ -632,15 +683,12 @@ impl CompiledFlow {
             std::borrow::Cow::Owned(merged)
         };
         let mut ctx = context(&self.name, test.item.clone(), account, &env, "test", now);
-        let passes = match &self.filter {
-            Some(f) => match f.matches(&ctx) {
-                Ok(p) => p,
-                Err(e) => {
-                    out.failures.push(format!("if: {e}"));
-                    return out;
-                }
-            },
-            None => true,
+        let passes = match self.passes_filter(&ctx) {
+            Ok(p) => p,
+            Err(e) => {
+                out.failures.push(format!("if: {e}"));
+                return out;
+            }
         };
         if let Some(expected) = test.filtered {
             if expected == passes {
@@ -654,18 +702,14 @@ impl CompiledFlow {
         if !passes {
             return out;
         }
-        for step in &self.steps {
-            match step.with.render(&ctx) {
-                Ok(v) => out.rendered.push((step.id.clone(), v)),
-                Err(e) => {
-                    out.failures.push(format!("step `{}`: {e}", step.id));
-                    return out;
-                }
-            }
-            let result = test.results.get(&step.id).cloned().unwrap_or(Value::Object(Map::new()));
-            if let Some(steps) = ctx.get_mut("steps").and_then(Value::as_object_mut) {
-                steps.insert(step.id.clone(), result);
-            }
+        let rendered = &mut out.rendered;
+        let walked = rehearse(&self.steps, &mut ctx, |step, inputs| {
+            rendered.push((step.id.clone(), Value::Object(inputs)));
+            Ok(test.results.get(&step.id).cloned().unwrap_or(Value::Object(Map::new())))
+        });
+        if let Err(e) = walked {
+            out.failures.push(e);
+            return out;
         }
         for (id, want) in &test.expect {
             match out.rendered.iter().find(|(s, _)| s == id) {

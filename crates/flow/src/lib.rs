@@ -17,7 +17,7 @@ mod webhook_events;
 
 pub use catalog::DedupeMode;
 pub use compile::{
-    context, load, subset_mismatch, CompileEnv, CompiledFlow, CompiledStep, CompiledTrigger, FlowTest, Start,
+    context, load, rehearse, subset_mismatch, CompileEnv, CompiledFlow, CompiledStep, CompiledTrigger, FlowTest, Start,
     StepTarget, TestOutcome, WebhookTrigger, DEFAULT_ACCOUNT, DEFAULT_EVERY, DEFAULT_MAX_NEW, HTTP_STEP,
 };
 pub use diagnostic::{render_all, Diagnostic, Pos, Severity};

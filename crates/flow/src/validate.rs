@@ -183,9 +183,13 @@ pub(crate) fn check_ghl_with(
             continue;
         };
         if let Some(lit) = t.as_literal() {
-            let (ty, items, values) = (param.ty, param.items, param.enum_values.as_deref());
-            let comma_list = param.location == catalog::ParamIn::Query;
-            if !check_literal(lit, ty, items, values, comma_list, &key.value, pos(value), sink) {
+            let expected = Expected {
+                ty: param.ty,
+                items: param.items,
+                enum_values: param.enum_values.as_deref(),
+                comma_list: param.location == catalog::ParamIn::Query,
+            };
+            if !check_literal(lit, &expected, &key.value, pos(value), sink) {
                 ok = false;
             }
         }
@@ -209,19 +213,19 @@ pub(crate) fn check_ghl_with(
     ok.then(|| ValueTemplate::object(fields))
 }
 
-/// Type and enum check of a value written without templates.
-/// `comma_list`: the value goes in a query string, where GHL reads `a,b` as two values.
-#[allow(clippy::too_many_arguments)]
-fn check_literal(
-    v: &Value,
+/// What a parameter's value must be.
+struct Expected<'a> {
     ty: ParamType,
+    /// The type of a list's items.
     items: Option<ParamType>,
-    enum_values: Option<&[Value]>,
+    enum_values: Option<&'a [Value]>,
+    /// The value goes in a query string, where GHL reads `a,b` as two values.
     comma_list: bool,
-    name: &str,
-    at: Pos,
-    sink: &mut Sink,
-) -> bool {
+}
+
+/// Type and enum check of a value written without templates.
+fn check_literal(v: &Value, expected: &Expected<'_>, name: &str, at: Pos, sink: &mut Sink) -> bool {
+    let Expected { ty, items, enum_values, comma_list } = *expected;
     // What the engine converts losslessly at render time is accepted (`zip: 12345` is sent
     // as "12345", `limit: "25"` as 25); anything else would be refused by GHL with a 422.
     if ty.convert(v).is_none() {
@@ -328,7 +332,8 @@ pub(crate) fn check_http_with(
         if let Some(lit) = t.as_literal() {
             let methods: Vec<Value> = HTTP_METHODS.iter().map(|m| Value::from(*m)).collect();
             let allowed = (key.value == "method").then_some(methods.as_slice());
-            if !check_literal(lit, ty, None, allowed, false, &key.value, pos(value), sink) {
+            let expected = Expected { ty, items: None, enum_values: allowed, comma_list: false };
+            if !check_literal(lit, &expected, &key.value, pos(value), sink) {
                 ok = false;
             } else if key.value == "url" {
                 let u = lit.as_str().unwrap_or_default();

@@ -100,3 +100,30 @@ fn comma_lists_of_enum_values_in_a_query_parameter() {
     let out = render_all(&diags);
     assert!(out.contains("f.yaml:5:37: error: `TYPE_SMOKE` is not a valid value for `type`"), "{out}");
 }
+
+/// The walk behind inline tests and dry runs: each step rendered in order, what the caller
+/// returns for a step visible to later steps as `steps.<id>`, and a failure named by its step.
+#[test]
+fn rehearse_renders_steps_in_order_with_stand_ins() {
+    let text = "name: f\naccount: main\ntrigger:\n  uses: contacts.search_contacts\n  with: { locationId: loc1 }\nsteps:\n  - id: task\n    uses: contacts.create_task\n    with: { contactId: \"{{ trigger.id }}\", title: Hi, dueDate: \"2030-01-01\", completed: false }\n  - id: tag\n    uses: contacts.add_tags\n    with: { contactId: \"{{ steps.task.id }}\", tags: [done] }\n";
+    let cat = Catalog::builtin().expect("builtin catalog");
+    let (flow, diags) = load("f.yaml", text, &cat, &env());
+    let flow = flow.unwrap_or_else(|| panic!("{}", render_all(&diags)));
+    let now = chrono::Utc.with_ymd_and_hms(2024, 1, 1, 0, 0, 0).unwrap();
+    let account = serde_json::json!({"name": "main", "location_id": "loc1"});
+    let mut ctx = flow::context(&flow.name, serde_json::json!({"id": "c1"}), account, &env().env, "t", now);
+    let mut seen = Vec::new();
+    flow::rehearse(&flow.steps, &mut ctx, |step, inputs| {
+        seen.push((step.id.clone(), inputs["contactId"].clone()));
+        Ok(serde_json::json!({"id": format!("{}-out", step.id)}))
+    })
+    .expect("renders");
+    assert_eq!(seen, vec![("task".into(), serde_json::json!("c1")), ("tag".into(), serde_json::json!("task-out"))]);
+    assert_eq!(ctx["steps"]["tag"]["id"], "tag-out");
+
+    let failed = flow::rehearse(&flow.steps, &mut ctx, |step, _| match step.id.as_str() {
+        "tag" => Err("refused".into()),
+        _ => Ok(serde_json::json!({"id": "t1"})),
+    });
+    assert_eq!(failed, Err("step `tag`: refused".to_string()));
+}

@@ -36,7 +36,7 @@ pub use paginate::{ItemStream, JsonPath, PageOptions, Pager, StopWhen};
 pub use ratelimit::{parse_retry_after, LocationLimiter, RateHeaders, RateLimit};
 pub use redact::Secret;
 pub use request::{render_path, Body, Origin, Purpose, Request, DEFAULT_BASE_URL, DEFAULT_VERSION};
-pub use retry::{decide, Decision, Outcome, RetryPolicy};
+pub use retry::{decide, verdict, Decision, Outcome, RetryPolicy, Verdict};
 pub use token_store::{MemoryTokenStore, TokenSet, TokenStore, TokenStoreError};
 
 pub use catalog::{Method, Pagination, ParamIn};

@@ -16,8 +16,8 @@
 //!    GCRA accrues while rule 1 holds callers back would let the idle burst recur as a
 //!    B-clump once every T + m.
 //!
-//! Rule 1 alone (the limiter before pacing) let a backlog out as N requests in a burst of
-//! ≈ 1 s and then nothing for ≈ 9.2 s: 100 in every *fixed* GHL window, but a sliding 10 s
+//! Rule 1 alone lets a backlog out as N requests in a burst of ≈ 1 s and then nothing for
+//! ≈ 9.2 s: 100 in every *fixed* GHL window, but a sliding 10 s
 //! window opening mid-burst held as few as 2. Rule 2 alone would not prevent 429s: B + N − 1
 //! starts fit into T + m. Together, for GHL (N = 100, T = 10 s, m = 200 ms, B = 3,
 //! τ = 102 ms):

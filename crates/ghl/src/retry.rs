@@ -25,19 +25,82 @@ impl Default for RetryPolicy {
     }
 }
 
+impl RetryPolicy {
+    /// The backoff ceiling before retry number `attempt` (1 for the first retry):
+    /// `base * 2^(attempt-1)`, at most `cap`. The one exponential backoff: the client's
+    /// retries within a request and the engine's retries of a run both use it.
+    pub fn ceiling(&self, attempt: u32) -> Duration {
+        let exp = attempt.saturating_sub(1).min(30);
+        self.base.saturating_mul(1u32 << exp).min(self.cap)
+    }
+}
+
 /// What happened to one attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
-    /// GHL answered with this status; `retry_after` is what its headers asked for.
+    /// The server answered with this status; `retry_after` is what its headers asked for.
     Status {
         status: u16,
         retry_after: Option<Duration>,
     },
-    /// No connection was made: the request surely did not reach GHL.
+    /// No connection was made, or the request was refused before it left (a local rate
+    /// limit, a token that could not be had): it surely did not reach the server.
     ConnectFailed,
     /// The connection broke or timed out after the request may have been sent.
     Timeout,
     Broken,
+    /// The request cannot be sent as described (an invalid URL, header or body, a target
+    /// refused by policy): sending it again would fail the same way.
+    Invalid,
+}
+
+/// What an attempt's outcome means for the request, whatever the attempt count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Trying again may succeed and cannot act twice.
+    Retry,
+    /// The server may have acted on the request, and it is not safe to repeat.
+    InDoubt,
+    /// Trying again will not help (a 4xx, an invalid request).
+    Permanent,
+}
+
+/// The one rule for whether a failed request may be repeated: a request that surely did
+/// not reach the server (no connection, a 429, which GHL refuses before doing any work)
+/// always may; one that may have been acted on (a 5xx, a timeout, a broken connection)
+/// only when its method is idempotent ([`Method::is_idempotent`]), else it is in doubt.
+pub fn verdict(method: Method, outcome: Outcome) -> Verdict {
+    match outcome {
+        Outcome::Status { status: 429, .. } | Outcome::ConnectFailed => Verdict::Retry,
+        Outcome::Status { status: 500..=599, .. } | Outcome::Timeout | Outcome::Broken => {
+            if method.is_idempotent() {
+                Verdict::Retry
+            } else {
+                Verdict::InDoubt
+            }
+        }
+        Outcome::Status { .. } | Outcome::Invalid => Verdict::Permanent,
+    }
+}
+
+impl crate::Error {
+    /// The outcome this error stands for, for [`verdict`]: what the client gave up on, seen
+    /// by a caller that decides whether to try the whole thing again later.
+    pub fn outcome(&self) -> Outcome {
+        use crate::Error as E;
+        match self {
+            E::Api(e) => Outcome::Status { status: e.status, retry_after: e.retry_after },
+            E::Timeout => Outcome::Timeout,
+            E::Transport(_) | E::Decode(_) | E::Pagination(_) => Outcome::Broken,
+            E::InvalidRequest(_) => Outcome::Invalid,
+            // Refused before anything was sent.
+            E::Connect(_)
+            | E::RateLimited { .. }
+            | E::BudgetSpent { .. }
+            | E::ReconnectNeeded { .. }
+            | E::TokenStore(_) => Outcome::ConnectFailed,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,24 +113,18 @@ pub enum Decision {
 ///
 /// `jitter` is a number in `[0, 1)` the caller draws at random; it scales the exponential
 /// ceiling ("full jitter"), so concurrent callers that failed together spread out.
-/// POST and PATCH are repeated only when GHL surely did not act on them: no connection, or
-/// a 429 (rejected before any work).
+/// What may be repeated at all is [`verdict`]'s rule: POST and PATCH only when GHL surely
+/// did not act on them.
 pub fn decide(policy: &RetryPolicy, method: Method, outcome: Outcome, attempt: u32, jitter: f64) -> Decision {
-    if attempt >= policy.max_attempts {
+    if attempt >= policy.max_attempts || verdict(method, outcome) != Verdict::Retry {
         return Decision::GiveUp;
     }
-    let safe = method.is_idempotent();
     let server_delay = match outcome {
         Outcome::Status { status: 429, retry_after } => retry_after,
-        Outcome::Status { status, .. } if (500..=599).contains(&status) && safe => None,
-        Outcome::ConnectFailed => None,
-        Outcome::Timeout | Outcome::Broken if safe => None,
-        _ => return Decision::GiveUp,
+        _ => None,
     };
-    let exp = attempt.saturating_sub(1).min(30);
-    let ceiling = policy.base.saturating_mul(1u32 << exp).min(policy.cap);
     let jitter = if jitter.is_finite() { jitter.clamp(0.0, 1.0) } else { 0.0 };
-    let backoff = ceiling.mul_f64(jitter);
+    let backoff = policy.ceiling(attempt).mul_f64(jitter);
     // A server-given delay is a floor: retrying earlier only earns another 429.
     Decision::Retry(server_delay.map_or(backoff, |d| d.max(backoff)))
 }
@@ -136,6 +193,27 @@ mod tests {
         // Out-of-range jitter from a careless caller cannot blow the cap or panic.
         assert!(matches!(decide(&P, Method::Get, st(503), 2, 7.0), Decision::Retry(x) if x <= P.cap));
         assert!(matches!(decide(&P, Method::Get, st(503), 2, f64::NAN), Decision::Retry(x) if x == Duration::ZERO));
+    }
+
+    #[test]
+    fn the_verdict_says_why_a_request_is_not_repeated() {
+        assert_eq!(verdict(Method::Post, st(503)), Verdict::InDoubt);
+        assert_eq!(verdict(Method::Patch, Outcome::Timeout), Verdict::InDoubt);
+        assert_eq!(verdict(Method::Put, st(503)), Verdict::Retry);
+        assert_eq!(verdict(Method::Post, st(429)), Verdict::Retry);
+        assert_eq!(verdict(Method::Post, Outcome::ConnectFailed), Verdict::Retry);
+        assert_eq!(verdict(Method::Get, st(404)), Verdict::Permanent);
+        assert_eq!(verdict(Method::Get, Outcome::Invalid), Verdict::Permanent);
+        assert_eq!(decide(&P, Method::Get, Outcome::Invalid, 1, 0.5), Decision::GiveUp);
+    }
+
+    #[test]
+    fn the_ceiling_doubles_up_to_the_cap() {
+        assert_eq!(P.ceiling(1), Duration::from_millis(100));
+        assert_eq!(P.ceiling(2), Duration::from_millis(200));
+        assert_eq!(P.ceiling(4), Duration::from_millis(800));
+        assert_eq!(P.ceiling(5), P.cap);
+        assert_eq!(P.ceiling(u32::MAX), P.cap);
     }
 
     #[test]

@@ -9,109 +9,146 @@
 //! final status. A run of S steps thus costs S + 1 flushes instead of 2S + 2, and the
 //! store shares each flush among concurrent runs (group commit). Every step's start is
 //! still durable before it is sent; a step whose result was not yet written when the
-//! process died is found `sent` and handled as before (sent again if idempotent, else
-//! `in_doubt`).
+//! process died is found `sent` and handled like any interrupted step (sent again if
+//! idempotent, else `in_doubt`).
 
-use crate::engine::Engine;
-use crate::error::EngineError;
+use crate::failure::Failure;
 use crate::http_step;
 use crate::poll::Created;
-use crate::request;
-use crate::runtime::{StepKind, StepRuntime};
+use crate::render::{self, Prepared};
+use crate::runtime::{FlowRuntime, Step};
+use crate::services::Services;
+use crate::EngineError;
 use chrono::Utc;
 use serde_json::{json, Value};
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use store::{NewRunFields, Run, RunChange, RunId, RunStatus, StepStatus};
 
-/// How a step ended when it did not succeed.
-#[derive(Debug)]
-pub(crate) enum Failure {
-    /// Worth trying again later (429, connection errors; 5xx and timeouts of safe requests).
-    Retry(String),
-    /// Trying again will not help (4xx, a template that cannot render).
-    Permanent(String),
-    /// The request may have reached the other side and is not safe to repeat.
-    InDoubt(String),
-    /// Nothing was sent, and nothing can be before `after` (the location's daily budget is
-    /// spent): the run waits without spending an attempt.
-    Deferred { after: std::time::Duration, why: String },
+/// The runs this process is executing, so one run is never executed twice at once.
+#[derive(Default)]
+pub(crate) struct Claims(Mutex<HashSet<RunId>>);
+
+/// Marks a run as being executed by this process until dropped.
+pub(crate) struct Claim<'a> {
+    claims: &'a Claims,
+    id: RunId,
 }
 
-impl Engine {
-    /// Executes (or resumes) one run and returns the status it ends in.
-    pub async fn execute(&self, id: RunId) -> Result<RunStatus, EngineError> {
-        let Some(_guard) = self.claim(id) else {
+impl Claims {
+    pub(crate) fn claim(&self, id: RunId) -> Option<Claim<'_>> {
+        let mut set = self.0.lock().ok()?;
+        set.insert(id).then_some(Claim { claims: self, id })
+    }
+}
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut set) = self.claims.0.lock() {
+            set.remove(&self.id);
+        }
+    }
+}
+
+/// A run being executed: what it needs, lent by the engine.
+pub(crate) struct Runner<'a> {
+    pub(crate) svc: &'a Services,
+    pub(crate) claims: &'a Claims,
+}
+
+/// One step being run: where it goes and what it records.
+struct StepRun<'a> {
+    id: RunId,
+    flow: &'a str,
+    account: &'a str,
+    step: &'a Step,
+    /// Later steps render from its result, so it is returned as well as recorded.
+    keep_result: bool,
+}
+
+impl Runner<'_> {
+    /// Executes (or resumes) the run `id` of `rt` and returns the status it ends in.
+    /// `None` for `rt`: the run's flow is looked up by `flow_of` once the run is read.
+    pub(crate) async fn execute(
+        &self,
+        id: RunId,
+        rt: Option<Arc<FlowRuntime>>,
+        flow_of: impl FnOnce(&str) -> Option<Arc<FlowRuntime>>,
+    ) -> Result<RunStatus, EngineError> {
+        let Some(_guard) = self.claims.claim(id) else {
             // Another task is executing this run right now.
             return Ok(RunStatus::Running);
         };
         // A point read (no flush): cheaper inline than on the blocking pool.
-        let run = self.store().get_run(id)?.ok_or(EngineError::UnknownRun(id))?;
-        self.execute_claimed(run, Pending::default()).await
+        let run = self.svc.store.get_run(id)?.ok_or(EngineError::UnknownRun(id))?;
+        let Some(rt) = rt.or_else(|| flow_of(&run.flow)) else {
+            tracing::warn!(run = %id, flow = %run.flow, "run left pending: its flow is not loaded");
+            return Ok(run.status);
+        };
+        self.execute_claimed(&rt, run, Pending::default()).await
     }
 
     /// Executes a run a poll has just created, from the poll's copy of it: a new run is
     /// `pending` with no steps, so its record is not read back. Its first write checks
     /// that it is still `pending`, in case anything else started it meanwhile.
     pub(crate) async fn execute_created(&self, created: Created) -> Result<RunStatus, EngineError> {
-        let Some(_guard) = self.claim(created.id) else {
+        let Some(_guard) = self.claims.claim(created.id) else {
             return Ok(RunStatus::Running);
         };
-        let fields = NewRunFields { flow: created.flow, ..NewRunFields::default() };
+        let fields = NewRunFields { flow: created.rt.name.clone(), ..NewRunFields::default() };
         let run = Run::new(created.id, fields, created.item, Utc::now());
         let mut pending = Pending::default();
         pending.0.push(RunChange::Expect { status: RunStatus::Pending });
-        self.execute_claimed(run, pending).await
+        self.execute_claimed(&created.rt, run, pending).await
     }
 
     /// Executes a run this task has claimed, with `pending` written before anything else.
-    async fn execute_claimed(&self, mut run: Run, mut pending: Pending) -> Result<RunStatus, EngineError> {
+    async fn execute_claimed(
+        &self,
+        rt: &FlowRuntime,
+        mut run: Run,
+        mut pending: Pending,
+    ) -> Result<RunStatus, EngineError> {
         let id = run.id;
         match run.status {
             RunStatus::Pending | RunStatus::Running | RunStatus::Failed => {}
             other => return Ok(other),
         }
-        let rt = match self.flow(&run.flow) {
-            Ok(rt) => rt,
-            Err(_) => {
-                tracing::warn!(run = %id, flow = %run.flow, "run left pending: its flow is not loaded");
-                return Ok(run.status);
-            }
-        };
         let started = Instant::now();
         if run.status != RunStatus::Running {
             pending.0.push(RunChange::Status { status: RunStatus::Running, error: None });
         }
         // The item moves into the context; the run's record is only read for its steps below.
-        let mut ctx = self.context(&rt, std::mem::take(&mut run.item), &id.to_string(), Utc::now());
+        let mut ctx = rt.context(std::mem::take(&mut run.item), &self.svc.env, &id.to_string(), Utc::now());
         let mut outcome = RunStatus::Succeeded;
         let mut error_text = None;
         let mut deferred = None;
         for (i, step) in rt.steps.iter().enumerate() {
-            // The last step's result goes only into its record: nothing renders from it.
-            let keep_result = i + 1 < rt.steps.len();
-            let record = run.step(&step.id);
+            let record = run.step(step.id());
             match record.map(|r| r.status) {
                 Some(StepStatus::Succeeded) => {
-                    ctx["steps"][&step.id] = record.and_then(|r| r.response.as_deref().cloned()).unwrap_or(Value::Null);
+                    ctx["steps"][step.id()] =
+                        record.and_then(|r| r.response.as_deref().cloned()).unwrap_or(Value::Null);
                     continue;
                 }
                 Some(StepStatus::InDoubt) => {
                     outcome = RunStatus::InDoubt;
                     error_text =
-                        Some(format!("step `{}` is in doubt; check it, then replay or discard the run", step.id));
+                        Some(format!("step `{}` is in doubt; check it, then replay or discard the run", step.id()));
                     break;
                 }
                 Some(StepStatus::Sent) => {
                     // A crash between sending and recording: was it sent? Unknown.
                     let rendered = record.map(|r| r.request.clone()).unwrap_or_default();
-                    if step.is_idempotent(&rendered) {
-                        pending.finish(&step.id, StepStatus::Failed, None, Some("interrupted; sent again"));
+                    if step.method(&rendered).is_idempotent() {
+                        pending.finish(step.id(), StepStatus::Failed, None, Some("interrupted; sent again"));
                     } else {
                         let why = format!(
                             "step `{}` was being sent when flowd stopped; it may have reached the other side",
-                            step.id
+                            step.id()
                         );
-                        pending.finish(&step.id, StepStatus::InDoubt, None, Some(&why));
+                        pending.finish(step.id(), StepStatus::InDoubt, None, Some(&why));
                         outcome = RunStatus::InDoubt;
                         error_text = Some(why);
                         break;
@@ -119,32 +156,35 @@ impl Engine {
                 }
                 Some(StepStatus::Failed) | None => {}
             }
-            match self.run_step(&rt.flow.account, id, step, &rt.flow.steps, &ctx, &mut pending, keep_result).await? {
-                Ok(Some(result)) => ctx["steps"][&step.id] = result,
+            // The last step's result goes only into its record: nothing renders from it.
+            let one = StepRun { id, flow: &rt.name, account: &rt.account, step, keep_result: i + 1 < rt.steps.len() };
+            match self.run_step(&one, &ctx, &mut pending).await? {
+                Ok(Some(result)) => ctx["steps"][step.id()] = result,
                 Ok(None) => {}
                 Err(Failure::Retry(e)) => {
                     outcome = RunStatus::Failed;
-                    error_text = Some(format!("step `{}`: {e}", step.id));
+                    error_text = Some(format!("step `{}`: {e}", step.id()));
                     break;
                 }
                 Err(Failure::Permanent(e)) => {
                     outcome = RunStatus::Dead;
-                    error_text = Some(format!("step `{}`: {e}", step.id));
+                    error_text = Some(format!("step `{}`: {e}", step.id()));
                     break;
                 }
                 Err(Failure::InDoubt(e)) => {
                     outcome = RunStatus::InDoubt;
-                    error_text = Some(format!("step `{}`: {e}", step.id));
+                    error_text = Some(format!("step `{}`: {e}", step.id()));
                     break;
                 }
                 Err(Failure::Deferred { after, why }) => {
                     deferred = Some(after);
                     outcome = RunStatus::Failed;
-                    error_text = Some(format!("step `{}`: {why}", step.id));
+                    error_text = Some(format!("step `{}`: {why}", step.id()));
                     break;
                 }
             }
         }
+        let config = &self.svc.config;
         let final_status = match outcome {
             RunStatus::Failed if deferred.is_some() => {
                 let after = deferred.and_then(|d| chrono::Duration::from_std(d).ok()).unwrap_or_default();
@@ -152,9 +192,9 @@ impl Engine {
                 pending.0.push(RunChange::Defer { at: Utc::now() + after, error });
                 RunStatus::Failed
             }
-            RunStatus::Failed if run.attempts + 1 >= self.config().max_attempts => RunStatus::Dead,
+            RunStatus::Failed if run.attempts + 1 >= config.max_attempts => RunStatus::Dead,
             RunStatus::Failed => {
-                let at = Utc::now() + self.config().retry_delay(run.attempts + 1);
+                let at = Utc::now() + config.retry_delay(run.attempts + 1);
                 let error = error_text.clone().unwrap_or_default();
                 pending.0.push(RunChange::RetryAt { at, error });
                 RunStatus::Failed
@@ -167,15 +207,15 @@ impl Engine {
         // Nothing is sent after it, so it need not wait for the disk: the next step start's
         // flush (or the writer's own, soon after) carries it (see `writer`).
         self.write(id, &mut pending, false).await?;
-        self.metrics().record_run(rt.name(), final_status, started.elapsed());
+        self.svc.metrics.record_run(&rt.name, final_status, started.elapsed());
         match (&final_status, &error_text) {
             (RunStatus::Succeeded, _) => {
-                tracing::info!(flow = %rt.name(), run = %id, steps = rt.steps.len(), ms = started.elapsed().as_millis() as u64, "run succeeded")
+                tracing::info!(flow = %rt.name, run = %id, steps = rt.steps.len(), ms = started.elapsed().as_millis() as u64, "run succeeded")
             }
             (status, Some(e)) => {
-                tracing::warn!(flow = %rt.name(), run = %id, %status, error = %e, "run did not succeed")
+                tracing::warn!(flow = %rt.name, run = %id, %status, error = %e, "run did not succeed")
             }
-            (status, None) => tracing::warn!(flow = %rt.name(), run = %id, %status, "run did not succeed"),
+            (status, None) => tracing::warn!(flow = %rt.name, run = %id, %status, "run did not succeed"),
         }
         Ok(final_status)
     }
@@ -184,83 +224,68 @@ impl Engine {
     /// (the store failed); the inner one is the step's. The step's start is written (with
     /// whatever `pending` holds) before it is sent; its result is left in `pending` for the
     /// next write, and returned too if `keep_result` (later steps render from it).
-    #[allow(clippy::too_many_arguments)]
     async fn run_step(
         &self,
-        account: &str,
-        id: RunId,
-        step: &StepRuntime,
-        compiled: &[flow::CompiledStep],
+        one: &StepRun<'_>,
         ctx: &Value,
         pending: &mut Pending,
-        keep_result: bool,
     ) -> Result<Result<Option<Value>, Failure>, EngineError> {
-        let Some(template) = compiled.iter().find(|s| s.id == step.id) else {
-            return Ok(Err(Failure::Permanent(format!("step `{}` is not in the flow", step.id))));
-        };
-        let inputs = match template.with.render(ctx) {
-            Ok(Value::Object(m)) => m,
-            Ok(Value::Null) => serde_json::Map::new(),
-            Ok(other) => return Ok(Err(Failure::Permanent(format!("`with` rendered to {other}, not a map")))),
-            Err(e) => return Ok(Err(Failure::Permanent(format!("cannot render `with`: {e}")))),
+        let step = one.step;
+        let prepared = match render::prepare(step, ctx) {
+            Ok(p) => p,
+            Err(e) => return Ok(Err(Failure::Permanent(e))),
         };
         let began = Instant::now();
-        let flow_name = ctx["flow"]["name"].as_str().unwrap_or_default().to_string();
         // Whether the step's start was recorded: a request that failed before it left
         // (a refused token, the daily budget) leaves no step record.
         let mut started = false;
-        let result = match &step.kind {
-            StepKind::Ghl { op, result } => {
-                let req = match request::build(op, &inputs) {
-                    Ok(r) => r.origin(ghl::Origin::new(flow_name.as_str(), ghl::Purpose::Step)),
-                    Err(e) => return Ok(Err(Failure::Permanent(e.to_string()))),
-                };
-                let rendered = request_record(op, &req);
+        let result = match prepared {
+            Prepared::Ghl { op, result, req, record } => {
+                let req = req.origin(ghl::Origin::new(one.flow, ghl::Purpose::Step));
                 // Marked sent when the request leaves, after the rate limiter's wait: a
                 // run still queued there when the process stops has sent nothing.
                 let (mark_pending, mark_started) = (&mut *pending, &mut started);
                 let mark = move || {
                     *mark_started = true;
-                    self.start_step(id, &step.id, rendered, mark_pending)
+                    self.start_step(one.id, step.id(), record, mark_pending)
                 };
-                match self.client().send_marked(account, &req, mark).await? {
+                match self.svc.client.send_marked(one.account, &req, mark).await? {
                     Ok(ghl::Body::Json(body)) => Ok(result.take_first(body).unwrap_or_else(|body| body)),
                     Ok(ghl::Body::Text { text, .. }) => Ok(Value::String(text)),
                     Ok(ghl::Body::Bytes { content_type, bytes }) => {
                         Ok(json!({"contentType": content_type, "size": bytes.len()}))
                     }
-                    Err(e) => Err(classify(&e, op.method.is_idempotent())),
+                    Err(e) => Err(Failure::of_ghl(&e, op.method)),
                 }
             }
-            StepKind::Http => {
-                let rendered = http_step::record(&inputs);
-                let idempotent = step.is_idempotent(&rendered);
-                if let Err(e) = http_step::check(&inputs, self.http_targets()) {
+            Prepared::Http { inputs, record } => {
+                let method = step.method(&record);
+                if let Err(e) = http_step::check(&inputs, &self.svc.http_targets) {
                     return Ok(Err(Failure::Permanent(e)));
                 }
-                let client = match self.http() {
+                let client = match self.svc.http() {
                     Ok(c) => c,
                     Err(e) => return Ok(Err(Failure::Permanent(e.to_string()))),
                 };
                 started = true;
-                self.start_step(id, &step.id, rendered, pending).await?;
-                let config = self.config();
-                http_step::send(client, &inputs, config.http_timeout, idempotent, config.http_max_response_bytes).await
+                self.start_step(one.id, step.id(), record, pending).await?;
+                let config = &self.svc.config;
+                http_step::send(client, &inputs, config.http_timeout, method, config.http_max_response_bytes).await
             }
         };
-        self.metrics().record_step(&flow_name, &step.id, began.elapsed(), result.is_ok());
+        self.svc.metrics.record_step(one.flow, step.id(), began.elapsed(), result.is_ok());
         Ok(match result {
             Ok(v) => {
-                let kept = keep_result.then(|| v.clone());
-                pending.finish(&step.id, StepStatus::Succeeded, Some(v), None);
+                let kept = one.keep_result.then(|| v.clone());
+                pending.finish(step.id(), StepStatus::Succeeded, Some(v), None);
                 Ok(kept)
             }
             Err(failure) => {
                 match &failure {
                     _ if !started => {}
-                    Failure::InDoubt(e) => pending.finish(&step.id, StepStatus::InDoubt, None, Some(e)),
+                    Failure::InDoubt(e) => pending.finish(step.id(), StepStatus::InDoubt, None, Some(e)),
                     Failure::Retry(e) | Failure::Permanent(e) | Failure::Deferred { why: e, .. } => {
-                        pending.finish(&step.id, StepStatus::Failed, None, Some(e))
+                        pending.finish(step.id(), StepStatus::Failed, None, Some(e))
                     }
                 }
                 Err(failure)
@@ -287,22 +312,8 @@ impl Engine {
             return Ok(());
         }
         let changes = std::mem::take(&mut pending.0);
-        self.writer().write(id, changes, durable).await
+        self.svc.writer.write(id, changes, durable).await
     }
-}
-
-/// The request as a step's record keeps it: `{op, method, path, query, body}`. Built
-/// by hand: `json!` would serialise the body into a copy of itself, field by field.
-fn request_record(op: &catalog::Operation, req: &ghl::Request) -> Value {
-    let path = ghl::render_path(&req.path, &req.path_params).unwrap_or_else(|_| req.path.clone());
-    let query = req.query.iter().map(|(k, v)| Value::Array(vec![Value::String(k.clone()), v.clone()])).collect();
-    let mut record = serde_json::Map::with_capacity(5);
-    record.insert("op".into(), Value::String(op.key.clone()));
-    record.insert("method".into(), Value::String(op.method.as_str().into()));
-    record.insert("path".into(), Value::String(path));
-    record.insert("query".into(), Value::Array(query));
-    record.insert("body".into(), req.body.clone().unwrap_or(Value::Null));
-    Value::Object(record)
 }
 
 /// A run's changes not yet written, applied in order by the next write.
@@ -320,28 +331,10 @@ impl Pending {
     }
 }
 
-/// Whether a failed GHL call is worth repeating, and whether it may have taken effect.
-pub(crate) fn classify(e: &ghl::Error, idempotent: bool) -> Failure {
-    use ghl::Error as E;
-    match e {
-        E::BudgetSpent { retry_after, .. } => Failure::Deferred { after: *retry_after, why: e.to_string() },
-        // GHL refuses a 429 before doing any work.
-        E::Api(api) if api.status == 429 => Failure::Retry(e.to_string()),
-        // A 5xx came after the body was sent: GHL (or the backend behind its gateway) may
-        // have acted on it, so only a request that is safe to repeat is tried again.
-        E::Api(api) if api.status >= 500 && !idempotent => Failure::InDoubt(e.to_string()),
-        E::Api(api) if api.status >= 500 => Failure::Retry(e.to_string()),
-        E::Api(_) | E::InvalidRequest(_) => Failure::Permanent(e.to_string()),
-        E::Timeout | E::Transport(_) | E::Decode(_) if !idempotent => Failure::InDoubt(e.to_string()),
-        E::Timeout | E::Transport(_) | E::Decode(_) => Failure::Retry(e.to_string()),
-        _ => Failure::Retry(e.to_string()),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{AccountInfo, EngineConfig, Metrics};
+    use crate::{AccountInfo, Engine, EngineConfig, Metrics};
     use std::collections::BTreeMap;
     use std::sync::Arc;
     use store::{NewRun, Store, StoreError};
@@ -398,7 +391,7 @@ steps:
         assert_eq!(engine.execute(id).await.unwrap(), RunStatus::Succeeded);
         let tasks = sb.records("tasks").len();
 
-        let stale = Created { id, flow: "welcome".into(), item: contact };
+        let stale = Created { id, rt: engine.flow("welcome").unwrap(), item: contact };
         let err = engine.execute_created(stale).await.unwrap_err();
         assert!(
             matches!(&err, EngineError::Store(StoreError::Conflict(m)) if m.contains("expected it pending")),
