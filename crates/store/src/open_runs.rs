@@ -30,7 +30,7 @@ struct Entry<B> {
 }
 
 /// `B` is the backend's own byte container (cheap to clone: both are reference counted).
-pub(crate) struct OpenRuns<B = sled::IVec> {
+pub(crate) struct OpenRuns<B> {
     entries: Mutex<HashMap<RunId, Entry<B>, foldhash::fast::RandomState>>,
     /// Calls of `take` so far (see the module docs).
     rewrites: AtomicU64,
@@ -98,7 +98,7 @@ mod tests {
 
     #[test]
     fn an_entry_serves_only_the_bytes_it_was_made_from() {
-        let open: OpenRuns = OpenRuns::default();
+        let open: OpenRuns<sled::IVec> = OpenRuns::default();
         open.keep(sled::IVec::from(&b"v1"[..]), run(1, RunStatus::Pending));
         // Someone else wrote v2: the entry misses and is gone.
         assert!(open.take(RunId(1), b"v2").is_none());
@@ -110,7 +110,7 @@ mod tests {
 
     #[test]
     fn finished_runs_leave_and_the_cache_is_bounded() {
-        let open: OpenRuns = OpenRuns::default();
+        let open: OpenRuns<sled::IVec> = OpenRuns::default();
         open.keep(sled::IVec::from(&b"a"[..]), run(1, RunStatus::Running));
         open.keep(sled::IVec::from(&b"b"[..]), run(1, RunStatus::Succeeded));
         assert_eq!(open.len(), 0);
