@@ -108,7 +108,7 @@ pub fn decode_json<T: serde::de::DeserializeOwned>(tree: &'static str, key: &[u8
 }
 
 pub fn encode_json<T: serde::Serialize>(v: &T) -> Result<Vec<u8>> {
-    // Sized for a run record: growing from empty reallocated it seven times.
+    // Sized for a run record, so that encoding one does not grow the buffer from empty.
     let mut out = Vec::with_capacity(1024);
     crate::payload::encoding_record(|| serde_json::to_writer(&mut out, v))
         .map_err(|e| StoreError::Invalid(format!("cannot encode record: {e}")))?;

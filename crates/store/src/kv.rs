@@ -164,7 +164,12 @@ pub trait Kv: Send + Sync + Sized + 'static {
     /// The id written at creation, in the database and in the marker file.
     fn store_id(&self) -> &str;
 
+    /// Reads at one point in time (see [`View`]).
     fn view(&self) -> Self::View<'_>;
+    /// Reads of whatever is committed when each read runs, for single-key reads (and
+    /// many independent ones, like a poll's seen checks) that need no common point in
+    /// time: fjall then takes no snapshot.
+    fn latest(&self) -> Self::View<'_>;
 
     /// Runs `f` as one write transaction over `tables` (every table it reads or writes)
     /// and commits what it wrote if it returns `Ok`. `f` may run more than once (sled

@@ -538,7 +538,7 @@ impl<K: Kv> Store for KvStore<K> {
     fn filter_unseen(&self, trigger: &str, keys: &[String]) -> Result<Vec<bool>> {
         let prefix = keys::str_prefix(trigger);
         let mut k = prefix.clone();
-        let view = self.kv.view();
+        let view = self.kv.latest();
         keys.iter()
             .map(|key| {
                 k.truncate(prefix.len());
@@ -549,7 +549,7 @@ impl<K: Kv> Store for KvStore<K> {
     }
 
     fn trigger_state(&self, trigger: &str) -> Result<Option<Value>> {
-        match self.kv.view().get(Table::Triggers, trigger.as_bytes())? {
+        match self.kv.latest().get(Table::Triggers, trigger.as_bytes())? {
             Some(v) => Ok(Some(decode_json(Table::Triggers.name(), trigger.as_bytes(), v.as_ref())?)),
             None => Ok(None),
         }
@@ -737,7 +737,7 @@ impl<K: Kv> Store for KvStore<K> {
     }
 
     fn get_tokens(&self, account: &str) -> Result<Option<Value>> {
-        match self.kv.view().get(Table::Tokens, account.as_bytes())? {
+        match self.kv.latest().get(Table::Tokens, account.as_bytes())? {
             Some(v) => Ok(Some(decode_json(Table::Tokens.name(), account.as_bytes(), v.as_ref())?)),
             None => Ok(None),
         }

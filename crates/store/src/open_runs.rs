@@ -1,9 +1,8 @@
 //! Decoded records of open runs, kept so that an update does not decode the record it
 //! wrote a moment before.
 //!
-//! A one-step run is written three times (created, started, finished); decoding its JSON
-//! record back each time was a tenth of the engine's work at a few thousand runs a second.
-//! An entry is used only while the bytes stored for its run are exactly the bytes it was
+//! A one-step run is written three times (created, started, finished), each time from the
+//! record the previous write produced: the cache spares decoding that JSON again. An entry is used only while the bytes stored for its run are exactly the bytes it was
 //! made from, so a write by any other path, or a transaction that was rolled back, makes
 //! it miss and the record is decoded as before: the cache can be stale, never wrong.
 //!

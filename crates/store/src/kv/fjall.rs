@@ -249,7 +249,11 @@ impl Kv for FjallKv {
     }
 
     fn view(&self) -> FjallView<'_> {
-        FjallView { p: &self.p, at: self.ks.instant() }
+        FjallView { p: &self.p, at: Some(self.ks.instant()), snaps: Default::default() }
+    }
+
+    fn latest(&self) -> FjallView<'_> {
+        FjallView { p: &self.p, at: None, snaps: Default::default() }
     }
 
     fn write<R>(
@@ -317,28 +321,19 @@ impl Kv for FjallKv {
     }
 }
 
-/// Reads of every partition at one instant.
+/// Reads of every partition at one instant (`at`), or of whatever is committed when each
+/// read runs (`None`, [`Kv::latest`]).
 pub struct FjallView<'a> {
     p: &'a Parts,
-    at: fjall::Instant,
+    at: Option<fjall::Instant>,
+    /// Each partition's snapshot, taken at its first read: taking one registers it with
+    /// fjall, which a read of 100 keys should pay once, not 100 times.
+    snaps: [std::cell::OnceCell<fjall::Snapshot>; Table::COUNT],
 }
 
 impl FjallView<'_> {
-    fn snap(&self, t: Table) -> fjall::Snapshot {
-        self.p.get(t).snapshot_at(self.at)
-    }
-}
-
-/// A scan that keeps its snapshot (and so the versions it reads) alive.
-struct Held<I> {
-    _snap: fjall::Snapshot,
-    iter: I,
-}
-
-impl<I: Iterator<Item = std::result::Result<fjall::KvPair, fjall::LsmError>>> Iterator for Held<I> {
-    type Item = Result<(Slice, Slice)>;
-    fn next(&mut self) -> Option<Self::Item> {
-        self.iter.next().map(|r| r.map_err(StoreError::from))
+    fn snap(&self, t: Table, at: fjall::Instant) -> &fjall::Snapshot {
+        self.snaps[t.index()].get_or_init(|| self.p.get(t).snapshot_at(at))
     }
 }
 
@@ -346,22 +341,31 @@ impl View for FjallView<'_> {
     type Bytes = Slice;
 
     fn get(&self, t: Table, key: &[u8]) -> Result<Option<Slice>> {
-        Ok(self.snap(t).get(key)?)
+        match self.at {
+            Some(at) => Ok(self.snap(t, at).get(key)?),
+            None => Ok(self.p.get(t).get(key)?),
+        }
     }
 
     fn contains(&self, t: Table, key: &[u8]) -> Result<bool> {
-        Ok(self.snap(t).contains_key(key)?)
+        match self.at {
+            Some(at) => Ok(self.snap(t, at).contains_key(key)?),
+            None => Ok(self.p.get(t).contains_key(key)?),
+        }
     }
 
     fn range(&self, t: Table, lo: &[u8], hi: Option<&[u8]>, reverse: bool) -> Scan<'_, Slice> {
-        let snap = self.snap(t);
         let lo = std::ops::Bound::Included(lo.to_vec());
         let hi = hi.map_or(std::ops::Bound::Unbounded, |h| std::ops::Bound::Excluded(h.to_vec()));
-        let iter = snap.range((lo, hi));
+        // The snapshot the scan reads stays alive in the view, which the scan borrows.
+        let iter: Box<dyn DoubleEndedIterator<Item = Result<(Slice, Slice)>>> = match self.at {
+            Some(at) => Box::new(self.snap(t, at).range((lo, hi)).map(|r| r.map_err(StoreError::from))),
+            None => Box::new(self.p.get(t).range((lo, hi)).map(|r| r.map_err(StoreError::from))),
+        };
         if reverse {
-            Box::new(Held { _snap: snap, iter: iter.rev() })
+            Box::new(iter.rev())
         } else {
-            Box::new(Held { _snap: snap, iter })
+            Box::new(iter)
         }
     }
 }

@@ -111,7 +111,12 @@ impl Kv for SledKv {
         &self.store_id
     }
 
+    /// sled has no snapshots: its reads see each committed transaction whole, tree by tree.
     fn view(&self) -> SledView<'_> {
+        SledView(self)
+    }
+
+    fn latest(&self) -> SledView<'_> {
         SledView(self)
     }
 
@@ -138,11 +143,8 @@ impl Kv for SledKv {
             out.map_err(ConflictableTransactionError::Abort)
         });
         drop(timer);
-        let out = out.map_err(StoreError::from);
-        if let Err(e @ StoreError::Db(_)) = &out {
-            self.group.record_fault(e);
-        }
-        out
+        // A storage error here is also kept by sled's log writer: `fault` finds it.
+        out.map_err(StoreError::from)
     }
 
     fn new_id(&self) -> Result<u64> {
