@@ -85,7 +85,7 @@ impl Engine {
                     seen += out.already_seen.len();
                     runs.extend(out.created.into_iter().map(|(_, id)| id));
                 }
-                match store.complete_webhook_event(&id, &[]) {
+                match store.complete_webhook_event(&id) {
                     // Another pass finished it first: its runs exist, ours were deduped.
                     Ok(_) | Err(StoreError::Conflict(_)) => Ok((runs, seen)),
                     Err(e) => Err(e.into()),

@@ -99,8 +99,10 @@ pub(crate) struct TxTime {
     pub(crate) updates: TxCounter,
 }
 
+/// How long one kind of write transaction waited for and held the writer lock (see
+/// [`crate::kv::Kv::write`]).
 #[derive(Default)]
-pub(crate) struct TxCounter {
+pub struct TxCounter {
     held_ns: AtomicU64,
     waited_ns: AtomicU64,
     count: AtomicU64,
@@ -148,12 +150,8 @@ impl Drop for TxTimer<'_> {
 }
 
 impl TxTime {
-    /// What [`crate::Store::transaction_time`] reports, with `group`'s flush count.
-    pub(crate) fn read(&self, group: &GroupFlush) -> TransactionTime {
-        TransactionTime {
-            polls: self.polls.read(),
-            updates: self.updates.read(),
-            flushes: group.count.load(Ordering::Relaxed),
-        }
+    /// What [`crate::Store::transaction_time`] reports, with the backend's flush count.
+    pub(crate) fn read(&self, flushes: u64) -> TransactionTime {
+        TransactionTime { polls: self.polls.read(), updates: self.updates.read(), flushes }
     }
 }

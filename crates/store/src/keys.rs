@@ -62,6 +62,21 @@ pub fn flow_index_key(flow: &str, id: RunId) -> Vec<u8> {
     k
 }
 
+/// `record ++ NUL`: the prefix of every `touched` entry of `record` (refs hold no NUL, see
+/// `transitions::check_touched`).
+pub fn touched_prefix(record: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(record.len() + 9);
+    k.extend_from_slice(record.as_bytes());
+    k.push(0);
+    k
+}
+
+pub fn touched_key(record: &str, id: RunId) -> Vec<u8> {
+    let mut k = touched_prefix(record);
+    k.extend_from_slice(&id.0.to_be_bytes());
+    k
+}
+
 pub fn time_key(t: DateTime<Utc>, suffix: &[u8]) -> Vec<u8> {
     let mut k = Vec::with_capacity(8 + suffix.len());
     k.extend_from_slice(&millis(t).to_be_bytes());
@@ -93,7 +108,7 @@ pub fn decode_json<T: serde::de::DeserializeOwned>(tree: &'static str, key: &[u8
 }
 
 pub fn encode_json<T: serde::Serialize>(v: &T) -> Result<Vec<u8>> {
-    // Sized for a run record: growing from empty reallocated it seven times.
+    // Sized for a run record, so that encoding one does not grow the buffer from empty.
     let mut out = Vec::with_capacity(1024);
     crate::payload::encoding_record(|| serde_json::to_writer(&mut out, v))
         .map_err(|e| StoreError::Invalid(format!("cannot encode record: {e}")))?;

@@ -34,7 +34,7 @@ use crate::error::{Result, StoreError};
 /// Format 2 keeps run items in their own tree; format 3 indexes `pending` and `running`
 /// runs under one status tag.
 pub const FORMAT: u32 = 3;
-/// Earlier formats, opened and upgraded in place (see `SledStore::open`).
+/// Earlier formats (sled stores only), opened and upgraded in place (see `kv::sled`).
 pub const FORMAT_1: u32 = 1;
 pub const FORMAT_2: u32 = 2;
 
@@ -58,14 +58,14 @@ pub enum Backend {
     /// sled 0.34: the original backend. Markers written before backends existed name none
     /// and mean this one.
     Sled,
-    /// fjall 2 (an LSM tree with a journal): several times cheaper durable writes, and no
+    /// fjall 2 (an LSM tree with a journal): cheaper durable writes, and no
     /// process-wide lock that readers wait for.
     Fjall,
 }
 
 impl Backend {
     /// What new stores are created with unless configured otherwise: fjall, whose durable
-    /// writes cost a fraction of sled's (BENCHMARKS.md, "Store backends").
+    /// writes cost less than sled's (BENCHMARKS.md, "Store backends").
     pub const FOR_NEW_STORES: Backend = Backend::Fjall;
 
     pub fn name(self) -> &'static str {

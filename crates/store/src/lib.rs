@@ -2,34 +2,23 @@
 //! the runs created for new items and the result of each of their steps, OAuth
 //! tokens and the webhook inbox.
 //!
-//! The engine's promise — never lose an item, never fire twice for one, even
-//! across SIGKILL — rests on three calls, each flushed to disk before it
-//! returns:
-//!
-//! 1. [`Store::commit_poll`] records a poll's seen keys, the trigger's new
-//!    state and a `pending` run per new item in **one** transaction, before any
-//!    action is sent. A crash before it: the items are polled again. After it:
-//!    the runs are found by [`Store::list_resumable`].
-//! 2. [`Store::mark_step_started`] records the rendered request *before* it is
-//!    sent, so a step found `sent` after a crash is known to be in doubt.
-//! 3. [`Store::record_step_result`] records what came back.
-//!
-//! [`SledStore`] is the implementation (see [`sled_store`] for the data
-//! layout); [`SledStore::temporary`] gives a throw-away store for other
-//! crates' tests.
+//! [`Store`] is what the product calls. [`KvStore`] implements it once over a narrow
+//! key-value layer ([`kv::Kv`]) with two adapters: fjall ([`FjallStore`], the default for
+//! new stores) and sled ([`SledStore`]). [`open`] and [`create_or_open`] pick the backend a
+//! store was created with; `temporary()` gives a throw-away store for other crates' tests.
 
 pub mod clock;
 mod commit;
 pub mod error;
-pub mod fjall_store;
 mod keys;
+pub mod kv;
+mod kv_store;
 pub mod layout;
 pub mod migrate;
 pub mod model;
 mod open_runs;
 mod payload;
 mod retention;
-pub mod sled_store;
 mod time_format;
 mod transitions;
 
@@ -42,13 +31,17 @@ use serde_json::Value;
 pub use clock::Clock;
 pub use commit::{LockTime, TransactionTime};
 pub use error::{Result, StoreError};
-pub use fjall_store::FjallStore;
+pub use kv_store::KvStore;
 pub use layout::Backend;
 pub use model::{
     NewRun, NewRunFields, Payload, PollCommit, PollItem, PollOutcome, PruneStats, Retention, Run, RunChange, RunFilter,
     RunId, RunStatus, StepRecord, StepStatus, WebhookEvent,
 };
-pub use sled_store::SledStore;
+
+/// The store on fjall 2 (an LSM tree with a journal): what new stores are created with.
+pub type FjallStore = KvStore<kv::fjall::FjallKv>;
+/// The store on sled 0.34, the original backend.
+pub type SledStore = KvStore<kv::sled::SledKv>;
 
 /// Opens the store at `path` with the backend that created it (its marker says which).
 /// A missing store is an error: see [`create_or_open`].
@@ -70,7 +63,8 @@ pub fn create_or_open(path: impl AsRef<Path>, backend: Backend) -> Result<Arc<dy
     })
 }
 
-/// The constructors every backend has, for code (tests, benches) that runs against each.
+/// The constructors every backend has, and reads the product does not need, for code
+/// (tests, benches, tools) that runs against each backend.
 pub trait OpenStore: Store + Sized + 'static {
     const BACKEND: Backend;
     fn open(path: &Path) -> Result<Self>;
@@ -80,36 +74,70 @@ pub trait OpenStore: Store + Sized + 'static {
     fn with_clock(self, clock: Clock) -> Self;
     /// `None` for a temporary store.
     fn path(&self) -> Option<&Path>;
+    /// When `key` was first recorded for `trigger`.
+    fn seen_at(&self, trigger: &str, key: &str) -> Result<Option<DateTime<Utc>>>;
+    /// The webhook event stored under `id`, processed or not.
+    fn webhook_event(&self, id: &str) -> Result<Option<WebhookEvent>>;
+    /// Forgets a trigger's seen keys and state; returns the number of keys removed.
+    fn reset_trigger(&self, trigger: &str) -> Result<u64>;
 }
 
-macro_rules! open_store {
-    ($ty:ty, $backend:expr) => {
-        impl OpenStore for $ty {
-            const BACKEND: Backend = $backend;
-            fn open(path: &Path) -> Result<Self> {
-                <$ty>::open(path)
-            }
-            fn create_or_open(path: &Path) -> Result<Self> {
-                <$ty>::create_or_open(path)
-            }
-            fn temporary() -> Result<Self> {
-                <$ty>::temporary()
-            }
-            fn with_clock(self, clock: Clock) -> Self {
-                <$ty>::with_clock(self, clock)
-            }
-            fn path(&self) -> Option<&Path> {
-                <$ty>::path(self)
-            }
-        }
-    };
+impl<K: kv::Kv> OpenStore for KvStore<K> {
+    const BACKEND: Backend = K::BACKEND;
+    fn open(path: &Path) -> Result<Self> {
+        KvStore::open(path)
+    }
+    fn create_or_open(path: &Path) -> Result<Self> {
+        KvStore::create_or_open(path)
+    }
+    fn temporary() -> Result<Self> {
+        KvStore::temporary()
+    }
+    fn with_clock(self, clock: Clock) -> Self {
+        KvStore::with_clock(self, clock)
+    }
+    fn path(&self) -> Option<&Path> {
+        KvStore::path(self)
+    }
+    fn seen_at(&self, trigger: &str, key: &str) -> Result<Option<DateTime<Utc>>> {
+        KvStore::seen_at(self, trigger, key)
+    }
+    fn webhook_event(&self, id: &str) -> Result<Option<WebhookEvent>> {
+        KvStore::webhook_event(self, id)
+    }
+    fn reset_trigger(&self, trigger: &str) -> Result<u64> {
+        KvStore::reset_trigger(self, trigger)
+    }
 }
-open_store!(SledStore, Backend::Sled);
-open_store!(FjallStore, Backend::Fjall);
 
-/// The engine's durable state. Methods are synchronous (sled is): call them
-/// from async code through `spawn_blocking`, or directly for the short reads.
-/// Every method that changes state has flushed it to disk when it returns Ok.
+/// The engine's durable state: what the product (engine, service, CLI) calls. A backend
+/// implements it over whatever it keeps data in ([`KvStore`] over a key-value database; a
+/// SQL backend would implement it directly); nothing here names keys or tables.
+///
+/// Methods are synchronous: call them from async code through `spawn_blocking`, or
+/// directly for the short reads.
+///
+/// # The write path
+///
+/// Every changing method is one atomic transaction: nothing of it is written if any part
+/// is refused. Unless its doc says otherwise (only [`Store::apply_runs`]) it returns once
+/// the change is durable (fsync'd); concurrent callers share one flush (group commit), so
+/// N writers finishing together cost one disk write. The engine's promise, never lose an
+/// item and never fire twice for one even across SIGKILL, rests on:
+///
+/// 1. [`Store::commit_poll`]: a poll's seen keys, the trigger's new state and a `pending`
+///    run per new item, in one transaction, before any action is sent. A crash before it:
+///    the items are polled again. After it: the runs are found by
+///    [`Store::list_resumable`].
+/// 2. [`Store::apply_runs`]: the engine's writer batches concurrent runs' changes into one
+///    transaction, then calls [`Store::flush`] once for the callers that wait for the
+///    disk. [`RunChange::StepStarted`] records the rendered request that way *before* it
+///    is sent, so a step found `sent` after a crash is known to be in doubt;
+///    [`RunChange::StepFinished`] records what came back; a run's final status waits for
+///    the next flush. The rules for a change (a succeeded step is never started again,
+///    finished runs stay finished) are checked inside the transaction.
+/// 3. [`Store::put_webhook_event`] stores an event before GHL gets its 200; the runs it
+///    makes go through [`Store::commit_poll`], then [`Store::complete_webhook_event`].
 pub trait Store: Send + Sync {
     /// The id written at creation, in the database and in the marker file.
     fn store_id(&self) -> &str;
@@ -118,8 +146,6 @@ pub trait Store: Send + Sync {
 
     /// For each key, whether it has never been recorded for `trigger`.
     fn filter_unseen(&self, trigger: &str, keys: &[String]) -> Result<Vec<bool>>;
-    /// When `key` was first recorded for `trigger`.
-    fn seen_at(&self, trigger: &str, key: &str) -> Result<Option<DateTime<Utc>>>;
     /// The state blob last committed for `trigger`.
     fn trigger_state(&self, trigger: &str) -> Result<Option<Value>>;
     /// Records a poll atomically and durably; see [`PollCommit`]. A key in the
@@ -127,9 +153,6 @@ pub trait Store: Send + Sync {
     /// [`PollOutcome::already_seen`]); a key twice in one commit is refused and
     /// nothing is written.
     fn commit_poll(&self, commit: &PollCommit) -> Result<PollOutcome>;
-    /// Forgets a trigger's seen keys and state (its definition changed and it
-    /// must baseline again). Returns the number of keys removed.
-    fn reset_trigger(&self, trigger: &str) -> Result<u64>;
 
     // --- runs ---
 
@@ -163,48 +186,8 @@ pub trait Store: Send + Sync {
     fn list_resumable(&self) -> Result<Vec<Run>>;
     /// `failed` runs whose retry time is at or before `now`, earliest first.
     fn list_due_retries(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<Run>>;
-    /// `held` runs of `flow`, oldest first.
-    fn list_held(&self, flow: &str) -> Result<Vec<Run>>;
     /// Makes every `held` run of `flow` `pending`, atomically; returns them.
     fn release_held(&self, flow: &str) -> Result<Vec<RunId>>;
-
-    /// Durably records that `step` is about to be sent with `request`. Call it
-    /// before sending; the run must be `running`.
-    fn mark_step_started(&self, id: RunId, step: &str, request: &Value) -> Result<()> {
-        self.update_run(
-            id,
-            &[RunChange::StepStarted { step: step.to_string(), request: Payload::new(request.clone()) }],
-        )
-        .map(drop)
-    }
-
-    fn record_step_result(
-        &self,
-        id: RunId,
-        step: &str,
-        status: StepStatus,
-        response: Option<&Value>,
-        error: Option<&str>,
-    ) -> Result<()> {
-        self.update_run(
-            id,
-            &[RunChange::StepFinished {
-                step: step.to_string(),
-                status,
-                response: response.cloned().map(Payload::new),
-                error: error.map(str::to_string),
-            }],
-        )
-        .map(drop)
-    }
-
-    fn set_run_status(&self, id: RunId, status: RunStatus, error: Option<&str>) -> Result<()> {
-        self.update_run(id, &[RunChange::Status { status, error: error.map(str::to_string) }]).map(drop)
-    }
-
-    fn schedule_retry(&self, id: RunId, at: DateTime<Utc>, error: &str) -> Result<()> {
-        self.update_run(id, &[RunChange::RetryAt { at, error: error.to_string() }]).map(drop)
-    }
 
     // --- OAuth tokens, per account (location or company id) ---
 
@@ -218,14 +201,12 @@ pub trait Store: Send + Sync {
     /// Stores an event; `false` if an event with this id was already stored
     /// (a redelivery), in which case nothing changes.
     fn put_webhook_event(&self, id: &str, payload: &Value) -> Result<bool>;
-    fn webhook_seen(&self, id: &str) -> Result<bool>;
-    fn get_webhook_event(&self, id: &str) -> Result<Option<WebhookEvent>>;
     /// Unprocessed events, oldest first; `limit` 0 means all.
     fn list_unprocessed_webhooks(&self, limit: usize) -> Result<Vec<WebhookEvent>>;
-    /// Marks the event processed and creates `runs` for it, atomically, so an
-    /// event is never lost between the two nor processed twice (a second call
-    /// is a [`StoreError::Conflict`]).
-    fn complete_webhook_event(&self, id: &str, runs: &[NewRun]) -> Result<Vec<RunId>>;
+    /// Marks the event processed (its runs were created by [`Store::commit_poll`]s
+    /// before); a second call is a [`StoreError::Conflict`], an unknown id
+    /// [`StoreError::Invalid`].
+    fn complete_webhook_event(&self, id: &str) -> Result<()>;
 
     // --- maintenance ---
 

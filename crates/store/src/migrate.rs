@@ -1,14 +1,15 @@
-//! Moving a sled store to fjall, record for record. Both backends keep the same trees
-//! (partitions), keys and records, so nothing is decoded: every data tree is copied as it
-//! is, and the run-id floor is set above every id sled handed out. The triggers keep what
-//! they have seen, so nothing fires again and nothing baselines again.
+//! Moving a sled store to fjall, record for record. Both backends keep the same tables,
+//! keys and records ([`crate::kv`]), so nothing is decoded: every data table is copied as
+//! it is, and the run-id floor is set above every id sled handed out. The triggers keep
+//! what they have seen, so nothing fires again and nothing baselines again.
 
 use std::path::Path;
 
 use crate::error::{Result, StoreError};
-use crate::{FjallStore, SledStore, Store};
+use crate::kv::{Kv, Table, View};
+use crate::{FjallStore, SledStore};
 
-/// What [`sled_to_fjall`] copied: records per tree, in the order copied.
+/// What [`sled_to_fjall`] copied: records per table, in the order copied.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Migrated {
     pub trees: Vec<(&'static str, u64)>,
@@ -26,15 +27,16 @@ impl Migrated {
 pub fn sled_to_fjall(from: &Path, to: &Path) -> Result<Migrated> {
     let src = SledStore::open(from)?;
     let dst = FjallStore::create_or_open(to)?;
-    if !dst.is_empty()? {
+    if dst.holds_data()? {
         return Err(StoreError::Invalid(format!("{} already holds a store with data", to.display())));
     }
     let mut out = Migrated::default();
-    for (name, tree) in src.data_trees() {
-        let entries = tree.iter().map(|e| e.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(StoreError::from));
-        out.trees.push((name, dst.import(name, entries)?));
+    let view = src.kv().view();
+    for t in Table::ALL.into_iter().filter(|t| *t != Table::Meta) {
+        let entries = view.range(t, b"", None, false).map(|e| e.map(|(k, v)| (k.to_vec(), v.to_vec())));
+        out.trees.push((t.name(), dst.import(t, entries)?));
     }
-    dst.raise_run_id_floor(src.run_id_ceiling()?)?;
-    dst.flush()?;
+    dst.kv().raise_run_id_floor(src.kv().new_id()?)?;
+    dst.kv().durable()?;
     Ok(out)
 }

@@ -151,6 +151,11 @@ pub struct Run {
     pub error: Option<String>,
     #[serde(default)]
     pub steps: Vec<StepRecord>,
+    /// The GHL records the run touched, as refs like `contact:abc123`, each once, in the
+    /// order first recorded ([`NewRun::touched`], [`RunChange::Touched`]). Indexed for
+    /// [`RunFilter::touched`]. Absent from the records of runs that touched nothing.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub touched: Vec<String>,
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -174,6 +179,7 @@ impl Run {
             next_retry_at: None,
             error: None,
             steps: Vec::new(),
+            touched: new.touched,
         }
     }
 
@@ -189,21 +195,26 @@ pub struct NewRunFields {
     pub trigger: Option<String>,
     pub dedupe_key: Option<String>,
     pub held: bool,
+    pub touched: Vec<String>,
 }
 
 /// A run to create. Runs start `Pending` (or `Held` when `held` is set, for a
 /// paused flow).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct NewRun {
     pub flow: String,
     pub trigger: Option<String>,
     pub item: Value,
     pub held: bool,
+    /// GHL records the run already touched when it is created (refs like
+    /// `contact:abc123`; see [`Run::touched`]). Usually empty: steps add theirs with
+    /// [`RunChange::Touched`].
+    pub touched: Vec<String>,
 }
 
 impl NewRun {
     pub fn new(flow: impl Into<String>, item: Value) -> Self {
-        NewRun { flow: flow.into(), trigger: None, item, held: false }
+        NewRun { flow: flow.into(), item, ..NewRun::default() }
     }
 }
 
@@ -253,11 +264,18 @@ pub struct PollOutcome {
     pub already_seen: Vec<String>,
 }
 
-/// Which runs [`crate::Store::list_runs`] returns: newest first.
+/// Which runs [`crate::Store::list_runs`] returns: newest first. The conditions that are
+/// set all apply.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RunFilter {
     pub flow: Option<String>,
     pub status: Option<RunStatus>,
+    /// Only runs that touched this GHL record (a ref like `contact:abc123`).
+    pub touched: Option<String>,
+    /// Only runs created at or after this time.
+    pub since: Option<DateTime<Utc>>,
+    /// Only runs created before this time.
+    pub until: Option<DateTime<Utc>>,
     /// Only runs older than this id (for paging).
     pub before: Option<RunId>,
     /// At most this many; `0` means no limit.
@@ -287,6 +305,10 @@ pub enum RunChange {
     /// replay asked twice acts once. Steps that succeeded keep their result and are not
     /// sent again; an in-doubt step becomes `failed`, to be sent again.
     Replay { in_doubt: bool },
+    /// Adds GHL records the run touched (refs like `contact:abc123`) to
+    /// [`Run::touched`], each once, whatever the run's status. A ref must be non-empty
+    /// text without NUL.
+    Touched { records: Vec<String> },
     /// Changes nothing; refused unless the run is `status`. Lets a writer that did not
     /// read the record first (the engine starting a run it has just created) be sure it
     /// acts on what it believes.

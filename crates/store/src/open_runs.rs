@@ -1,9 +1,8 @@
 //! Decoded records of open runs, kept so that an update does not decode the record it
 //! wrote a moment before.
 //!
-//! A one-step run is written three times (created, started, finished); decoding its JSON
-//! record back each time was a tenth of the engine's work at a few thousand runs a second.
-//! An entry is used only while the bytes stored for its run are exactly the bytes it was
+//! A one-step run is written three times (created, started, finished), each time from the
+//! record the previous write produced: the cache spares decoding that JSON again. An entry is used only while the bytes stored for its run are exactly the bytes it was
 //! made from, so a write by any other path, or a transaction that was rolled back, makes
 //! it miss and the record is decoded as before: the cache can be stale, never wrong.
 //!
@@ -30,7 +29,7 @@ struct Entry<B> {
 }
 
 /// `B` is the backend's own byte container (cheap to clone: both are reference counted).
-pub(crate) struct OpenRuns<B = sled::IVec> {
+pub(crate) struct OpenRuns<B> {
     entries: Mutex<HashMap<RunId, Entry<B>, foldhash::fast::RandomState>>,
     /// Calls of `take` so far (see the module docs).
     rewrites: AtomicU64,
@@ -98,7 +97,7 @@ mod tests {
 
     #[test]
     fn an_entry_serves_only_the_bytes_it_was_made_from() {
-        let open: OpenRuns = OpenRuns::default();
+        let open: OpenRuns<sled::IVec> = OpenRuns::default();
         open.keep(sled::IVec::from(&b"v1"[..]), run(1, RunStatus::Pending));
         // Someone else wrote v2: the entry misses and is gone.
         assert!(open.take(RunId(1), b"v2").is_none());
@@ -110,7 +109,7 @@ mod tests {
 
     #[test]
     fn finished_runs_leave_and_the_cache_is_bounded() {
-        let open: OpenRuns = OpenRuns::default();
+        let open: OpenRuns<sled::IVec> = OpenRuns::default();
         open.keep(sled::IVec::from(&b"a"[..]), run(1, RunStatus::Running));
         open.keep(sled::IVec::from(&b"b"[..]), run(1, RunStatus::Succeeded));
         assert_eq!(open.len(), 0);

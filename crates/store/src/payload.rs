@@ -1,8 +1,8 @@
 //! A step's request or response: shared (not copied) between the change that brings it and
 //! the record that keeps it, and encoded to JSON once however often its record is written.
 //!
-//! A run's record is rewritten whole on every change, so a one-step run wrote its step's
-//! request twice and a three-step run its first request four times. The first time the
+//! A run's record is rewritten whole on every change, so a step's request would be encoded
+//! again with every later write of its run. The first time the
 //! store encodes a payload (through `keys::encode_json`, always serde_json's compact
 //! writer) the payload keeps the JSON, and later encodings copy it: the same bytes, since
 //! serde_json writes a value the same way on its own as inside a record. Serialized

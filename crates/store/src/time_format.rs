@@ -1,8 +1,8 @@
 //! Timestamps written the way chrono's serde writes them (RFC 3339, UTC as `Z`, fractional
 //! seconds in 0, 3, 6 or 9 digits), without its formatting machinery.
 //!
-//! A run record carries four timestamps and is rewritten on every change; chrono's
-//! `Display`-based path was a fifth of the cost of encoding a record. Anything outside the
+//! A run record carries four timestamps and is rewritten on every change, so their encoding
+//! is on the hot path, and chrono's `Display`-based path is slow for it. Anything outside the
 //! plain case (years before 0 or after 9999, leap seconds) goes through chrono, so the
 //! bytes on disk are the same either way and chrono reads them back.
 

@@ -18,8 +18,31 @@ pub fn new_run(id: RunId, new: &NewRun, trigger: Option<&str>, dedupe_key: Optio
         trigger: trigger.map(str::to_string).or_else(|| new.trigger.clone()),
         dedupe_key: dedupe_key.map(str::to_string),
         held: new.held,
+        touched: Vec::new(),
     };
-    Run::new(id, fields, serde_json::Value::Null, now)
+    let mut run = Run::new(id, fields, serde_json::Value::Null, now);
+    add_touched(&mut run.touched, &new.touched);
+    run
+}
+
+/// Appends the refs of `records` that `touched` does not hold yet, in order.
+fn add_touched(touched: &mut Vec<String>, records: &[String]) {
+    for r in records {
+        if !touched.contains(r) {
+            touched.push(r.clone());
+        }
+    }
+}
+
+/// Refuses a record ref the `touched` index cannot keep apart from another: its key is
+/// the ref, a NUL, then the run id.
+pub fn check_touched(records: &[String]) -> Result<()> {
+    match records.iter().find(|r| r.is_empty() || r.contains('\0')) {
+        Some(r) => {
+            Err(StoreError::Invalid(format!("a touched record ref must be non-empty text without NUL, not {r:?}")))
+        }
+        None => Ok(()),
+    }
 }
 
 fn conflict(run: &Run, reason: String) -> StoreError {
@@ -130,6 +153,10 @@ pub fn apply(run: &mut Run, change: &RunChange, now: DateTime<Utc>) -> Result<()
             run.replays = run.replays.saturating_add(1);
             run.next_retry_at = None;
             run.error = None;
+        }
+        RunChange::Touched { records } => {
+            check_touched(records)?;
+            add_touched(&mut run.touched, records);
         }
         RunChange::Expect { status } => {
             if run.status != *status {

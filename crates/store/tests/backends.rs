@@ -1,5 +1,11 @@
 //! The backend is chosen when a store is created and followed on every open.
 
+#[macro_use]
+#[allow(unused)]
+mod common;
+
+use common::RunHelpers;
+
 use serde_json::json;
 use store::{Backend, FjallStore, NewRun, OpenStore, Retention, RunFilter, RunStatus, SledStore, Store};
 

@@ -3,7 +3,7 @@ mod common;
 
 use common::*;
 use serde_json::json;
-use store::{NewRun, OpenStore, RunStatus, StoreError};
+use store::{OpenStore, RunStatus, StoreError};
 
 fn tokens_round_trip_per_account_and_survive_reopen<S: OpenStore>() {
     let dir = tempfile::tempdir().unwrap();
@@ -27,14 +27,14 @@ fn webhook_inbox_dedupes_lists_and_completes_atomically<S: OpenStore>() {
     let dir = tempfile::tempdir().unwrap();
     let clock = ManualClock::new();
     let s = store_in::<S>(&dir).with_clock(clock.clock());
-    assert!(!s.webhook_seen("w1").unwrap());
+    assert!(!webhook_seen(&s, "w1"));
     assert!(s.put_webhook_event("w1", &json!({"type": "ContactCreate"})).unwrap());
     clock.advance_secs(1);
     assert!(s.put_webhook_event("w2", &json!({"type": "ContactUpdate"})).unwrap());
     // A redelivery changes nothing.
     assert!(!s.put_webhook_event("w1", &json!({"type": "other"})).unwrap());
-    assert!(s.webhook_seen("w1").unwrap());
-    let ev = s.get_webhook_event("w1").unwrap().unwrap();
+    assert!(webhook_seen(&s, "w1"));
+    let ev = s.webhook_event("w1").unwrap().unwrap();
     assert_eq!(ev.payload, json!({"type": "ContactCreate"}));
     assert_eq!(ev.processed_at, None);
 
@@ -42,22 +42,24 @@ fn webhook_inbox_dedupes_lists_and_completes_atomically<S: OpenStore>() {
     assert_eq!(pending.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(), ["w1", "w2"]);
     assert_eq!(s.list_unprocessed_webhooks(1).unwrap().len(), 1);
 
-    let ids = s.complete_webhook_event("w1", &[NewRun::new("on-contact", json!({"c": 1}))]).unwrap();
-    assert_eq!(ids.len(), 1);
-    assert_eq!(s.get_run(ids[0]).unwrap().unwrap().status, RunStatus::Pending);
-    assert!(s.get_webhook_event("w1").unwrap().unwrap().processed_at.is_some());
+    // The engine's order: the event's runs through a poll commit, then the event done.
+    let out = s.commit_poll(&poll("webhook:w1", "on-contact", &["c1"], None)).unwrap();
+    s.complete_webhook_event("w1").unwrap();
+    assert_eq!(s.get_run(out.created[0].1).unwrap().unwrap().status, RunStatus::Pending);
+    assert!(s.webhook_event("w1").unwrap().unwrap().processed_at.is_some());
     assert_eq!(s.list_unprocessed_webhooks(0).unwrap().len(), 1);
-    // Twice would fire twice: refused, and no run is created.
-    assert!(matches!(
-        s.complete_webhook_event("w1", &[NewRun::new("on-contact", json!({}))]),
-        Err(StoreError::Conflict(_))
-    ));
+    // Twice would fire twice: refused.
+    assert!(matches!(s.complete_webhook_event("w1"), Err(StoreError::Conflict(_))));
     assert_eq!(s.list_resumable().unwrap().len(), 1);
-    assert!(matches!(s.complete_webhook_event("nope", &[]), Err(StoreError::Invalid(_))));
-    // A refused run (no flow) leaves the event unprocessed.
-    assert!(s.complete_webhook_event("w2", &[NewRun::new("", json!({}))]).is_err());
+    assert!(matches!(s.complete_webhook_event("nope"), Err(StoreError::Invalid(_))));
     assert_eq!(s.list_unprocessed_webhooks(0).unwrap()[0].id, "w2");
-    assert!(s.complete_webhook_event("w2", &[]).unwrap().is_empty());
+    s.complete_webhook_event("w2").unwrap();
+    assert!(s.list_unprocessed_webhooks(0).unwrap().is_empty());
+    // Both stay readable after the reopen, processed.
+    let path = s.path().unwrap().to_path_buf();
+    drop(s);
+    let s = S::open(&path).unwrap();
+    assert!(s.webhook_event("w2").unwrap().unwrap().processed_at.is_some());
     assert!(s.list_unprocessed_webhooks(0).unwrap().is_empty());
 }
 

@@ -35,17 +35,11 @@ impl Store for FlakyStore {
     fn filter_unseen(&self, t: &str, k: &[String]) -> store::Result<Vec<bool>> {
         self.inner.filter_unseen(t, k)
     }
-    fn seen_at(&self, t: &str, k: &str) -> store::Result<Option<chrono::DateTime<Utc>>> {
-        self.inner.seen_at(t, k)
-    }
     fn trigger_state(&self, t: &str) -> store::Result<Option<Value>> {
         self.inner.trigger_state(t)
     }
     fn commit_poll(&self, c: &PollCommit) -> store::Result<PollOutcome> {
         self.inner.commit_poll(c)
-    }
-    fn reset_trigger(&self, t: &str) -> store::Result<u64> {
-        self.inner.reset_trigger(t)
     }
     fn create_run(&self, r: &NewRun) -> store::Result<RunId> {
         self.inner.create_run(r)
@@ -64,9 +58,6 @@ impl Store for FlakyStore {
     }
     fn list_due_retries(&self, now: chrono::DateTime<Utc>, limit: usize) -> store::Result<Vec<Run>> {
         self.inner.list_due_retries(now, limit)
-    }
-    fn list_held(&self, flow: &str) -> store::Result<Vec<Run>> {
-        self.inner.list_held(flow)
     }
     fn release_held(&self, flow: &str) -> store::Result<Vec<RunId>> {
         self.inner.release_held(flow)
@@ -88,17 +79,11 @@ impl Store for FlakyStore {
         }
         self.inner.put_webhook_event(id, payload)
     }
-    fn webhook_seen(&self, id: &str) -> store::Result<bool> {
-        self.inner.webhook_seen(id)
-    }
-    fn get_webhook_event(&self, id: &str) -> store::Result<Option<WebhookEvent>> {
-        self.inner.get_webhook_event(id)
-    }
     fn list_unprocessed_webhooks(&self, limit: usize) -> store::Result<Vec<WebhookEvent>> {
         self.inner.list_unprocessed_webhooks(limit)
     }
-    fn complete_webhook_event(&self, id: &str, runs: &[NewRun]) -> store::Result<Vec<RunId>> {
-        self.inner.complete_webhook_event(id, runs)
+    fn complete_webhook_event(&self, id: &str) -> store::Result<()> {
+        self.inner.complete_webhook_event(id)
     }
     fn prune(&self, p: &Retention) -> store::Result<PruneStats> {
         self.inner.prune(p)
@@ -168,7 +153,7 @@ async fn accepts_signed_events_and_rejects_the_rest() {
 
     let ok = event("w1", now);
     assert_eq!(s.post(&ok, &s.ed25519(&ok)).await, 200);
-    let stored = s.store.get_webhook_event("w1").expect("read").expect("stored before the 200");
+    let stored = s.store.inner.webhook_event("w1").expect("read").expect("stored before the 200");
     assert_eq!(stored.payload["id"], "c1");
 
     // Legacy RSA header, GHL's older scheme.
@@ -204,7 +189,7 @@ async fn accepts_signed_events_and_rejects_the_rest() {
     // A replay of an accepted delivery, byte for byte.
     assert_eq!(s.post(&ok, &s.ed25519(&ok)).await, 409);
 
-    assert!(!s.store.webhook_seen("w3").expect("read"));
+    assert!(s.store.inner.webhook_event("w3").expect("read").is_none());
     assert_eq!(s.store.list_unprocessed_webhooks(0).expect("list").len(), 2);
     let m = &s.metrics;
     assert_eq!(m.count(Outcome::Accepted), 2);
@@ -221,7 +206,7 @@ async fn a_store_failure_is_a_429_and_the_retry_is_stored_once() {
     s.store.failures.store(1, Ordering::SeqCst);
     let body = event("w-retry", Utc::now());
     assert_eq!(s.post(&body, &s.ed25519(&body)).await, 429);
-    assert!(!s.store.webhook_seen("w-retry").expect("read"), "nothing kept for a 429");
+    assert!(s.store.inner.webhook_event("w-retry").expect("read").is_none(), "nothing kept for a 429");
     // GHL's retry carries the same webhookId: it is not a replay, since it was never stored.
     assert_eq!(s.post(&body, &s.ed25519(&body)).await, 200);
     assert_eq!(s.post(&body, &s.ed25519(&body)).await, 409);

@@ -83,8 +83,8 @@ pub async fn list(config: &Config, args: &RunsArgs, out: &mut dyn Write) -> anyh
             let filter = RunFilter {
                 flow: args.flow.clone(),
                 status: args.status.map(status_of),
-                before: None,
                 limit: args.limit,
+                ..RunFilter::default()
             };
             s.list_runs(&filter)?
         }
@@ -155,7 +155,7 @@ pub async fn replay(
                 Some(id) => vec![RunId(id)],
                 None => {
                     let list = |status| {
-                        let f = RunFilter { flow: None, status: Some(status), before: None, limit: 0 };
+                        let f = RunFilter { status: Some(status), ..RunFilter::default() };
                         engine.store().list_runs(&f).map(|runs| runs.into_iter().map(|r| r.id).collect::<Vec<_>>())
                     };
                     let mut ids = list(RunStatus::Dead)?;

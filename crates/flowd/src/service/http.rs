@@ -138,7 +138,8 @@ async fn list_runs(State(api): State<Api>, Query(q): Query<RunsQuery>) -> Respon
         Some((_, st)) => st,
         None => None,
     };
-    let filter = store::RunFilter { flow: q.flow, status, before: None, limit: q.limit.unwrap_or(50).min(1000) };
+    let filter =
+        store::RunFilter { flow: q.flow, status, limit: q.limit.unwrap_or(50).min(1000), ..Default::default() };
     let store = api.engine.store().clone();
     match tokio::task::spawn_blocking(move || store.list_runs(&filter)).await {
         Ok(Ok(runs)) => Json(json!({ "runs": runs })).into_response(),

@@ -95,3 +95,56 @@ pub fn raw_write<S: OpenStore>(store: &std::path::Path, tree: &str, writes: &[(&
         }
     }
 }
+
+/// The one-change calls tests write runs with, over [`store::Store::update_run`] (the
+/// product batches its changes instead), and reads the product does not make.
+pub trait RunHelpers: store::Store {
+    fn mark_step_started(&self, id: store::RunId, step: &str, request: &serde_json::Value) -> store::Result<()> {
+        let change = store::RunChange::StepStarted { step: step.to_string(), request: request.clone().into() };
+        self.update_run(id, &[change]).map(drop)
+    }
+
+    fn record_step_result(
+        &self,
+        id: store::RunId,
+        step: &str,
+        status: store::StepStatus,
+        response: Option<&serde_json::Value>,
+        error: Option<&str>,
+    ) -> store::Result<()> {
+        let change = store::RunChange::StepFinished {
+            step: step.to_string(),
+            status,
+            response: response.cloned().map(Into::into),
+            error: error.map(str::to_string),
+        };
+        self.update_run(id, &[change]).map(drop)
+    }
+
+    fn set_run_status(&self, id: store::RunId, status: store::RunStatus, error: Option<&str>) -> store::Result<()> {
+        self.update_run(id, &[store::RunChange::Status { status, error: error.map(str::to_string) }]).map(drop)
+    }
+
+    fn schedule_retry(&self, id: store::RunId, at: DateTime<Utc>, error: &str) -> store::Result<()> {
+        self.update_run(id, &[store::RunChange::RetryAt { at, error: error.to_string() }]).map(drop)
+    }
+
+    /// `held` runs of `flow`, oldest first.
+    fn list_held(&self, flow: &str) -> store::Result<Vec<store::Run>> {
+        let filter = store::RunFilter {
+            flow: Some(flow.to_string()),
+            status: Some(store::RunStatus::Held),
+            ..Default::default()
+        };
+        let mut runs = self.list_runs(&filter)?;
+        runs.reverse();
+        Ok(runs)
+    }
+}
+
+impl<T: store::Store + ?Sized> RunHelpers for T {}
+
+/// Whether an event with this id was ever stored.
+pub fn webhook_seen<S: OpenStore>(s: &S, id: &str) -> bool {
+    s.webhook_event(id).expect("read webhook").is_some()
+}
