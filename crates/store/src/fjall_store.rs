@@ -1041,6 +1041,9 @@ impl Store for FjallStore {
     }
 
     fn list_runs(&self, f: &RunFilter) -> Result<Vec<Run>> {
+        if f.has_scan_conditions() {
+            return Ok(f.scan(self.list_runs(&f.indexed_part())?));
+        }
         let view = self.view();
         let before = f.before.map(keys::run_key);
         if let Some(status) = f.status {

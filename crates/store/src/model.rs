@@ -151,6 +151,10 @@ pub struct Run {
     pub error: Option<String>,
     #[serde(default)]
     pub steps: Vec<StepRecord>,
+    /// The GHL records the run's trigger item and steps name ("contact:abc123"), for
+    /// search by record id.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub touched: Vec<String>,
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -174,6 +178,7 @@ impl Run {
             next_retry_at: None,
             error: None,
             steps: Vec::new(),
+            touched: new.touched,
         }
     }
 
@@ -189,6 +194,7 @@ pub struct NewRunFields {
     pub trigger: Option<String>,
     pub dedupe_key: Option<String>,
     pub held: bool,
+    pub touched: Vec<String>,
 }
 
 /// A run to create. Runs start `Pending` (or `Held` when `held` is set, for a
@@ -199,11 +205,13 @@ pub struct NewRun {
     pub trigger: Option<String>,
     pub item: Value,
     pub held: bool,
+    /// The GHL records the trigger item names (see [`Run::touched`]).
+    pub touched: Vec<String>,
 }
 
 impl NewRun {
     pub fn new(flow: impl Into<String>, item: Value) -> Self {
-        NewRun { flow: flow.into(), trigger: None, item, held: false }
+        NewRun { flow: flow.into(), trigger: None, item, held: false, touched: Vec::new() }
     }
 }
 
@@ -262,6 +270,38 @@ pub struct RunFilter {
     pub before: Option<RunId>,
     /// At most this many; `0` means no limit.
     pub limit: usize,
+    /// Only runs that touched this record ("contact:abc123").
+    pub touched: Option<String>,
+    /// Only runs created at or after this time...
+    pub since: Option<DateTime<Utc>>,
+    /// ...and before this one.
+    pub until: Option<DateTime<Utc>>,
+}
+
+impl RunFilter {
+    /// Whether the filter has a condition the stores' indexes do not serve (record, time
+    /// range): those are checked on each run the flow/status scan yields.
+    pub(crate) fn has_scan_conditions(&self) -> bool {
+        self.touched.is_some() || self.since.is_some() || self.until.is_some()
+    }
+
+    /// The same filter without the scanned conditions and without a limit.
+    pub(crate) fn indexed_part(&self) -> RunFilter {
+        RunFilter { touched: None, since: None, until: None, limit: 0, ..self.clone() }
+    }
+
+    pub(crate) fn scan_keeps(&self, run: &Run) -> bool {
+        self.touched.as_ref().is_none_or(|t| run.touched.iter().any(|r| r == t))
+            && self.since.is_none_or(|s| run.created_at >= s)
+            && self.until.is_none_or(|u| run.created_at < u)
+    }
+
+    /// Applies the scanned conditions and the limit to what the indexed part returned
+    /// (newest first).
+    pub(crate) fn scan(&self, runs: Vec<Run>) -> Vec<Run> {
+        let limit = if self.limit == 0 { usize::MAX } else { self.limit };
+        runs.into_iter().filter(|r| self.scan_keeps(r)).take(limit).collect()
+    }
 }
 
 /// One change to a run; several are applied in one transaction and one flush
@@ -291,6 +331,8 @@ pub enum RunChange {
     /// read the record first (the engine starting a run it has just created) be sure it
     /// acts on what it believes.
     Expect { status: RunStatus },
+    /// Adds the records a step named to the run's [`Run::touched`] (each once).
+    Touched { records: Vec<String> },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

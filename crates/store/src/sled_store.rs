@@ -770,6 +770,9 @@ impl Store for SledStore {
     }
 
     fn list_runs(&self, f: &RunFilter) -> Result<Vec<Run>> {
+        if f.has_scan_conditions() {
+            return Ok(f.scan(self.list_runs(&f.indexed_part())?));
+        }
         let before = f.before.map(keys::run_key);
         if let Some(status) = f.status {
             let tag = [status.tag()];

@@ -18,6 +18,7 @@ pub fn new_run(id: RunId, new: &NewRun, trigger: Option<&str>, dedupe_key: Optio
         trigger: trigger.map(str::to_string).or_else(|| new.trigger.clone()),
         dedupe_key: dedupe_key.map(str::to_string),
         held: new.held,
+        touched: new.touched.clone(),
     };
     Run::new(id, fields, serde_json::Value::Null, now)
 }
@@ -130,6 +131,14 @@ pub fn apply(run: &mut Run, change: &RunChange, now: DateTime<Utc>) -> Result<()
             run.replays = run.replays.saturating_add(1);
             run.next_retry_at = None;
             run.error = None;
+        }
+        RunChange::Touched { records } => {
+            for r in records {
+                if !run.touched.contains(r) {
+                    run.touched.push(r.clone());
+                }
+            }
+            return Ok(());
         }
         RunChange::Expect { status } => {
             if run.status != *status {
