@@ -249,6 +249,7 @@ impl Engine {
             }
         };
         self.metrics().record_step(&flow_name, &step.id, began.elapsed(), result.is_ok());
+        pending.0.extend(crate::touched::step_change(&step.kind, &inputs, result.as_ref().ok()));
         Ok(match result {
             Ok(v) => {
                 let kept = keep_result.then(|| v.clone());

@@ -19,6 +19,7 @@ mod request;
 mod runtime;
 mod scheduler;
 mod tokens;
+pub mod touched;
 mod webhook;
 mod writer;
 

@@ -287,6 +287,7 @@ impl Engine {
             let run = fire.then(|| {
                 let mut run = NewRun::new(flow.name.clone(), item);
                 run.trigger = Some(rt.trigger_id.clone());
+                run.touched = crate::touched::of_item(&rt.trigger_op, &run.item);
                 run
             });
             out.push(PollItem { key, run });

@@ -132,6 +132,7 @@ impl Engine {
         let key = if rt.webhook_only() { ev.id.clone() } else { reconcile_key(rt, &mut ctx, ev) };
         let mut run = NewRun::new(flow.name.clone(), ev.payload.clone());
         run.trigger = Some(rt.trigger_id.clone());
+        run.touched = crate::touched::of_item(&rt.trigger_op, &run.item);
         Ok(Some(PollCommit {
             trigger: rt.trigger_id.clone(),
             state: None,
