@@ -9,6 +9,7 @@
 //! [`crate::exit::STORE_FAILED`]: the database refuses writes until it is reopened, and a
 //! restart reopens it with everything made durable.
 
+pub mod console;
 mod http;
 mod listener;
 mod reload;
