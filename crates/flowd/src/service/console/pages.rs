@@ -226,6 +226,12 @@ fn json_block(v: &Value) -> Markup {
     html! { pre.json { (text) } }
 }
 
+/// The trigger item, in a shorter box: the steps below are what an operator reads first.
+fn item_block(v: &Value) -> Markup {
+    let text = serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string());
+    html! { pre.json.item { (text) } }
+}
+
 fn duration(step: &StepRecord) -> String {
     match step.finished_at {
         Some(end) => format!("{} ms", (end - step.started_at).num_milliseconds()),
@@ -268,7 +274,7 @@ pub fn run(run: &Run, csrf: &str) -> Markup {
             }
         }
         h2 { "Trigger item" }
-        (json_block(&run.item))
+        (item_block(&run.item))
         h2 { "Steps" }
         @if run.steps.is_empty() { p.empty { "No step was sent." } }
         @for s in &run.steps {
