@@ -278,7 +278,7 @@ pub fn run(run: &Run, csrf: &str) -> Markup {
         h2 { "Steps" }
         @if run.steps.is_empty() { p.empty { "No step was sent." } }
         @for s in &run.steps {
-            section.step {
+            section.stepbox {
                 h3 { (s.step) " " span class={ "step " (step_status(s)) } { (step_status(s)) } }
                 p.timing { "started " (s.started_at.to_rfc3339()) ", " (duration(s)) ", try " (s.tries) }
                 @if let Some(e) = &s.error { p.error { (e) } }
