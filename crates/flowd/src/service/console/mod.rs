@@ -105,28 +105,50 @@ fn no_token() -> Response {
     )
 }
 
-/// The request's session, or the response for a request without one: a page load goes
-/// to the login form, anything else is refused.
-fn session_for_page(c: &Console, headers: &HeaderMap) -> Result<Session, Response> {
-    if c.token.is_none() {
-        return Err(no_token());
-    }
-    c.sessions.from_headers(headers).map(|(_, s)| s).ok_or_else(|| Redirect::to("/login").into_response())
+/// Why a request gets no page.
+enum Refused {
+    /// No `admin_token`: the console is off.
+    NoToken,
+    /// A page load without a session: to the login form.
+    ToLogin,
+    /// A form posted without a session (it expired, or the service restarted).
+    SessionEnded,
+    /// A form posted without its session's CSRF token.
+    Csrf,
 }
 
-/// The session of a form post whose CSRF token matches it, or the refusal.
-fn session_for_post(c: &Console, headers: &HeaderMap, csrf: Option<&str>) -> Result<(String, Session), Response> {
-    if c.token.is_none() {
-        return Err(no_token());
+impl IntoResponse for Refused {
+    fn into_response(self) -> Response {
+        match self {
+            Refused::NoToken => no_token(),
+            Refused::ToLogin => Redirect::to("/login").into_response(),
+            Refused::SessionEnded => {
+                html(StatusCode::UNAUTHORIZED, pages::login(Some("Your session has ended: log in again.")))
+            }
+            Refused::Csrf => {
+                (StatusCode::FORBIDDEN, "the form's CSRF token is missing or wrong: reload the page\n").into_response()
+            }
+        }
     }
-    let Some((id, s)) = c.sessions.from_headers(headers) else {
-        return Err(html(StatusCode::UNAUTHORIZED, pages::login(Some("Your session has ended: log in again."))));
-    };
+}
+
+/// The request's session; a page load without one goes to the login form.
+fn session_for_page(c: &Console, headers: &HeaderMap) -> Result<Session, Refused> {
+    if c.token.is_none() {
+        return Err(Refused::NoToken);
+    }
+    c.sessions.lookup(headers).map(|(_, s)| s).ok_or(Refused::ToLogin)
+}
+
+/// The session (and its id) of a form post whose CSRF token matches it.
+fn session_for_post(c: &Console, headers: &HeaderMap, csrf: Option<&str>) -> Result<(String, Session), Refused> {
+    if c.token.is_none() {
+        return Err(Refused::NoToken);
+    }
+    let (id, s) = c.sessions.lookup(headers).ok_or(Refused::SessionEnded)?;
     match csrf {
         Some(given) if session::same_secret(given, &s.csrf) => Ok((id, s)),
-        _ => {
-            Err((StatusCode::FORBIDDEN, "the form's CSRF token is missing or wrong: reload the page\n").into_response())
-        }
+        _ => Err(Refused::Csrf),
     }
 }
 
@@ -134,7 +156,7 @@ async fn login_page(State(c): State<Console>, headers: HeaderMap) -> Response {
     if c.token.is_none() {
         return no_token();
     }
-    if c.sessions.from_headers(&headers).is_some() {
+    if c.sessions.lookup(&headers).is_some() {
         return Redirect::to("/runs").into_response();
     }
     html(StatusCode::OK, pages::login(None))
@@ -173,7 +195,7 @@ struct CsrfForm {
 async fn logout(State(c): State<Console>, headers: HeaderMap, Form(f): Form<CsrfForm>) -> Response {
     let (id, _) = match session_for_post(&c, &headers, f.csrf.as_deref()) {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     c.sessions.remove(&id);
     let mut response = Redirect::to("/login").into_response();
@@ -287,7 +309,7 @@ pub async fn render_runs(
 async fn runs(State(c): State<Console>, headers: HeaderMap, Query(q): Query<RunsQuery>) -> Response {
     let s = match session_for_page(&c, &headers) {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let form = FilterForm { flow: q.flow, status: q.status, since: q.since, until: q.until, touched: q.touched };
     let before = match q.before.trim() {
@@ -308,7 +330,7 @@ async fn runs(State(c): State<Console>, headers: HeaderMap, Query(q): Query<Runs
 async fn run(State(c): State<Console>, headers: HeaderMap, Path(id): Path<u64>) -> Response {
     let s = match session_for_page(&c, &headers) {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let store = c.engine.store().clone();
     match blocking(move || store.get_run(RunId(id))).await {
@@ -343,7 +365,7 @@ async fn replay(
 ) -> Response {
     let (_, s) = match session_for_post(&c, &headers, f.csrf.as_deref()) {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     replay_outcome(detached_replay(&c.engine, RunId(id), false).await, id, &s)
 }
@@ -366,7 +388,7 @@ async fn resolve(
 ) -> Response {
     let (_, s) = match session_for_post(&c, &headers, f.csrf.as_deref()) {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     match f.decision.as_deref() {
         Some("send_again") => replay_outcome(detached_replay(&c.engine, RunId(id), true).await, id, &s),
@@ -390,7 +412,7 @@ async fn discard(
 ) -> Response {
     let (_, s) = match session_for_post(&c, &headers, f.csrf.as_deref()) {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     decide(&c, &s, id, actions::discard_held).await
 }
@@ -440,7 +462,7 @@ struct BulkForm {
 async fn bulk_replay(State(c): State<Console>, headers: HeaderMap, Form(f): Form<BulkForm>) -> Response {
     let (_, s) = match session_for_post(&c, &headers, f.csrf.as_deref()) {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let form = FilterForm { flow: f.flow, status: String::new(), since: f.since, until: f.until, touched: f.touched };
     let include_in_doubt = f.include_in_doubt.as_deref() == Some("true");
@@ -486,7 +508,7 @@ async fn release(
 ) -> Response {
     let (_, s) = match session_for_post(&c, &headers, f.csrf.as_deref()) {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let back = format!("/runs?flow={}", pages::url_part(&name));
     let (engine, flow) = (c.engine.clone(), name.clone());
@@ -506,7 +528,7 @@ async fn release(
 async fn flows(State(c): State<Console>, headers: HeaderMap) -> Response {
     let s = match session_for_page(&c, &headers) {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let metrics = metrics_text::parse(&c.engine.metrics().encode());
     let states = c.engine.flow_states();
@@ -583,7 +605,7 @@ fn recent_runs(store: &dyn store::Store, flow: &str, since: DateTime<Utc>) -> st
 async fn health(State(c): State<Console>, headers: HeaderMap) -> Response {
     let s = match session_for_page(&c, &headers) {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let m = metrics_text::parse(&c.engine.metrics().encode());
     let accounts: Vec<pages::AccountRow> = m

@@ -60,7 +60,7 @@ impl Sessions {
     }
 
     /// The live session named by the request's cookie, if any.
-    pub fn from_headers(&self, headers: &HeaderMap) -> Option<(String, Session)> {
+    pub fn lookup(&self, headers: &HeaderMap) -> Option<(String, Session)> {
         let id = cookie(headers, COOKIE)?;
         let mut table = self.table.lock().unwrap_or_else(|p| p.into_inner());
         match table.get(&id) {
@@ -112,12 +112,12 @@ mod tests {
         assert_ne!(id, s.csrf);
         let mut h = HeaderMap::new();
         h.insert("cookie", format!("other=1; {COOKIE}={id}").parse().expect("header"));
-        assert_eq!(sessions.from_headers(&h).map(|(_, s)| s.csrf), Some(s.csrf));
+        assert_eq!(sessions.lookup(&h).map(|(_, s)| s.csrf), Some(s.csrf));
         h.insert("cookie", format!("{COOKIE}=x{id}").parse().expect("header"));
-        assert!(sessions.from_headers(&h).is_none());
+        assert!(sessions.lookup(&h).is_none());
         sessions.remove(&id);
         h.insert("cookie", format!("{COOKIE}={id}").parse().expect("header"));
-        assert!(sessions.from_headers(&h).is_none());
+        assert!(sessions.lookup(&h).is_none());
         assert!(same_secret("abc", "abc") && !same_secret("abc", "abd") && !same_secret("ab", "abc"));
     }
 }
