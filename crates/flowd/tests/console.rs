@@ -143,6 +143,18 @@ async fn login_sessions_csrf_cors_and_host() {
     let css = web.get("/static/console.css").await;
     assert!(css.status == 200 && css.headers["content-type"].to_str().unwrap_or("").starts_with("text/css"));
 
+    // A flow file rejected on reload is shown with its file, line and column.
+    std::fs::write(
+        rig.svc.path("flows/broken.yaml"),
+        "name: broken\naccount: main\ntrigger:\n  uses: contacts.serch_contacts\n  every: 1m\nsteps: []\n",
+    )
+    .expect("a broken flow");
+    eventually(&rig.svc, "the flows page shows the rejected file", Duration::from_secs(20), || async {
+        let page = web.get("/flows").await;
+        page.body.contains("Rejected flow files") && page.body.contains("broken.yaml:4:")
+    })
+    .await;
+
     // Logging out ends the session on the server: the old cookie is worth nothing.
     let page = web.post("/logout", &[("csrf", &csrf)]).await;
     assert_eq!((page.status, page.location()), (303, "/login"));
@@ -224,22 +236,27 @@ async fn runs_pages_and_every_action() {
     assert_eq!(page.body.matches("href=\"/runs/").count(), 2, "{}", page.body);
     let bare = web.get(&format!("/runs?touched={xss_id}&flow=push-contacts")).await;
     assert_eq!(bare.body.matches("href=\"/runs/").count(), 1, "a bare id is a contact's");
-    let run = api_runs(svc, &format!("flow=push-contacts&touched=contact:{xss_id}")).await.remove(0);
-    let run_id = run["id"].as_u64().expect("id");
+    let xss_run = api_runs(svc, &format!("flow=push-contacts&touched=contact:{xss_id}")).await.remove(0);
+    let xss_run = xss_run["id"].as_u64().expect("id");
 
-    // The run page: trigger item, each step's request and response, escaped and redacted.
-    let page = web.get(&format!("/runs/{run_id}")).await;
+    // Markup from a run shows as text, on its page and in the list.
+    let page = web.get(&format!("/runs/{xss_run}")).await;
     assert_eq!(page.status, 200);
     assert!(!page.body.contains("<script>alert") && !page.body.contains("<img src=x"), "markup from a run is escaped");
     assert!(page.body.contains("&lt;script&gt;alert("), "{}", page.body);
-    assert!(!page.body.contains(APP_SECRET), "the app's credential is redacted");
-    assert!(page.body.contains("&lt;redacted&gt;"));
-    for part in ["Trigger item", "contacts.create_task", "/hook", "the app is being deployed", "try 1", " ms"] {
-        assert!(page.body.contains(part), "`{part}` on the run page:\n{}", page.body);
-    }
     let list = web.get("/runs?flow=push-contacts").await;
     assert!(!list.body.contains("<script>alert"), "nor in the list");
     assert_eq!(web.get("/runs/999999").await.status, 404);
+
+    // A dead run's page: trigger item, each step's request and response, redacted.
+    let run_id = api_runs(svc, "flow=push-contacts&status=dead").await[0]["id"].as_u64().expect("id");
+    let page = web.get(&format!("/runs/{run_id}")).await;
+    assert_eq!(page.status, 200);
+    assert!(!page.body.contains(APP_SECRET), "the app's credential is redacted");
+    assert!(page.body.contains("&lt;redacted&gt;"), "{}", page.body);
+    for part in ["Trigger item", "contacts.create_task", "/hook", "the app is being deployed", "try 1", " ms"] {
+        assert!(page.body.contains(part), "`{part}` on the run page:\n{}", page.body);
+    }
 
     // Replay one run from its failed step: the task is not created again, the push is.
     rig.app.failing.store(false, Ordering::SeqCst);
@@ -312,7 +329,7 @@ async fn runs_pages_and_every_action() {
     let (code, out) =
         svc.cli(&["runs", "--touched", &format!("contact:{xss_id}"), "--flow", "push-contacts", "--since", "2h"]);
     assert_eq!(code, Some(0), "{out}");
-    assert!(out.contains("1 run(s)") && out.contains(&run_id.to_string()), "{out}");
+    assert!(out.contains("1 run(s)") && out.contains(&xss_run.to_string()), "{out}");
     let (code, out) = svc.cli(&["replay", "--failed", "--flow", "guarded", "--since", "2h", "--dry-run"]);
     assert_eq!(code, Some(0), "{out}");
     assert!(out.contains("1 run(s) would be replayed (dry run, nothing sent)"), "{out}");

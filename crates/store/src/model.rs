@@ -285,22 +285,39 @@ impl RunFilter {
         self.touched.is_some() || self.since.is_some() || self.until.is_some()
     }
 
-    /// The same filter without the scanned conditions and without a limit.
-    pub(crate) fn indexed_part(&self) -> RunFilter {
-        RunFilter { touched: None, since: None, until: None, limit: 0, ..self.clone() }
-    }
-
     pub(crate) fn scan_keeps(&self, run: &Run) -> bool {
         self.touched.as_ref().is_none_or(|t| run.touched.iter().any(|r| r == t))
             && self.since.is_none_or(|s| run.created_at >= s)
             && self.until.is_none_or(|u| run.created_at < u)
     }
 
-    /// Applies the scanned conditions and the limit to what the indexed part returned
-    /// (newest first).
-    pub(crate) fn scan(&self, runs: Vec<Run>) -> Vec<Run> {
-        let limit = if self.limit == 0 { usize::MAX } else { self.limit };
-        runs.into_iter().filter(|r| self.scan_keeps(r)).take(limit).collect()
+    /// Serves the scanned conditions through `list`, the store's indexed listing: its
+    /// flow/status scan is read newest first in chunks, each run checked, until `limit`
+    /// runs match or a run is older than `since` (ids follow creation order, so every
+    /// later one is older too).
+    pub(crate) fn scan(&self, mut list: impl FnMut(&RunFilter) -> crate::Result<Vec<Run>>) -> crate::Result<Vec<Run>> {
+        const CHUNK: usize = 512;
+        let mut page = RunFilter { touched: None, since: None, until: None, limit: CHUNK, ..self.clone() };
+        let mut out = Vec::new();
+        loop {
+            let runs = list(&page)?;
+            let (n, last) = (runs.len(), runs.last().map(|r| r.id));
+            for run in runs {
+                if self.since.is_some_and(|s| run.created_at < s) {
+                    return Ok(out);
+                }
+                if self.scan_keeps(&run) {
+                    out.push(run);
+                    if self.limit != 0 && out.len() >= self.limit {
+                        return Ok(out);
+                    }
+                }
+            }
+            match last {
+                Some(id) if n == CHUNK => page.before = Some(id),
+                _ => return Ok(out),
+            }
+        }
     }
 }
 

@@ -771,7 +771,7 @@ impl Store for SledStore {
 
     fn list_runs(&self, f: &RunFilter) -> Result<Vec<Run>> {
         if f.has_scan_conditions() {
-            return Ok(f.scan(self.list_runs(&f.indexed_part())?));
+            return f.scan(|page| self.list_runs(page));
         }
         let before = f.before.map(keys::run_key);
         if let Some(status) = f.status {

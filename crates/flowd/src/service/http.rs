@@ -42,6 +42,7 @@ pub fn serve(
     admin_token: Option<String>,
     ready: Arc<AtomicBool>,
     shutdown: watch::Receiver<bool>,
+    console: super::console::Options,
 ) -> JoinHandle<()> {
     let listen = listener.local_addr().unwrap_or_else(|_| std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
     let api = Api { engine, admin_token, ready, listen };
@@ -57,7 +58,7 @@ pub fn serve(
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .merge(admin)
-        .merge(super::console::router(api.engine.clone(), api.admin_token.clone()))
+        .merge(super::console::router(api.engine.clone(), api.admin_token.clone(), console))
         .layer(middleware::from_fn_with_state(api.clone(), check_host))
         .with_state(api);
     // The admin listener answers probes and scrapes: a few connections at a time is what

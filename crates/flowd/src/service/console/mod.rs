@@ -43,11 +43,24 @@ struct Console {
     engine: Arc<Engine>,
     token: Option<Arc<str>>,
     sessions: Arc<Sessions>,
+    options: Options,
+}
+
+/// What the console shows besides the engine's state.
+#[derive(Clone, Default)]
+pub struct Options {
+    /// The flow files the last reload rejected (`reload::FlowSet::errors`).
+    pub load_errors: super::reload::LoadErrors,
 }
 
 /// The console's routes, for the admin listener's router.
-pub fn router<S: Clone + Send + Sync + 'static>(engine: Arc<Engine>, admin_token: Option<String>) -> Router<S> {
-    let console = Console { engine, token: admin_token.map(Arc::from), sessions: Arc::new(Sessions::default()) };
+pub fn router<S: Clone + Send + Sync + 'static>(
+    engine: Arc<Engine>,
+    admin_token: Option<String>,
+    options: Options,
+) -> Router<S> {
+    let console =
+        Console { engine, token: admin_token.map(Arc::from), sessions: Arc::new(Sessions::default()), options };
     Router::new()
         .route("/", get(|| async { Redirect::to("/runs") }))
         .route("/login", get(login_page).post(login))
@@ -292,8 +305,8 @@ pub async fn render_runs(
     before: Option<RunId>,
     csrf: &str,
 ) -> Result<String, String> {
-    let mut filter = filter_of(form, before, PAGE + 1)?;
-    filter.limit = PAGE + 1;
+    // One more than a page: whether there are older runs to link to.
+    let filter = filter_of(form, before, PAGE + 1)?;
     let store = engine.store().clone();
     let mut list: Vec<Run> = blocking(move || store.list_runs(&filter)).await?;
     let older = (list.len() > PAGE).then(|| {
@@ -577,7 +590,8 @@ async fn flows(State(c): State<Console>, headers: HeaderMap) -> Response {
             }
         })
         .collect();
-    page(StatusCode::OK, "Flows", Nav::Flows, &s, pages::flows(&rows, &s.csrf))
+    let rejected = c.options.load_errors.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    page(StatusCode::OK, "Flows", Nav::Flows, &s, pages::flows(&rows, &rejected, &s.csrf))
 }
 
 /// The statuses of `flow`'s runs created since `since`, newest first: the list is read

@@ -335,9 +335,19 @@ pub struct FlowRow {
     pub budget_share: Option<f64>,
 }
 
-pub fn flows(rows: &[FlowRow], csrf: &str) -> Markup {
+pub fn flows(rows: &[FlowRow], rejected: &[(std::path::PathBuf, Vec<String>)], csrf: &str) -> Markup {
     html! {
         h1 { "Flows" }
+        @if !rejected.is_empty() {
+            section.rejected {
+                h2 { "Rejected flow files" }
+                p { "The last reload refused these files; a flow that was running from one keeps its previous version." }
+                @for (file, problems) in rejected {
+                    h3 { code { (file.display()) } }
+                    pre.diagnostics { @for p in problems { (p) "\n" } }
+                }
+            }
+        }
         @if rows.is_empty() { p.empty { "No flow is loaded." } }
         @else {
             table.flows {
