@@ -4,7 +4,7 @@
 //! rendering and the transfer).
 //!
 //! ```text
-//! cargo build --release -p flowd -p bench --bin console
+//! cargo build --release -p flowd && cargo build --release -p bench --bin console
 //! target/release/console [--runs N] [--requests R] [--flowd PATH]
 //! ```
 //!
