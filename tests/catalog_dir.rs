@@ -3,8 +3,8 @@
 
 mod support;
 
-use support::{run as flowd, text};
 use std::process::Command;
+use support::{run as flowd, text};
 
 /// A config whose `catalog_dir` adds `acme.ping`, and a flow whose step uses it: the
 /// flow is valid only with the config's catalog.

@@ -6,12 +6,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 fn flowd(args: &[&str], dir: &Path) -> Output {
-    Command::new(support::flowd_bin())
-        .args(args)
-        .current_dir(dir)
-        .env_remove("GHL_TOKEN")
-        .output()
-        .expect("flowd runs")
+    Command::new(support::flowd_bin()).args(args).current_dir(dir).env_remove("GHL_TOKEN").output().expect("flowd runs")
 }
 
 fn text(o: &Output) -> String {

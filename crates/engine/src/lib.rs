@@ -24,6 +24,7 @@ mod runtime;
 mod scheduler;
 mod services;
 mod tokens;
+pub mod touched;
 mod webhook;
 mod writer;
 

@@ -289,6 +289,7 @@ impl Poller<'_> {
             let run = fire.then(|| {
                 let mut run = NewRun::new(flow.name.clone(), item);
                 run.trigger = Some(rt.trigger_id.clone());
+                run.touched = rt.polled().map(|p| crate::touched::of_item(&p.op, &run.item)).unwrap_or_default();
                 run
             });
             out.push(PollItem { key, run });

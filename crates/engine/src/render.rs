@@ -22,14 +22,9 @@ impl Prepared<'_> {
     }
 }
 
-/// Renders `step` against `ctx`: the request it would send, and its record. An error is
-/// the step's own (its `with` does not render, or its inputs do not fit the operation).
-pub(crate) fn prepare<'a>(step: &'a Step, ctx: &Value) -> Result<Prepared<'a>, String> {
-    let inputs = step.def.render_inputs(ctx)?;
-    prepare_inputs(step, inputs)
-}
-
-/// Like [`prepare`], from inputs already rendered.
+/// From `step`'s inputs rendered against a run's context (`CompiledStep::render_inputs`):
+/// the request it would send, and its record. An error is the step's own (its inputs do
+/// not fit the operation).
 pub(crate) fn prepare_inputs<'a>(step: &'a Step, inputs: Map<String, Value>) -> Result<Prepared<'a>, String> {
     match &step.kind {
         StepKind::Ghl { op, result } => {

@@ -16,7 +16,7 @@ use crate::failure::Failure;
 use crate::http_step;
 use crate::poll::Created;
 use crate::render::{self, Prepared};
-use crate::runtime::{FlowRuntime, Step};
+use crate::runtime::{FlowRuntime, Step, StepKind};
 use crate::services::Services;
 use crate::EngineError;
 use chrono::Utc;
@@ -231,7 +231,16 @@ impl Runner<'_> {
         pending: &mut Pending,
     ) -> Result<Result<Option<Value>, Failure>, EngineError> {
         let step = one.step;
-        let prepared = match render::prepare(step, ctx) {
+        let inputs = match step.def.render_inputs(ctx) {
+            Ok(inputs) => inputs,
+            Err(e) => return Ok(Err(Failure::Permanent(e))),
+        };
+        // The GHL records the step names, for search by record (`crate::touched`).
+        let mut touched = match step.kind {
+            StepKind::Ghl { .. } => crate::touched::of_inputs(&inputs),
+            StepKind::Http => Vec::new(),
+        };
+        let prepared = match render::prepare_inputs(step, inputs) {
             Ok(p) => p,
             Err(e) => return Ok(Err(Failure::Permanent(e))),
         };
@@ -250,7 +259,11 @@ impl Runner<'_> {
                     self.start_step(one.id, step.id(), record, mark_pending)
                 };
                 match self.svc.client.send_marked(one.account, &req, mark).await? {
-                    Ok(ghl::Body::Json(body)) => Ok(result.take_first(body).unwrap_or_else(|body| body)),
+                    Ok(ghl::Body::Json(body)) => {
+                        let value = result.take_first(body).unwrap_or_else(|body| body);
+                        crate::touched::of_response(op, &value, &mut touched);
+                        Ok(value)
+                    }
                     Ok(ghl::Body::Text { text, .. }) => Ok(Value::String(text)),
                     Ok(ghl::Body::Bytes { content_type, bytes }) => {
                         Ok(json!({"contentType": content_type, "size": bytes.len()}))
@@ -274,6 +287,9 @@ impl Runner<'_> {
             }
         };
         self.svc.metrics.record_step(one.flow, step.id(), began.elapsed(), result.is_ok());
+        if !touched.is_empty() {
+            pending.0.push(RunChange::Touched { records: touched });
+        }
         Ok(match result {
             Ok(v) => {
                 let kept = one.keep_result.then(|| v.clone());

@@ -116,6 +116,10 @@ impl Engine {
         let key = if rt.webhook_only() { ev.id.clone() } else { reconcile_key(rt, &mut ctx, ev) };
         let mut run = NewRun::new(flow.name.clone(), ev.payload.clone());
         run.trigger = Some(rt.trigger_id.clone());
+        run.touched = match &rt.source {
+            crate::runtime::Source::Poll(p) => crate::touched::of_item(&p.op, &run.item),
+            crate::runtime::Source::Webhook { event } => crate::touched::of_event(event, &run.item),
+        };
         Ok(Some(PollCommit {
             trigger: rt.trigger_id.clone(),
             state: None,

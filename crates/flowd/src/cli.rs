@@ -157,6 +157,16 @@ pub struct RunsArgs {
     /// Only runs in this status.
     #[arg(long, value_enum)]
     pub status: Option<StatusArg>,
+    /// Only runs that touched this GHL record: `contact:ID` (a bare ID is a contact's),
+    /// `opportunity:ID`, `task:ID`...
+    #[arg(long, value_name = "KIND:ID")]
+    pub touched: Option<String>,
+    /// Only runs created since then: a duration ago (`2h`, `30m`, `1day`) or an RFC 3339 time.
+    #[arg(long, value_name = "WHEN")]
+    pub since: Option<String>,
+    /// Only runs created before then (same forms as --since).
+    #[arg(long, value_name = "WHEN")]
+    pub until: Option<String>,
     /// At most this many runs, newest first.
     #[arg(long, default_value_t = 50)]
     pub limit: usize,
@@ -184,6 +194,21 @@ pub struct ReplayArgs {
     /// Also replay in_doubt runs: their request may have reached GHL, so check first.
     #[arg(long)]
     pub include_in_doubt: bool,
+    /// With --failed: only runs of this flow.
+    #[arg(long, requires = "failed")]
+    pub flow: Option<String>,
+    /// With --failed: only runs created since then (`2h`, or an RFC 3339 time).
+    #[arg(long, value_name = "WHEN", requires = "failed")]
+    pub since: Option<String>,
+    /// With --failed: only runs created before then.
+    #[arg(long, value_name = "WHEN", requires = "failed")]
+    pub until: Option<String>,
+    /// With --failed: only runs that touched this record (`contact:ID`).
+    #[arg(long, value_name = "KIND:ID", requires = "failed")]
+    pub touched: Option<String>,
+    /// With --failed: say how many runs (and which) would be replayed, and replay none.
+    #[arg(long, requires = "failed")]
+    pub dry_run: bool,
 }
 
 #[derive(Debug, Args)]

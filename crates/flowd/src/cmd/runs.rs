@@ -7,6 +7,7 @@
 use crate::cli::{ReleaseArgs, ReplayArgs, RunsArgs, RunsCommand, StatusArg};
 use crate::config::Config;
 use crate::exit::{Failed, UserError};
+use crate::service::console::{self, actions};
 use crate::service::wiring::{self, Open, Opened};
 use serde_json::Value;
 use std::io::Write;
@@ -78,25 +79,43 @@ pub async fn list(config: &Config, args: &RunsArgs, out: &mut dyn Write) -> anyh
     if let Some(RunsCommand::Show { id }) = &args.show {
         return show(config, *id, args.json, out).await;
     }
+    let now = chrono::Utc::now();
+    let time = |s: &Option<String>, flag: &str| {
+        console::parse_time(s.as_deref().unwrap_or(""), now).map_err(|e| UserError::new(format!("--{flag}: {e}")))
+    };
+    let (since, until) = (time(&args.since, "since")?, time(&args.until, "until")?);
     let runs: Vec<Run> = match backend(config)? {
         Backend::Store(s) => {
             let filter = RunFilter {
                 flow: args.flow.clone(),
                 status: args.status.map(status_of),
                 limit: args.limit,
+                touched: args.touched.as_deref().and_then(console::record_ref),
+                since,
+                until,
                 ..RunFilter::default()
             };
             s.list_runs(&filter)?
         }
         Backend::Api { base, token } => {
-            let mut q = format!("/api/runs?limit={}", args.limit);
+            let mut q = url::form_urlencoded::Serializer::new(String::new());
+            q.append_pair("limit", &args.limit.to_string());
             if let Some(f) = &args.flow {
-                q.push_str(&format!("&flow={f}"));
+                q.append_pair("flow", f);
             }
             if let Some(s) = args.status {
-                q.push_str(&format!("&status={}", status_of(s).as_str()));
+                q.append_pair("status", status_of(s).as_str());
             }
-            serde_json::from_value(api_get(&base, &q, &token).await?["runs"].clone())?
+            // Times go as the service's own RFC 3339, so "2h" means 2 hours before now here.
+            for (k, v) in [("since", since), ("until", until)] {
+                if let Some(t) = v {
+                    q.append_pair(k, &t.to_rfc3339());
+                }
+            }
+            if let Some(t) = &args.touched {
+                q.append_pair("touched", t);
+            }
+            serde_json::from_value(api_get(&base, &format!("/api/runs?{}", q.finish()), &token).await?["runs"].clone())?
         }
     };
     if args.json {
@@ -138,10 +157,11 @@ async fn show(config: &Config, id: u64, json: bool, out: &mut dyn Write) -> anyh
     Ok(())
 }
 
-/// Replays one run, or every dead run with `--failed`. A replayed run is `pending` again
-/// (in the same write that checks it is still dead), so running the command twice
-/// replays nothing the second time. In-doubt runs are replayed only with
-/// `--include-in-doubt`; `--failed` says how many it left out before it starts.
+/// Replays one run, or every dead run with `--failed` (narrowed by `--flow`, `--since`,
+/// `--until`, `--touched`; `--dry-run` only counts them), the console's bulk replay. A
+/// replayed run is `pending` again (in the same write that checks it is still dead), so
+/// running the command twice replays nothing the second time. In-doubt runs are replayed
+/// only with `--include-in-doubt`; `--failed` says how many it left out before it starts.
 pub async fn replay(
     config: &Config,
     catalog: Arc<catalog::Catalog>,
@@ -154,27 +174,11 @@ pub async fn replay(
             let ids: Vec<RunId> = match args.id {
                 Some(id) => vec![RunId(id)],
                 None => {
-                    let list = |status| {
-                        let f = RunFilter { status: Some(status), ..RunFilter::default() };
-                        engine.store().list_runs(&f).map(|runs| runs.into_iter().map(|r| r.id).collect::<Vec<_>>())
-                    };
-                    let mut ids = list(RunStatus::Dead)?;
-                    let in_doubt = list(RunStatus::InDoubt)?;
-                    if args.include_in_doubt {
-                        if !in_doubt.is_empty() {
-                            writeln!(out, "including {} in_doubt run(s)", in_doubt.len())?;
-                        }
-                        ids.extend(in_doubt);
-                    } else if !in_doubt.is_empty() {
-                        writeln!(
-                            out,
-                            "{} in_doubt run(s) left out: their request may have reached GHL; check them, then replay them with --include-in-doubt",
-                            in_doubt.len()
-                        )?;
+                    let found = actions::replay_candidates(engine.store().as_ref(), &selection(args)?)?;
+                    match bulk_ids(found, args, out)? {
+                        Some(ids) => ids,
+                        None => return Ok(()),
                     }
-                    // Oldest first, as they happened.
-                    ids.sort();
-                    ids
                 }
             };
             if ids.is_empty() {
@@ -213,17 +217,123 @@ pub async fn replay(
             }
         }
         Backend::Api { base, token } => {
-            let Some(id) = args.id else {
-                return Err(
-                    UserError::new("with the service running, replay runs one at a time: flowd replay ID").into()
-                );
+            let ids = match args.id {
+                Some(id) => vec![RunId(id)],
+                None => {
+                    let found = api_candidates(&base, &token, &selection(args)?).await?;
+                    match bulk_ids(found, args, out)? {
+                        Some(ids) => ids,
+                        None => return Ok(()),
+                    }
+                }
             };
             let query = if args.include_in_doubt { "?include_in_doubt=true" } else { "" };
-            let body = api_post(&base, &format!("/api/runs/{id}/replay{query}"), &token).await?;
-            writeln!(out, "run {id} replayed: {}", body["status"].as_str().unwrap_or("?"))?;
+            let mut failed = 0;
+            for id in &ids {
+                let body = match api_post(&base, &format!("/api/runs/{id}/replay{query}"), &token).await {
+                    Ok(body) => body,
+                    Err(e) if args.id.is_none() => {
+                        // Replayed by someone else since the list was read.
+                        writeln!(out, "run {id}: {e}")?;
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                };
+                let status = body["status"].as_str().unwrap_or("?");
+                if status != "succeeded" {
+                    failed += 1;
+                }
+                writeln!(out, "run {id} replayed: {status}")?;
+            }
+            if failed > 0 && args.id.is_none() {
+                return Err(UserError::new(format!("{failed} replayed run(s) did not succeed")).into());
+            }
         }
     }
     Ok(())
+}
+
+/// The bulk replay's selection from `flowd replay --failed`'s flags.
+fn selection(args: &ReplayArgs) -> anyhow::Result<actions::Selection> {
+    let now = chrono::Utc::now();
+    let time = |s: &Option<String>, flag: &str| {
+        console::parse_time(s.as_deref().unwrap_or(""), now).map_err(|e| UserError::new(format!("--{flag}: {e}")))
+    };
+    Ok(actions::Selection {
+        flow: args.flow.clone(),
+        since: time(&args.since, "since")?,
+        until: time(&args.until, "until")?,
+        touched: args.touched.as_deref().and_then(console::record_ref),
+    })
+}
+
+/// What a bulk replay replays, said before it starts; `None` when nothing is to be
+/// replayed now (none selected, or `--dry-run`).
+fn bulk_ids(found: actions::Candidates, args: &ReplayArgs, out: &mut dyn Write) -> anyhow::Result<Option<Vec<RunId>>> {
+    let actions::Candidates { mut dead, in_doubt } = found;
+    let doubtful = in_doubt.len();
+    if args.include_in_doubt {
+        if doubtful > 0 {
+            writeln!(out, "including {doubtful} in_doubt run(s)")?;
+        }
+        dead.extend(in_doubt);
+        dead.sort();
+    } else if doubtful > 0 {
+        writeln!(
+            out,
+            "{doubtful} in_doubt run(s) left out: their request may have reached GHL; check them, then replay them with --include-in-doubt"
+        )?;
+    }
+    if dead.is_empty() {
+        writeln!(out, "no dead runs to replay")?;
+        return Ok(None);
+    }
+    if args.dry_run {
+        let list: Vec<String> = dead.iter().map(|id| id.to_string()).collect();
+        writeln!(out, "{} run(s) would be replayed (dry run, nothing sent): {}", dead.len(), list.join(" "))?;
+        return Ok(None);
+    }
+    Ok(Some(dead))
+}
+
+/// [`actions::replay_candidates`] through the running service's API.
+async fn api_candidates(
+    base: &str,
+    token: &Option<String>,
+    sel: &actions::Selection,
+) -> anyhow::Result<actions::Candidates> {
+    let mut found = actions::Candidates::default();
+    for (status, into) in [("dead", &mut found.dead), ("in_doubt", &mut found.in_doubt)] {
+        let mut before: Option<u64> = None;
+        loop {
+            let mut q = url::form_urlencoded::Serializer::new(String::new());
+            q.append_pair("status", status).append_pair("limit", "1000");
+            if let Some(f) = &sel.flow {
+                q.append_pair("flow", f);
+            }
+            for (k, v) in [("since", sel.since), ("until", sel.until)] {
+                if let Some(t) = v {
+                    q.append_pair(k, &t.to_rfc3339());
+                }
+            }
+            if let Some(t) = &sel.touched {
+                q.append_pair("touched", t);
+            }
+            if let Some(b) = before {
+                q.append_pair("before", &b.to_string());
+            }
+            let runs: Vec<Run> = serde_json::from_value(
+                api_get(base, &format!("/api/runs?{}", q.finish()), token).await?["runs"].clone(),
+            )?;
+            into.extend(runs.iter().map(|r| r.id));
+            match runs.last() {
+                Some(last) if runs.len() == 1000 => before = Some(last.id.0),
+                _ => break,
+            }
+        }
+        into.sort();
+    }
+    Ok(found)
 }
 
 pub async fn release(

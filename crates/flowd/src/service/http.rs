@@ -6,6 +6,9 @@
 //! `/healthz`, `/readyz` and `/metrics` stay open for probes and scrapers: they hold
 //! counts and flow names, no run data.
 //!
+//! Everything else under `/` is the web console (`console`), behind the same token
+//! through a login form and a session cookie.
+//!
 //! Every request's `Host` must name this listener (a loopback name or address, the
 //! configured address, or with an unspecified `listen` any IP address): a web page
 //! whose name was re-pointed at 127.0.0.1 (DNS rebinding) sends its own name and is
@@ -39,6 +42,7 @@ pub fn serve(
     admin_token: Option<String>,
     ready: Arc<AtomicBool>,
     shutdown: watch::Receiver<bool>,
+    console: super::console::Options,
 ) -> JoinHandle<()> {
     let listen = listener.local_addr().unwrap_or_else(|_| std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
     let api = Api { engine, admin_token, ready, listen };
@@ -54,6 +58,7 @@ pub fn serve(
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .merge(admin)
+        .merge(super::console::router(api.engine.clone(), api.admin_token.clone(), console))
         .layer(middleware::from_fn_with_state(api.clone(), check_host))
         .with_state(api);
     // The admin listener answers probes and scrapes: a few connections at a time is what
@@ -122,6 +127,13 @@ struct RunsQuery {
     flow: Option<String>,
     status: Option<String>,
     limit: Option<usize>,
+    /// Runs older than this id (paging).
+    before: Option<u64>,
+    /// Runs that touched this record (`contact:ID`).
+    touched: Option<String>,
+    /// `2h` or an RFC 3339 time (see `console::parse_time`).
+    since: Option<String>,
+    until: Option<String>,
 }
 
 fn parse_status(s: &str) -> Option<store::RunStatus> {
@@ -138,8 +150,23 @@ async fn list_runs(State(api): State<Api>, Query(q): Query<RunsQuery>) -> Respon
         Some((_, st)) => st,
         None => None,
     };
-    let filter =
-        store::RunFilter { flow: q.flow, status, limit: q.limit.unwrap_or(50).min(1000), ..Default::default() };
+    let now = chrono::Utc::now();
+    let (since, until) = match (
+        super::console::parse_time(q.since.as_deref().unwrap_or(""), now),
+        super::console::parse_time(q.until.as_deref().unwrap_or(""), now),
+    ) {
+        (Ok(since), Ok(until)) => (since, until),
+        (Err(e), _) | (_, Err(e)) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    let filter = store::RunFilter {
+        flow: q.flow,
+        status,
+        before: q.before.map(store::RunId),
+        limit: q.limit.unwrap_or(50).min(1000),
+        touched: q.touched.as_deref().and_then(super::console::record_ref),
+        since,
+        until,
+    };
     let store = api.engine.store().clone();
     match tokio::task::spawn_blocking(move || store.list_runs(&filter)).await {
         Ok(Ok(runs)) => Json(json!({ "runs": runs })).into_response(),

@@ -9,6 +9,7 @@
 //! [`crate::exit::STORE_FAILED`]: the database refuses writes until it is reopened, and a
 //! restart reopens it with everything made durable.
 
+pub mod console;
 mod http;
 mod listener;
 mod reload;
@@ -52,7 +53,9 @@ pub async fn run(config: Config, catalog: Arc<catalog::Catalog>, once: bool) -> 
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
     tracing::info!(listen = %config.listen, "serving /healthz, /readyz, /metrics and /api");
-    let server = http::serve(listener, engine.clone(), config.admin_token.clone(), ready.clone(), shutdown_rx.clone());
+    let console = console::Options { load_errors: flows.errors() };
+    let server =
+        http::serve(listener, engine.clone(), config.admin_token.clone(), ready.clone(), shutdown_rx.clone(), console);
 
     let tasks = engine.start(shutdown_rx.clone());
     let receiver = match &config.webhooks {

@@ -10,8 +10,13 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+/// The problems of the flow files the last reload rejected, each with its file, line
+/// and column: what the console's flows page shows.
+pub type LoadErrors = Arc<std::sync::Mutex<Vec<(PathBuf, Vec<String>)>>>;
+
 pub struct FlowSet {
     dir: PathBuf,
+    errors: LoadErrors,
     accounts: Vec<String>,
     /// File → (its text when it last compiled, the flow).
     running: BTreeMap<PathBuf, (String, CompiledFlow)>,
@@ -48,7 +53,12 @@ impl ReloadReport {
 
 impl FlowSet {
     pub fn new(dir: PathBuf, accounts: Vec<String>) -> FlowSet {
-        FlowSet { dir, accounts, running: BTreeMap::new(), signature: Vec::new() }
+        FlowSet { dir, accounts, errors: LoadErrors::default(), running: BTreeMap::new(), signature: Vec::new() }
+    }
+
+    /// The last reload's rejected files, kept up to date by every reload.
+    pub fn errors(&self) -> LoadErrors {
+        self.errors.clone()
     }
 
     pub fn compiled(&self) -> Vec<CompiledFlow> {
@@ -122,6 +132,14 @@ impl FlowSet {
                 }
             }
         }
+        let rejected = report
+            .rejected
+            .iter()
+            .map(|(file, diags, _)| {
+                (file.clone(), diags.iter().filter(|d| d.is_error()).map(|d| d.to_string()).collect())
+            })
+            .collect();
+        *self.errors.lock().unwrap_or_else(|p| p.into_inner()) = rejected;
         report
     }
 }
