@@ -25,7 +25,7 @@ pub struct DryStep {
     pub id: String,
     pub uses: String,
     /// The request the step would send, as its run record would keep it: for a GHL step
-    /// `{method, path, version, query, body}`, for `http.request` its inputs with
+    /// `{op, method, path, version, query, body}`, for `http.request` its inputs with
     /// credentials redacted.
     pub request: Value,
 }

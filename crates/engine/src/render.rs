@@ -36,14 +36,15 @@ pub(crate) fn prepare_inputs<'a>(step: &'a Step, inputs: Map<String, Value>) -> 
     }
 }
 
-/// A GHL request as records and dry runs show it: `{method, path, version}`, plus `query`
-/// (an object) and `body` when the request has them. The operation's key is not repeated:
-/// the step names it (`uses`), and every byte here is written with each rewrite of the
-/// run's record. Built by hand: `json!` would serialise the body into a copy of itself,
-/// field by field.
+/// A GHL request as records and dry runs show it: `{op, method, path, version}`, plus
+/// `query` (an object) and `body` when the request has them. The operation's key is kept
+/// so that a run record says what it called without the flow file it came from (which may
+/// have changed since). Built by hand: `json!` would serialise the body into a copy of
+/// itself, field by field.
 fn ghl_record(op: &catalog::Operation, req: &ghl::Request) -> Result<Value, String> {
     let path = ghl::render_path(&req.path, &req.path_params).map_err(|e| e.to_string())?;
-    let mut record = Map::with_capacity(5);
+    let mut record = Map::with_capacity(6);
+    record.insert("op".into(), Value::String(op.key.clone()));
     record.insert("method".into(), Value::String(op.method.as_str().into()));
     record.insert("path".into(), Value::String(path));
     record.insert("version".into(), Value::String(req.version.clone()));
