@@ -324,7 +324,6 @@ async fn runs_pages_and_every_action() {
     let health = web.get("/health").await;
     assert_eq!(health.status, 200);
     assert!(health.body.contains(rig.sb.location_id()) && health.body.contains("writing"), "{}", health.body);
-
     // The CLI's filters and bulk replay see the same runs, through the running service.
     let (code, out) =
         svc.cli(&["runs", "--touched", &format!("contact:{xss_id}"), "--flow", "push-contacts", "--since", "2h"]);
@@ -333,4 +332,75 @@ async fn runs_pages_and_every_action() {
     let (code, out) = svc.cli(&["replay", "--failed", "--flow", "guarded", "--since", "2h", "--dry-run"]);
     assert_eq!(code, Some(0), "{out}");
     assert!(out.contains("1 run(s) would be replayed (dry run, nothing sent)"), "{out}");
+}
+
+/// The flows page: each flow's schedule, its last poll (time, outcome) and next poll, as
+/// `GET /api/flows` has them. The health page: per account, whether its token works (the
+/// `lost` account's refresh token is refused by GHL: it needs reconnecting) and its budget.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flows_show_polls_and_health_shows_each_accounts_token() {
+    let rig = start(3, None, true).await;
+    let svc = &rig.svc;
+    let polled = |name: &'static str| async move {
+        let api = api_flows(svc).await;
+        api["flows"]
+            .as_array()
+            .and_then(|f| f.iter().find(|f| f["name"] == name))
+            .is_some_and(|f| f["last_poll"].is_object() && f["next_poll"].is_string())
+    };
+    eventually(svc, "push-contacts polled", Duration::from_secs(30), || polled("push-contacts")).await;
+    eventually(svc, "lost-account polled", Duration::from_secs(30), || polled("lost-account")).await;
+    let mut web = Web::new(&svc.base);
+    web.login(ADMIN).await;
+    let flows = web.get("/flows").await;
+    assert_eq!(flows.status, 200);
+    for part in ["Schedule", "Last poll (UTC)", "Next poll (UTC)", "<code>every 1s</code>"] {
+        assert!(flows.body.contains(part), "`{part}` on the flows page:\n{}", flows.body);
+    }
+    let api = api_flows(svc).await;
+    let flow = |name: &str| {
+        api["flows"].as_array().and_then(|f| f.iter().find(|f| f["name"] == name)).cloned().expect("listed")
+    };
+    let push = flow("push-contacts");
+    assert_eq!(push["schedule"], "every 1s", "{api}");
+    assert_eq!(push["last_poll"]["ok"], true, "{api}");
+    let lost = flow("lost-account");
+    assert_eq!(lost["last_poll"]["ok"], false, "{api}");
+    assert!(lost["last_poll"]["error"].as_str().is_some_and(|e| e.contains("reconnect")), "{api}");
+    assert!(lost["next_poll"].is_string(), "{api}");
+    let row = |name: &str| {
+        let at = flows.body.find(&format!(">{name}</a>")).expect("a row");
+        flows.body[at..flows.body[at..].find("</tr>").map(|e| at + e).expect("end of row")].to_string()
+    };
+    let push_row = row("push-contacts");
+    assert!(push_row.contains("class=\"status succeeded\">ok</span>") && push_row.contains(" new"), "{push_row}");
+    let lost_row = row("lost-account");
+    assert!(lost_row.contains("<code>every 1h</code>") && lost_row.contains(">failed</span>"), "{lost_row}");
+    let when = |v: &serde_json::Value| {
+        chrono::DateTime::parse_from_rfc3339(v.as_str().expect("a time"))
+            .expect("rfc3339")
+            .format("%Y-%m-%d %H:%M:%S")
+            .to_string()
+    };
+    let (last, next) = (when(&lost["last_poll"]["at"]), when(&lost["next_poll"]));
+    assert!(lost_row.contains(&last) && lost_row.contains(&next), "last {last}, next {next}: {lost_row}");
+
+    // Health: per account, whether its token works, and its budget.
+    let health = web.get("/health").await;
+    assert_eq!(health.status, 200);
+    let account = |name: &str| {
+        let at =
+            health.body.find(&format!("<td>{name}</td>")).unwrap_or_else(|| panic!("no {name} in {}", health.body));
+        health.body[at..health.body[at..].find("</tr>").map(|e| at + e).expect("end of row")].to_string()
+    };
+    let main = account("main");
+    assert!(main.contains("class=\"status succeeded\">valid</span>"), "{main}");
+    let lost = account("lost");
+    assert!(lost.contains("class=\"status dead\">needs reconnect</span>") && lost.contains("refresh token"), "{lost}");
+}
+
+/// `GET /api/flows` of the running service.
+async fn api_flows(svc: &console_support::Service) -> serde_json::Value {
+    let res = reqwest::Client::new().get(format!("{}/api/flows", svc.base)).bearer_auth(ADMIN).send().await;
+    res.expect("api").json().await.expect("json")
 }

@@ -8,7 +8,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::post;
 use axum::Router;
-use sandbox::{FaultSettings, RateLimitConfig, Sandbox, SandboxConfig, Seed};
+use sandbox::{FaultSettings, OAuthClient, RateLimitConfig, Sandbox, SandboxConfig, Seed};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -19,6 +19,11 @@ pub const TOKEN: &str = "pit-console-test";
 pub const ADMIN: &str = "console-admin-secret";
 /// The credential the flow sends to the user's app: it must never appear on a page.
 pub const APP_SECRET: &str = "app-secret-7f3a91";
+/// The OAuth app of the `lost` account, whose refresh token GHL (the sandbox) does not
+/// accept: the health page must say it needs reconnecting.
+const LOST_CLIENT: &str = "console-oauth-app";
+const LOST_SECRET: &str = "console-oauth-app-secret";
+const LOST_REFRESH: &str = "a-refresh-token-that-was-revoked";
 /// A contact's first name that is markup: it must show as text.
 pub const XSS: &str = "<script>alert('xss')</script><img src=x onerror=alert(1)>";
 
@@ -104,7 +109,19 @@ steps:
 "#,
         app.url
     );
-    vec![("push-contacts.yaml", push), ("guarded.yaml", guarded)]
+    // Polls with the `lost` account, whose refresh token is refused.
+    let lost = r#"name: lost-account
+account: lost
+trigger:
+  uses: contacts.search_contacts
+  with: { locationId: "{{ account.location_id }}" }
+  every: 1h
+steps:
+  - id: push
+    uses: contacts.add_tags
+    with: { contactId: "{{ trigger.id }}", tags: [never] }
+"#;
+    vec![("push-contacts.yaml", push), ("guarded.yaml", guarded), ("lost-account.yaml", lost.to_string())]
 }
 
 pub struct Service {
@@ -129,6 +146,8 @@ impl Service {
             .args(["--config", "flowd.yaml"])
             .current_dir(self.dir.path())
             .env("CONSOLE_TEST_TOKEN", TOKEN)
+            .env("CONSOLE_TEST_OAUTH_SECRET", LOST_SECRET)
+            .env("CONSOLE_TEST_REFRESH", LOST_REFRESH)
             .output()
             .expect("flowd runs");
         (out.status.code(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
@@ -156,6 +175,8 @@ pub async fn start(contacts: usize, faults: Option<FaultSettings>, with_token: b
     let mut config =
         SandboxConfig::default().with_seed(Seed::Contacts(contacts)).with_rate_limit(RateLimitConfig::disabled());
     config.tokens = vec![TOKEN.into()];
+    config.oauth_clients =
+        vec![OAuthClient { client_id: LOST_CLIENT.into(), client_secret: LOST_SECRET.into(), scopes: vec![] }];
     let sb = Sandbox::start(config).await.expect("sandbox");
     sb.insert_record("contacts", serde_json::json!({ "firstName": XSS, "email": "xss@example.com" }))
         .expect("the xss contact");
@@ -171,7 +192,9 @@ pub async fn start(contacts: usize, faults: Option<FaultSettings>, with_token: b
     }
     let token = if with_token { format!("admin_token: {ADMIN}\n") } else { String::new() };
     let config = format!(
-        "store: ./data\nflows: ./flows\nlisten: {listen}\n{token}shutdown_timeout: 5s\nhttp_allow_private: true\naccounts:\n  main:\n    location_id: {}\n    base_url: {}\n    token: ${{CONSOLE_TEST_TOKEN}}\n",
+        "store: ./data\nflows: ./flows\nlisten: {listen}\n{token}shutdown_timeout: 5s\nhttp_allow_private: true\naccounts:\n  main:\n    location_id: {}\n    base_url: {}\n    token: ${{CONSOLE_TEST_TOKEN}}\n  lost:\n    location_id: {}\n    base_url: {}\n    oauth:\n      client_id: {LOST_CLIENT}\n      client_secret: ${{CONSOLE_TEST_OAUTH_SECRET}}\n      refresh_token: ${{CONSOLE_TEST_REFRESH}}\n",
+        sb.location_id(),
+        sb.base_url(),
         sb.location_id(),
         sb.base_url()
     );
@@ -181,6 +204,8 @@ pub async fn start(contacts: usize, faults: Option<FaultSettings>, with_token: b
         .args(["run", "--config", "flowd.yaml"])
         .current_dir(dir.path())
         .env("CONSOLE_TEST_TOKEN", TOKEN)
+        .env("CONSOLE_TEST_OAUTH_SECRET", LOST_SECRET)
+        .env("CONSOLE_TEST_REFRESH", LOST_REFRESH)
         .env("RUST_LOG", "info")
         .stdout(Stdio::null())
         .stderr(log)

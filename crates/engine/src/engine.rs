@@ -32,6 +32,8 @@ pub struct Engine {
     claims: Claims,
     /// Flows whose polls wait for their location's daily budget to renew.
     paused: Mutex<HashMap<String, Paused>>,
+    /// Each scheduled flow's last poll and next due time, as its scheduler left them.
+    polls: Mutex<HashMap<String, PollTimes>>,
     permits: Arc<FairSlots>,
     backlog: Backlog,
     poll_slots: PollSlots,
@@ -47,6 +49,47 @@ pub struct FlowState {
     /// Set while the flow's polls wait for its location's daily budget to renew.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub paused: Option<Paused>,
+    /// When it polls: `every 5m` or `cron */15 * * * *`; none for a flow fed by webhooks only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<String>,
+    /// Its scheduler's last poll since the service started.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_poll: Option<LastPoll>,
+    /// When its scheduler polls next (jitter included); none before the scheduler has
+    /// planned one, or for a webhook-only flow.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_poll: Option<DateTime<Utc>>,
+}
+
+/// When a flow last polled and what came of it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LastPoll {
+    /// When the poll started.
+    pub at: DateTime<Utc>,
+    pub ok: bool,
+    /// Items the trigger returned, and how many were new (0 when it failed).
+    pub items: usize,
+    pub new: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Default)]
+struct PollTimes {
+    last: Option<LastPoll>,
+    next: Option<DateTime<Utc>>,
+}
+
+/// One configured account: its location and whether its token works (see
+/// [`ghl::Client::account_health`]).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct AccountState {
+    pub name: String,
+    pub location_id: String,
+    #[serde(flatten)]
+    pub token: ghl::TokenState,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub checked_at: Option<DateTime<Utc>>,
 }
 
 /// Why and until when a flow does not poll.
@@ -91,6 +134,7 @@ impl Engine {
             scheduled: Mutex::new(HashSet::new()),
             claims: Claims::default(),
             paused: Mutex::new(HashMap::new()),
+            polls: Mutex::new(HashMap::new()),
             permits,
             backlog,
             poll_slots,
@@ -134,18 +178,44 @@ impl Engine {
     /// Every loaded flow with what it is doing, sorted by name.
     pub fn flow_states(&self) -> Vec<FlowState> {
         let paused = self.paused.lock().map(|p| p.clone()).unwrap_or_default();
+        let polls = self.polls.lock().map(|p| p.clone()).unwrap_or_default();
         let mut states: Vec<FlowState> = self
             .runtimes()
             .iter()
-            .map(|rt| FlowState {
-                name: rt.name.clone(),
-                account: rt.account.clone(),
-                trigger: rt.trigger_key(),
-                paused: paused.get(&rt.name).cloned(),
+            .map(|rt| {
+                let times = polls.get(&rt.name).cloned().unwrap_or_default();
+                let polling = !rt.webhook_only();
+                FlowState {
+                    name: rt.name.clone(),
+                    account: rt.account.clone(),
+                    trigger: rt.trigger_key(),
+                    paused: paused.get(&rt.name).cloned(),
+                    schedule: polling.then(|| rt.trigger.schedule.to_string()),
+                    last_poll: times.last,
+                    next_poll: times.next.filter(|_| polling),
+                }
             })
             .collect();
         states.sort_by(|a, b| a.name.cmp(&b.name));
         states
+    }
+
+    /// Every configured account with its token state, sorted by name.
+    pub fn account_states(&self) -> Vec<AccountState> {
+        let health: HashMap<String, ghl::AccountHealth> =
+            self.svc.client.account_health().into_iter().map(|h| (h.account.clone(), h)).collect();
+        self.accounts
+            .values()
+            .map(|a| {
+                let h = health.get(&a.name);
+                AccountState {
+                    name: a.name.clone(),
+                    location_id: a.location_id.clone(),
+                    token: h.map_or(ghl::TokenState::Unknown, |h| h.token.clone()),
+                    checked_at: h.and_then(|h| h.checked_at),
+                }
+            })
+            .collect()
     }
 
     pub(crate) fn pause(&self, flow: &str, until: DateTime<Utc>, reason: String) {
@@ -153,6 +223,26 @@ impl Engine {
             p.insert(flow.to_owned(), Paused { until, reason });
         }
         self.svc.metrics.flow_paused.get_or_create(&crate::metrics::FlowLabels { flow: flow.to_owned() }).set(1);
+    }
+
+    /// The scheduler's plan: `flow` polls next at `at` (none: it does not poll).
+    pub(crate) fn set_next_poll(&self, flow: &str, at: Option<DateTime<Utc>>) {
+        if let Ok(mut p) = self.polls.lock() {
+            p.entry(flow.to_owned()).or_default().next = at;
+        }
+    }
+
+    /// The scheduler's poll of `flow` that started at `at` ended with `outcome`.
+    pub(crate) fn record_poll(&self, flow: &str, at: DateTime<Utc>, outcome: Result<&PollReport, &EngineError>) {
+        let last = match outcome {
+            Ok(r) => LastPoll { at, ok: true, items: r.items, new: r.new, error: None },
+            Err(e) => LastPoll { at, ok: false, items: 0, new: 0, error: Some(e.to_string()) },
+        };
+        if let Ok(mut p) = self.polls.lock() {
+            let times = p.entry(flow.to_owned()).or_default();
+            times.last = Some(last);
+            times.next = None;
+        }
     }
 
     pub(crate) fn unpause(&self, flow: &str) {
@@ -358,6 +448,9 @@ impl Engine {
     pub(crate) fn unscheduled(&self, name: &str) {
         if let Ok(mut s) = self.scheduled.lock() {
             s.remove(name);
+        }
+        if let Ok(mut p) = self.polls.lock() {
+            p.remove(name);
         }
     }
 

@@ -31,7 +31,7 @@ mod writer;
 pub use config::{AccountInfo, EngineConfig};
 pub use dedupe::{content_hash, dedupe_key, item_id};
 pub use dry_run::{dry_run, DryRun, DryStep};
-pub use engine::{Engine, EngineTasks, FlowState, Paused};
+pub use engine::{AccountState, Engine, EngineTasks, FlowState, LastPoll, Paused};
 pub use error::EngineError;
 pub use metrics::Metrics;
 pub use poll::PollReport;

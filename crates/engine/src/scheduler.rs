@@ -48,6 +48,7 @@ fn spawn_flow(engine: Arc<Engine>, name: String, mut shutdown: watch::Receiver<b
             if rt.webhook_only() {
                 // Kept alive rather than ended: a reload may turn the flow into a polling one.
                 drop(rt);
+                engine.set_next_poll(&name, None);
                 tokio::select! {
                     _ = tokio::time::sleep(std::time::Duration::from_secs(5)) => {}
                     _ = shutdown.changed() => return,
@@ -89,6 +90,7 @@ fn spawn_flow(engine: Arc<Engine>, name: String, mut shutdown: watch::Receiver<b
                 },
             };
             previous = Some(due);
+            engine.set_next_poll(&name, Some(due));
             let wait = (due - now).to_std().unwrap_or_default();
             drop(rt);
             tokio::select! {
@@ -117,8 +119,10 @@ fn spawn_flow(engine: Arc<Engine>, name: String, mut shutdown: watch::Receiver<b
             // Runs are dispatched as they are committed; they outlive a shutdown signal only
             // until the deadline flowd enforces. The poll's future is boxed: inline, its
             // size would be every sleeping scheduler task's size (10,000 flows, 10,000 tasks).
+            let started = Utc::now();
             let polled = Box::pin(engine.poll_and_dispatch(&name)).await;
             drop(slot);
+            engine.record_poll(&name, started, polled.as_ref().map(|(report, _)| report));
             match polled {
                 Ok((report, _runs)) => {
                     if report.new > 0 || report.held > 0 {
@@ -133,6 +137,7 @@ fn spawn_flow(engine: Arc<Engine>, name: String, mut shutdown: watch::Receiver<b
                         let until = Utc::now() + chrono::Duration::from_std(renews_in).unwrap_or_default();
                         tracing::warn!(flow = %name, error = %e, until = %until.to_rfc3339(), "flow paused until its location's daily budget renews");
                         engine.pause(&name, until, e.to_string());
+                        engine.set_next_poll(&name, Some(until));
                         tokio::select! {
                             _ = tokio::time::sleep(renews_in) => {}
                             _ = shutdown.changed() => return,

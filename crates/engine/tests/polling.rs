@@ -247,3 +247,69 @@ async fn a_bulk_poll_runs_each_page_as_it_arrives_and_survives_a_failure_half_wa
         assert_eq!(done.get(id), Some(&1), "one task for {id}");
     }
 }
+
+const EVERY_2S: &str = r#"
+name: every2s
+account: main
+trigger:
+  uses: contacts.search_contacts
+  with: { locationId: "{{ account.location_id }}" }
+  every: 2s
+steps:
+  - id: tag
+    uses: contacts.add_tags
+    with: { contactId: "{{ trigger.id }}", tags: [seen] }
+"#;
+
+/// What `flow_states()` says about a flow's schedule, its last poll and its next one,
+/// as the scheduler polls it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flow_state_shows_the_schedule_the_last_poll_and_the_next_one() {
+    let sb = sandbox(Seed::Contacts(3)).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let engine = engine_for(&sb, &dir.path().join("store"), fast_retries());
+    engine.set_flows(vec![compile(EVERY_2S)]).expect("flows load");
+    let state = engine.flow_states().remove(0);
+    assert_eq!(state.schedule.as_deref(), Some("every 2s"));
+    assert!(state.last_poll.is_none() && state.next_poll.is_none(), "{state:?}");
+
+    let (stop, shutdown) = tokio::sync::watch::channel(false);
+    let tasks = engine.start(shutdown);
+    // The first poll (a baseline of the 3 contacts) and the next one planned after it.
+    let first = state_when(&engine, "a first poll and the next planned", |s| {
+        s.last_poll.as_ref().zip(s.next_poll).is_some_and(|(l, next)| next > l.at)
+    })
+    .await;
+    let last = first.last_poll.clone().expect("polled");
+    assert!(last.ok && last.items == 3 && last.error.is_none(), "{last:?}");
+    let next = first.next_poll.expect("planned");
+    let gap = (next - last.at).num_milliseconds();
+    assert!((0..=3_000).contains(&gap), "next poll {gap} ms after the last, on a 2s schedule");
+
+    // The second poll happens when it was said to, and replaces the last poll.
+    let second = state_when(&engine, "a second poll", |s| s.last_poll.as_ref().is_some_and(|l| l.at > last.at)).await;
+    let at = second.last_poll.expect("polled").at;
+    assert!(at >= next - chrono::Duration::milliseconds(50), "polled at {at}, planned for {next}");
+    let json = serde_json::to_value(engine.flow_states()).expect("serialises");
+    assert_eq!(json[0]["schedule"], "every 2s", "{json}");
+    assert!(json[0]["last_poll"]["at"].is_string() && json[0]["last_poll"]["ok"] == true, "{json}");
+    stop.send(true).expect("stop");
+    tokio::time::timeout(std::time::Duration::from_secs(5), tasks.join()).await.expect("tasks stop");
+}
+
+/// The only flow's state once `check` holds (within 15 s).
+async fn state_when(
+    engine: &engine::Engine,
+    what: &str,
+    check: impl Fn(&engine::FlowState) -> bool,
+) -> engine::FlowState {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        let state = engine.flow_states().remove(0);
+        if check(&state) {
+            return state;
+        }
+        assert!(std::time::Instant::now() < deadline, "{what}: {state:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}

@@ -86,6 +86,8 @@ pub(crate) struct AccountState {
     cached: RwLock<Option<Cached>>,
     generation: AtomicU64,
     refresh_lock: tokio::sync::Mutex<Renewal>,
+    /// What the last answered request said about the token (see `Client::account_health`).
+    health: std::sync::Mutex<(crate::health::TokenState, Option<chrono::DateTime<Utc>>)>,
 }
 
 #[derive(Debug, Clone)]
@@ -117,7 +119,36 @@ impl AccountState {
             cached: RwLock::new(None),
             generation: AtomicU64::new(0),
             refresh_lock: tokio::sync::Mutex::new(Renewal::default()),
+            health: std::sync::Mutex::new((crate::health::TokenState::Unknown, None)),
         }
+    }
+
+    /// Records what a request's outcome says about the token: an answer other than 401
+    /// means GHL accepted it; a refused refresh or a 401 that renewing did not cure means
+    /// someone must reconnect the account. Other failures (timeouts, 5xx) say nothing.
+    pub(crate) fn observe(&self, result: &Result<crate::request::Body, Error>) {
+        use crate::health::TokenState;
+        let state = match result {
+            Ok(_) => TokenState::Valid,
+            Err(Error::ReconnectNeeded { reason, .. }) => TokenState::NeedsReconnect { reason: reason.clone() },
+            Err(Error::Api(e)) if e.status == 401 => TokenState::NeedsReconnect {
+                reason: match self.account.credentials {
+                    Credentials::PrivateToken(_) => {
+                        "GoHighLevel refused its Private Integration token (401); replace the token".into()
+                    }
+                    _ => "GoHighLevel refused its token (401) even after renewing it; reconnect the account".into(),
+                },
+            },
+            // Answered past authentication (a 404, a 422, a 403 for a missing scope).
+            Err(Error::Api(e)) if (400..500).contains(&e.status) && e.status != 429 => TokenState::Valid,
+            Err(_) => return,
+        };
+        *self.health.lock().unwrap_or_else(|p| p.into_inner()) = (state, Some(Utc::now()));
+    }
+
+    pub(crate) fn health(&self) -> crate::health::AccountHealth {
+        let (token, checked_at) = self.health.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        crate::health::AccountHealth { account: self.account.id.clone(), token, checked_at }
     }
 
     pub(crate) fn renewable(&self) -> bool {

@@ -8,6 +8,7 @@ use reqwest::header::{HeaderName, HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_TY
 
 use crate::auth::{Account, AccountState};
 use crate::error::{ApiError, Error};
+use crate::health::AccountHealth;
 use crate::metrics::{Observer, Sending};
 use crate::ratelimit::{LocationLimiter, RateHeaders, RateLimit, RateLimiters};
 use crate::redact::Secret;
@@ -138,6 +139,16 @@ impl Client {
         self.inner.account(id).ok().map(|a| a.account.clone())
     }
 
+    /// Each account's token state as the last answered request left it, sorted by id: a
+    /// refresh refused with `invalid_grant` or a Private Integration token refused with 401
+    /// is `NeedsReconnect` until a request succeeds again or the account is reconnected.
+    pub fn account_health(&self) -> Vec<AccountHealth> {
+        let map = self.inner.accounts.read().unwrap_or_else(|p| p.into_inner());
+        let mut out: Vec<AccountHealth> = map.values().map(|a| a.health()).collect();
+        out.sort_by(|a, b| a.account.cmp(&b.account));
+        out
+    }
+
     /// The limiter of a location (to inspect the limit in force, or for tests).
     pub fn limiter(&self, location: &str) -> Arc<LocationLimiter> {
         self.inner.limiters.get(location)
@@ -244,6 +255,25 @@ impl Inner {
         F: FnOnce() -> Fut,
         Fut: std::future::Future<Output = Result<(), E>>,
     {
+        let acct = match self.account(account) {
+            Ok(a) => a,
+            Err(e) => return Ok(Err(e)),
+        };
+        let result = self.send_for(&acct, req, before_send).await?;
+        acct.observe(&result);
+        Ok(result)
+    }
+
+    async fn send_for<F, Fut, E>(
+        &self,
+        acct: &Arc<AccountState>,
+        req: &Request,
+        before_send: F,
+    ) -> Result<Result<Body, Error>, E>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<(), E>>,
+    {
         /// `?` for the request's own errors, which are the inner result.
         macro_rules! ghl {
             ($e:expr) => {
@@ -254,7 +284,6 @@ impl Inner {
             };
         }
         let mut before_send = Some(before_send);
-        let acct = ghl!(self.account(account));
         let location = req.location.as_deref().unwrap_or(&acct.account.resource);
         let prepared = Prepared {
             url: ghl!(req.url(&acct.account.base_url)),
@@ -274,7 +303,7 @@ impl Inner {
             attempt += 1;
             // Token first: a refresh may take a while, and the limiter's slot should be
             // used the moment it is granted.
-            let bearer = ghl!(self.bearer(&acct).await);
+            let bearer = ghl!(self.bearer(acct).await);
             let waited = ghl!(prepared.limiter.acquire_for(req.origin.flow.as_ref()).await);
             if !waited.is_zero() {
                 self.observer.rate_limit_wait(waited);
@@ -290,7 +319,7 @@ impl Inner {
                     // rejected the request before acting on it, so even a POST is safe.
                     reauthed = true;
                     attempt -= 1;
-                    ghl!(self.renew(&acct, bearer.generation).await);
+                    ghl!(self.renew(acct, bearer.generation).await);
                     continue;
                 }
                 Attempt::Failed { outcome, error, .. } => (outcome, error),

@@ -20,6 +20,7 @@
 mod auth;
 mod client;
 mod error;
+mod health;
 mod metrics;
 mod paginate;
 mod ratelimit;
@@ -31,6 +32,7 @@ mod token_store;
 pub use auth::{Account, Credentials, OAuthApp};
 pub use client::{Client, ClientBuilder, ClientConfig};
 pub use error::{ApiError, ApiMessage, Error};
+pub use health::{AccountHealth, TokenState};
 pub use metrics::{Counters, CountersSnapshot, Observer, Sending};
 pub use paginate::{ItemStream, JsonPath, PageOptions, Pager, StopWhen};
 pub use ratelimit::{parse_retry_after, LocationLimiter, RateHeaders, RateLimit};

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use ghl::{
-    Account, Client, Credentials, Error, MemoryTokenStore, OAuthApp, Request, Secret, TokenSet, TokenStore,
+    Account, Client, Credentials, Error, MemoryTokenStore, OAuthApp, Request, Secret, TokenSet, TokenState, TokenStore,
     TokenStoreError,
 };
 use sandbox::{OAuthClient, Sandbox, SandboxConfig};
@@ -276,4 +276,50 @@ async fn an_expiring_access_token_is_refreshed_before_use() {
     assert!(logged(&sb, "/locations").iter().all(|e| status_of(e) == 200));
     client.json("oauth", &get_location(&sb)).await.expect("ok");
     assert_eq!(refreshes(&sb), 1, "the new token lasts an hour");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn account_health_says_which_account_needs_reconnecting() {
+    let sb = oauth_sandbox().await;
+    let store = Arc::new(MemoryTokenStore::new());
+    store.save("live", &grant(&sb, chrono::Duration::hours(-1))).expect("seed live");
+    let mut revoked = grant(&sb, chrono::Duration::hours(-1));
+    revoked.refresh_token = Some(Secret::new("a-refresh-token-ghl-revoked"));
+    store.save("revoked", &revoked).expect("seed revoked");
+    let client = client_with(store, Arc::new(Recorder::default()));
+    client.add_account(oauth_account(&sb, "live"));
+    client.add_account(oauth_account(&sb, "revoked"));
+    client.add_account(pit_account(&sb, "pit", "a-token-ghl-never-issued"));
+    let states =
+        |client: &Client| client.account_health().into_iter().map(|h| (h.account, h.token)).collect::<Vec<_>>();
+    assert!(states(&client).iter().all(|(_, t)| *t == TokenState::Unknown), "{:?}", states(&client));
+
+    client.json("live", &get_location(&sb)).await.expect("live refreshes and succeeds");
+    let err = client.json("revoked", &get_location(&sb)).await.expect_err("its refresh token is refused");
+    assert!(err.is_reconnect_needed(), "{err:?}");
+    let err = client.json("pit", &get_location(&sb)).await.expect_err("the token is refused");
+    assert_eq!(err.status(), Some(401), "{err:?}");
+
+    let now = states(&client);
+    assert_eq!(now[0], ("live".to_string(), TokenState::Valid));
+    assert!(
+        matches!(&now[1], (a, TokenState::NeedsReconnect { reason }) if a == "pit" && reason.contains("Private Integration token")),
+        "{now:?}"
+    );
+    assert!(
+        matches!(&now[2], (a, TokenState::NeedsReconnect { reason }) if a == "revoked" && reason.contains("refresh token")),
+        "{now:?}"
+    );
+    let json = serde_json::to_value(client.account_health()).expect("serialises");
+    assert_eq!(json[2]["state"], "needs_reconnect", "{json}");
+    assert!(json[0]["checked_at"].is_string(), "{json}");
+
+    // Reconnecting (a fresh grant stored, the account registered again) clears it.
+    let fresh = grant(&sb, chrono::Duration::hours(-1));
+    let store2 = Arc::new(MemoryTokenStore::new());
+    store2.save("revoked", &fresh).expect("seed");
+    let client2 = client_with(store2, Arc::new(Recorder::default()));
+    client2.add_account(oauth_account(&sb, "revoked"));
+    client2.json("revoked", &get_location(&sb)).await.expect("reconnected");
+    assert_eq!(states(&client2), vec![("revoked".to_string(), TokenState::Valid)]);
 }

@@ -581,6 +581,9 @@ async fn flows(State(c): State<Console>, headers: HeaderMap) -> Response {
                 account: f.account,
                 trigger: f.trigger,
                 paused: f.paused.map(|p| format!("{} until {}", p.reason, p.until.format("%Y-%m-%d %H:%M UTC"))),
+                schedule: f.schedule,
+                last_poll: f.last_poll,
+                next_poll: f.next_poll,
                 runs_last_hour,
                 failed_last_hour,
                 held,
@@ -624,16 +627,17 @@ async fn health(State(c): State<Console>, headers: HeaderMap) -> Response {
         Err(r) => return r.into_response(),
     };
     let m = metrics_text::parse(&c.engine.metrics().encode());
-    let accounts: Vec<pages::AccountRow> = m
-        .label_values("flowd_ghl_requests_total", "location")
+    let accounts: Vec<pages::AccountRow> = c
+        .engine
+        .account_states()
         .into_iter()
-        .chain(m.label_values("flowd_ghl_daily_budget_used", "location"))
-        .collect::<std::collections::BTreeSet<_>>()
-        .into_iter()
-        .map(|location| pages::AccountRow {
-            budget_used: m.first("flowd_ghl_daily_budget_used", |l| l.get("location") == Some(&location)),
-            budget_limit: m.first("flowd_ghl_daily_budget_limit", |l| l.get("location") == Some(&location)),
-            location,
+        .map(|a| pages::AccountRow {
+            budget_used: m.first("flowd_ghl_daily_budget_used", |l| l.get("location") == Some(&a.location_id)),
+            budget_limit: m.first("flowd_ghl_daily_budget_limit", |l| l.get("location") == Some(&a.location_id)),
+            name: a.name,
+            location: a.location_id,
+            token: a.token,
+            checked_at: a.checked_at,
         })
         .collect();
     let deliveries: Vec<(String, f64)> = m
@@ -650,7 +654,6 @@ async fn health(State(c): State<Console>, headers: HeaderMap) -> Response {
         accounts: &accounts,
         deliveries: &deliveries,
         refreshes: m.sum("flowd_token_refreshes_total", |_| true),
-        unauthorized: m.sum("flowd_ghl_responses_total", |l| l.get("status").map(String::as_str) == Some("401")),
     };
     page(StatusCode::OK, "Health", Nav::Health, &s, pages::health(&h))
 }

@@ -325,6 +325,10 @@ pub struct FlowRow {
     pub account: String,
     pub trigger: String,
     pub paused: Option<String>,
+    /// `every 5m`, `cron …`; none for a webhook-only flow.
+    pub schedule: Option<String>,
+    pub last_poll: Option<engine::LastPoll>,
+    pub next_poll: Option<chrono::DateTime<chrono::Utc>>,
     pub runs_last_hour: usize,
     pub failed_last_hour: usize,
     pub held: usize,
@@ -352,7 +356,8 @@ pub fn flows(rows: &[FlowRow], rejected: &[(std::path::PathBuf, Vec<String>)], c
         @else {
             table.flows {
                 thead { tr {
-                    th { "Flow" } th { "Account" } th { "Trigger" } th { "State" } th { "Runs, last hour" }
+                    th { "Flow" } th { "Account" } th { "Trigger" } th { "Schedule" } th { "Last poll (UTC)" } th { "Next poll (UTC)" }
+                    th { "State" } th { "Runs, last hour" }
                     th { "Failure rate" } th { "Polls ok / failed" } th { "Watermark lag" } th { "Share of requests" } th { "Held" }
                 } }
                 tbody {
@@ -361,6 +366,15 @@ pub fn flows(rows: &[FlowRow], rejected: &[(std::path::PathBuf, Vec<String>)], c
                             td { a href={ "/runs?flow=" (url_part(&f.name)) } { (f.name) } }
                             td { (f.account) }
                             td { code { (if f.trigger.is_empty() { "webhook" } else { f.trigger.as_str() }) } }
+                            td { @match &f.schedule { Some(sch) => code { (sch) }, None => "webhooks" } }
+                            td.poll {
+                                @match &f.last_poll {
+                                    Some(l) if l.ok => { (l.at.format("%Y-%m-%d %H:%M:%S")) " " span.status.succeeded { "ok" } " " (l.items) " item(s), " (l.new) " new" }
+                                    Some(l) => { (l.at.format("%Y-%m-%d %H:%M:%S")) " " span.status.dead { "failed" } " " (l.error.as_deref().unwrap_or("")) }
+                                    None => "–",
+                                }
+                            }
+                            td.poll { @match f.next_poll { Some(n) => (n.format("%Y-%m-%d %H:%M:%S")), None => "–" } }
                             td { @match &f.paused { Some(p) => span.status.held { "paused: " (p) }, None => "polling" } }
                             td.num { (f.runs_last_hour) }
                             td.num { @if f.runs_last_hour > 0 { (format!("{:.0}%", 100.0 * f.failed_last_hour as f64 / f.runs_last_hour as f64)) } @else { "–" } }
@@ -383,24 +397,27 @@ pub fn flows(rows: &[FlowRow], rejected: &[(std::path::PathBuf, Vec<String>)], c
     }
 }
 
+/// One configured account on the health page.
 pub struct AccountRow {
+    pub name: String,
     pub location: String,
+    pub token: ghl::TokenState,
+    pub checked_at: Option<chrono::DateTime<chrono::Utc>>,
     pub budget_used: Option<f64>,
     pub budget_limit: Option<f64>,
 }
 
-/// What the health page shows; every figure comes from the engine's metrics.
+/// What the health page shows: the accounts' token states as the GHL client last saw
+/// them, every figure from the engine's metrics.
 pub struct Health<'a> {
     pub store_fault: Option<&'a str>,
     pub accounts: &'a [AccountRow],
     pub deliveries: &'a [(String, f64)],
     pub refreshes: f64,
-    /// GHL answers 401 since the service started, all accounts together.
-    pub unauthorized: f64,
 }
 
 pub fn health(h: &Health) -> Markup {
-    let Health { store_fault, accounts, deliveries, refreshes, unauthorized } = *h;
+    let Health { store_fault, accounts, deliveries, refreshes } = *h;
     html! {
         h1 { "Health" }
         h2 { "Store" }
@@ -409,14 +426,25 @@ pub fn health(h: &Health) -> Markup {
             None => p { span.status.succeeded { "writing" } },
         }
         h2 { "Accounts" }
-        @if accounts.is_empty() { p.empty { "No GHL request was sent since the service started." } }
+        @if accounts.is_empty() { p.empty { "No account is configured." } }
         @else {
-            table {
-                thead { tr { th { "Location" } th { "Daily budget used" } } }
+            table.accounts {
+                thead { tr { th { "Account" } th { "Location" } th { "Token" } th { "Daily budget used" } } }
                 tbody {
                     @for a in accounts {
                         tr {
+                            td { (a.name) }
                             td { code { (a.location) } }
+                            td {
+                                @match &a.token {
+                                    ghl::TokenState::Valid => span.status.succeeded { "valid" },
+                                    ghl::TokenState::NeedsReconnect { reason } => {
+                                        span.status.dead { "needs reconnect" } " " (reason)
+                                    },
+                                    ghl::TokenState::Unknown => span.status.pending { "not used yet" },
+                                }
+                                @if let Some(at) = a.checked_at { " " small { "(as of " (at.format("%H:%M:%S UTC")) ")" } }
+                            }
                             td.num {
                                 @match (a.budget_used, a.budget_limit) {
                                     (Some(u), Some(l)) if l > 0.0 => (format!("{u} of {l} ({:.1}%)", 100.0 * u / l)),
@@ -428,15 +456,7 @@ pub fn health(h: &Health) -> Markup {
                     }
                 }
             }
-            p {
-                "Tokens: "
-                @if unauthorized > 0.0 {
-                    span.status.dead { "needs reconnect?" } " GHL answered 401 " (unauthorized) " time(s) since start; run " code { "flowd auth check" } "."
-                } @else {
-                    span.status.succeeded { "valid" } " (no 401 from GHL since start)"
-                }
-                " OAuth refreshes since start: " (refreshes) "."
-            }
+            p { "Token: what GHL's last answer to one of the account's requests said. OAuth refreshes since start: " (refreshes) "." }
         }
         h2 { "Webhook receiver" }
         @if deliveries.is_empty() { p.empty { "No delivery since the service started (or no receiver configured)." } }
