@@ -191,10 +191,20 @@ async fn serves_health_and_metrics_reloads_flows_and_stops_cleanly_on_sigterm() 
         assert!(Instant::now() < deadline, "no task for the new contact; log:\n{}", svc.log());
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let (status, metrics) = svc.get("/metrics").await.expect("metrics");
-    assert_eq!(status, 200);
+    // The sandbox holds the task once the POST is processed; the run is counted as
+    // succeeded only after flowd has read the answer and recorded it, a moment later.
+    let succeeded = "flowd_runs_total{flow=\"tasks\",status=\"succeeded\"} 1";
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let metrics = loop {
+        let (status, metrics) = svc.get("/metrics").await.expect("metrics");
+        assert_eq!(status, 200);
+        if metrics.contains(succeeded) {
+            break metrics;
+        }
+        assert!(Instant::now() < deadline, "the run was never counted as succeeded:\n{metrics}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     assert!(metrics.contains("flowd_polls_total{flow=\"tasks\""), "{metrics}");
-    assert!(metrics.contains("flowd_runs_total{flow=\"tasks\",status=\"succeeded\"} 1"), "{metrics}");
     assert!(metrics.contains("flowd_ghl_responses_total{status=\"201\"}"), "{metrics}");
 
     // A broken edit is rejected and the running version stays.
