@@ -8,6 +8,7 @@
 
 use catalog::{IdSource, Operation};
 use serde_json::Value;
+use std::borrow::Cow;
 
 /// Id fields that name the account or a side detail rather than a record a run is about:
 /// every run of a location names its location.
@@ -65,17 +66,28 @@ pub fn of_response(op: &Operation, response: &Value, out: &mut Vec<String>) {
     id_fields(response, out);
 }
 
+// Every item and step passes through these, so they borrow where they can: a record
+// name is the one string built, and only when the run does not name it yet.
 fn push(out: &mut Vec<String>, kind: &str, id: &str) {
-    let record = format!("{kind}:{id}");
-    if !out.contains(&record) {
+    let named = |r: &String| {
+        r.len() == kind.len() + 1 + id.len()
+            && r.starts_with(kind)
+            && r.ends_with(id)
+            && r.as_bytes()[kind.len()] == b':'
+    };
+    if !out.iter().any(named) {
+        let mut record = String::with_capacity(kind.len() + 1 + id.len());
+        record.push_str(kind);
+        record.push(':');
+        record.push_str(id);
         out.push(record);
     }
 }
 
-fn id_text(v: &Value) -> Option<String> {
+fn id_text(v: &Value) -> Option<Cow<'_, str>> {
     match v {
-        Value::String(s) if !s.is_empty() && s.len() <= 128 => Some(s.clone()),
-        Value::Number(n) => Some(n.to_string()),
+        Value::String(s) if !s.is_empty() && s.len() <= 128 => Some(Cow::Borrowed(s)),
+        Value::Number(n) => Some(Cow::Owned(n.to_string())),
         _ => None,
     }
 }
@@ -92,21 +104,31 @@ fn id_fields(v: &Value, out: &mut Vec<String>) {
 
 /// `contactId` → `contact`, `opportunity_id` → `opportunity`; `None` for other names and
 /// for the ids in [`NOT_RECORDS`].
-fn field_kind(name: &str) -> Option<String> {
+fn field_kind(name: &str) -> Option<Cow<'_, str>> {
     let stem = name.strip_suffix("Id").or_else(|| name.strip_suffix("_id"))?;
     if stem.is_empty() || !stem.bytes().all(|b| b.is_ascii_alphanumeric()) {
         return None;
     }
-    let kind = stem.to_ascii_lowercase();
-    (!NOT_RECORDS.contains(&kind.as_str())).then_some(kind)
+    if NOT_RECORDS.iter().any(|n| n.eq_ignore_ascii_case(stem)) {
+        return None;
+    }
+    Some(lowercase(stem))
+}
+
+fn lowercase(s: &str) -> Cow<'_, str> {
+    if s.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(s.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(s)
+    }
 }
 
 /// The kind of record an operation reads or writes: from the JSONPath of its items
 /// (`$.contacts[*]`, `$.task`) or its result, else the last literal segment of its path,
 /// or for a webhook event its first word (`ContactCreate` → `contact`).
-fn resource_kind(op: &Operation) -> Option<String> {
+fn resource_kind(op: &Operation) -> Option<Cow<'_, str>> {
     if op.category == "webhooks" {
-        return event_kind(&op.name);
+        return event_kind(&op.name).map(Cow::Owned);
     }
     let jsonpath = op.trigger.as_ref().map(|t| t.items.as_str()).or(op.action.as_ref().map(|a| a.result.as_str()));
     let from_path = jsonpath.and_then(|p| {
@@ -128,14 +150,20 @@ fn event_kind(event: &str) -> Option<String> {
     (!word.is_empty()).then(|| word.to_ascii_lowercase())
 }
 
-fn singular(name: &str) -> String {
-    let lower = name.to_ascii_lowercase();
+fn singular(name: &str) -> Cow<'_, str> {
+    let lower = lowercase(name);
     if let Some(stem) = lower.strip_suffix("ies") {
-        format!("{stem}y")
+        Cow::Owned(format!("{stem}y"))
     } else if let Some(stem) = lower.strip_suffix("sses") {
-        format!("{stem}ss")
-    } else if let Some(stem) = lower.strip_suffix('s') {
-        stem.to_string()
+        Cow::Owned(format!("{stem}ss"))
+    } else if lower.ends_with('s') {
+        match lower {
+            Cow::Borrowed(b) => Cow::Borrowed(&b[..b.len() - 1]),
+            Cow::Owned(mut o) => {
+                o.pop();
+                Cow::Owned(o)
+            }
+        }
     } else {
         lower
     }
