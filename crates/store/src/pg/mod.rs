@@ -358,11 +358,14 @@ impl PgStore {
     /// connection threads.
     pub fn connect(options: &PgOptions, create: Create) -> Result<PgStore> {
         let config = options.config()?;
-        let mut client = config.connect(NoTls)?;
-        if let Some(schema) = &options.schema {
-            client.batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {schema}"))?;
-        }
-        let store_id = prepare_schema(&mut client, create, &redacted_url(&options.url))?;
+        let (client, store_id) = off_runtime(|| {
+            let mut client = config.connect(NoTls)?;
+            if let Some(schema) = &options.schema {
+                client.batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {schema}"))?;
+            }
+            let store_id = prepare_schema(&mut client, create, &redacted_url(&options.url))?;
+            Ok((client, store_id))
+        })?;
         Ok(PgStore {
             pool: Pool::start(&config, options.connections, client)?,
             store_id,
@@ -390,9 +393,12 @@ impl PgStore {
     /// [`PgOptions::schema`]).
     pub fn drop_schema(url: &str, schema: &str) -> Result<()> {
         check_schema_name(schema)?;
-        let mut client = PgOptions::new(url).config()?.connect(NoTls)?;
-        client.batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))?;
-        Ok(())
+        let config = PgOptions::new(url).config()?;
+        off_runtime(|| {
+            let mut client = config.connect(NoTls)?;
+            client.batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))?;
+            Ok(())
+        })
     }
 
     /// Replaces the clock (tests age records with it).
@@ -578,6 +584,15 @@ pub(crate) struct Import {
     pub next_id: i64,
 }
 
+/// Runs `f` on a thread of its own and waits for it: the synchronous client (connecting,
+/// and dropping a connection) runs a runtime of its own, which panics on a thread that is
+/// inside tokio's (a caller's `async fn`, a test's `#[tokio::test]`).
+fn off_runtime<R: Send>(f: impl FnOnce() -> Result<R> + Send) -> Result<R> {
+    std::thread::scope(|s| {
+        s.spawn(f).join().unwrap_or_else(|_| Err(StoreError::Invalid("a database thread panicked".into())))
+    })
+}
+
 /// Migrates the schema (under an advisory lock, so that nodes starting together migrate
 /// once) and returns the store id, written the first time.
 fn prepare_schema(client: &mut Client, create: Create, url: &str) -> Result<String> {
@@ -620,9 +635,11 @@ impl Drop for PgStore {
     fn drop(&mut self) {
         if let Some((config, schema)) = self.drop_schema.take() {
             // Best effort: a test schema left behind holds nothing anyone reads.
-            if let Ok(mut c) = config.connect(NoTls) {
-                let _ = c.batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"));
-            }
+            let _ = off_runtime(|| {
+                let mut c = config.connect(NoTls)?;
+                c.batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))?;
+                Ok(())
+            });
         }
     }
 }
@@ -825,7 +842,10 @@ impl Store for PgStore {
         let flow = flow.to_string();
         let released = self.pool.call(move |c| {
             let mut tx = c.transaction()?;
-            let held = tx.query("SELECT id FROM runs WHERE status = 'held' AND flow = $1 ORDER BY id", &[&flow])?;
+            // Locked here, and the condition checked again on the locked rows: a run another
+            // node released or changed meanwhile is not made pending again.
+            let held =
+                tx.query("SELECT id FROM runs WHERE status = 'held' AND flow = $1 ORDER BY id FOR UPDATE", &[&flow])?;
             let batch: Vec<(RunId, Vec<RunChange>)> = held
                 .iter()
                 .map(|r| {
@@ -837,7 +857,6 @@ impl Store for PgStore {
                 return Ok(Vec::new());
             }
             let (results, rows) = apply_changes(&mut tx, &batch, now, false)?;
-            // Only runs still held under the lock move (another node may have moved one).
             let released: Vec<RunId> =
                 batch.iter().zip(&results).filter(|(_, r)| r.is_ok()).map(|((id, _), _)| *id).collect();
             write_runs(&mut tx, &rows)?;
