@@ -64,8 +64,10 @@ fn per(d: Duration, n: usize) -> String {
 fn server_counters(url: &str) -> (i64, i64) {
     let url = url.to_string();
     std::thread::spawn(move || {
+        // A backend publishes its counters at most once a second and, once idle, within
+        // 10 s (PostgreSQL 15's shared statistics): wait them out.
+        std::thread::sleep(Duration::from_secs(11));
         let mut c = postgres::Client::connect(&url, postgres::NoTls).expect("stats connection");
-        // The statistics collector publishes at transaction end; a fresh snapshot each time.
         c.batch_execute("SELECT pg_stat_clear_snapshot()").expect("snapshot");
         let r = c
             .query_one(
