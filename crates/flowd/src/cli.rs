@@ -70,7 +70,7 @@ pub enum Command {
     /// Connect GHL accounts (OAuth) and check that every account's credentials work.
     #[command(subcommand)]
     Auth(AuthCommand),
-    /// Inspect the store, or move a sled store to fjall.
+    /// Inspect the store, move a sled store to fjall, or copy a store into PostgreSQL.
     #[command(subcommand)]
     Store(StoreCommand),
     /// Print the JSON Schema of flow files (for editor completion and checks).

@@ -157,3 +157,22 @@ fn a_fjall_store_copied_to_postgres_reads_the_same_and_goes_on() {
     let err = store::migrate::embedded_to_postgres(&from, &options).unwrap_err();
     assert!(err.to_string().contains("already holds"), "{err}");
 }
+
+/// A store that never made a run (sled's id generator is at 0) copies too, and the first
+/// run made in PostgreSQL gets an id.
+#[test]
+fn an_empty_sled_store_copies_into_postgres() {
+    let Some(_schemas) = common::PgScope::enter() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let (from, to) = (dir.path().join("sled"), dir.path().join("pg"));
+    let s = SledStore::create_or_open(&from).unwrap();
+    s.put_tokens("loc", &json!({"refresh_token": "r"})).unwrap();
+    drop(s);
+    let options = common::Pg::create_or_open(&to).unwrap().options();
+    let migrated = store::migrate::embedded_to_postgres(&from, &options).unwrap();
+    assert_eq!(migrated.total(), 1, "{migrated:?}");
+    let s = common::Pg::open(&to).unwrap();
+    assert_eq!(s.get_tokens("loc").unwrap(), Some(json!({"refresh_token": "r"})));
+    let id = s.create_run(&NewRun::new("f", json!(1))).unwrap();
+    assert!(id.0 >= 1, "{id}");
+}

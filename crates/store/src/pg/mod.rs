@@ -533,7 +533,7 @@ impl PgStore {
                     &[&ev.id, &json_text(&ev.payload)?, &ev.received_at, &ev.processed_at],
                 )?;
             }
-            tx.execute("SELECT setval('run_ids', GREATEST((SELECT last_value FROM run_ids), $1::bigint))", &[&data.next_id])?;
+            tx.execute("SELECT setval('run_ids', GREATEST((SELECT last_value FROM run_ids), $1::bigint, 1))", &[&data.next_id])?;
             tx.commit()?;
             Ok(())
         })?;
@@ -698,7 +698,9 @@ impl Store for PgStore {
             }
             let keys: Vec<&str> = items.iter().map(|(k, _)| k.as_str()).collect();
             let rows = tx.query(
-                "INSERT INTO seen (trigger, key, seen_at) SELECT $1, k, $3 FROM unnest($2::text[]) AS k \
+                // In key order: two writers inserting overlapping keys take the rows' locks in
+                // one order, so one waits for the other instead of both deadlocking.
+                "INSERT INTO seen (trigger, key, seen_at) SELECT $1, k, $3 FROM unnest($2::text[]) AS k ORDER BY k \
                  ON CONFLICT DO NOTHING RETURNING key",
                 &[&trigger, &keys, &now],
             )?;
