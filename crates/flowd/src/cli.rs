@@ -70,7 +70,7 @@ pub enum Command {
     /// Connect GHL accounts (OAuth) and check that every account's credentials work.
     #[command(subcommand)]
     Auth(AuthCommand),
-    /// Inspect the store, or move a sled store to fjall.
+    /// Inspect the store, move a sled store to fjall, or copy a store into PostgreSQL.
     #[command(subcommand)]
     Store(StoreCommand),
     /// Print the JSON Schema of flow files (for editor completion and checks).
@@ -296,17 +296,33 @@ pub enum Format {
 
 #[derive(Debug, Subcommand)]
 pub enum StoreCommand {
-    /// Print where the store is, its database (fjall or sled), id, format and creation time.
+    /// Print where the store is, its database (fjall, sled or postgres), id, format and creation time.
     Info(StoreArgs),
     /// Copy a sled store to a new fjall store, record for record, and put it in its place
-    /// (the sled store is kept beside it, renamed). Stop `flowd run` first.
-    Migrate(StoreArgs),
+    /// (the sled store is kept beside it, renamed); or, with `--to postgres://…`, copy the
+    /// embedded store into PostgreSQL (seen keys, trigger states, runs, tokens, webhook
+    /// inbox), leaving it as it was. Stop `flowd run` first.
+    Migrate(MigrateArgs),
 }
 
 #[derive(Debug, Args)]
 pub struct StoreArgs {
     #[command(flatten)]
     pub config: ConfigArg,
+}
+
+#[derive(Debug, Args)]
+pub struct MigrateArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// Copy into this PostgreSQL database (`postgres://user@host/db`, no password in it)
+    /// instead of moving sled to fjall. Its schema must hold no flowd data yet.
+    #[arg(long, value_name = "URL")]
+    pub to: Option<String>,
+    /// A file holding the database password (a password is never given on the command
+    /// line: `--password-file <(printf %s "$PGPASSWORD")` passes one from the environment).
+    #[arg(long, value_name = "FILE", requires = "to")]
+    pub password_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]

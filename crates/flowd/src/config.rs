@@ -16,8 +16,16 @@ pub mod webhooks;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawConfig {
-    #[serde(default = "default_store", deserialize_with = "store_dir")]
-    pub store: PathBuf,
+    /// A directory for the embedded store, or a `postgres://user@host/db` URL (password by
+    /// reference: `store_password` or `store_password_file`).
+    #[serde(default = "default_store", deserialize_with = "store_location")]
+    pub store: StoreLocation,
+    /// The PostgreSQL password (`${PGPASSWORD}`), for a `postgres://` store.
+    #[serde(default)]
+    pub store_password: Option<String>,
+    /// A file holding the PostgreSQL password.
+    #[serde(default)]
+    pub store_password_file: Option<PathBuf>,
     /// The embedded database a new store is created with (`fjall` or `sled`); an existing
     /// store keeps the one it was created with.
     #[serde(default = "default_store_backend")]
@@ -173,11 +181,22 @@ pub(crate) fn read_limited(path: &Path, max: u64) -> Result<String, String> {
     })
 }
 
+/// What `store:` names: a directory or a database URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreLocation {
+    Dir(PathBuf),
+    /// A `postgres://` URL without a password.
+    Postgres(String),
+}
+
 /// A configuration with every reference resolved.
 #[derive(Debug, Clone)]
 pub struct Config {
     pub path: PathBuf,
+    /// The embedded store's directory (unused when `postgres` is set).
     pub store: PathBuf,
+    /// The PostgreSQL store, when `store:` is a `postgres://` URL.
+    pub postgres: Option<store::PgOptions>,
     pub store_backend: store::Backend,
     pub flows: PathBuf,
     pub listen: SocketAddr,
@@ -326,9 +345,23 @@ fn resolve(path: &Path, raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) ->
         Some(t) => Some(expand(t, env).map_err(|m| invalid(format!("admin_token: {m}")))?),
         None => None,
     };
+    let store_password = secret("store_password", &raw.store_password, &raw.store_password_file, &mut warnings)?;
+    let (store_dir, postgres) = match &raw.store {
+        StoreLocation::Dir(d) => {
+            if store_password.is_some() {
+                return Err(invalid("store_password: the store is a directory, not a PostgreSQL URL".into()));
+            }
+            (rel(d), None)
+        }
+        StoreLocation::Postgres(url) => (
+            rel(&default_store_dir()),
+            Some(store::PgOptions { password: store_password, ..store::PgOptions::new(url) }),
+        ),
+    };
     Ok(Config {
         path: path.to_path_buf(),
-        store: rel(&raw.store),
+        store: store_dir,
+        postgres,
         store_backend: raw.store_backend,
         flows: rel(&raw.flows),
         listen,
@@ -348,6 +381,16 @@ fn resolve(path: &Path, raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) ->
         webhooks,
         warnings,
     })
+}
+
+impl Config {
+    /// The store as messages name it: its directory, or its URL (never with a password).
+    pub fn store_name(&self) -> String {
+        match &self.postgres {
+            Some(pg) => store::pg::redacted_url(&pg.url),
+            None => self.store.display().to_string(),
+        }
+    }
 }
 
 /// Expands `${NAME}` references; an unset variable is an error, not an empty string.
@@ -374,7 +417,10 @@ pub fn expand(value: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Strin
 fn default_http_max_response() -> usize {
     engine::EngineConfig::default().http_max_response_bytes
 }
-fn default_store() -> PathBuf {
+fn default_store() -> StoreLocation {
+    StoreLocation::Dir(default_store_dir())
+}
+fn default_store_dir() -> PathBuf {
     PathBuf::from("./flowd-data")
 }
 fn default_store_backend() -> store::Backend {
@@ -408,17 +454,32 @@ fn default_shutdown() -> Duration {
     Duration::from_secs(10)
 }
 
-/// The store's directory. A URL (`postgres://…`) is refused: only the embedded databases
-/// exist, and a URL taken as a relative directory name would put the store somewhere
-/// nobody expects.
-fn store_dir<'de, D: serde::Deserializer<'de>>(d: D) -> Result<PathBuf, D::Error> {
+/// The store's directory, or a `postgres://` URL. Another scheme is refused (a URL taken
+/// as a relative directory name would put the store somewhere nobody expects), and so is a
+/// password inside the URL: it would be in the config in clear, and passwords come by
+/// reference (`store_password: ${PGPASSWORD}` or `store_password_file`).
+fn store_location<'de, D: serde::Deserializer<'de>>(d: D) -> Result<StoreLocation, D::Error> {
     let s = String::deserialize(d)?;
-    if let Some((scheme, _)) = s.split_once("://") {
+    let Some((scheme, rest)) = s.split_once("://") else {
+        return Ok(StoreLocation::Dir(PathBuf::from(s)));
+    };
+    if scheme != "postgres" && scheme != "postgresql" {
         return Err(serde::de::Error::custom(format!(
-            "`{scheme}://…` is a URL; `store` is a directory for the embedded database (fjall or sled): no database server is supported"
+            "`{scheme}://…` is a URL flowd cannot use: `store` is a directory for the embedded database, or a postgres:// URL"
         )));
     }
-    Ok(PathBuf::from(s))
+    let authority = rest.split(['/', '?']).next().unwrap_or_default();
+    if authority.rsplit_once('@').is_some_and(|(userinfo, _)| userinfo.contains(':')) {
+        return Err(serde::de::Error::custom(
+            "the store URL holds a password: remove it and give `store_password: ${PGPASSWORD}` or `store_password_file`",
+        ));
+    }
+    if s.contains("password=") {
+        return Err(serde::de::Error::custom(
+            "the store URL holds a password parameter: give `store_password: ${PGPASSWORD}` or `store_password_file`",
+        ));
+    }
+    Ok(StoreLocation::Postgres(s))
 }
 
 /// Numbers and durations within bounds, checked as the YAML is read so that a value out
@@ -586,10 +647,27 @@ mod tests {
     }
 
     #[test]
-    fn a_store_url_is_refused() {
-        let (_d, path) = write("flows: ./flows\nstore: postgres://db.example/flowd\n");
+    fn a_postgres_store_url_takes_its_password_by_reference() {
+        let (_d, path) =
+            write("flows: ./flows\nstore: postgres://flowd@db.example/flowd\nstore_password: ${PG_SECRET}\n");
+        let env = |k: &str| (k == "PG_SECRET").then(|| "s3cret".to_string());
+        let c = load(&path, &env).unwrap_or_else(|e| panic!("{e}"));
+        let pg = c.postgres.clone().expect("a postgres store");
+        assert_eq!(pg.url, "postgres://flowd@db.example/flowd");
+        assert_eq!(pg.password.as_deref(), Some("s3cret"));
+        assert!(!format!("{c:?}").contains("s3cret"), "the password never shows");
+        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+    }
+
+    #[test]
+    fn a_store_url_with_a_password_or_another_scheme_is_refused() {
+        let (_d, path) = write("flows: ./flows\nstore: postgres://u:pw@db.example/flowd\n");
         let e = load(&path, &env).unwrap_err().to_string();
-        assert!(e.contains("flowd.yaml:2:8: `postgres://…` is a URL"), "{e}");
+        assert!(e.contains("flowd.yaml:2:8: the store URL holds a password"), "{e}");
+        assert!(!e.contains("pw@"), "{e}");
+        let (_d, path) = write("flows: ./flows\nstore: mysql://db.example/flowd\n");
+        let e = load(&path, &env).unwrap_err().to_string();
+        assert!(e.contains("flowd.yaml:2:8: `mysql://…` is a URL flowd cannot use"), "{e}");
     }
 
     #[test]

@@ -48,6 +48,14 @@ pub enum StoreError {
 
     #[error("database: {0}")]
     Fjall(#[from] fjall::Error),
+
+    /// An error from PostgreSQL or the connection to it (see [`crate::pg`]).
+    #[error("PostgreSQL: {0}")]
+    Postgres(#[from] postgres::Error),
+
+    /// The PostgreSQL schema could not be brought to this build's version.
+    #[error("migrating the PostgreSQL schema: {0}")]
+    Migration(String),
 }
 
 impl From<fjall::LsmError> for StoreError {

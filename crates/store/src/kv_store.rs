@@ -338,7 +338,7 @@ impl<K: Kv> KvStore<K> {
 impl StoreError {
     /// An error of the database itself (not a refused change): a transaction stops at it.
     fn is_database(&self) -> bool {
-        matches!(self, StoreError::Db(_) | StoreError::Fjall(_) | StoreError::Io { .. })
+        matches!(self, StoreError::Db(_) | StoreError::Fjall(_) | StoreError::Postgres(_) | StoreError::Io { .. })
     }
 }
 

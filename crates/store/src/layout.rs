@@ -61,6 +61,9 @@ pub enum Backend {
     /// fjall 2 (an LSM tree with a journal): cheaper durable writes, and no
     /// process-wide lock that readers wait for.
     Fjall,
+    /// PostgreSQL ([`crate::PgStore`]): a server, not files; never named by a marker and
+    /// never given to [`crate::create_or_open`].
+    Postgres,
 }
 
 impl Backend {
@@ -72,6 +75,7 @@ impl Backend {
         match self {
             Backend::Sled => "sled",
             Backend::Fjall => "fjall",
+            Backend::Postgres => "postgres",
         }
     }
 
@@ -80,6 +84,8 @@ impl Backend {
         match self {
             Backend::Sled => DB_DIR,
             Backend::Fjall => FJALL_DIR,
+            // Not a directory anything is written to: a PostgreSQL store has no files.
+            Backend::Postgres => "postgres",
         }
     }
 }
@@ -357,6 +363,7 @@ pub fn db_has_data_file(root: &Path, backend: Backend) -> Result<bool> {
     let file = match backend {
         Backend::Sled => db_dir(root, backend).join("db"),
         Backend::Fjall => db_dir(root, backend).join("version"),
+        Backend::Postgres => return Ok(false),
     };
     match fs::metadata(&file) {
         Ok(m) => Ok(m.is_file() && m.len() > 0),

@@ -6,6 +6,7 @@
 //! key-value layer ([`kv::Kv`]) with two adapters: fjall ([`FjallStore`], the default for
 //! new stores) and sled ([`SledStore`]). [`open`] and [`create_or_open`] pick the backend a
 //! store was created with; `temporary()` gives a throw-away store for other crates' tests.
+//! [`PgStore`] implements it in PostgreSQL, for several nodes on one database ([`pg`]).
 
 pub mod clock;
 mod commit;
@@ -18,6 +19,7 @@ pub mod migrate;
 pub mod model;
 mod open_runs;
 mod payload;
+pub mod pg;
 mod retention;
 mod time_format;
 mod transitions;
@@ -37,6 +39,7 @@ pub use model::{
     NewRun, NewRunFields, Payload, PollCommit, PollItem, PollOutcome, PruneStats, Retention, Run, RunChange, RunFilter,
     RunId, RunStatus, StepRecord, StepStatus, WebhookEvent,
 };
+pub use pg::{PgOptions, PgStore};
 
 /// The store on fjall 2 (an LSM tree with a journal): what new stores are created with.
 pub type FjallStore = KvStore<kv::fjall::FjallKv>;
@@ -50,6 +53,7 @@ pub fn open(path: impl AsRef<Path>) -> Result<Arc<dyn Store>> {
     Ok(match layout::existing_backend(path)?.unwrap_or(Backend::FOR_NEW_STORES) {
         Backend::Sled => Arc::new(SledStore::open(path)?),
         Backend::Fjall => Arc::new(FjallStore::open(path)?),
+        Backend::Postgres => return Err(not_a_directory()),
     })
 }
 
@@ -60,7 +64,12 @@ pub fn create_or_open(path: impl AsRef<Path>, backend: Backend) -> Result<Arc<dy
     Ok(match layout::existing_backend(path)?.unwrap_or(backend) {
         Backend::Sled => Arc::new(SledStore::create_or_open(path)?),
         Backend::Fjall => Arc::new(FjallStore::create_or_open(path)?),
+        Backend::Postgres => return Err(not_a_directory()),
     })
+}
+
+fn not_a_directory() -> StoreError {
+    StoreError::Invalid("a PostgreSQL store is opened by its URL (PgStore::connect), not in a directory".into())
 }
 
 /// The constructors every backend has, and reads the product does not need, for code
@@ -231,5 +240,12 @@ pub trait Store: Send + Sync {
     /// restart) recovers it. `None` while every write has succeeded.
     fn fault(&self) -> Option<String> {
         None
+    }
+
+    /// Whether the store can be used right now: `Ok` for an embedded store (its faults are
+    /// [`Store::fault`]); a PostgreSQL store asks its server, so that `/readyz` says
+    /// "not ready" while the database is unreachable.
+    fn ready(&self) -> Result<()> {
+        Ok(())
     }
 }

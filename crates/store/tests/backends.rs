@@ -104,3 +104,10 @@ fn a_poll_and_its_runs_survive_a_reopen_sled() {
 fn a_poll_and_its_runs_survive_a_reopen_fjall() {
     a_poll_and_its_runs_survive_a_reopen::<FjallStore>();
 }
+
+#[test]
+fn a_poll_and_its_runs_survive_a_reopen_postgres() {
+    if let Some(_schemas) = common::PgScope::enter() {
+        a_poll_and_its_runs_survive_a_reopen::<common::Pg>();
+    }
+}

@@ -17,6 +17,7 @@ fn data_file<S: OpenStore>(path: &Path) -> std::path::PathBuf {
     match S::BACKEND {
         Backend::Sled => db::<S>(path).join("db"),
         Backend::Fjall => db::<S>(path).join("version"),
+        Backend::Postgres => unreachable!("these tests are of the embedded stores' files"),
     }
 }
 
@@ -174,7 +175,7 @@ fn files_are_private<S: OpenStore>() {
     assert!(files >= 3, "marker and the database's files at least; saw {files}");
 }
 
-on_each_backend!(
+on_each_embedded_backend!(
     open_requires_a_store_and_create_or_open_makes_one,
     a_second_handle_on_the_same_store_is_refused,
     a_deleted_database_with_its_marker_left_is_damaged,
@@ -201,7 +202,7 @@ fn an_unknown_format_in_the_marker_is_damaged<S: OpenStore>() {
     damaged(S::create_or_open(&path));
 }
 
-on_each_backend!(an_unknown_format_in_the_marker_is_damaged);
+on_each_embedded_backend!(an_unknown_format_in_the_marker_is_damaged);
 
 /// A fjall store with `n` token records written, closed.
 fn fjall_store_with_data(path: &Path, n: usize) -> String {

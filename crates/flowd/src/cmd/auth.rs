@@ -347,7 +347,7 @@ fn connected(
     needed: &BTreeMap<String, BTreeSet<String>>,
     out: &mut dyn Write,
 ) -> anyhow::Result<()> {
-    writeln!(out, "Connected account `{name}`; tokens saved in the store {}.", config.store.display())?;
+    writeln!(out, "Connected account `{name}`; tokens saved in the store {}.", config.store_name())?;
     let location = tokens.location_id.as_deref();
     writeln!(
         out,

@@ -11,21 +11,28 @@ use crate::service::wiring::{self, Open};
 /// The config file a subcommand reads.
 pub fn config_path(command: &StoreCommand) -> &Path {
     match command {
-        StoreCommand::Info(a) | StoreCommand::Migrate(a) => &a.config.config,
+        StoreCommand::Info(a) => &a.config.config,
+        StoreCommand::Migrate(a) => &a.config.config,
     }
 }
 
 pub fn run(config: &Config, command: &StoreCommand, out: &mut dyn Write) -> anyhow::Result<()> {
     match command {
         StoreCommand::Info(_) => info(config, out),
-        StoreCommand::Migrate(_) => migrate(config, out),
+        StoreCommand::Migrate(a) => match &a.to {
+            Some(url) => to_postgres(config, url, a.password_file.as_deref(), out),
+            None => migrate(config, out),
+        },
     }
 }
 
 fn info(config: &Config, out: &mut dyn Write) -> anyhow::Result<()> {
     let s = wiring::open_store(config, Open::Existing)?.or_in_use("stop it first")?;
-    let marker = store::layout::read_marker(&config.store)?;
-    writeln!(out, "store:    {}", config.store.display())?;
+    let marker = match config.postgres {
+        Some(_) => None,
+        None => store::layout::read_marker(&config.store)?,
+    };
+    writeln!(out, "store:    {}", config.store_name())?;
     writeln!(out, "database: {}", s.backend())?;
     writeln!(out, "id:       {}", s.store_id())?;
     if let Some(m) = marker {
@@ -75,7 +82,54 @@ fn kept_name(path: &Path) -> PathBuf {
     kept
 }
 
+/// `flowd store migrate --to postgres://…`: copies the config's embedded store into
+/// PostgreSQL in one transaction; the embedded store is left as it was.
+fn to_postgres(config: &Config, url: &str, password_file: Option<&Path>, out: &mut dyn Write) -> anyhow::Result<()> {
+    if config.postgres.is_some() {
+        return Err(UserError::new(format!(
+            "{}: `store:` is a PostgreSQL URL already; `--to` copies an embedded store (a directory) into PostgreSQL",
+            config.path.display()
+        ))
+        .into());
+    }
+    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+        return Err(UserError::new(format!("--to {url}: give a postgres:// URL")).into());
+    }
+    if url != store::pg::redacted_url(url) || url.contains("password=") {
+        return Err(UserError::new("--to: the URL holds a password; give it with --password-file").into());
+    }
+    let password = match password_file {
+        Some(f) => Some(
+            std::fs::read_to_string(f)
+                .map_err(|e| UserError::new(format!("--password-file {}: {e}", f.display())))?
+                .trim()
+                .to_string(),
+        ),
+        None => None,
+    };
+    let options = store::PgOptions { password, ..store::PgOptions::new(url) };
+    let migrated = store::migrate::embedded_to_postgres(&config.store, &options).map_err(|e| match e {
+        e @ store::StoreError::Locked { .. } => wiring::store_error(config, e),
+        e @ store::StoreError::NotFound { .. } => UserError::new(e.to_string()).into(),
+        e => Failed::new(format!("copying {} into {url}: {e}", config.store.display())).into(),
+    })?;
+    writeln!(out, "Copied {} records from {} into {url}:", migrated.total(), config.store.display())?;
+    for (table, n) in &migrated.trees {
+        writeln!(out, "  {table:<14} {n}")?;
+    }
+    writeln!(out, "Point `store:` at {url} (password in `store_password` or `store_password_file`) to run on it;")?;
+    writeln!(out, "every trigger keeps what it has seen. {} is left as it was.", config.store.display())?;
+    Ok(())
+}
+
 fn migrate(config: &Config, out: &mut dyn Write) -> anyhow::Result<()> {
+    if config.postgres.is_some() {
+        return Err(UserError::new(format!(
+            "{}: `store:` is a PostgreSQL URL: its schema is migrated by `flowd run` itself; `flowd store migrate` moves an embedded store",
+            config.path.display()
+        ))
+        .into());
+    }
     let path = &config.store;
     let staging = beside(path, ".fjall-migrating");
     match store::layout::existing_backend(path)? {
@@ -99,6 +153,9 @@ fn migrate(config: &Config, out: &mut dyn Write) -> anyhow::Result<()> {
             return Ok(());
         }
         Some(store::Backend::Sled) => {}
+        Some(store::Backend::Postgres) => {
+            return Err(UserError::new(format!("{} is not an embedded store", path.display())).into())
+        }
     }
     if staging.exists() {
         return Err(Failed::new(format!(

@@ -103,9 +103,22 @@ async fn require_token(State(api): State<Api>, request: Request, next: Next) -> 
     }
 }
 
+/// How long `/readyz` waits for the store's own check (a PostgreSQL round trip).
+const STORE_CHECK: std::time::Duration = std::time::Duration::from_secs(2);
+
 async fn readyz(State(api): State<Api>) -> Response {
+    let store = api.engine.store().clone();
+    let check = tokio::time::timeout(STORE_CHECK, tokio::task::spawn_blocking(move || store.ready())).await;
+    let unreachable = match check {
+        Ok(Ok(Ok(()))) => None,
+        Ok(Ok(Err(e))) => Some(e.to_string()),
+        Ok(Err(e)) => Some(e.to_string()),
+        Err(_) => Some(format!("no answer within {STORE_CHECK:?}")),
+    };
     if let Some(fault) = api.engine.store().fault() {
         (StatusCode::SERVICE_UNAVAILABLE, format!("the store cannot write: {fault}\n")).into_response()
+    } else if let Some(e) = unreachable {
+        (StatusCode::SERVICE_UNAVAILABLE, format!("the store's database is unreachable: {e}\n")).into_response()
     } else if api.ready.load(Ordering::SeqCst) {
         "ready\n".into_response()
     } else {

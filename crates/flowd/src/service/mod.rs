@@ -32,7 +32,7 @@ pub async fn run(config: Config, catalog: Arc<catalog::Catalog>, once: bool) -> 
     engine.set_flows(flows.compiled())?;
     tracing::info!(
         flows = engine.flow_names().len(),
-        store = %config.store.display(),
+        store = %config.store_name(),
         store_backend = %engine.store().backend(),
         "flowd started"
     );

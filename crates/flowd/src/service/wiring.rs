@@ -69,6 +69,17 @@ impl Opened {
 /// Opens the config's store; a store another process holds is [`Opened::InUse`], every
 /// other problem an error ([`store_error`]).
 pub fn open_store(config: &Config, how: Open) -> anyhow::Result<Opened> {
+    if let Some(pg) = &config.postgres {
+        // Any number of processes share a PostgreSQL store: it is never "in use".
+        let create = match how {
+            Open::CreateIfMissing => store::pg::Create::Yes,
+            Open::Existing => store::pg::Create::No,
+        };
+        return match store::PgStore::connect(pg, create) {
+            Ok(s) => Ok(Opened::Ready(Arc::new(s))),
+            Err(e) => Err(store_error(config, e)),
+        };
+    }
     let opened = match how {
         Open::CreateIfMissing => store::create_or_open(&config.store, config.store_backend),
         Open::Existing => store::open(&config.store),
@@ -91,7 +102,7 @@ pub fn store_error(config: &Config, e: store::StoreError) -> anyhow::Error {
         e @ (store::StoreError::NotFound { .. } | store::StoreError::NotAStore { .. }) => {
             UserError::new(format!("{}: `store:` {e}", config.path.display())).into()
         }
-        other => Failed::new(format!("cannot open the store {}: {other}", config.store.display())).into(),
+        other => Failed::new(format!("cannot open the store {}: {other}", config.store_name())).into(),
     }
 }
 
