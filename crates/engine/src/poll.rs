@@ -17,7 +17,6 @@ use chrono::{DateTime, Duration as ChronoDuration, Utc};
 use flow::Start;
 use futures::stream::BoxStream;
 use futures::StreamExt;
-use serde_json::value::RawValue;
 use serde_json::{json, Map, Value};
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -45,24 +44,7 @@ pub struct PollReport {
 pub(crate) struct Created {
     pub(crate) id: RunId,
     pub(crate) rt: Arc<FlowRuntime>,
-    pub(crate) item: HeldItem,
-}
-
-/// A created run's trigger item while the run waits for a slot: its compact JSON, decoded
-/// only when the run starts. A poll hands over up to `max_runs_in_memory` runs at once,
-/// and an item held as a `Value` tree (a map and a string per field) takes several times
-/// the memory of its JSON.
-pub(crate) struct HeldItem(Box<RawValue>);
-
-impl HeldItem {
-    pub(crate) fn new(item: &Value) -> Result<HeldItem, serde_json::Error> {
-        serde_json::value::to_raw_value(item).map(HeldItem)
-    }
-
-    /// The item as the run's template context takes it.
-    pub(crate) fn decode(&self) -> Result<Value, serde_json::Error> {
-        serde_json::from_str(self.0.get())
-    }
+    pub(crate) item: Value,
 }
 
 /// Runs created by a commit, handed over as soon as they are durable, with the room they
@@ -340,12 +322,7 @@ impl Poller<'_> {
         for item in commit.items {
             let Some(run) = item.run else { continue };
             if let Some((_, id)) = created.next_if(|(key, _)| *key == item.key) {
-                // The decoded tree is dropped here, with the rest of the page.
-                let held = HeldItem::new(&run.item).map_err(|e| EngineError::Flow {
-                    flow: rt.name.clone(),
-                    message: format!("run {id}: encoding its trigger item: {e}"),
-                })?;
-                out.push(Created { id, rt: rt.clone(), item: held });
+                out.push(Created { id, rt: rt.clone(), item: run.item });
             }
         }
         Ok((out, outcome.already_seen.len()))
@@ -485,23 +462,5 @@ fn item_time(spec: &catalog::TriggerSpec, item: &Value) -> Option<DateTime<Utc>>
         Value::String(s) => DateTime::parse_from_rfc3339(s).ok().map(|t| t.with_timezone(&Utc)),
         Value::Number(n) => n.as_i64().and_then(DateTime::from_timestamp_millis),
         _ => None,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_held_item_decodes_to_the_item_with_its_key_order() {
-        let item = json!({"id": "c1", "b": [1, 2.5, "x\"y\u{e9}\n"], "a": {"z": null, "y": true}, "n": -7});
-        let held = HeldItem::new(&item).unwrap();
-        let back = held.decode().unwrap();
-        assert_eq!(back, item);
-        // The template context iterates maps in the item's order (`{{#each trigger}}`).
-        let keys: Vec<&String> = back.as_object().unwrap().keys().collect();
-        assert_eq!(keys, ["id", "b", "a", "n"]);
-        // Held as its compact JSON, not as a tree.
-        assert_eq!(held.0.get(), serde_json::to_string(&item).unwrap());
     }
 }

@@ -96,12 +96,8 @@ impl Runner<'_> {
         let Some(_guard) = self.claims.claim(created.id) else {
             return Ok(RunStatus::Running);
         };
-        let item = created.item.decode().map_err(|e| EngineError::Flow {
-            flow: created.rt.name.clone(),
-            message: format!("run {}: decoding its trigger item: {e}", created.id),
-        })?;
         let fields = NewRunFields { flow: created.rt.name.clone(), ..NewRunFields::default() };
-        let run = Run::new(created.id, fields, item, Utc::now());
+        let run = Run::new(created.id, fields, created.item, Utc::now());
         let mut pending = Pending::default();
         pending.0.push(RunChange::Expect { status: RunStatus::Pending });
         self.execute_claimed(&created.rt, run, pending).await
@@ -354,7 +350,6 @@ impl Pending {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::poll::HeldItem;
     use crate::{AccountInfo, Engine, EngineConfig, Metrics};
     use std::collections::BTreeMap;
     use std::sync::Arc;
@@ -412,7 +407,7 @@ steps:
         assert_eq!(engine.execute(id).await.unwrap(), RunStatus::Succeeded);
         let tasks = sb.records("tasks").len();
 
-        let stale = Created { id, rt: engine.flow("welcome").unwrap(), item: HeldItem::new(&contact).unwrap() };
+        let stale = Created { id, rt: engine.flow("welcome").unwrap(), item: contact };
         let err = engine.execute_created(stale).await.unwrap_err();
         assert!(
             matches!(&err, EngineError::Store(StoreError::Conflict(m)) if m.contains("expected it pending")),
