@@ -250,6 +250,26 @@ async fn on_error_continue_retries_first_and_continues_only_on_the_last_attempt(
     assert_eq!(run_of(&h, id).attempts, 3);
 }
 
+/// A POST answered 503 may have been carried out: with `on_error: continue` it is still in
+/// doubt, never continued past silently.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_error_continue_does_not_continue_past_an_in_doubt_post() {
+    let text = flow_text("cont", &CONTINUE.replace("{{ trigger.missing }}", "{{ trigger.id }}"));
+    let h = harness(Seed::Contacts(1), &[&text], fast_retries()).await;
+    let contact = contact_ids(&h).pop().expect("a contact");
+    h.sandbox.set_faults(
+        fault_on(
+            "contacts.create_task",
+            FaultRule { error_rate: 1.0, error_status: Some(503), ..FaultRule::default() },
+        ),
+        Some(7),
+    );
+    let id = h.engine.store().create_run(&NewRun::new("cont", json!({"id": contact}))).expect("run");
+    assert_eq!(h.engine.execute(id).await.expect("execute"), RunStatus::InDoubt);
+    assert_eq!(run_of(&h, id).step("task").map(|r| r.status), Some(StepStatus::InDoubt));
+    assert_eq!(requests_for(&h.sandbox, "contacts.add_tags"), 0, "the run did not go on");
+}
+
 /// flows/upsert-contact.yaml: the first business with an unknown email creates its contact;
 /// the second with the same email finds it and creates nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
