@@ -22,10 +22,10 @@ fn repo() -> &'static Path {
 fn the_example_flows_validate_and_pass_their_tests() {
     let out = flowd(&["validate", "flows"], repo());
     assert!(out.status.success(), "{}", text(&out));
-    assert!(text(&out).contains("6 file(s), 6 flow(s) valid, 0 error(s)"), "{}", text(&out));
+    assert!(text(&out).contains("7 file(s), 7 flow(s) valid, 0 error(s)"), "{}", text(&out));
     let out = flowd(&["test", "flows"], repo());
     assert!(out.status.success(), "{}", text(&out));
-    assert!(text(&out).contains("5 passed, 0 failed"), "{}", text(&out));
+    assert!(text(&out).contains("8 passed, 0 failed"), "{}", text(&out));
 }
 
 #[test]

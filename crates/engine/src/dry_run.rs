@@ -7,7 +7,7 @@ use crate::render;
 use crate::runtime::{FlowRuntime, Paths, StepKind};
 use catalog::Catalog;
 use chrono::{DateTime, Utc};
-use flow::CompiledFlow;
+use flow::{CompiledFlow, Rehearsal};
 use serde::Serialize;
 use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
@@ -26,12 +26,20 @@ pub struct DryStep {
     pub uses: String,
     /// The request the step would send, as its run record would keep it: for a GHL step
     /// `{op, method, path, version, query, body}`, for `http.request` its inputs with
-    /// credentials redacted.
+    /// credentials redacted. Null for a skipped step.
     pub request: Value,
+    /// The element of a `for_each` step this request is for (one entry per element).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub index: Option<usize>,
+    /// The step's `if:` is false: it would be recorded as skipped, nothing sent.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub skipped: bool,
 }
 
 /// Renders every step in order. A later step sees `steps.<id>` from `stand_ins` (or an
-/// object `{ "id": "<id>-result" }` when none is given).
+/// object `{ "id": "<id>-result" }` when none is given; a list stands in for a `for_each`
+/// step's elements one by one). A step its `if:` skips is listed with `skipped: true`; a
+/// `for_each` step once per element, with its `index`.
 pub fn dry_run(
     flow: &CompiledFlow,
     catalog: &Catalog,
@@ -46,14 +54,29 @@ pub fn dry_run(
     let passes_filter = flow.passes_filter(&ctx).map_err(|e| format!("if: {e}"))?;
     let mut steps = Vec::new();
     if passes_filter {
-        flow::rehearse(&rt.steps, &mut ctx, |step, inputs| {
-            let prepared = render::prepare_inputs(step, inputs)?;
+        flow::rehearse_controlled(&rt.steps, &mut ctx, |step, r| {
             let uses = match &step.kind {
                 StepKind::Ghl { op, .. } => op.key.clone(),
                 StepKind::Http => flow::HTTP_STEP.to_string(),
             };
-            steps.push(DryStep { id: step.id().to_owned(), uses, request: prepared.record().clone() });
-            Ok(stand_ins.get(step.id()).cloned().unwrap_or_else(|| json!({ "id": format!("{}-result", step.id()) })))
+            let id = step.id().to_owned();
+            let (index, inputs) = match r {
+                Rehearsal::Elements { .. } => return Ok(Value::Null),
+                Rehearsal::Skipped => {
+                    steps.push(DryStep { id, uses, request: Value::Null, index: None, skipped: true });
+                    return Ok(Value::Null);
+                }
+                Rehearsal::Inputs { index, inputs } => (index, inputs),
+            };
+            let prepared = render::prepare_inputs(step, inputs)?;
+            steps.push(DryStep { id, uses, request: prepared.record().clone(), index, skipped: false });
+            let stand_in = stand_ins.get(step.id());
+            // A list stands in for a `for_each` step's elements one by one.
+            let stand_in = match (index, stand_in) {
+                (Some(i), Some(Value::Array(list))) => list.get(i),
+                (_, s) => s,
+            };
+            Ok(stand_in.cloned().unwrap_or_else(|| json!({ "id": format!("{}-result", step.id()) })))
         })?;
     }
     Ok(DryRun { flow: flow.name.clone(), passes_filter, steps })

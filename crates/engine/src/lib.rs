@@ -23,6 +23,7 @@ mod run;
 mod runtime;
 mod scheduler;
 mod services;
+mod step_control;
 mod tokens;
 pub mod touched;
 mod webhook;

@@ -18,6 +18,7 @@ use crate::poll::Created;
 use crate::render::{self, Prepared};
 use crate::runtime::{FlowRuntime, Step, StepKind};
 use crate::services::Services;
+use crate::step_control::{self, Resume, Stop};
 use crate::EngineError;
 use chrono::Utc;
 use serde_json::{json, Value};
@@ -58,13 +59,16 @@ pub(crate) struct Runner<'a> {
 }
 
 /// One step being run: where it goes and what it records.
-struct StepRun<'a> {
-    id: RunId,
-    flow: &'a str,
-    account: &'a str,
-    step: &'a Step,
+pub(crate) struct StepRun<'a> {
+    pub(crate) id: RunId,
+    pub(crate) flow: &'a str,
+    pub(crate) account: &'a str,
+    pub(crate) step: &'a Step,
+    /// The record it is kept in: the step's id, or `<id>[<index>]` for an element of a
+    /// `for_each` step.
+    pub(crate) key: &'a str,
     /// Later steps render from its result, so it is returned as well as recorded.
-    keep_result: bool,
+    pub(crate) keep_result: bool,
 }
 
 impl Runner<'_> {
@@ -124,62 +128,33 @@ impl Runner<'_> {
         let mut outcome = RunStatus::Succeeded;
         let mut error_text = None;
         let mut deferred = None;
+        let last_attempt = run.attempts + 1 >= self.svc.config.max_attempts;
         for (i, step) in rt.steps.iter().enumerate() {
-            let record = run.step(step.id());
-            match record.map(|r| r.status) {
-                Some(StepStatus::Succeeded) => {
-                    ctx["steps"][step.id()] =
-                        record.and_then(|r| r.response.as_deref().cloned()).unwrap_or(Value::Null);
-                    continue;
-                }
-                Some(StepStatus::InDoubt) => {
-                    outcome = RunStatus::InDoubt;
-                    error_text =
-                        Some(format!("step `{}` is in doubt; check it, then replay or discard the run", step.id()));
-                    break;
-                }
-                Some(StepStatus::Sent) => {
-                    // A crash between sending and recording: was it sent? Unknown.
-                    let rendered = record.map(|r| r.request.clone()).unwrap_or_default();
-                    if step.method(&rendered).is_idempotent() {
-                        pending.finish(step.id(), StepStatus::Failed, None, Some("interrupted; sent again"));
-                    } else {
-                        let why = format!(
-                            "step `{}` was being sent when flowd stopped; it may have reached the other side",
-                            step.id()
-                        );
-                        pending.finish(step.id(), StepStatus::InDoubt, None, Some(&why));
-                        outcome = RunStatus::InDoubt;
-                        error_text = Some(why);
-                        break;
+            let done = if step.def.control.is_plain() {
+                match step_control::resume(&run, step.id(), step, &mut pending) {
+                    Resume::Done(v) => Ok(v),
+                    Resume::InDoubt(why) => Err(Stop { outcome: RunStatus::InDoubt, error: why, deferred: None }),
+                    Resume::Send => {
+                        // The last step's result goes only into its record: nothing renders from it.
+                        let keep_result = i + 1 < rt.steps.len();
+                        let one =
+                            StepRun { id, flow: &rt.name, account: &rt.account, step, key: step.id(), keep_result };
+                        match self.run_step(&one, &ctx, &mut pending).await? {
+                            Ok(Some(result)) => Ok(result),
+                            Ok(None) => continue,
+                            Err(failure) => Err(Stop::of(failure, step.id())),
+                        }
                     }
                 }
-                Some(StepStatus::Failed) | None => {}
-            }
-            // The last step's result goes only into its record: nothing renders from it.
-            let one = StepRun { id, flow: &rt.name, account: &rt.account, step, keep_result: i + 1 < rt.steps.len() };
-            match self.run_step(&one, &ctx, &mut pending).await? {
-                Ok(Some(result)) => ctx["steps"][step.id()] = result,
-                Ok(None) => {}
-                Err(Failure::Retry(e)) => {
-                    outcome = RunStatus::Failed;
-                    error_text = Some(format!("step `{}`: {e}", step.id()));
-                    break;
-                }
-                Err(Failure::Permanent(e)) => {
-                    outcome = RunStatus::Dead;
-                    error_text = Some(format!("step `{}`: {e}", step.id()));
-                    break;
-                }
-                Err(Failure::InDoubt(e)) => {
-                    outcome = RunStatus::InDoubt;
-                    error_text = Some(format!("step `{}`: {e}", step.id()));
-                    break;
-                }
-                Err(Failure::Deferred { after, why }) => {
-                    deferred = Some(after);
-                    outcome = RunStatus::Failed;
-                    error_text = Some(format!("step `{}`: {why}", step.id()));
+            } else {
+                self.run_controlled(&run, rt, step, &mut ctx, &mut pending, last_attempt).await?
+            };
+            match done {
+                Ok(result) => ctx["steps"][step.id()] = result,
+                Err(stop) => {
+                    outcome = stop.outcome;
+                    error_text = Some(stop.error);
+                    deferred = stop.deferred;
                     break;
                 }
             }
@@ -224,7 +199,7 @@ impl Runner<'_> {
     /// (the store failed); the inner one is the step's. The step's start is written (with
     /// whatever `pending` holds) before it is sent; its result is left in `pending` for the
     /// next write, and returned too if `keep_result` (later steps render from it).
-    async fn run_step(
+    pub(crate) async fn run_step(
         &self,
         one: &StepRun<'_>,
         ctx: &Value,
@@ -256,7 +231,7 @@ impl Runner<'_> {
                 let (mark_pending, mark_started) = (&mut *pending, &mut started);
                 let mark = move || {
                     *mark_started = true;
-                    self.start_step(one.id, step.id(), record, mark_pending)
+                    self.start_step(one.id, one.key, record, mark_pending)
                 };
                 match self.svc.client.send_marked(one.account, &req, mark).await? {
                     Ok(ghl::Body::Json(body)) => {
@@ -281,7 +256,7 @@ impl Runner<'_> {
                     Err(e) => return Ok(Err(Failure::Permanent(e.to_string()))),
                 };
                 started = true;
-                self.start_step(one.id, step.id(), record, pending).await?;
+                self.start_step(one.id, one.key, record, pending).await?;
                 let config = &self.svc.config;
                 http_step::send(client, &inputs, config.http_timeout, method, config.http_max_response_bytes).await
             }
@@ -293,15 +268,15 @@ impl Runner<'_> {
         Ok(match result {
             Ok(v) => {
                 let kept = one.keep_result.then(|| v.clone());
-                pending.finish(step.id(), StepStatus::Succeeded, Some(v), None);
+                pending.finish(one.key, StepStatus::Succeeded, Some(v), None);
                 Ok(kept)
             }
             Err(failure) => {
                 match &failure {
                     _ if !started => {}
-                    Failure::InDoubt(e) => pending.finish(step.id(), StepStatus::InDoubt, None, Some(e)),
+                    Failure::InDoubt(e) => pending.finish(one.key, StepStatus::InDoubt, None, Some(e)),
                     Failure::Retry(e) | Failure::Permanent(e) | Failure::Deferred { why: e, .. } => {
-                        pending.finish(step.id(), StepStatus::Failed, None, Some(e))
+                        pending.finish(one.key, StepStatus::Failed, None, Some(e))
                     }
                 }
                 Err(failure)
@@ -337,13 +312,51 @@ impl Runner<'_> {
 pub(crate) struct Pending(Vec<RunChange>);
 
 impl Pending {
-    fn finish(&mut self, step: &str, status: StepStatus, response: Option<Value>, error: Option<&str>) {
+    pub(crate) fn finish(&mut self, step: &str, status: StepStatus, response: Option<Value>, error: Option<&str>) {
         self.0.push(RunChange::StepFinished {
             step: step.to_string(),
             status,
             response: response.map(store::Payload::new),
             error: error.map(str::to_string),
         });
+    }
+
+    /// Records that `step`'s `if:` skipped it: nothing is sent, so nothing waits for the disk.
+    pub(crate) fn skip(&mut self, step: &str) {
+        let request = store::Payload::new(flow::skipped_result());
+        self.0.push(RunChange::StepStarted { step: step.to_string(), request });
+        self.0.push(RunChange::StepFinished {
+            step: step.to_string(),
+            status: StepStatus::Skipped,
+            response: None,
+            error: None,
+        });
+    }
+
+    /// Marks the failure of `step` as continued past (`on_error: continue`): its record
+    /// keeps `result` as its response, which is what tells a retry it is done. A step that
+    /// failed before it was started (its inputs did not render) gets a record here.
+    pub(crate) fn continue_past(&mut self, step: &str, result: Value) {
+        let finished = self.0.iter_mut().rev().find_map(|c| match c {
+            RunChange::StepFinished { step: s, status: StepStatus::Failed, response, .. } if s == step => {
+                Some(response)
+            }
+            _ => None,
+        });
+        match finished {
+            Some(response) => *response = Some(store::Payload::new(result)),
+            None => {
+                let error = result.get("error").and_then(Value::as_str).map(str::to_string);
+                self.0
+                    .push(RunChange::StepStarted { step: step.to_string(), request: store::Payload::new(Value::Null) });
+                self.0.push(RunChange::StepFinished {
+                    step: step.to_string(),
+                    status: StepStatus::Failed,
+                    response: Some(store::Payload::new(result)),
+                    error,
+                });
+            }
+        }
     }
 }
 

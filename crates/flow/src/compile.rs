@@ -10,6 +10,7 @@ use crate::diagnostic::{Diagnostic, Pos, Sink};
 use crate::helpers;
 use crate::parse::{self, At, FlowDoc, StepDoc, TestDoc, TriggerDoc};
 use crate::schedule::Schedule;
+use crate::step_control::{self, Rehearsal, StepControl};
 use crate::template::{Filter, RenderError, ValueTemplate};
 use crate::validate::{self, Scope};
 use crate::webhook_events::WEBHOOK_EVENTS;
@@ -105,6 +106,8 @@ pub struct CompiledStep {
     pub uses: StepTarget,
     /// Parameters as an object template; for `Http`: method, url, headers, query, json, body.
     pub with: ValueTemplate,
+    /// `if:`, `for_each:`, `on_error:`; the default for a step without them.
+    pub control: StepControl,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -197,7 +200,7 @@ fn compile_doc(doc: FlowDoc, top: Pos, cat: &Catalog, env: &CompileEnv, sink: &m
         }
     };
     let filter = doc.filter.as_ref().and_then(|f| {
-        let scope = Scope { trigger_fields: Some(&fields), earlier_steps: &[], all_steps: &step_ids, env };
+        let scope = Scope { trigger_fields: Some(&fields), earlier_steps: &[], all_steps: &step_ids, env, item: false };
         match Filter::compile(&f.value) {
             Ok(filter) => {
                 validate::check_paths(filter.template(), f.pos, &scope, sink);
@@ -383,7 +386,7 @@ fn compile_poll_trigger(
         return (None, Vec::new());
     };
     let fields = spec.fields.clone();
-    let scope = Scope { trigger_fields: None, earlier_steps: &[], all_steps: step_ids, env };
+    let scope = Scope { trigger_fields: None, earlier_steps: &[], all_steps: step_ids, env, item: false };
     let with = validate::check_ghl_with(op, t.with.as_ref(), uses.pos, &scope, sink);
 
     let dedupe = match &t.dedupe {
@@ -521,7 +524,9 @@ fn compile_step(
         sink.error(s.pos, "every step needs `uses`: a catalog action key or `http.request`");
         return None;
     };
-    let scope = Scope { trigger_fields: Some(fields), earlier_steps: earlier, all_steps: all, env };
+    let mut scope = Scope { trigger_fields: Some(fields), earlier_steps: earlier, all_steps: all, env, item: false };
+    let control = crate::step_control::compile(&s.control, &scope, sink);
+    scope.item = s.control.for_each.is_some();
     let (target, with) = if uses.value == HTTP_STEP {
         (StepTarget::Http, validate::check_http_with(s.with.as_ref(), uses.pos, &scope, sink))
     } else {
@@ -547,7 +552,7 @@ fn compile_step(
             }
         }
     };
-    Some(CompiledStep { id: id?, uses: target, with: with? })
+    Some(CompiledStep { id: id?, uses: target, with: with?, control: control? })
 }
 
 fn compile_test(t: &TestDoc, step_ids: &[String], sink: &mut Sink) -> Option<FlowTest> {
@@ -628,26 +633,18 @@ impl CompiledStep {
 
 /// Walks a flow's steps without running them, the way a run would: each step's inputs
 /// rendered in order, and what `each` returns for a step (a stand-in for its result)
-/// visible to later steps as `steps.<id>`. The one walk behind inline tests
-/// ([`CompiledFlow::run_test`]) and the engine's dry run; a failure names its step.
+/// visible to later steps as `steps.<id>`; a step its `if:` skips is not passed to `each`,
+/// a `for_each` step is passed once per element (see [`step_control::rehearse_controlled`],
+/// the walk behind inline tests and the engine's dry run). A failure names its step.
 pub fn rehearse<S: AsRef<CompiledStep>>(
     steps: &[S],
     ctx: &mut Value,
     mut each: impl FnMut(&S, Map<String, Value>) -> Result<Value, String>,
 ) -> Result<(), String> {
-    for s in steps {
-        let step = s.as_ref();
-        let stand_in = step.render_inputs(ctx).and_then(|inputs| each(s, inputs));
-        match stand_in {
-            Ok(v) => {
-                if let Some(steps) = ctx.get_mut("steps").and_then(Value::as_object_mut) {
-                    steps.insert(step.id.clone(), v);
-                }
-            }
-            Err(e) => return Err(format!("step `{}`: {e}", step.id)),
-        }
-    }
-    Ok(())
+    step_control::rehearse_controlled(steps, ctx, |s, r| match r {
+        Rehearsal::Skipped | Rehearsal::Elements { .. } => Ok(Value::Null),
+        Rehearsal::Inputs { inputs, .. } => each(s, inputs),
+    })
 }
 
 impl AsRef<CompiledStep> for CompiledStep {
@@ -703,9 +700,25 @@ impl CompiledFlow {
             return out;
         }
         let rendered = &mut out.rendered;
-        let walked = rehearse(&self.steps, &mut ctx, |step, inputs| {
-            rendered.push((step.id.clone(), Value::Object(inputs)));
-            Ok(test.results.get(&step.id).cloned().unwrap_or(Value::Object(Map::new())))
+        let walked = step_control::rehearse_controlled(&self.steps, &mut ctx, |step, r| {
+            let stand_in = test.results.get(&step.id);
+            match r {
+                Rehearsal::Skipped => rendered.push((step.id.clone(), step_control::skipped_result())),
+                Rehearsal::Elements { .. } => rendered.push((step.id.clone(), Value::Array(Vec::new()))),
+                Rehearsal::Inputs { index: None, inputs } => rendered.push((step.id.clone(), Value::Object(inputs))),
+                Rehearsal::Inputs { index: Some(i), inputs } => {
+                    if let Some((_, Value::Array(list))) = rendered.last_mut() {
+                        list.push(Value::Object(inputs));
+                    }
+                    // A list stands in for the elements' results one by one.
+                    let element = match stand_in {
+                        Some(Value::Array(list)) => list.get(i),
+                        other => other,
+                    };
+                    return Ok(element.cloned().unwrap_or(Value::Object(Map::new())));
+                }
+            }
+            Ok(stand_in.cloned().unwrap_or(Value::Object(Map::new())))
         });
         if let Err(e) = walked {
             out.failures.push(e);
@@ -713,6 +726,9 @@ impl CompiledFlow {
         }
         for (id, want) in &test.expect {
             match out.rendered.iter().find(|(s, _)| s == id) {
+                Some((_, got)) if *got == step_control::skipped_result() && *want != *got => {
+                    out.failures.push(format!("step `{id}` was skipped by its `if:`"))
+                }
                 Some((_, got)) => {
                     if let Some(diff) = subset_mismatch(want, got, id) {
                         out.failures.push(diff);
@@ -739,6 +755,10 @@ pub fn subset_mismatch(want: &Value, got: &Value, path: &str) -> Option<String> 
             None => Some(format!("{path}.{k}: expected {wv}, but it is not rendered")),
         }),
         (w, g) if w == g => None,
+        (Value::Array(w), Value::Array(g)) if w.len() == g.len() => {
+            w.iter().zip(g).enumerate().find_map(|(i, (wv, gv))| subset_mismatch(wv, gv, &format!("{path}[{i}]")))
+        }
+        (Value::Array(w), Value::Array(g)) => Some(format!("{path}: expected {} element(s), got {}", w.len(), g.len())),
         (Value::Number(a), Value::Number(b)) if a.as_f64() == b.as_f64() => None,
         (w, g) => Some(format!("{path}: expected {w}, got {g} ({})", helpers::text(g))),
     }

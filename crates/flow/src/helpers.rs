@@ -131,10 +131,12 @@ impl Helper {
         }
     }
 
-    /// Whether a missing argument is an error (strict mode) or passed on as null. Only
-    /// `default` exists to handle absent values.
+    /// Whether a missing argument is an error (strict mode) or passed on as null: `default`
+    /// exists to handle absent values, and `not` of a missing field is true, as `if:` reads
+    /// a missing field as false (GHL leaves empty fields out, so
+    /// `{{ not steps.find.contact }}` means "none found").
     pub(crate) fn tolerates_missing(self) -> bool {
-        matches!(self, Helper::Default)
+        matches!(self, Helper::Default | Helper::Not)
     }
 
     pub fn call(self, params: &[Cow<'_, Value>], hash: &[(&str, Cow<'_, Value>)]) -> Result<Value, RenderError> {

@@ -11,6 +11,7 @@ mod helpers;
 mod parse;
 mod schedule;
 mod schema;
+mod step_control;
 mod template;
 mod validate;
 mod webhook_events;
@@ -24,5 +25,9 @@ pub use diagnostic::{render_all, Diagnostic, Pos, Severity};
 pub use helpers::Helper;
 pub use schedule::{jitter, CronSchedule, Schedule, ScheduleError, MIN_INTERVAL};
 pub use schema::{json_schema, json_schema_for};
+pub use step_control::{
+    element_key, elements, enter_element, error_result, leave_element, rehearse_controlled, skipped_result, ForEach,
+    OnError, Rehearsal, StepControl, DEFAULT_MAX_ITEMS, MAX_ITEMS_LIMIT,
+};
 pub use template::{Filter, RenderError, TemplateError, ValueTemplate};
 pub use webhook_events::WEBHOOK_EVENTS;

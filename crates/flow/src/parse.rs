@@ -221,6 +221,8 @@ pub(crate) struct StepDoc {
     pub id: Option<At<String>>,
     pub uses: Option<At<String>>,
     pub with: Option<At<Entries>>,
+    /// `if`, `for_each`, `max_items`, `on_error` (see `step_control`).
+    pub control: crate::step_control::ControlDoc,
 }
 
 #[derive(Debug)]
@@ -252,7 +254,7 @@ pub(crate) const TRIGGER_KEYS: &[&str] = &[
 /// `reconcile:` is a polling trigger: the trigger's keys minus the webhook ones.
 pub(crate) const RECONCILE_KEYS: &[&str] =
     &["uses", "with", "every", "cron", "dedupe", "start", "max_new", "lookback", "sweep"];
-pub(crate) const STEP_KEYS: &[&str] = &["id", "uses", "with"];
+pub(crate) const STEP_KEYS: &[&str] = &["id", "uses", "with", "if", "for_each", "max_items", "on_error"];
 pub(crate) const TEST_KEYS: &[&str] = &["name", "item", "env", "results", "expect", "filtered"];
 
 /// Reads the typed document, reporting every structural problem.
@@ -331,12 +333,15 @@ fn read_trigger(node: &Spanned<Node>, what: &str, keys: &[&str], sink: &mut Sink
 
 fn read_step(node: &Spanned<Node>, sink: &mut Sink) -> Option<StepDoc> {
     let entries = mapping(node, "a step", sink)?;
-    let mut s = StepDoc { pos: pos(node), id: None, uses: None, with: None };
+    let mut s = StepDoc { pos: pos(node), id: None, uses: None, with: None, control: Default::default() };
     for (key, value) in entries {
         match key.value.as_str() {
             "id" => s.id = string(value, "step id", sink),
             "uses" => s.uses = string(value, "step uses", sink),
             "with" => s.with = with_block(value, "step with", sink),
+            k if crate::step_control::KEYS.contains(&k) => {
+                crate::step_control::read_key(&mut s.control, k, value, sink)
+            }
             other => unknown_key(&key, other, STEP_KEYS, " in a step", sink),
         }
     }
@@ -385,7 +390,7 @@ fn read_test(node: &Spanned<Node>, sink: &mut Sink) -> Option<TestDoc> {
     Some(t)
 }
 
-fn describe(n: &Node) -> String {
+pub(crate) fn describe(n: &Node) -> String {
     match n.scalar_text() {
         Some(t) => format!("{} `{t}`", n.kind()),
         None => n.kind().to_string(),
@@ -426,7 +431,7 @@ fn sequence<'a>(node: &'a Spanned<Node>, what: &str, sink: &mut Sink) -> Option<
     }
 }
 
-fn string(node: &Spanned<Node>, what: &str, sink: &mut Sink) -> Option<At<String>> {
+pub(crate) fn string(node: &Spanned<Node>, what: &str, sink: &mut Sink) -> Option<At<String>> {
     match node.value.scalar_text() {
         Some(s) => Some(At { value: s, pos: pos(node) }),
         None => {

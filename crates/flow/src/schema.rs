@@ -8,6 +8,7 @@ use catalog::{Catalog, Kind};
 use serde_json::{json, Value};
 
 use crate::compile::{DEFAULT_EVERY, DEFAULT_MAX_NEW, HTTP_STEP};
+use crate::step_control::{DEFAULT_MAX_ITEMS, MAX_ITEMS_LIMIT};
 use crate::validate::HTTP_METHODS;
 use crate::webhook_events::WEBHOOK_EVENTS;
 
@@ -103,7 +104,11 @@ fn build(catalog: Option<&Catalog>) -> Value {
                     "properties": {
                         "id": {"type": "string", "pattern": "^[A-Za-z_][A-Za-z0-9_]*$"},
                         "uses": step_uses,
-                        "with": {"type": "object", "description": "Parameters; strings are templates."}
+                        "with": {"type": "object", "description": "Parameters; strings are templates. In a `for_each` step they also see `item` and `index`."},
+                        "if": {"type": "string", "description": "Template over trigger, steps, env...; the step runs only when it renders truthy, else it is recorded as skipped and `steps.<id>` is `{skipped: true}`."},
+                        "for_each": {"type": "string", "pattern": "\\{\\{", "description": "Template yielding a list; the step runs once per element, with `item` and `index`, each element its own record. `steps.<id>` is the list of results."},
+                        "max_items": {"type": "integer", "minimum": 1, "maximum": MAX_ITEMS_LIMIT, "default": DEFAULT_MAX_ITEMS, "description": "More `for_each` elements than this fail the run (nothing is cut off)."},
+                        "on_error": {"enum": ["fail", "continue"], "default": "fail", "description": "`continue`: a final failure is recorded and the run goes on; later steps see `steps.<id>.error`. Retryable failures retry first; an in-doubt request never continues."}
                     },
                     "if": {"properties": {"uses": {"const": HTTP_STEP}}},
                     "then": {"properties": {"with": {
@@ -156,6 +161,9 @@ mod tests {
         let trig: Vec<&str> =
             s["properties"]["trigger"]["properties"].as_object().unwrap().keys().map(String::as_str).collect();
         assert_eq!(trig, crate::parse::TRIGGER_KEYS);
+        let step: Vec<&str> =
+            s["properties"]["steps"]["items"]["properties"].as_object().unwrap().keys().map(String::as_str).collect();
+        assert_eq!(step, crate::parse::STEP_KEYS);
         let cat = Catalog::builtin().unwrap();
         let with_cat = json_schema_for(&cat);
         let triggers = with_cat["properties"]["trigger"]["properties"]["uses"]["enum"].as_array().unwrap();

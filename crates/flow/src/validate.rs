@@ -23,6 +23,8 @@ pub(crate) struct Scope<'a> {
     /// Every step of the flow, to tell "later" from "unknown".
     pub all_steps: &'a [String],
     pub env: &'a CompileEnv,
+    /// Inside a `for_each` step: `item` and `index` are set.
+    pub item: bool,
 }
 
 /// Parameters the built-in `http.request` step takes.
@@ -129,6 +131,11 @@ pub(crate) fn check_paths(t: &ValueTemplate, at: Pos, scope: &Scope<'_>, sink: &
                 }
             }
             r if ROOTS.contains(&r) => {}
+            "item" | "index" if scope.item => {}
+            "item" | "index" => {
+                sink.error(at, format!("`{root}` is only set in the `with` of a step with `for_each`"))
+                    .help("`if:` and `for_each:` are rendered once for the step, before its elements");
+            }
             other => {
                 let d = sink.error(at, format!("unknown variable `{other}` in template"));
                 let s = catalog::nearest(other, ROOTS.iter().copied(), 2);

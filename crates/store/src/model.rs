@@ -94,7 +94,8 @@ impl fmt::Display for RunStatus {
 }
 
 /// Where one step of a run is. `Sent` is written before the request leaves, so
-/// a step found `Sent` after a crash may or may not have reached GHL.
+/// a step found `Sent` after a crash may or may not have reached GHL. `Skipped`: the
+/// step's `if:` was false; nothing was sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum StepStatus {
@@ -102,6 +103,7 @@ pub enum StepStatus {
     Succeeded,
     Failed,
     InDoubt,
+    Skipped,
 }
 
 pub use crate::payload::Payload;

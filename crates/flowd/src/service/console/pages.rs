@@ -301,6 +301,7 @@ fn step_status(s: &StepRecord) -> &'static str {
         store::StepStatus::Succeeded => "succeeded",
         store::StepStatus::Failed => "failed",
         store::StepStatus::InDoubt => "in_doubt",
+        store::StepStatus::Skipped => "skipped",
     }
 }
 
