@@ -213,6 +213,8 @@ pub(crate) struct TriggerDoc {
     /// The polling trigger paired with `webhook`, sharing its dedupe keys.
     pub reconcile: Option<Box<TriggerDoc>>,
     pub coalesce: Option<At<String>>,
+    /// An inbound HTTP trigger: the app calls flowd (see `inbound`).
+    pub http: Option<Spanned<Node>>,
 }
 
 #[derive(Debug)]
@@ -221,6 +223,8 @@ pub(crate) struct StepDoc {
     pub id: Option<At<String>>,
     pub uses: Option<At<String>>,
     pub with: Option<At<Entries>>,
+    /// How long a GET step's result is reused (see `inbound`).
+    pub cache: Option<At<String>>,
 }
 
 #[derive(Debug)]
@@ -248,11 +252,12 @@ pub(crate) const TRIGGER_KEYS: &[&str] = &[
     "webhook",
     "reconcile",
     "coalesce",
+    "http",
 ];
 /// `reconcile:` is a polling trigger: the trigger's keys minus the webhook ones.
 pub(crate) const RECONCILE_KEYS: &[&str] =
     &["uses", "with", "every", "cron", "dedupe", "start", "max_new", "lookback", "sweep"];
-pub(crate) const STEP_KEYS: &[&str] = &["id", "uses", "with"];
+pub(crate) const STEP_KEYS: &[&str] = &["id", "uses", "with", "cache"];
 pub(crate) const TEST_KEYS: &[&str] = &["name", "item", "env", "results", "expect", "filtered"];
 
 /// Reads the typed document, reporting every structural problem.
@@ -297,6 +302,7 @@ fn read_trigger(node: &Spanned<Node>, what: &str, keys: &[&str], sink: &mut Sink
         webhook: None,
         reconcile: None,
         coalesce: None,
+        http: None,
     };
     let nested = keys.len() < TRIGGER_KEYS.len();
     for (key, value) in entries {
@@ -313,6 +319,7 @@ fn read_trigger(node: &Spanned<Node>, what: &str, keys: &[&str], sink: &mut Sink
             "sweep" => t.sweep = string(value, &name, sink),
             "webhook" => t.webhook = string(value, &name, sink),
             "coalesce" => t.coalesce = string(value, &name, sink),
+            "http" if !nested => t.http = Some(value.clone()),
             "reconcile" if !nested => {
                 t.reconcile = read_trigger(value, "trigger.reconcile", RECONCILE_KEYS, sink).map(Box::new)
             }
@@ -331,12 +338,13 @@ fn read_trigger(node: &Spanned<Node>, what: &str, keys: &[&str], sink: &mut Sink
 
 fn read_step(node: &Spanned<Node>, sink: &mut Sink) -> Option<StepDoc> {
     let entries = mapping(node, "a step", sink)?;
-    let mut s = StepDoc { pos: pos(node), id: None, uses: None, with: None };
+    let mut s = StepDoc { pos: pos(node), id: None, uses: None, with: None, cache: None };
     for (key, value) in entries {
         match key.value.as_str() {
             "id" => s.id = string(value, "step id", sink),
             "uses" => s.uses = string(value, "step uses", sink),
             "with" => s.with = with_block(value, "step with", sink),
+            "cache" => s.cache = string(value, "step cache", sink),
             other => unknown_key(&key, other, STEP_KEYS, " in a step", sink),
         }
     }
@@ -385,14 +393,14 @@ fn read_test(node: &Spanned<Node>, sink: &mut Sink) -> Option<TestDoc> {
     Some(t)
 }
 
-fn describe(n: &Node) -> String {
+pub(crate) fn describe(n: &Node) -> String {
     match n.scalar_text() {
         Some(t) => format!("{} `{t}`", n.kind()),
         None => n.kind().to_string(),
     }
 }
 
-fn unknown_key(key: &At<String>, name: &str, known: &[&str], what: &str, sink: &mut Sink) {
+pub(crate) fn unknown_key(key: &At<String>, name: &str, known: &[&str], what: &str, sink: &mut Sink) {
     let suggestions = catalog::nearest(name, known.iter().copied(), 1);
     let d = sink.error(key.pos, format!("unknown key `{name}`{what}"));
     if suggestions.is_empty() {
@@ -403,7 +411,11 @@ fn unknown_key(key: &At<String>, name: &str, known: &[&str], what: &str, sink: &
 }
 
 /// The entries of a mapping, keys as text with positions.
-fn mapping<'a>(node: &'a Spanned<Node>, what: &str, sink: &mut Sink) -> Option<Vec<(At<String>, &'a Spanned<Node>)>> {
+pub(crate) fn mapping<'a>(
+    node: &'a Spanned<Node>,
+    what: &str,
+    sink: &mut Sink,
+) -> Option<Vec<(At<String>, &'a Spanned<Node>)>> {
     match &node.value {
         Node::Map(entries) => {
             Some(entries.iter().map(|(k, v)| (At { value: k.value.0.clone(), pos: pos(k) }, v)).collect())
@@ -415,7 +427,7 @@ fn mapping<'a>(node: &'a Spanned<Node>, what: &str, sink: &mut Sink) -> Option<V
     }
 }
 
-fn sequence<'a>(node: &'a Spanned<Node>, what: &str, sink: &mut Sink) -> Option<&'a [Spanned<Node>]> {
+pub(crate) fn sequence<'a>(node: &'a Spanned<Node>, what: &str, sink: &mut Sink) -> Option<&'a [Spanned<Node>]> {
     match &node.value {
         Node::Seq(items) => Some(items),
         Node::Null => Some(&[]),
@@ -426,7 +438,7 @@ fn sequence<'a>(node: &'a Spanned<Node>, what: &str, sink: &mut Sink) -> Option<
     }
 }
 
-fn string(node: &Spanned<Node>, what: &str, sink: &mut Sink) -> Option<At<String>> {
+pub(crate) fn string(node: &Spanned<Node>, what: &str, sink: &mut Sink) -> Option<At<String>> {
     match node.value.scalar_text() {
         Some(s) => Some(At { value: s, pos: pos(node) }),
         None => {

@@ -38,6 +38,12 @@ fn build(catalog: Option<&Catalog>) -> Value {
     let step_uses = match catalog {
         Some(c) => {
             let mut k = keys(c, Kind::Action);
+            k.extend(
+                c.operations()
+                    .iter()
+                    .filter(|o| o.kind == Kind::Trigger && crate::inbound::reads_one_record(o))
+                    .map(|o| Value::from(o.key.clone())),
+            );
             k.push(Value::from(HTTP_STEP));
             json!({"type": "string", "enum": k, "description": "Catalog key of an action, or `http.request`."})
         }
@@ -59,7 +65,7 @@ fn build(catalog: Option<&Catalog>) -> Value {
             "trigger": {
                 "type": "object",
                 "additionalProperties": false,
-                "anyOf": [{"required": ["uses"]}, {"required": ["webhook"]}],
+                "anyOf": [{"required": ["uses"]}, {"required": ["webhook"]}, {"required": ["http"]}],
                 "properties": {
                     "uses": trigger_uses.clone(),
                     "with": {"type": "object", "description": "Request parameters; templates see account, env, flow, run and now."},
@@ -88,7 +94,61 @@ fn build(catalog: Option<&Catalog>) -> Value {
                             "max_new": {"type": "integer", "minimum": 1, "default": DEFAULT_MAX_NEW}
                         }
                     },
-                    "coalesce": {"type": "string", "description": "Webhook events for one record closer together than this fire once (humantime, e.g. 2s)."}
+                    "coalesce": {"type": "string", "description": "Webhook events for one record closer together than this fire once (humantime, e.g. 2s)."},
+                    "http": {
+                        "type": "object",
+                        "additionalProperties": false,
+                        "required": ["path", "auth"],
+                        "description": "Inbound HTTP trigger: the app calls flowd on the webhook listener; the item is {body, query, headers}.",
+                        "properties": {
+                            "path": {"type": "string", "pattern": "^/[A-Za-z0-9._/-]+$", "description": "Route on the webhook listener, e.g. /app/contact."},
+                            "auth": {
+                                "type": "object",
+                                "minProperties": 1,
+                                "maxProperties": 1,
+                                "additionalProperties": false,
+                                "properties": {
+                                    "bearer": {"type": "string", "pattern": "^\\$\\{[^}]+\\}$", "description": "`${ENV_VAR}` holding the token the app sends as `Authorization: Bearer`."},
+                                    "hmac": {
+                                        "type": "object",
+                                        "additionalProperties": false,
+                                        "required": ["secret"],
+                                        "description": "HMAC-SHA256 (hex) over `timestamp + \".\" + raw body`.",
+                                        "properties": {
+                                            "secret": {"type": "string", "pattern": "^\\$\\{[^}]+\\}$"},
+                                            "header": {"type": "string", "default": "X-Flowd-Signature"},
+                                            "timestamp_header": {"type": "string", "default": "X-Flowd-Timestamp"},
+                                            "tolerance": {"type": "string", "default": "5m"}
+                                        }
+                                    }
+                                }
+                            },
+                            "idempotency": {
+                                "type": "object",
+                                "minProperties": 1,
+                                "maxProperties": 1,
+                                "additionalProperties": false,
+                                "description": "Requests with the same key start one run; a repeat is answered 200 {duplicate: true}.",
+                                "properties": {
+                                    "header": {"type": "string", "description": "A request header, e.g. Idempotency-Key."},
+                                    "key": {"type": "string", "description": "A template over the item, e.g. {{ trigger.body.orderId }}."}
+                                }
+                            },
+                            "max_body": {"type": ["string", "integer"], "default": "64KiB", "description": "Larger bodies get 413."},
+                            "headers": {"type": "array", "items": {"type": "string"}, "description": "Request headers copied into the item."},
+                            "respond": {
+                                "type": "object",
+                                "additionalProperties": false,
+                                "description": "Answer with the run's result; templates see trigger and steps.*.",
+                                "properties": {
+                                    "status": {"type": ["integer", "string"], "default": 200},
+                                    "body": {"description": "Template of the JSON body."},
+                                    "headers": {"type": "object", "additionalProperties": {"type": "string"}},
+                                    "timeout": {"type": "string", "default": "10s", "description": "Past it: 504 with the run id; the run goes on."}
+                                }
+                            }
+                        }
+                    }
                 },
                 "not": {"required": ["every", "cron"]}
             },
@@ -103,7 +163,8 @@ fn build(catalog: Option<&Catalog>) -> Value {
                     "properties": {
                         "id": {"type": "string", "pattern": "^[A-Za-z_][A-Za-z0-9_]*$"},
                         "uses": step_uses,
-                        "with": {"type": "object", "description": "Parameters; strings are templates."}
+                        "with": {"type": "object", "description": "Parameters; strings are templates."},
+                        "cache": {"type": "string", "description": "GET steps only: reuse the result for the same rendered request this long (e.g. 5m); flowd's own writes to the record drop it."}
                     },
                     "if": {"properties": {"uses": {"const": HTTP_STEP}}},
                     "then": {"properties": {"with": {
@@ -131,7 +192,7 @@ fn build(catalog: Option<&Catalog>) -> Value {
                         "name": {"type": "string"},
                         "item": {"description": "The trigger item to run the flow with."},
                         "results": {"type": "object", "description": "Stand-in step results, by step id."},
-                        "expect": {"type": "object", "description": "Step id -> subset of its rendered `with`."},
+                        "expect": {"type": "object", "description": "Step id -> subset of its rendered `with`; `respond` -> subset of the rendered reply {status, body, headers}."},
                         "filtered": {"type": "boolean", "description": "Whether `if` is expected to drop the item."},
                         "env": {"type": "object", "additionalProperties": {"type": "string"}, "description": "Environment variables (`env.*`) set for this test."}
                     }
