@@ -42,6 +42,11 @@ impl Engine {
         self.runtimes().into_iter().find(|rt| rt.trigger.http.as_ref().is_some_and(|h| h.path == path))
     }
 
+    /// Whether the loaded flow `name` has a `trigger.http` (nothing to poll).
+    pub fn inbound_flow_named(&self, name: &str) -> bool {
+        self.flow(name).is_ok_and(|rt| rt.trigger.http.is_some())
+    }
+
     /// The routes of the loaded `trigger.http` flows, sorted.
     pub fn inbound_paths(&self) -> Vec<String> {
         let mut paths: Vec<String> =
