@@ -70,6 +70,20 @@ steps:
       completed: false
 "#;
 
+const SLOW: &str = r#"
+name: slow
+account: main
+trigger:
+  http:
+    path: /app/slow
+    auth: { bearer: "${APP_TOKEN}" }
+    respond: { body: { id: "{{ steps.read.id }}" }, timeout: 1s }
+steps:
+  - id: read
+    uses: contacts.get_contact
+    with: { contactId: "{{ trigger.body.contactId }}" }
+"#;
+
 const TOUCH: &str = r#"
 name: touch
 account: main
@@ -248,6 +262,19 @@ async fn app_requests_are_authenticated_deduplicated_and_answered_through_the_ca
     assert_eq!(body["name"], "Bea Lee");
     assert_eq!(ghl_requests(&sb, "contacts.get_contact"), 2);
 
+    // A step that fails: 502 naming the step, and the run.
+    let missing = http
+        .post(svc.url("/app/contact"))
+        .bearer_auth(APP_TOKEN)
+        .json(&json!({ "contactId": "no-such-contact" }))
+        .send()
+        .await
+        .expect("answer");
+    let (status, body) = json_of(missing).await;
+    assert_eq!(status, 502, "{body}");
+    assert_eq!(body["step"], "contact", "{body}");
+    assert!(body["run_id"].is_string() && body["error"].is_string(), "{body}");
+
     // Unknown route.
     assert_eq!(http.post(svc.url("/app/nothing")).send().await.expect("answer").status(), 404);
 
@@ -287,6 +314,7 @@ async fn app_requests_are_authenticated_deduplicated_and_answered_through_the_ca
     for line in [
         r#"flowd_inbound_requests_total{flow="contact",result="unauthorized"} 2"#,
         r#"flowd_inbound_requests_total{flow="contact",result="replied"} 3"#,
+        r#"flowd_inbound_requests_total{flow="contact",result="run_failed"} 1"#,
         r#"flowd_inbound_requests_total{flow="tasks",result="replied"} 1"#,
         r#"flowd_inbound_requests_total{flow="tasks",result="duplicate"} 1"#,
         r#"flowd_inbound_requests_total{flow="tasks",result="unauthorized"} 1"#,
@@ -300,7 +328,7 @@ async fn app_requests_are_authenticated_deduplicated_and_answered_through_the_ca
 }
 
 /// A request answered 202 is a pending run on disk: flowd killed before the run could
-/// finish runs it once after the restart.
+/// finish runs it once after the restart. (And a reply slower than its timeout is a 504.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_answered_2xx_survives_a_sigkill() {
     let sb = Sandbox::start(sandbox_config()).await.expect("sandbox");
@@ -312,8 +340,19 @@ async fn a_request_answered_2xx_survives_a_sigkill() {
         FaultSettings { operations: [("contacts.get_contact".into(), slow)].into(), ..Default::default() },
         None,
     );
-    let mut svc = Flowd::new(&sb, &[("touch", TOUCH)]);
+    let mut svc = Flowd::new(&sb, &[("touch", TOUCH), ("slow", SLOW)]);
     svc.start().await;
+    // A reply that takes longer than `respond.timeout`: 504 with the run id.
+    let late = client()
+        .post(svc.url("/app/slow"))
+        .bearer_auth(APP_TOKEN)
+        .json(&json!({ "contactId": id }))
+        .send()
+        .await
+        .expect("answer");
+    let (status, body) = json_of(late).await;
+    assert_eq!(status, 504, "{body}");
+    assert!(body["run_id"].is_string(), "{body}");
     let answer = client()
         .post(svc.url("/app/touch"))
         .bearer_auth(APP_TOKEN)
