@@ -6,13 +6,18 @@
 //! cargo run --release -p bench --bin inbound -- [--requests N] [--concurrency C] [--flowd PATH]
 //! ```
 //!
-//! Three flows, three measurements, each with `C` connections sending `N` requests in all:
+//! Three flows, four measurements:
 //!
-//! * `accept`: `POST /bench/accept` (bearer), no `respond`: answered 202 once the run is
-//!   stored durably. Requests per second accepted, and answer latency.
-//! * `read-cached`: `POST /bench/read` answered with a contact through `cache: 5m`, over
-//!   10 contacts (the first read of each goes to GHL, the rest are cache hits).
-//! * `read-uncached`: the same flow without `cache:`: every request reads GHL.
+//! * `accept` (`N` requests over `C` connections): `POST /bench/accept` (bearer), no
+//!   `respond`: answered 202 once the run is stored durably. Requests per second accepted.
+//! * `read-cached` (`N` over `C`): `POST /bench/read` answered with a contact through
+//!   `cache: 5m`, over 10 contacts (the first read of each goes to GHL, the rest are hits).
+//! * `read-cached-1` (500 over 1 connection): the same, one request at a time: latency.
+//! * `read-uncached-1` (80 over 1 connection, 150 ms apart): the same flow without
+//!   `cache:`, every request a GHL read, spaced wider than flowd's pacing of a location's
+//!   requests (after 11 s for the budget's window to clear), so that it measures a read and
+//!   not the rate limiter's wait. Uncached, request/reply is capped by the location's
+//!   budget (100 GHL requests per 10 s), whatever the load.
 //!
 //! Latency is from the request leaving to the whole answer read, per request; p50/p99 are
 //! over all requests of the measurement. The sandbox's rate limit is off.
@@ -27,6 +32,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const TOKEN: &str = "pit-inbound-bench";
+/// A pause after each uncached request, longer than flowd's pacing of one location's GHL
+/// requests (10 s / 98 ≈ 102 ms, `ghl::ratelimit`): the latency is then the read's, not
+/// the wait for the next slot.
+const PACE: Duration = Duration::from_millis(150);
 const APP_TOKEN: &str = "bench-app-token";
 
 const ACCEPT: &str = r#"
@@ -91,7 +100,14 @@ impl Drop for Killed {
 }
 
 /// Sends `n` requests over `c` connections; returns the wall time and each latency (ms).
-async fn load(url: &str, n: usize, c: usize, expect: u16, ids: Arc<Vec<String>>) -> Result<(Duration, Vec<f64>)> {
+async fn load(
+    url: &str,
+    n: usize,
+    c: usize,
+    expect: u16,
+    ids: Arc<Vec<String>>,
+    gap: Duration,
+) -> Result<(Duration, Vec<f64>)> {
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let started = Instant::now();
     let mut tasks = Vec::new();
@@ -114,6 +130,7 @@ async fn load(url: &str, n: usize, c: usize, expect: u16, ids: Arc<Vec<String>>)
                 if status != expect {
                     bail!("{url}: answered {status}, expected {expect}: {text}");
                 }
+                tokio::time::sleep(gap).await;
             }
         }));
     }
@@ -192,12 +209,10 @@ async fn main() -> Result<()> {
         args.concurrency,
         flowd.display()
     );
-    // A short warm-up of each route (connections, the first reads).
-    for path in ["/bench/read", "/bench/read-uncached"] {
-        load(&format!("http://{hooks}{path}"), 20, 2, 200, ids.clone()).await?;
-    }
+    // A short warm-up (connections, the first reads).
+    load(&format!("http://{hooks}/bench/read"), 20, 2, 200, ids.clone(), Duration::ZERO).await?;
     let (n, c) = (args.requests, args.concurrency);
-    let (wall, lat) = load(&format!("http://{hooks}/bench/accept"), n, c, 202, ids.clone()).await?;
+    let (wall, lat) = load(&format!("http://{hooks}/bench/accept"), n, c, 202, ids.clone(), Duration::ZERO).await?;
     report("accept", wall, lat);
     // Let the accepted runs finish before the reads are timed.
     let done = format!(r#"flowd_runs_total{{flow="accept",status="succeeded"}} {n}"#);
@@ -209,10 +224,13 @@ async fn main() -> Result<()> {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     println!("accepted runs all succeeded after {:.2}s more", waited.elapsed().as_secs_f64());
-    let (wall, lat) = load(&format!("http://{hooks}/bench/read"), n, c, 200, ids.clone()).await?;
+    let (wall, lat) = load(&format!("http://{hooks}/bench/read"), n, c, 200, ids.clone(), Duration::ZERO).await?;
     report("read-cached", wall, lat);
-    let (wall, lat) = load(&format!("http://{hooks}/bench/read-uncached"), n, c, 200, ids.clone()).await?;
-    report("read-uncached", wall, lat);
+    let (wall, lat) = load(&format!("http://{hooks}/bench/read"), 500, 1, 200, ids.clone(), Duration::ZERO).await?;
+    report("read-cached-1", wall, lat);
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    let (wall, lat) = load(&format!("http://{hooks}/bench/read-uncached"), 80, 1, 200, ids.clone(), PACE).await?;
+    report("read-uncached-1", wall, lat);
     let gets = sb.requests().iter().filter(|e| e["op"] == "contacts.get_contact").count();
     println!("GHL reads of contacts.get_contact in all (sandbox log): {gets}");
     Ok(())
