@@ -22,10 +22,10 @@ fn repo() -> &'static Path {
 fn the_example_flows_validate_and_pass_their_tests() {
     let out = flowd(&["validate", "flows"], repo());
     assert!(out.status.success(), "{}", text(&out));
-    assert!(text(&out).contains("7 file(s), 7 flow(s) valid, 0 error(s)"), "{}", text(&out));
+    assert!(text(&out).contains("9 file(s), 9 flow(s) valid, 0 error(s)"), "{}", text(&out));
     let out = flowd(&["test", "flows"], repo());
     assert!(out.status.success(), "{}", text(&out));
-    assert!(text(&out).contains("8 passed, 0 failed"), "{}", text(&out));
+    assert!(text(&out).contains("10 passed, 0 failed"), "{}", text(&out));
 }
 
 #[test]
@@ -114,7 +114,11 @@ fn demo_once_runs_the_examples_end_to_end() {
     let out = flowd(&["demo", "--once"], dir.path());
     let t = text(&out);
     assert!(out.status.success(), "{t}");
-    assert!(t.contains("summary: 6 flows"), "{t}");
+    assert!(t.contains("summary: 8 flows"), "{t}");
+    assert!(t.contains("POST /app/contact -> 200"), "the app reads a contact through flowd: {t}");
+    assert!(t.contains("(0 GHL requests: from the cache)"), "the second read is cached: {t}");
+    assert!(t.contains("POST /app/tasks -> 201 task"), "{t}");
+    assert!(t.contains("-> 200 duplicate: no second task"), "{t}");
     assert!(t.contains("instant-welcome run"), "webhooks fire the instant flow: {t}");
     assert!(t.contains("(webhook ContactCreate): tag [succeeded]"), "{t}");
     assert!(t.contains("instant-welcome: nothing new"), "the reconciling poll fires nothing twice: {t}");

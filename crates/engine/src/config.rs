@@ -37,6 +37,8 @@ pub struct EngineConfig {
     /// commit another page: a burst of 10,000 new items then holds about this many items in
     /// memory (plus a page or two), not all of them. The rest wait in GHL, unread.
     pub max_runs_in_memory: usize,
+    /// Entries the read cache of `cache:` GET steps keeps at most.
+    pub read_cache_entries: usize,
 }
 
 impl Default for EngineConfig {
@@ -61,6 +63,7 @@ impl Default for EngineConfig {
             // 16 × the default concurrency: two GHL pages of 500 queued keep every
             // execution slot busy while the poll commits the next.
             max_runs_in_memory: 1024,
+            read_cache_entries: crate::cache::DEFAULT_CAPACITY,
         }
     }
 }

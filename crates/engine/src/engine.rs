@@ -126,10 +126,12 @@ impl Engine {
         let backlog = Backlog::new(config.max_runs_in_memory);
         let poll_slots = PollSlots::new(accounts.iter().map(|a| a.name.as_str()), config.poll_concurrency);
         let writer = Writer::start(store.clone());
+        let cache = crate::cache::ReadCache::new(config.read_cache_entries);
+        metrics.register_with(|r| cache.register(r));
         Arc::new(Engine {
             catalog,
             accounts: accounts.into_iter().map(|a| (a.name.clone(), a)).collect(),
-            svc: Services { store, writer, client, http, http_targets, config, env, metrics },
+            svc: Services { store, writer, client, http, http_targets, config, env, metrics, cache },
             flows: RwLock::new(HashMap::new()),
             scheduled: Mutex::new(HashSet::new()),
             claims: Claims::default(),
@@ -158,6 +160,7 @@ impl Engine {
             let rt = FlowRuntime::new(f, &self.catalog, account, &mut paths)?;
             next.insert(rt.name.clone(), rt);
         }
+        crate::inbound::unique_paths(next.values())?;
         if let Ok(mut flows) = self.flows.write() {
             *flows = next;
         }

@@ -5,6 +5,7 @@
 //! Architecture invariant: the engine never parses YAML (it takes compiled flows) and
 //! never reads the environment or files (flowd hands it what it needs).
 
+mod cache;
 mod config;
 mod dedupe;
 mod dry_run;
@@ -13,6 +14,7 @@ mod error;
 mod failure;
 mod fair;
 mod http_step;
+mod inbound;
 mod metrics;
 mod poll;
 mod poll_slots;
@@ -34,8 +36,10 @@ pub use dedupe::{content_hash, dedupe_key, item_id};
 pub use dry_run::{dry_run, DryRun, DryStep};
 pub use engine::{AccountState, Engine, EngineTasks, FlowState, LastPoll, Paused};
 pub use error::EngineError;
+pub use inbound::{Accepted, InboundReply};
 pub use metrics::Metrics;
 pub use poll::PollReport;
 pub use request::build as build_request;
+pub use runtime::FlowRuntime;
 pub use tokens::StoreTokens;
 pub use webhook::WebhookReport;

@@ -223,8 +223,19 @@ impl Runner<'_> {
         // Whether the step's start was recorded: a request that failed before it left
         // (a refused token, the daily budget) leaves no step record.
         let mut started = false;
+        // A GHL write names records a cached read may hold (see `cache`).
+        let mut wrote = false;
         let result = match prepared {
             Prepared::Ghl { op, result, req, record } => {
+                let cached = step.def.cache.map(|ttl| (ttl, crate::cache::ReadCache::key(one.account, &record)));
+                if let Some((_, key)) = &cached {
+                    if let Some(value) = self.svc.cache.get(key) {
+                        return Ok(Ok(self.cached_step(one, record, value, touched, pending, began)));
+                    }
+                }
+                // Taken before the read is sent: a write landing meanwhile makes it stale.
+                let generations = cached.as_ref().map(|_| self.svc.cache.generations(&touched));
+                wrote = op.method != catalog::Method::Get;
                 let req = req.origin(ghl::Origin::new(one.flow, ghl::Purpose::Step));
                 // Marked sent when the request leaves, after the rate limiter's wait: a
                 // run still queued there when the process stops has sent nothing.
@@ -237,6 +248,9 @@ impl Runner<'_> {
                     Ok(ghl::Body::Json(body)) => {
                         let value = result.take_first(body).unwrap_or_else(|body| body);
                         crate::touched::of_response(op, &value, &mut touched);
+                        if let (Some((ttl, key)), Some(generations)) = (cached, generations) {
+                            self.svc.cache.put(key, value.clone(), ttl, generations);
+                        }
                         Ok(value)
                     }
                     Ok(ghl::Body::Text { text, .. }) => Ok(Value::String(text)),
@@ -262,6 +276,10 @@ impl Runner<'_> {
             }
         };
         self.svc.metrics.record_step(one.flow, step.id(), began.elapsed(), result.is_ok());
+        if wrote && started {
+            // Sent, whatever came back: it may have changed the records it names.
+            self.svc.cache.invalidate(&touched);
+        }
         if !touched.is_empty() {
             pending.0.push(RunChange::Touched { records: touched });
         }
@@ -282,6 +300,31 @@ impl Runner<'_> {
                 Err(failure)
             }
         })
+    }
+
+    /// Records a step answered from the read cache: its request (marked `cached: true`)
+    /// and the cached result, with the run's next write; nothing is sent.
+    fn cached_step(
+        &self,
+        one: &StepRun<'_>,
+        mut record: Value,
+        value: Value,
+        touched: Vec<String>,
+        pending: &mut Pending,
+        began: Instant,
+    ) -> Option<Value> {
+        if let Some(m) = record.as_object_mut() {
+            m.insert("cached".into(), Value::Bool(true));
+        }
+        let step = one.step.id();
+        pending.0.push(RunChange::StepStarted { step: step.to_string(), request: record.into() });
+        if !touched.is_empty() {
+            pending.0.push(RunChange::Touched { records: touched });
+        }
+        self.svc.metrics.record_step(one.flow, step, began.elapsed(), true);
+        let kept = one.keep_result.then(|| value.clone());
+        pending.finish(step, StepStatus::Succeeded, Some(value), None);
+        kept
     }
 
     /// Durably records that `step` is being sent, with everything pending before it.

@@ -36,6 +36,8 @@ pub enum Source {
     Poll(Polled),
     /// Webhook deliveries of this event type only: nothing to poll.
     Webhook { event: String },
+    /// Requests of the app on this route (`trigger.http`): nothing to poll.
+    Inbound { path: String },
 }
 
 #[derive(Debug)]
@@ -138,6 +140,10 @@ impl FlowRuntime {
         let CompiledFlow { name, account, trigger, filter, steps, tests: _ } = flow;
         let err = |message: String| EngineError::Flow { flow: name.clone(), message };
         let (source, trigger_id) = match (trigger.polls(), trigger.webhook.as_ref()) {
+            (false, _) if trigger.http.is_some() => {
+                let path = trigger.http.as_ref().map(|h| h.path.clone()).unwrap_or_default();
+                (Source::Inbound { path: path.clone() }, format!("{name}/http{path}"))
+            }
             (false, Some(hook)) => {
                 let id = format!("{name}/webhook.{}", hook.event);
                 (Source::Webhook { event: hook.event.clone() }, id)
@@ -157,7 +163,9 @@ impl FlowRuntime {
                 StepTarget::Http => StepKind::Http,
                 StepTarget::Ghl(key) => {
                     let op = catalog.get_shared(key).ok_or_else(|| err(format!("unknown action `{key}`")))?;
-                    let path = op.action.as_ref().map(|a| a.result.as_str()).unwrap_or("$");
+                    // A read step on a single-record trigger operation returns its item.
+                    let item = op.trigger.as_ref().filter(|_| op.action.is_none()).map(|t| t.items.as_str());
+                    let path = op.action.as_ref().map(|a| a.result.as_str()).or(item).unwrap_or("$");
                     let result = paths.get(path).map_err(err)?;
                     StepKind::Ghl { op, result }
                 }
@@ -182,13 +190,13 @@ impl FlowRuntime {
     pub fn polled(&self) -> Option<&Polled> {
         match &self.source {
             Source::Poll(p) => Some(p),
-            Source::Webhook { .. } => None,
+            Source::Webhook { .. } | Source::Inbound { .. } => None,
         }
     }
 
-    /// A `webhook:` trigger without `reconcile`: nothing to poll.
+    /// Nothing to poll: a `webhook:` trigger without `reconcile`, or an `http:` one.
     pub fn webhook_only(&self) -> bool {
-        matches!(self.source, Source::Webhook { .. })
+        matches!(self.source, Source::Webhook { .. } | Source::Inbound { .. })
     }
 
     /// What the flow is started by, as `GET /api/flows` names it: the catalog key of its
@@ -197,6 +205,7 @@ impl FlowRuntime {
         match &self.source {
             Source::Poll(p) => p.op.key.clone(),
             Source::Webhook { event } => format!("webhook.{event}"),
+            Source::Inbound { path } => format!("http {path}"),
         }
     }
 

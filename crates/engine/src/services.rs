@@ -21,6 +21,8 @@ pub(crate) struct Services {
     pub(crate) config: EngineConfig,
     pub(crate) env: BTreeMap<String, String>,
     pub(crate) metrics: Arc<Metrics>,
+    /// Results of `cache:` GET steps (see `cache`).
+    pub(crate) cache: crate::cache::ReadCache,
 }
 
 impl Services {

@@ -119,6 +119,7 @@ impl Engine {
         run.touched = match &rt.source {
             crate::runtime::Source::Poll(p) => crate::touched::of_item(&p.op, &run.item),
             crate::runtime::Source::Webhook { event } => crate::touched::of_event(event, &run.item),
+            crate::runtime::Source::Inbound { .. } => Vec::new(),
         };
         Ok(Some(PollCommit {
             trigger: rt.trigger_id.clone(),

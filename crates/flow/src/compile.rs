@@ -8,6 +8,7 @@ use serde_json::{Map, Value};
 
 use crate::diagnostic::{Diagnostic, Pos, Sink};
 use crate::helpers;
+use crate::inbound::{self, HttpTrigger};
 use crate::parse::{self, At, FlowDoc, StepDoc, TestDoc, TriggerDoc};
 use crate::schedule::Schedule;
 use crate::step_control::{self, Rehearsal, StepControl};
@@ -68,6 +69,8 @@ pub struct CompiledTrigger {
     /// Set for `webhook:` triggers. Without `reconcile`, `op` is empty and the flow is
     /// never polled; with it, the fields above describe the reconciling poll.
     pub webhook: Option<WebhookTrigger>,
+    /// Set for `http:` triggers (the app calls flowd); `op` is then empty.
+    pub http: Option<HttpTrigger>,
 }
 
 /// A trigger fired by GHL webhook deliveries.
@@ -108,6 +111,8 @@ pub struct CompiledStep {
     pub with: ValueTemplate,
     /// `if:`, `for_each:`, `on_error:`; the default for a step without them.
     pub control: StepControl,
+    /// How long this GET step's result may be reused for the same rendered request.
+    pub cache: Option<std::time::Duration>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -129,6 +134,8 @@ pub struct FlowTest {
     pub expect: Vec<(String, Value)>,
     /// Whether the `if:` filter is expected to drop the item.
     pub filtered: Option<bool>,
+    /// Subset of the reply (`{status, body, headers}`) an `http` trigger's `respond` must render.
+    pub respond: Option<Value>,
     /// Environment variables set for this test (over the process environment).
     pub env: BTreeMap<String, String>,
 }
@@ -252,6 +259,9 @@ fn compile_trigger(
     step_ids: &[String],
     sink: &mut Sink,
 ) -> (Option<CompiledTrigger>, Vec<String>) {
+    if let Some(http) = &t.http {
+        return inbound::compile_http_trigger(t, http, env, step_ids, sink);
+    }
     let Some(event) = &t.webhook else {
         if let Some(r) = &t.reconcile {
             sink.error(r.pos, "`reconcile` pairs a polling trigger with a webhook one")
@@ -324,6 +334,7 @@ fn compile_trigger(
             lookback: DEFAULT_LOOKBACK,
             sweep: None,
             webhook: Some(webhook),
+            http: None,
         }),
     };
     (compiled.filter(|_| ok), Vec::new())
@@ -459,6 +470,7 @@ fn compile_poll_trigger(
             lookback,
             sweep,
             webhook: None,
+            http: None,
         }),
         _ => None,
     };
@@ -531,7 +543,7 @@ fn compile_step(
         (StepTarget::Http, validate::check_http_with(s.with.as_ref(), uses.pos, &scope, sink))
     } else {
         match cat.get(&uses.value) {
-            Some(op) if op.kind == Kind::Action => {
+            Some(op) if op.kind == Kind::Action || inbound::reads_one_record(op) => {
                 (StepTarget::Ghl(op.key.clone()), validate::check_ghl_with(op, s.with.as_ref(), uses.pos, &scope, sink))
             }
             Some(op) => {
@@ -552,7 +564,21 @@ fn compile_step(
             }
         }
     };
-    Some(CompiledStep { id: id?, uses: target, with: with?, control: control? })
+    let cache = match &s.cache {
+        None => Some(None),
+        Some(c) => {
+            let get_step = match &target {
+                StepTarget::Http => Err("`http.request` is not a GHL operation".to_string()),
+                StepTarget::Ghl(key) => match cat.get(key) {
+                    Some(op) if op.method == catalog::Method::Get => Ok(()),
+                    Some(op) => Err(format!("`{key}` is a {} (it writes)", op.method.as_str())),
+                    None => Err(format!("unknown action `{key}`")),
+                },
+            };
+            inbound::compile_cache(c, get_step, sink).map(Some)
+        }
+    };
+    Some(CompiledStep { id: id?, uses: target, with: with?, control: control?, cache: cache? })
 }
 
 fn compile_test(t: &TestDoc, step_ids: &[String], sink: &mut Sink) -> Option<FlowTest> {
@@ -575,6 +601,9 @@ fn compile_test(t: &TestDoc, step_ids: &[String], sink: &mut Sink) -> Option<Flo
         check_step(k, "results", sink);
     }
     for (k, _) in &t.expect {
+        if k.value == "respond" && !step_ids.contains(&k.value) {
+            continue;
+        }
         check_step(k, "expect", sink);
     }
     if !ok {
@@ -584,7 +613,17 @@ fn compile_test(t: &TestDoc, step_ids: &[String], sink: &mut Sink) -> Option<Flo
         name: t.name.as_ref().map(|n| n.value.clone()).unwrap_or_else(|| format!("test at line {}", t.pos.line)),
         item: item.value.clone(),
         results: t.results.iter().map(|(k, v)| (k.value.clone(), v.clone())).collect(),
-        expect: t.expect.iter().map(|(k, v)| (k.value.clone(), v.value.clone())).collect(),
+        expect: t
+            .expect
+            .iter()
+            .filter(|(k, _)| k.value != "respond" || step_ids.contains(&k.value))
+            .map(|(k, v)| (k.value.clone(), v.value.clone()))
+            .collect(),
+        respond: t
+            .expect
+            .iter()
+            .find(|(k, _)| k.value == "respond" && !step_ids.contains(&k.value))
+            .map(|(_, v)| v.value.clone()),
         filtered: t.filtered.as_ref().map(|f| f.value),
         env: t
             .env
@@ -735,6 +774,12 @@ impl CompiledFlow {
                     }
                 }
                 None => out.failures.push(format!("step `{id}` did not run")),
+            }
+        }
+        if let Some(want) = &test.respond {
+            let respond = self.trigger.http.as_ref().and_then(|h| h.respond.as_ref());
+            if let Some(diff) = inbound::check_respond(respond, want, &ctx) {
+                out.failures.push(diff);
             }
         }
         out

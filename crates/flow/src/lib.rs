@@ -8,6 +8,7 @@
 mod compile;
 mod diagnostic;
 mod helpers;
+mod inbound;
 mod parse;
 mod schedule;
 mod schema;
@@ -23,6 +24,9 @@ pub use compile::{
 };
 pub use diagnostic::{render_all, Diagnostic, Pos, Severity};
 pub use helpers::Helper;
+pub use inbound::{
+    HttpTrigger, Idempotency, InboundAuth, Reply, Respond, DEFAULT_MAX_BODY, DEFAULT_RESPOND_TIMEOUT, DEFAULT_TOLERANCE,
+};
 pub use schedule::{jitter, CronSchedule, Schedule, ScheduleError, MIN_INTERVAL};
 pub use schema::{json_schema, json_schema_for};
 pub use step_control::{

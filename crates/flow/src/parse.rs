@@ -213,6 +213,8 @@ pub(crate) struct TriggerDoc {
     /// The polling trigger paired with `webhook`, sharing its dedupe keys.
     pub reconcile: Option<Box<TriggerDoc>>,
     pub coalesce: Option<At<String>>,
+    /// An inbound HTTP trigger: the app calls flowd (see `inbound`).
+    pub http: Option<Spanned<Node>>,
 }
 
 #[derive(Debug)]
@@ -223,6 +225,8 @@ pub(crate) struct StepDoc {
     pub with: Option<At<Entries>>,
     /// `if`, `for_each`, `max_items`, `on_error` (see `step_control`).
     pub control: crate::step_control::ControlDoc,
+    /// How long a GET step's result is reused (see `inbound`).
+    pub cache: Option<At<String>>,
 }
 
 #[derive(Debug)]
@@ -250,11 +254,12 @@ pub(crate) const TRIGGER_KEYS: &[&str] = &[
     "webhook",
     "reconcile",
     "coalesce",
+    "http",
 ];
 /// `reconcile:` is a polling trigger: the trigger's keys minus the webhook ones.
 pub(crate) const RECONCILE_KEYS: &[&str] =
     &["uses", "with", "every", "cron", "dedupe", "start", "max_new", "lookback", "sweep"];
-pub(crate) const STEP_KEYS: &[&str] = &["id", "uses", "with", "if", "for_each", "max_items", "on_error"];
+pub(crate) const STEP_KEYS: &[&str] = &["id", "uses", "with", "if", "for_each", "max_items", "on_error", "cache"];
 pub(crate) const TEST_KEYS: &[&str] = &["name", "item", "env", "results", "expect", "filtered"];
 
 /// Reads the typed document, reporting every structural problem.
@@ -299,6 +304,7 @@ fn read_trigger(node: &Spanned<Node>, what: &str, keys: &[&str], sink: &mut Sink
         webhook: None,
         reconcile: None,
         coalesce: None,
+        http: None,
     };
     let nested = keys.len() < TRIGGER_KEYS.len();
     for (key, value) in entries {
@@ -315,6 +321,7 @@ fn read_trigger(node: &Spanned<Node>, what: &str, keys: &[&str], sink: &mut Sink
             "sweep" => t.sweep = string(value, &name, sink),
             "webhook" => t.webhook = string(value, &name, sink),
             "coalesce" => t.coalesce = string(value, &name, sink),
+            "http" if !nested => t.http = Some(value.clone()),
             "reconcile" if !nested => {
                 t.reconcile = read_trigger(value, "trigger.reconcile", RECONCILE_KEYS, sink).map(Box::new)
             }
@@ -333,7 +340,7 @@ fn read_trigger(node: &Spanned<Node>, what: &str, keys: &[&str], sink: &mut Sink
 
 fn read_step(node: &Spanned<Node>, sink: &mut Sink) -> Option<StepDoc> {
     let entries = mapping(node, "a step", sink)?;
-    let mut s = StepDoc { pos: pos(node), id: None, uses: None, with: None, control: Default::default() };
+    let mut s = StepDoc { pos: pos(node), id: None, uses: None, with: None, control: Default::default(), cache: None };
     for (key, value) in entries {
         match key.value.as_str() {
             "id" => s.id = string(value, "step id", sink),
@@ -342,6 +349,7 @@ fn read_step(node: &Spanned<Node>, sink: &mut Sink) -> Option<StepDoc> {
             k if crate::step_control::KEYS.contains(&k) => {
                 crate::step_control::read_key(&mut s.control, k, value, sink)
             }
+            "cache" => s.cache = string(value, "step cache", sink),
             other => unknown_key(&key, other, STEP_KEYS, " in a step", sink),
         }
     }
@@ -397,7 +405,7 @@ pub(crate) fn describe(n: &Node) -> String {
     }
 }
 
-fn unknown_key(key: &At<String>, name: &str, known: &[&str], what: &str, sink: &mut Sink) {
+pub(crate) fn unknown_key(key: &At<String>, name: &str, known: &[&str], what: &str, sink: &mut Sink) {
     let suggestions = catalog::nearest(name, known.iter().copied(), 1);
     let d = sink.error(key.pos, format!("unknown key `{name}`{what}"));
     if suggestions.is_empty() {
@@ -408,7 +416,11 @@ fn unknown_key(key: &At<String>, name: &str, known: &[&str], what: &str, sink: &
 }
 
 /// The entries of a mapping, keys as text with positions.
-fn mapping<'a>(node: &'a Spanned<Node>, what: &str, sink: &mut Sink) -> Option<Vec<(At<String>, &'a Spanned<Node>)>> {
+pub(crate) fn mapping<'a>(
+    node: &'a Spanned<Node>,
+    what: &str,
+    sink: &mut Sink,
+) -> Option<Vec<(At<String>, &'a Spanned<Node>)>> {
     match &node.value {
         Node::Map(entries) => {
             Some(entries.iter().map(|(k, v)| (At { value: k.value.0.clone(), pos: pos(k) }, v)).collect())
@@ -420,7 +432,7 @@ fn mapping<'a>(node: &'a Spanned<Node>, what: &str, sink: &mut Sink) -> Option<V
     }
 }
 
-fn sequence<'a>(node: &'a Spanned<Node>, what: &str, sink: &mut Sink) -> Option<&'a [Spanned<Node>]> {
+pub(crate) fn sequence<'a>(node: &'a Spanned<Node>, what: &str, sink: &mut Sink) -> Option<&'a [Spanned<Node>]> {
     match &node.value {
         Node::Seq(items) => Some(items),
         Node::Null => Some(&[]),

@@ -39,6 +39,12 @@ fn build(catalog: Option<&Catalog>) -> Value {
     let step_uses = match catalog {
         Some(c) => {
             let mut k = keys(c, Kind::Action);
+            k.extend(
+                c.operations()
+                    .iter()
+                    .filter(|o| o.kind == Kind::Trigger && crate::inbound::reads_one_record(o))
+                    .map(|o| Value::from(o.key.clone())),
+            );
             k.push(Value::from(HTTP_STEP));
             json!({"type": "string", "enum": k, "description": "Catalog key of an action, or `http.request`."})
         }
@@ -60,7 +66,7 @@ fn build(catalog: Option<&Catalog>) -> Value {
             "trigger": {
                 "type": "object",
                 "additionalProperties": false,
-                "anyOf": [{"required": ["uses"]}, {"required": ["webhook"]}],
+                "anyOf": [{"required": ["uses"]}, {"required": ["webhook"]}, {"required": ["http"]}],
                 "properties": {
                     "uses": trigger_uses.clone(),
                     "with": {"type": "object", "description": "Request parameters; templates see account, env, flow, run and now."},
@@ -89,7 +95,61 @@ fn build(catalog: Option<&Catalog>) -> Value {
                             "max_new": {"type": "integer", "minimum": 1, "default": DEFAULT_MAX_NEW}
                         }
                     },
-                    "coalesce": {"type": "string", "description": "Webhook events for one record closer together than this fire once (humantime, e.g. 2s)."}
+                    "coalesce": {"type": "string", "description": "Webhook events for one record closer together than this fire once (humantime, e.g. 2s)."},
+                    "http": {
+                        "type": "object",
+                        "additionalProperties": false,
+                        "required": ["path", "auth"],
+                        "description": "Inbound HTTP trigger: the app calls flowd on the webhook listener; the item is {body, query, headers}.",
+                        "properties": {
+                            "path": {"type": "string", "pattern": "^/[A-Za-z0-9._/-]+$", "description": "Route on the webhook listener, e.g. /app/contact."},
+                            "auth": {
+                                "type": "object",
+                                "minProperties": 1,
+                                "maxProperties": 1,
+                                "additionalProperties": false,
+                                "properties": {
+                                    "bearer": {"type": "string", "pattern": "^\\$\\{[^}]+\\}$", "description": "`${ENV_VAR}` holding the token the app sends as `Authorization: Bearer`."},
+                                    "hmac": {
+                                        "type": "object",
+                                        "additionalProperties": false,
+                                        "required": ["secret"],
+                                        "description": "HMAC-SHA256 (hex) over `timestamp + \".\" + raw body`.",
+                                        "properties": {
+                                            "secret": {"type": "string", "pattern": "^\\$\\{[^}]+\\}$"},
+                                            "header": {"type": "string", "default": "X-Flowd-Signature"},
+                                            "timestamp_header": {"type": "string", "default": "X-Flowd-Timestamp"},
+                                            "tolerance": {"type": "string", "default": "5m"}
+                                        }
+                                    }
+                                }
+                            },
+                            "idempotency": {
+                                "type": "object",
+                                "minProperties": 1,
+                                "maxProperties": 1,
+                                "additionalProperties": false,
+                                "description": "Requests with the same key start one run; a repeat is answered 200 {duplicate: true}.",
+                                "properties": {
+                                    "header": {"type": "string", "description": "A request header, e.g. Idempotency-Key."},
+                                    "key": {"type": "string", "description": "A template over the item, e.g. {{ trigger.body.orderId }}."}
+                                }
+                            },
+                            "max_body": {"type": ["string", "integer"], "default": "64KiB", "description": "Larger bodies get 413."},
+                            "headers": {"type": "array", "items": {"type": "string"}, "description": "Request headers copied into the item."},
+                            "respond": {
+                                "type": "object",
+                                "additionalProperties": false,
+                                "description": "Answer with the run's result; templates see trigger and steps.*.",
+                                "properties": {
+                                    "status": {"type": ["integer", "string"], "default": 200},
+                                    "body": {"description": "Template of the JSON body."},
+                                    "headers": {"type": "object", "additionalProperties": {"type": "string"}},
+                                    "timeout": {"type": "string", "default": "10s", "description": "Past it: 504 with the run id; the run goes on."}
+                                }
+                            }
+                        }
+                    }
                 },
                 "not": {"required": ["every", "cron"]}
             },
@@ -108,7 +168,8 @@ fn build(catalog: Option<&Catalog>) -> Value {
                         "if": {"type": "string", "description": "Template over trigger, steps, env...; the step runs only when it renders truthy, else it is recorded as skipped and `steps.<id>` is `{skipped: true}`."},
                         "for_each": {"type": "string", "pattern": "\\{\\{", "description": "Template yielding a list; the step runs once per element, with `item` and `index`, each element its own record. `steps.<id>` is the list of results."},
                         "max_items": {"type": "integer", "minimum": 1, "maximum": MAX_ITEMS_LIMIT, "default": DEFAULT_MAX_ITEMS, "description": "More `for_each` elements than this fail the run (nothing is cut off)."},
-                        "on_error": {"enum": ["fail", "continue"], "default": "fail", "description": "`continue`: a final failure is recorded and the run goes on; later steps see `steps.<id>.error`. Retryable failures retry first; an in-doubt request never continues."}
+                        "on_error": {"enum": ["fail", "continue"], "default": "fail", "description": "`continue`: a final failure is recorded and the run goes on; later steps see `steps.<id>.error`. Retryable failures retry first; an in-doubt request never continues."},
+                        "cache": {"type": "string", "description": "GET steps only: reuse the result for the same rendered request this long (e.g. 5m); flowd's own writes to the record drop it."}
                     },
                     "if": {"properties": {"uses": {"const": HTTP_STEP}}},
                     "then": {"properties": {"with": {
@@ -136,7 +197,7 @@ fn build(catalog: Option<&Catalog>) -> Value {
                         "name": {"type": "string"},
                         "item": {"description": "The trigger item to run the flow with."},
                         "results": {"type": "object", "description": "Stand-in step results, by step id."},
-                        "expect": {"type": "object", "description": "Step id -> subset of its rendered `with`."},
+                        "expect": {"type": "object", "description": "Step id -> subset of its rendered `with`; `respond` -> subset of the rendered reply {status, body, headers}."},
                         "filtered": {"type": "boolean", "description": "Whether `if` is expected to drop the item."},
                         "env": {"type": "object", "additionalProperties": {"type": "string"}, "description": "Environment variables (`env.*`) set for this test."}
                     }

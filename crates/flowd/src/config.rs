@@ -60,6 +60,9 @@ pub struct RawConfig {
         deserialize_with = "bounded::usize::<_, 1024, { 64 * 1024 * 1024 }>"
     )]
     pub http_max_response_bytes: usize,
+    /// Entries the read cache of `cache:` GET steps keeps at most (docs/inbound.md).
+    #[serde(default = "default_read_cache_entries", deserialize_with = "bounded::usize::<_, 1, 10_000_000>")]
+    pub read_cache_entries: usize,
     /// Catalog extension files.
     #[serde(default)]
     pub catalog_dir: Option<PathBuf>,
@@ -207,6 +210,7 @@ pub struct Config {
     pub http_allow_private: bool,
     pub http_max_redirects: u32,
     pub http_max_response_bytes: usize,
+    pub read_cache_entries: usize,
     pub catalog_dir: Option<PathBuf>,
     pub accounts: BTreeMap<String, Account>,
     pub rate_limit: Option<RawRateLimit>,
@@ -372,6 +376,7 @@ fn resolve(path: &Path, raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) ->
         http_allow_private: raw.http_allow_private,
         http_max_redirects: raw.http_max_redirects,
         http_max_response_bytes: raw.http_max_response_bytes,
+        read_cache_entries: raw.read_cache_entries,
         catalog_dir: raw.catalog_dir.map(|d| rel(&d)),
         accounts,
         rate_limit: raw.rate_limit,
@@ -414,6 +419,9 @@ pub fn expand(value: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Strin
     Ok(out)
 }
 
+fn default_read_cache_entries() -> usize {
+    engine::EngineConfig::default().read_cache_entries
+}
 fn default_http_max_response() -> usize {
     engine::EngineConfig::default().http_max_response_bytes
 }

@@ -23,6 +23,8 @@ const EXAMPLES: &[(&str, &str)] = &[
     ("notes-to-feed.yaml", include_str!("../../../../flows/notes-to-feed.yaml")),
     ("appointments-to-feed.yaml", include_str!("../../../../flows/appointments-to-feed.yaml")),
     ("instant-welcome.yaml", include_str!("../../../../flows/instant-welcome.yaml")),
+    ("app-create-task.yaml", include_str!("../../../../flows/app-create-task.yaml")),
+    ("app-complete-task.yaml", include_str!("../../../../flows/app-complete-task.yaml")),
 ];
 
 #[derive(Default)]
@@ -43,6 +45,10 @@ pub async fn run(catalog: Arc<catalog::Catalog>, args: &DemoArgs) -> anyhow::Res
     let mut env: BTreeMap<String, String> = BTreeMap::new();
     env.insert("APP_HOOK_URL".into(), app_url.clone());
     env.insert("WATCH_CONTACT_ID".into(), watched.clone());
+    // The app's credentials for the `trigger.http` flows; the demo's app calls the engine
+    // in-process (no listener), so they are only there for the flows to load cleanly.
+    env.insert("APP_TOKEN".into(), "demo-app-token".into());
+    env.insert("APP_HMAC_SECRET".into(), "demo-app-secret".into());
     let compile_env = flow::CompileEnv { env: env.clone(), accounts: vec!["main".into()] };
     let mut flows = Vec::new();
     for (file, text) in EXAMPLES {
@@ -93,6 +99,8 @@ pub async fn run(catalog: Arc<catalog::Catalog>, args: &DemoArgs) -> anyhow::Res
         }
         println!("   webhooks fire instant flows at once:");
         hooks.report(&engine, &mut totals).await;
+        println!("   your app calls flowd:");
+        app_calls(&engine, &sb, &user.watched, cycle, &mut totals).await;
         println!("   flowd polls and acts:");
         poll_all(&engine, &mut totals).await;
         let pushes = received.lock().map(|r| r.len()).unwrap_or(0);
@@ -119,8 +127,68 @@ pub async fn run(catalog: Arc<catalog::Catalog>, args: &DemoArgs) -> anyhow::Res
     Ok(())
 }
 
+/// The demo's app asks flowd, as it would over `trigger.http` (the request is handed to the
+/// engine directly, past the listener's authentication): the contact card twice (the
+/// second from the cache), and a task for the contact, sent twice with one idempotency key.
+async fn app_calls(engine: &Arc<Engine>, sb: &Sandbox, contact: &str, cycle: usize, totals: &mut Totals) {
+    let reads = || sb.requests().iter().filter(|e| e["op"] == "contacts.get_contact").count();
+    let item = |body: Value| json!({ "body": body, "query": {}, "headers": {} });
+    for attempt in 0..2 {
+        let before = reads();
+        let reply = app_request(engine, "/app/contact", None, item(json!({ "contactId": contact }))).await;
+        let spent = reads() - before;
+        match reply {
+            Some(r) if r.status == 200 => println!(
+                "   ok   POST /app/contact -> {} {} ({spent} GHL request{}{})",
+                r.status,
+                r.body["name"],
+                if spent == 1 { "" } else { "s" },
+                if attempt == 1 && spent == 0 { ": from the cache" } else { "" }
+            ),
+            other => {
+                totals.failures += 1;
+                println!("   FAIL POST /app/contact -> {other:?}");
+            }
+        }
+    }
+    let key = format!("demo-task-{cycle}");
+    let task = item(json!({ "contactId": contact, "title": format!("Follow up (app, cycle {cycle})") }));
+    for _ in 0..2 {
+        match app_request(engine, "/app/tasks", Some(key.clone()), task.clone()).await {
+            Some(r) if r.status == 201 => println!("   ok   POST /app/tasks -> 201 task {}", r.body["taskId"]),
+            Some(r) if r.body == json!({"duplicate": true}) => {
+                println!("   ok   POST /app/tasks again (Idempotency-Key {key}) -> 200 duplicate: no second task")
+            }
+            other => {
+                totals.failures += 1;
+                println!("   FAIL POST /app/tasks -> {other:?}");
+            }
+        }
+    }
+}
+
+async fn app_request(
+    engine: &Arc<Engine>,
+    path: &str,
+    key: Option<String>,
+    item: Value,
+) -> Option<engine::InboundReply> {
+    let rt = engine.inbound_flow(path)?;
+    let respond = rt.trigger.http.as_ref()?.respond.clone()?;
+    match engine.accept_inbound(&rt, key, item).await.ok()? {
+        engine::Accepted::Duplicate => {
+            Some(engine::InboundReply { status: 200, body: json!({"duplicate": true}), headers: Vec::new() })
+        }
+        engine::Accepted::Run { id, handle } => Some(engine.inbound_reply(&rt, &respond, id, handle).await),
+    }
+}
+
 async fn poll_all(engine: &Arc<Engine>, totals: &mut Totals) {
+    let served = engine.inbound_paths();
     for name in engine.flow_names() {
+        if !served.is_empty() && engine.inbound_flow_named(&name) {
+            continue;
+        }
         let t = Instant::now();
         match engine.poll_and_run(&name).await {
             Ok((report, statuses)) => {

@@ -110,7 +110,7 @@ fn plan_flow(catalog: &Catalog, flow: &CompiledFlow, records: u64, changes: f64)
     let (polls, schedule) = if flow.trigger.polls() {
         (polls_per_hour(&flow.trigger.schedule), describe(&flow.trigger.schedule))
     } else {
-        (0.0, "webhook".to_string())
+        (0.0, if flow.trigger.http.is_some() { "on request" } else { "webhook" }.to_string())
     };
     let mode = flow.trigger.dedupe;
     let (read, per_poll) = match spec {
@@ -137,7 +137,11 @@ fn plan_flow(catalog: &Catalog, flow: &CompiledFlow, records: u64, changes: f64)
     let requests_per_hour = polls * per_poll as f64 + sweep + changes * ghl_steps as f64;
     FlowPlan {
         flow: flow.name.clone(),
-        trigger: if flow.trigger.polls() { flow.trigger.op.clone() } else { "webhook".into() },
+        trigger: match (flow.trigger.polls(), &flow.trigger.http) {
+            (true, _) => flow.trigger.op.clone(),
+            (false, Some(h)) => format!("http {}", h.path),
+            (false, None) => "webhook".into(),
+        },
         read,
         schedule,
         polls_per_hour: polls,

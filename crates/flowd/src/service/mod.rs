@@ -11,6 +11,7 @@
 
 pub mod console;
 mod http;
+mod inbound;
 mod listener;
 mod reload;
 mod webhooks;
@@ -60,7 +61,16 @@ pub async fn run(config: Config, catalog: Arc<catalog::Catalog>, once: bool) -> 
     let tasks = engine.start(shutdown_rx.clone());
     let receiver = match &config.webhooks {
         Some(w) => Some(webhooks::start(w, &engine, shutdown_rx.clone()).await?),
-        None => None,
+        None => {
+            let paths = engine.inbound_paths();
+            if !paths.is_empty() {
+                tracing::warn!(
+                    ?paths,
+                    "flows have `trigger.http` routes but there is no `webhooks:` listener to serve them"
+                );
+            }
+            None
+        }
     };
     ready.store(true, std::sync::atomic::Ordering::SeqCst);
     let watcher = reload::watch(engine.clone(), catalog.clone(), flows, shutdown_rx.clone());

@@ -41,7 +41,8 @@ pub async fn start(
     };
     // Events stored by an earlier process are picked up by the processor's first pass.
     let processor = engine.start_webhooks(wake, shutdown.clone());
-    let app = webhooks::router(receiver, &config.path);
+    // The app's `trigger.http` routes share the listener that faces the internet.
+    let app = webhooks::router(receiver, &config.path).merge(super::inbound::router(engine));
     tracing::info!(listen = %config.listen, path = %config.path, "receiving GHL webhooks");
     let limits = super::listener::Limits {
         max_connections: config.max_connections,

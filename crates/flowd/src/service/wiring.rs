@@ -184,6 +184,7 @@ pub fn build_engine_on(
         http_allow_private: config.http_allow_private,
         http_max_redirects: config.http_max_redirects as usize,
         http_max_response_bytes: config.http_max_response_bytes,
+        read_cache_entries: config.read_cache_entries,
         retry_base: config.retry.base,
         retry_max: config.retry.max,
         max_attempts: config.retry.attempts.max(1),
