@@ -12,6 +12,7 @@ mod engine;
 mod error;
 mod failure;
 mod fair;
+mod fanout;
 mod http_step;
 mod metrics;
 mod poll;

@@ -67,6 +67,8 @@ pub struct CompiledTrigger {
     /// Set for `webhook:` triggers. Without `reconcile`, `op` is empty and the flow is
     /// never polled; with it, the fields above describe the reconciling poll.
     pub webhook: Option<WebhookTrigger>,
+    /// Set for `for_each_record:`: `op` is polled once for each record of a parent trigger.
+    pub fan_out: Option<crate::fanout::FanOut>,
 }
 
 /// A trigger fired by GHL webhook deliveries.
@@ -197,7 +199,8 @@ fn compile_doc(doc: FlowDoc, top: Pos, cat: &Catalog, env: &CompileEnv, sink: &m
         }
     };
     let filter = doc.filter.as_ref().and_then(|f| {
-        let scope = Scope { trigger_fields: Some(&fields), earlier_steps: &[], all_steps: &step_ids, env };
+        let scope =
+            Scope { trigger_fields: Some(&fields), parent_fields: None, earlier_steps: &[], all_steps: &step_ids, env };
         match Filter::compile(&f.value) {
             Ok(filter) => {
                 validate::check_paths(filter.template(), f.pos, &scope, sink);
@@ -278,6 +281,7 @@ fn compile_trigger(
         ("max_new", t.max_new.as_ref().map(|a| a.pos)),
         ("lookback", t.lookback.as_ref().map(|a| a.pos)),
         ("sweep", t.sweep.as_ref().map(|a| a.pos)),
+        (crate::fanout::KEY, t.for_each_record.as_ref().map(|f| f.pos)),
     ];
     for (key, at) in polling_keys {
         if let Some(at) = at {
@@ -321,6 +325,7 @@ fn compile_trigger(
             lookback: DEFAULT_LOOKBACK,
             sweep: None,
             webhook: Some(webhook),
+            fan_out: None,
         }),
     };
     (compiled.filter(|_| ok), Vec::new())
@@ -383,7 +388,22 @@ fn compile_poll_trigger(
         return (None, Vec::new());
     };
     let fields = spec.fields.clone();
-    let scope = Scope { trigger_fields: None, earlier_steps: &[], all_steps: step_ids, env };
+    let scope = Scope { trigger_fields: None, parent_fields: None, earlier_steps: &[], all_steps: step_ids, env };
+    let (fan_out, parent_fields) = match &t.for_each_record {
+        Some(f) => {
+            let (c, fields) = crate::fanout::compile(f, op, uses.pos, cat, &scope, sink);
+            (c.map(Some), fields)
+        }
+        None => (Some(None), Vec::new()),
+    };
+    if let (Some(w), true) = (&t.sweep, t.for_each_record.is_some()) {
+        sink.error(
+            w.pos,
+            "`sweep` does not apply to `for_each_record`: its parents are read round-robin on every poll",
+        )
+        .help("`max_per_poll` sets how many parents a poll reads, and so how long a round takes");
+    }
+    let scope = Scope { parent_fields: t.for_each_record.as_ref().map(|_| parent_fields.as_slice()), ..scope };
     let with = validate::check_ghl_with(op, t.with.as_ref(), uses.pos, &scope, sink);
 
     let dedupe = match &t.dedupe {
@@ -445,18 +465,21 @@ fn compile_poll_trigger(
             );
         }
     }
-    let compiled = match (with, schedule, dedupe, start, lookback, sweep) {
-        (Some(with), Some(schedule), Some(dedupe), Some(start), Some(lookback), Some(sweep)) => Some(CompiledTrigger {
-            op: op.key.clone(),
-            with,
-            schedule,
-            dedupe,
-            start,
-            max_new,
-            lookback,
-            sweep,
-            webhook: None,
-        }),
+    let compiled = match (with, schedule, dedupe, start, lookback, sweep, fan_out) {
+        (Some(with), Some(schedule), Some(dedupe), Some(start), Some(lookback), Some(sweep), Some(fan_out)) => {
+            Some(CompiledTrigger {
+                op: op.key.clone(),
+                with,
+                schedule,
+                dedupe,
+                start,
+                max_new,
+                lookback,
+                sweep,
+                webhook: None,
+                fan_out,
+            })
+        }
         _ => None,
     };
     (compiled, fields)
@@ -521,7 +544,8 @@ fn compile_step(
         sink.error(s.pos, "every step needs `uses`: a catalog action key or `http.request`");
         return None;
     };
-    let scope = Scope { trigger_fields: Some(fields), earlier_steps: earlier, all_steps: all, env };
+    let scope =
+        Scope { trigger_fields: Some(fields), parent_fields: None, earlier_steps: earlier, all_steps: all, env };
     let (target, with) = if uses.value == HTTP_STEP {
         (StepTarget::Http, validate::check_http_with(s.with.as_ref(), uses.pos, &scope, sink))
     } else {

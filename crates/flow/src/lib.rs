@@ -7,6 +7,7 @@
 
 mod compile;
 mod diagnostic;
+mod fanout;
 mod helpers;
 mod parse;
 mod schedule;
@@ -21,6 +22,7 @@ pub use compile::{
     StepTarget, TestOutcome, WebhookTrigger, DEFAULT_ACCOUNT, DEFAULT_EVERY, DEFAULT_MAX_NEW, HTTP_STEP,
 };
 pub use diagnostic::{render_all, Diagnostic, Pos, Severity};
+pub use fanout::FanOut;
 pub use helpers::Helper;
 pub use schedule::{jitter, CronSchedule, Schedule, ScheduleError, MIN_INTERVAL};
 pub use schema::{json_schema, json_schema_for};

@@ -213,6 +213,7 @@ pub(crate) struct TriggerDoc {
     /// The polling trigger paired with `webhook`, sharing its dedupe keys.
     pub reconcile: Option<Box<TriggerDoc>>,
     pub coalesce: Option<At<String>>,
+    pub for_each_record: Option<crate::fanout::FanOutDoc>,
 }
 
 #[derive(Debug)]
@@ -248,6 +249,7 @@ pub(crate) const TRIGGER_KEYS: &[&str] = &[
     "webhook",
     "reconcile",
     "coalesce",
+    crate::fanout::KEY,
 ];
 /// `reconcile:` is a polling trigger: the trigger's keys minus the webhook ones.
 pub(crate) const RECONCILE_KEYS: &[&str] =
@@ -297,6 +299,7 @@ fn read_trigger(node: &Spanned<Node>, what: &str, keys: &[&str], sink: &mut Sink
         webhook: None,
         reconcile: None,
         coalesce: None,
+        for_each_record: None,
     };
     let nested = keys.len() < TRIGGER_KEYS.len();
     for (key, value) in entries {
@@ -313,6 +316,7 @@ fn read_trigger(node: &Spanned<Node>, what: &str, keys: &[&str], sink: &mut Sink
             "sweep" => t.sweep = string(value, &name, sink),
             "webhook" => t.webhook = string(value, &name, sink),
             "coalesce" => t.coalesce = string(value, &name, sink),
+            crate::fanout::KEY => t.for_each_record = crate::fanout::read(value, sink),
             "reconcile" if !nested => {
                 t.reconcile = read_trigger(value, "trigger.reconcile", RECONCILE_KEYS, sink).map(Box::new)
             }
@@ -392,7 +396,7 @@ fn describe(n: &Node) -> String {
     }
 }
 
-fn unknown_key(key: &At<String>, name: &str, known: &[&str], what: &str, sink: &mut Sink) {
+pub(crate) fn unknown_key(key: &At<String>, name: &str, known: &[&str], what: &str, sink: &mut Sink) {
     let suggestions = catalog::nearest(name, known.iter().copied(), 1);
     let d = sink.error(key.pos, format!("unknown key `{name}`{what}"));
     if suggestions.is_empty() {
@@ -403,7 +407,11 @@ fn unknown_key(key: &At<String>, name: &str, known: &[&str], what: &str, sink: &
 }
 
 /// The entries of a mapping, keys as text with positions.
-fn mapping<'a>(node: &'a Spanned<Node>, what: &str, sink: &mut Sink) -> Option<Vec<(At<String>, &'a Spanned<Node>)>> {
+pub(crate) fn mapping<'a>(
+    node: &'a Spanned<Node>,
+    what: &str,
+    sink: &mut Sink,
+) -> Option<Vec<(At<String>, &'a Spanned<Node>)>> {
     match &node.value {
         Node::Map(entries) => {
             Some(entries.iter().map(|(k, v)| (At { value: k.value.0.clone(), pos: pos(k) }, v)).collect())
@@ -426,7 +434,7 @@ fn sequence<'a>(node: &'a Spanned<Node>, what: &str, sink: &mut Sink) -> Option<
     }
 }
 
-fn string(node: &Spanned<Node>, what: &str, sink: &mut Sink) -> Option<At<String>> {
+pub(crate) fn string(node: &Spanned<Node>, what: &str, sink: &mut Sink) -> Option<At<String>> {
     match node.value.scalar_text() {
         Some(s) => Some(At { value: s, pos: pos(node) }),
         None => {
@@ -436,7 +444,7 @@ fn string(node: &Spanned<Node>, what: &str, sink: &mut Sink) -> Option<At<String
     }
 }
 
-fn with_block(node: &Spanned<Node>, what: &str, sink: &mut Sink) -> Option<At<Entries>> {
+pub(crate) fn with_block(node: &Spanned<Node>, what: &str, sink: &mut Sink) -> Option<At<Entries>> {
     match &node.value {
         Node::Null => Some(At { value: Vec::new(), pos: pos(node) }),
         Node::Map(entries) => Some(At {

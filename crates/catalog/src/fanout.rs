@@ -1,0 +1,132 @@
+//! Fan-out triggers: a per-record trigger (the tasks of *a* contact) polled for each record
+//! a parent trigger (the contacts' search) yields. What can be a child, what can be a
+//! parent, and what one fan-out poll costs.
+
+use crate::model::{DedupeMode, Operation, Pagination, ParamIn, ReadSpec};
+
+/// The most parents one fan-out poll reads: GHL's search returns at most this many
+/// records per request, and a poll reads its parents in one request per kind.
+pub const MAX_PER_POLL: u32 = 500;
+
+/// The parents one fan-out poll reads when the flow does not say.
+pub const DEFAULT_MAX_PER_POLL: u32 = 50;
+
+/// How a parent is read for a fan-out: changed records first (by `changed_field`), then
+/// the next records of a round-robin through all of them (by `sweep_field`), both by the
+/// search's cursor.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ParentRead<'a> {
+    pub filters_param: &'a str,
+    pub sort_param: &'a str,
+    /// The cursor: `param` in the body takes `field` of the last record.
+    pub cursor_param: &'a str,
+    pub cursor_field: &'a str,
+    pub limit_param: &'a str,
+    /// The records' updated-at field: changed parents are read by it.
+    pub changed_field: &'a str,
+    /// The records' created-at field: the round-robin goes in its order, so records
+    /// created during a round join at its end.
+    pub sweep_field: &'a str,
+}
+
+impl Operation {
+    /// The path parameter that names the one record a per-record trigger reads
+    /// (`contactId` in `/contacts/{contactId}/tasks`): such a trigger can fan out over
+    /// the records of a parent. Only a trigger whose one response holds the whole list
+    /// qualifies, so a child read is exactly one request.
+    pub fn fan_out_param(&self) -> Option<&str> {
+        let spec = self.trigger.as_ref()?;
+        if !matches!(spec.pagination, Pagination::None) {
+            return None;
+        }
+        let mut path = self.params.iter().filter(|p| p.location == ParamIn::Path && p.required);
+        let first = path.next()?;
+        // Two path parameters name a record inside a record: not a list per parent.
+        path.next().is_none().then_some(first.name.as_str())
+    }
+
+    /// How this trigger is read as the parent of a fan-out, when it can be one: a search
+    /// that sorts and filters by updated-at and created-at, by cursor.
+    pub fn parent_read(&self) -> Option<ParentRead<'_>> {
+        let spec = self.trigger.as_ref()?;
+        let ReadSpec::Search { filters_param, sort_param, pagination, modes, .. } = spec.read.as_ref()? else {
+            return None;
+        };
+        let Pagination::LastItem { param, field, limit_param, .. } = pagination else { return None };
+        Some(ParentRead {
+            filters_param,
+            sort_param,
+            cursor_param: param,
+            cursor_field: field,
+            limit_param,
+            changed_field: &modes.get(&DedupeMode::Updated)?.field,
+            sweep_field: &modes.get(&DedupeMode::New)?.field,
+        })
+    }
+}
+
+/// What fan-out polls cost and how long a round through every parent takes.
+///
+/// One poll reads the parents changed since the last poll (one request, up to
+/// `max_per_poll` of them), then, with the room left, the next parents of the round-robin
+/// (one request); one child request per parent read. It never sends more than
+/// `max_per_poll + 1` requests: when both reads happen, the round-robin reads one parent
+/// fewer to pay for its own request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FanOutCost {
+    pub max_per_poll: u32,
+}
+
+impl FanOutCost {
+    /// Requests of one poll when `changed` parents changed since the last one and the
+    /// parent holds `records` in all.
+    pub fn requests(self, records: u64, changed: u64) -> u64 {
+        let max = u64::from(self.max_per_poll);
+        let changed = changed.min(max).min(records);
+        let room = self.sweep_room(changed);
+        let swept = room.min(records);
+        1 + changed + u64::from(room > 0) + swept
+    }
+
+    /// Parents the round-robin reads in a poll that found `changed` changed parents.
+    pub fn sweep_room(self, changed: u64) -> u64 {
+        u64::from(self.max_per_poll).saturating_sub(changed).saturating_sub(1)
+    }
+
+    /// Polls within which a round reads all `records` parents when nothing changes (at
+    /// least one): a round that ends on a full page costs the next one a parent's room.
+    pub fn polls_per_round(self, records: u64) -> u64 {
+        (records + 1).div_ceil(self.sweep_room(0).max(1)).max(1)
+    }
+
+    /// In words, for `flowd catalog show` and `flowd plan`.
+    pub fn describe(self) -> String {
+        format!(
+            "at most {} requests: 1 read of the changed parents, then 1 read of the next {} parents of the round \
+             (fewer when parents changed), and 1 request per parent read",
+            u64::from(self.max_per_poll) + 1,
+            self.sweep_room(0)
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_poll_never_sends_more_than_max_per_poll_plus_one() {
+        let c = FanOutCost { max_per_poll: 50 };
+        // Idle: 1 changed read (empty) + 1 round read + 49 children.
+        assert_eq!(c.requests(1_000, 0), 51);
+        assert_eq!(c.requests(1_000, 10), 51);
+        assert_eq!(c.requests(1_000, 49), 50);
+        assert_eq!(c.requests(1_000, 50), 51);
+        assert_eq!(c.requests(1_000, 500), 51);
+        // Fewer parents than the room: each is read once per poll.
+        assert_eq!(c.requests(3, 0), 1 + 1 + 3);
+        assert_eq!(c.polls_per_round(1_000), 21);
+        assert_eq!(c.polls_per_round(0), 1);
+        assert_eq!(FanOutCost { max_per_poll: 13 }.polls_per_round(120), 11);
+    }
+}
