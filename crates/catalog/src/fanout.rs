@@ -41,8 +41,11 @@ impl Operation {
         }
         let mut path = self.params.iter().filter(|p| p.location == ParamIn::Path && p.required);
         let first = path.next()?;
-        // Two path parameters name a record inside a record: not a list per parent.
-        path.next().is_none().then_some(first.name.as_str())
+        // Two path parameters name a record inside a record: not a list per parent. A
+        // key such as `objectKey` names a kind of record, not one; a `locationId` is the
+        // account itself.
+        let per_record = first.name.ends_with("Id") && first.name != "locationId";
+        (path.next().is_none() && per_record).then_some(first.name.as_str())
     }
 
     /// How this trigger is read as the parent of a fan-out, when it can be one: a search
@@ -113,6 +116,25 @@ impl FanOutCost {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_per_record_lists_of_a_contact_fan_out_over_the_contacts_search() {
+        let cat = crate::Catalog::builtin().expect("catalog");
+        let children: Vec<&str> =
+            cat.operations().iter().filter(|o| o.fan_out_param().is_some()).map(|o| o.key.as_str()).collect();
+        assert_eq!(
+            children,
+            ["contacts.get_contact_appointments", "contacts.get_contact_tasks", "contacts.get_contact_notes"]
+        );
+        let parents: Vec<&str> =
+            cat.operations().iter().filter(|o| o.parent_read().is_some()).map(|o| o.key.as_str()).collect();
+        assert_eq!(parents, ["contacts.search_contacts"]);
+        let read = cat.get("contacts.search_contacts").and_then(|o| o.parent_read()).expect("parent");
+        assert_eq!(
+            (read.changed_field, read.sweep_field, read.cursor_param),
+            ("dateUpdated", "dateAdded", "searchAfter")
+        );
+    }
 
     #[test]
     fn a_poll_never_sends_more_than_max_per_poll_plus_one() {
