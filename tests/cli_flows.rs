@@ -106,6 +106,9 @@ fn schema_is_json_schema_listing_catalog_keys() {
     assert!(out.status.success(), "{}", text(&out));
     let schema: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     assert!(schema.to_string().contains("contacts.create_task"));
+    let fan = &schema["properties"]["trigger"]["properties"]["for_each_record"];
+    assert_eq!(fan["required"], serde_json::json!(["of"]), "{fan}");
+    assert_eq!(fan["properties"]["max_per_poll"]["maximum"], 500);
 }
 
 #[test]

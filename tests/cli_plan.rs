@@ -86,10 +86,12 @@ fn a_fan_out_costs_max_per_poll_plus_one_and_a_long_round_is_warned_about() {
     assert_eq!(f["requests_per_hour"], 51.0 * 30.0);
     // ⌈1,001 / 49⌉ = 21 polls of 2 minutes.
     assert_eq!(f["round_seconds"], 21.0 * 120.0);
+    // While 25 contacts change before every poll: ⌈1,001 / 24⌉ = 42 polls.
+    assert_eq!(f["busy_round_seconds"], 42.0 * 120.0);
 
     let out = flowd(&["plan", "--records", "1000"], dir.path());
     let t = text(&out);
-    assert!(t.contains("a round through 1000 records takes 42m"), "{t}");
+    assert!(t.contains("a round through 1000 records takes 42m (1h 24m while many change)"), "{t}");
     assert!(!t.contains("takes over an hour"), "{t}");
     let out = flowd(&["plan", "--records", "10000"], dir.path());
     let t = text(&out);

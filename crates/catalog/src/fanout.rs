@@ -68,9 +68,13 @@ impl Operation {
     }
 }
 
+/// The fewest parents a fan-out poll may read: half of them may be changed ones, and the
+/// round needs one besides its own request.
+pub const MIN_PER_POLL: u32 = 4;
+
 /// What fan-out polls cost and how long a round through every parent takes.
 ///
-/// One poll reads the parents changed since the last poll (one request, up to
+/// One poll reads the parents changed since the last poll (one request, up to half of
 /// `max_per_poll` of them), then, with the room left, the next parents of the round-robin
 /// (one request); one child request per parent read. It never sends more than
 /// `max_per_poll + 1` requests: when both reads happen, the round-robin reads one parent
@@ -81,11 +85,16 @@ pub struct FanOutCost {
 }
 
 impl FanOutCost {
+    /// Changed parents one poll reads at most: half of them, so that however many change,
+    /// the round goes on.
+    pub fn changed_limit(self) -> u64 {
+        u64::from(self.max_per_poll / 2).max(1)
+    }
+
     /// Requests of one poll when `changed` parents changed since the last one and the
     /// parent holds `records` in all.
     pub fn requests(self, records: u64, changed: u64) -> u64 {
-        let max = u64::from(self.max_per_poll);
-        let changed = changed.min(max).min(records);
+        let changed = changed.min(self.changed_limit()).min(records);
         let room = self.sweep_room(changed);
         let swept = room.min(records);
         1 + changed + u64::from(room > 0) + swept
@@ -93,21 +102,27 @@ impl FanOutCost {
 
     /// Parents the round-robin reads in a poll that found `changed` changed parents.
     pub fn sweep_room(self, changed: u64) -> u64 {
-        u64::from(self.max_per_poll).saturating_sub(changed).saturating_sub(1)
+        u64::from(self.max_per_poll).saturating_sub(changed.min(self.changed_limit())).saturating_sub(1)
     }
 
-    /// Polls within which a round reads all `records` parents when nothing changes (at
+    /// Polls within which a round reads all `records` parents when none changes (at
     /// least one): a round that ends on a full page costs the next one a parent's room.
     pub fn polls_per_round(self, records: u64) -> u64 {
         (records + 1).div_ceil(self.sweep_room(0).max(1)).max(1)
     }
 
+    /// The same while at least half a poll's worth of parents changes before every poll.
+    pub fn busy_polls_per_round(self, records: u64) -> u64 {
+        (records + 1).div_ceil(self.sweep_room(self.changed_limit()).max(1)).max(1)
+    }
+
     /// In words, for `flowd catalog show` and `flowd plan`.
     pub fn describe(self) -> String {
         format!(
-            "at most {} requests: 1 read of the changed parents, then 1 read of the next {} parents of the round \
-             (fewer when parents changed), and 1 request per parent read",
+            "at most {} requests: 1 read of the changed parents (at most {}), then 1 read of the next {} parents \
+             of the round (fewer when parents changed), and 1 request per parent read",
             u64::from(self.max_per_poll) + 1,
+            self.changed_limit(),
             self.sweep_room(0)
         )
     }
@@ -142,13 +157,16 @@ mod tests {
         // Idle: 1 changed read (empty) + 1 round read + 49 children.
         assert_eq!(c.requests(1_000, 0), 51);
         assert_eq!(c.requests(1_000, 10), 51);
-        assert_eq!(c.requests(1_000, 49), 50);
-        assert_eq!(c.requests(1_000, 50), 51);
+        assert_eq!(c.requests(1_000, 25), 51);
         assert_eq!(c.requests(1_000, 500), 51);
+        assert_eq!(FanOutCost { max_per_poll: 4 }.requests(1_000, 9), 5);
         // Fewer parents than the room: each is read once per poll.
         assert_eq!(c.requests(3, 0), 1 + 1 + 3);
         assert_eq!(c.polls_per_round(1_000), 21);
         assert_eq!(c.polls_per_round(0), 1);
         assert_eq!(FanOutCost { max_per_poll: 13 }.polls_per_round(120), 11);
+        // However busy: 25 changed contacts a poll leave 24 for the round.
+        assert_eq!(c.busy_polls_per_round(1_000), 42);
+        assert_eq!(FanOutCost { max_per_poll: 4 }.busy_polls_per_round(10), 11);
     }
 }

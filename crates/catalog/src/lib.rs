@@ -17,7 +17,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 pub use cost::{PollCost, WINDOW_DAYS};
-pub use fanout::{FanOutCost, ParentRead, DEFAULT_MAX_PER_POLL, MAX_PER_POLL};
+pub use fanout::{FanOutCost, ParentRead, DEFAULT_MAX_PER_POLL, MAX_PER_POLL, MIN_PER_POLL};
 pub use load::Category;
 pub use model::*;
 pub use problem::{CatalogError, Place, Problem};

@@ -4,8 +4,9 @@
 //!
 //! Which parents a poll reads, within `max_per_poll`:
 //! 1. the parents changed since the last poll, by the parent's updated-at field, from the
-//!    watermark minus the lookback (one request; a full page goes on from its cursor next
-//!    poll, so no count of changed parents stalls the read);
+//!    watermark minus the lookback, at most half of `max_per_poll` (one request; a full
+//!    page goes on from its cursor next poll, so no count of changed parents stalls the
+//!    read, and none starves the round);
 //! 2. with the room left, the next parents of a round-robin through all of them, in
 //!    created-at order by the search's cursor (one request); the round starts over when a
 //!    read comes back short.
@@ -13,7 +14,7 @@
 //! Creating a task or a note does not change its contact's `dateUpdated` in GHL (nothing
 //! documents that it does, and the sandbox does not), so (1) only brings forward parents
 //! whose own record changed; (2) is what guarantees a child of any parent is seen within
-//! one round: ⌈parents / (max_per_poll − 1)⌉ polls when nothing changes.
+//! one round ([`catalog::FanOutCost::polls_per_round`]).
 //!
 //! Dedupe keys are `<parent id>/<child key>`: the same task never fires twice, and two
 //! contacts' children never collide. A parent's first visit is its baseline: under
@@ -110,13 +111,23 @@ pub(crate) async fn poll(
         .map_or(now.timestamp_millis(), |t| t.timestamp_millis());
     let lookback = i64::try_from(flow.trigger.lookback.as_millis()).unwrap_or(i64::MAX);
     let max = fan.max_per_poll as usize;
+    // Changed parents take at most half a poll, so the round goes on however busy the
+    // location is.
+    let changed_limit = catalog::FanOutCost { max_per_poll: fan.max_per_poll }.changed_limit() as usize;
 
     // 1. The parents changed since the last poll.
     let watermark = get(keys::WATERMARK).and_then(Value::as_i64).unwrap_or(baseline_ms);
     let changed_after = get(keys::CHANGED_AFTER).cloned();
-    let changed_req = parent_request(&parent_inputs, &read, read.changed_field, max, changed_after.as_ref(), |f| {
-        f.push(json!({"field": read.changed_field, "operator": "range", "value": {"gte": iso(watermark.saturating_sub(lookback))}}))
-    });
+    let changed_req = parent_request(
+        &parent_inputs,
+        &read,
+        read.changed_field,
+        changed_limit,
+        changed_after.as_ref(),
+        |f| {
+            f.push(json!({"field": read.changed_field, "operator": "range", "value": {"gte": iso(watermark.saturating_sub(lookback))}}))
+        },
+    );
     let changed = read_parents(poller, rt, parent, changed_req).await?;
     let mut commit_keys: HashSet<String> = HashSet::new();
     let mut items: Vec<PollItem> = Vec::new();
@@ -139,8 +150,11 @@ pub(crate) async fn poll(
             }
         }
     }
-    let next_changed_after =
-        if changed.len() >= max { changed.last().and_then(|p| p.get(read.cursor_field)).cloned() } else { None };
+    let next_changed_after = if changed.len() >= changed_limit {
+        changed.last().and_then(|p| p.get(read.cursor_field)).cloned()
+    } else {
+        None
+    };
 
     // 2. The next parents of the round-robin, with the room left (its own request included).
     let room = max.saturating_sub(visit.len()).saturating_sub(1);

@@ -249,3 +249,59 @@ async fn children_of_two_contacts_never_collide_and_a_contact_created_later_fire
     assert_eq!(fired.get(&format!("{t1} same")), Some(&1));
     assert_eq!(fired.get(&format!("{t2} same")), Some(&1));
 }
+
+async fn edit_contact(c: &reqwest::Client, h: &Harness, contact: &str, city: &str) {
+    let resp = c
+        .put(format!("{}/contacts/{contact}", h.sandbox.base_url()))
+        .bearer_auth(TOKEN)
+        .header("Version", "2021-07-28")
+        .json(&json!({"city": city}))
+        .send()
+        .await
+        .expect("update contact");
+    assert!(resp.status().is_success(), "{}", resp.status());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changed_contacts_come_first_and_never_starve_the_round() {
+    let (max, contacts) = (6, 30);
+    let h = harness(Seed::Contacts(contacts), &[&task_flow(max)], fast_retries()).await;
+    let c = reqwest::Client::new();
+    let cost = catalog::FanOutCost { max_per_poll: max };
+    let ids = contact_ids(&h);
+    h.engine.poll_and_run("tasks").await.expect("baseline");
+    // Let the first round finish, so every contact has been seen once.
+    for _ in 0..cost.polls_per_round(contacts as u64) {
+        h.engine.poll_and_run("tasks").await.expect("poll");
+    }
+
+    // A task on a contact whose record then changes: the next poll reads it first.
+    let first = create_task(&c, &h, &ids[7], "edited").await;
+    edit_contact(&c, &h, &ids[7], "Springfield").await;
+    let (_, runs) = h.engine.poll_and_run("tasks").await.expect("poll");
+    assert_eq!(runs.len(), 1, "the changed contact was read first");
+    assert_eq!(fired(&h).get(&format!("{first} edited")), Some(&1));
+
+    // A task on a contact that never changes, while more contacts change before every poll
+    // than a poll reads: the round still reaches it within its busy bound.
+    let quiet = create_task(&c, &h, &ids[29], "quiet").await;
+    let bound = cost.busy_polls_per_round(contacts as u64);
+    let mut found_after = None;
+    for n in 0..bound {
+        // Five of the first twenty contacts (never the quiet one), more than the three
+        // changed ones a poll of six reads.
+        for k in 0..5 {
+            let i = (n as usize * 5 + k) % 20;
+            edit_contact(&c, &h, &ids[i], &format!("City {n} {k}")).await;
+        }
+        let log_before = requests(&h);
+        let (_, runs) = h.engine.poll_and_run("tasks").await.expect("poll");
+        let polled = h.sandbox.requests()[log_before..].iter().filter(|r| r["op"] != "contacts.create_note").count();
+        assert!(polled as u64 <= u64::from(max) + 1, "poll {n}: {polled} requests");
+        if !runs.is_empty() && found_after.is_none() {
+            found_after = Some(n);
+        }
+    }
+    assert!(found_after.is_some(), "the quiet contact's task fired within {bound} busy polls");
+    assert_eq!(fired(&h).get(&format!("{quiet} quiet")), Some(&1));
+}

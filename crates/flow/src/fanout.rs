@@ -3,7 +3,7 @@
 //! `parent` in the trigger's `with` (`contactId: "{{ parent.id }}"`). Parsing and checks;
 //! the engine's `fanout` module polls it.
 
-use catalog::{Catalog, Kind, Operation, DEFAULT_MAX_PER_POLL, MAX_PER_POLL};
+use catalog::{Catalog, Kind, Operation, DEFAULT_MAX_PER_POLL, MAX_PER_POLL, MIN_PER_POLL};
 use serde_saphyr::Spanned;
 
 use crate::diagnostic::{Pos, Sink};
@@ -76,7 +76,9 @@ pub(crate) fn compile(
     }
     let max_per_poll = match &d.max_per_poll {
         None => DEFAULT_MAX_PER_POLL,
-        Some(m) if (2..=i64::from(MAX_PER_POLL)).contains(&m.value) => u32::try_from(m.value).unwrap_or(MAX_PER_POLL),
+        Some(m) if (i64::from(MIN_PER_POLL)..=i64::from(MAX_PER_POLL)).contains(&m.value) => {
+            u32::try_from(m.value).unwrap_or(MAX_PER_POLL)
+        }
         Some(m) => {
             sink.error(m.pos, format!("`max_per_poll: {}` must be between 2 and {MAX_PER_POLL}", m.value)).help(
                 "one request reads the changed parents and the rest of the poll reads the round-robin's next ones",
@@ -152,7 +154,7 @@ mod tests {
         let e = errors(&flow(&GOOD.replace("of: contacts.search_contacts", "of: contacts.get_contact")));
         assert!(e.iter().any(|m| m.starts_with("6:9 ") && m.contains("cannot be the parent")), "{e:?}");
         let e = errors(&flow(&GOOD.replace("max_per_poll: 20", "max_per_poll: 1")));
-        assert!(e.iter().any(|m| m.starts_with("8:19 ") && m.contains("between 2 and 500")), "{e:?}");
+        assert!(e.iter().any(|m| m.starts_with("8:19 ") && m.contains("between 4 and 500")), "{e:?}");
         let e = errors(&flow(&GOOD.replace("uses: contacts.get_contact_tasks", "uses: contacts.search_contacts")));
         assert!(e.iter().any(|m| m.contains("cannot fan out")), "{e:?}");
         let e = errors(&flow(&GOOD.replace("parent.id", "parent.idd")));

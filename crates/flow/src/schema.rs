@@ -97,7 +97,7 @@ fn build(catalog: Option<&Catalog>) -> Value {
                         "properties": {
                             "of": {"type": "string", "description": "Catalog key of the parent trigger, read by search (contacts.search_contacts)."},
                             "with": {"type": "object", "description": "The parent's request parameters (locationId)."},
-                            "max_per_poll": {"type": "integer", "minimum": 2, "maximum": catalog::MAX_PER_POLL, "default": catalog::DEFAULT_MAX_PER_POLL, "description": "Parents one poll reads; a poll sends at most this many requests plus one."}
+                            "max_per_poll": {"type": "integer", "minimum": catalog::MIN_PER_POLL, "maximum": catalog::MAX_PER_POLL, "default": catalog::DEFAULT_MAX_PER_POLL, "description": "Parents one poll reads; a poll sends at most this many requests plus one."}
                         }
                     }
                 },

@@ -33,6 +33,9 @@ struct FlowPlan {
     /// changes, so how late a child of an unchanged parent may be seen.
     #[serde(skip_serializing_if = "Option::is_none")]
     round_seconds: Option<f64>,
+    /// The same when half of every poll goes to changed parents (the longest a round takes).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    busy_round_seconds: Option<f64>,
     /// The parent trigger of a fan-out.
     #[serde(skip_serializing_if = "Option::is_none")]
     fans_out_over: Option<String>,
@@ -142,9 +145,14 @@ fn plan_flow(catalog: &Catalog, flow: &CompiledFlow, records: u64, changes: f64)
         }
         _ => ("-".to_string(), 0),
     };
-    let round_seconds = flow.trigger.fan_out.as_ref().filter(|_| polls > 0.0).map(|fan| {
-        catalog::FanOutCost { max_per_poll: fan.max_per_poll }.polls_per_round(records) as f64 * 3600.0 / polls
-    });
+    let cost = flow
+        .trigger
+        .fan_out
+        .as_ref()
+        .filter(|_| polls > 0.0)
+        .map(|fan| catalog::FanOutCost { max_per_poll: fan.max_per_poll });
+    let round_seconds = cost.map(|c| c.polls_per_round(records) as f64 * 3600.0 / polls);
+    let busy_round_seconds = cost.map(|c| c.busy_polls_per_round(records) as f64 * 3600.0 / polls);
     let sweep = match (flow.trigger.sweep, spec) {
         (Some(every), Some(spec)) if polls > 0.0 => {
             catalog::PollCost::Pages { page: page_of(spec.poll_cost(catalog::DedupeMode::Changed)) }
@@ -165,6 +173,7 @@ fn plan_flow(catalog: &Catalog, flow: &CompiledFlow, records: u64, changes: f64)
         ghl_steps_per_run: ghl_steps,
         requests_per_hour,
         round_seconds,
+        busy_round_seconds,
         fans_out_over: flow.trigger.fan_out.as_ref().map(|f| f.parent.clone()),
     }
 }
@@ -234,12 +243,18 @@ fn render(plan: &BTreeMap<String, LocationPlan>, args: &PlanArgs, out: &mut dyn 
             )?;
         }
         for f in &loc.flows {
-            let (Some(secs), Some(parent)) = (f.round_seconds, &f.fans_out_over) else { continue };
-            let round = humantime::format_duration(std::time::Duration::from_secs(secs.round() as u64));
+            let (Some(secs), Some(busy), Some(parent)) = (f.round_seconds, f.busy_round_seconds, &f.fans_out_over)
+            else {
+                continue;
+            };
+            let human = |s: f64| humantime::format_duration(std::time::Duration::from_secs(s.round() as u64));
             writeln!(
                 out,
-                "  {}: fans out over {parent}, round-robin: a round through {} records takes {round}, so a new child of a record that did not change waits up to that long",
-                f.flow, args.records
+                "  {}: fans out over {parent}, round-robin: a round through {} records takes {} ({} while many change), so a new child of a record that did not change waits up to that long",
+                f.flow,
+                args.records,
+                human(secs),
+                human(busy)
             )?;
             if secs > WARN_ROUND_SECS {
                 writeln!(
