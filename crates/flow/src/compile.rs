@@ -281,8 +281,12 @@ fn compile_trigger(
         ("max_new", t.max_new.as_ref().map(|a| a.pos)),
         ("lookback", t.lookback.as_ref().map(|a| a.pos)),
         ("sweep", t.sweep.as_ref().map(|a| a.pos)),
-        (crate::fanout::KEY, t.for_each_record.as_ref().map(|f| f.pos)),
     ];
+    if let Some(f) = &t.for_each_record {
+        sink.error(f.pos, "`for_each_record` is a polling trigger and cannot be paired with `webhook`")
+            .help("use a separate flow for the webhook, or poll with `for_each_record` alone");
+        ok = false;
+    }
     for (key, at) in polling_keys {
         if let Some(at) = at {
             sink.error(at, format!("`{key}` belongs to polling; a `webhook` trigger takes it under `reconcile`"))

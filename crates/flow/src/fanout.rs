@@ -80,9 +80,8 @@ pub(crate) fn compile(
             u32::try_from(m.value).unwrap_or(MAX_PER_POLL)
         }
         Some(m) => {
-            sink.error(m.pos, format!("`max_per_poll: {}` must be between 2 and {MAX_PER_POLL}", m.value)).help(
-                "one request reads the changed parents and the rest of the poll reads the round-robin's next ones",
-            );
+            sink.error(m.pos, format!("`max_per_poll: {}` must be between {MIN_PER_POLL} and {MAX_PER_POLL}", m.value))
+                .help("up to half of a poll reads changed parents, the rest goes on round-robin through all of them");
             ok = false;
             DEFAULT_MAX_PER_POLL
         }
@@ -163,6 +162,8 @@ mod tests {
         assert!(e.iter().any(|m| m.contains("`sweep` does not apply")), "{e:?}");
         let e = errors(&flow(&GOOD.replace("    of: contacts.search_contacts\n", "")));
         assert!(e.iter().any(|m| m.contains("needs `of`")), "{e:?}");
+        let e = errors(&flow(&format!("  webhook: TaskCreate\n  for_each_record: {{ of: contacts.search_contacts }}")));
+        assert!(e.iter().any(|m| m.contains("cannot be paired with `webhook`")), "{e:?}");
         let e = errors(&flow(&GOOD.replace("max_per_poll", "max_per_pol")));
         assert!(e.iter().any(|m| m.contains("unknown key `max_per_pol`")), "{e:?}");
     }
