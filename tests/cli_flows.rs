@@ -25,7 +25,7 @@ fn the_example_flows_validate_and_pass_their_tests() {
     assert!(text(&out).contains("6 file(s), 6 flow(s) valid, 0 error(s)"), "{}", text(&out));
     let out = flowd(&["test", "flows"], repo());
     assert!(out.status.success(), "{}", text(&out));
-    assert!(text(&out).contains("5 passed, 0 failed"), "{}", text(&out));
+    assert!(text(&out).contains("8 passed, 0 failed"), "{}", text(&out));
 }
 
 #[test]
