@@ -162,7 +162,7 @@ mod tests {
         assert!(e.iter().any(|m| m.contains("`sweep` does not apply")), "{e:?}");
         let e = errors(&flow(&GOOD.replace("    of: contacts.search_contacts\n", "")));
         assert!(e.iter().any(|m| m.contains("needs `of`")), "{e:?}");
-        let e = errors(&flow(&format!("  webhook: TaskCreate\n  for_each_record: {{ of: contacts.search_contacts }}")));
+        let e = errors(&flow("  webhook: TaskCreate\n  for_each_record: { of: contacts.search_contacts }"));
         assert!(e.iter().any(|m| m.contains("cannot be paired with `webhook`")), "{e:?}");
         let e = errors(&flow(&GOOD.replace("max_per_poll", "max_per_pol")));
         assert!(e.iter().any(|m| m.contains("unknown key `max_per_pol`")), "{e:?}");
