@@ -115,3 +115,16 @@ fn catalog_dir_adds_operations_and_reports_broken_files() {
     let err = stderr(&out);
     assert!(err.contains("broken.yaml:3:5: unknown field `nme`; did you mean `name`?"), "{err}");
 }
+
+/// `show` says which triggers can fan out over a parent, and which can be one.
+#[test]
+fn show_says_which_triggers_fan_out() {
+    let tasks = stdout(&flowd(&["catalog", "show", "contacts.get_contact_tasks"]));
+    assert!(tasks.contains("# fans out: `for_each_record: { of: <parent> }`"), "{tasks}");
+    assert!(tasks.contains("`contactId: \"{{ parent.id }}\"`"), "{tasks}");
+    assert!(tasks.contains("at most 51 requests"), "{tasks}");
+    let search = stdout(&flowd(&["catalog", "show", "contacts.search_contacts"]));
+    assert!(search.contains("# can be the parent of a fan-out"), "{search}");
+    let one = stdout(&flowd(&["catalog", "show", "contacts.get_contact"]));
+    assert!(!one.contains("fan"), "{one}");
+}

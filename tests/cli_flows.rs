@@ -25,7 +25,7 @@ fn the_example_flows_validate_and_pass_their_tests() {
     assert!(text(&out).contains("9 file(s), 9 flow(s) valid, 0 error(s)"), "{}", text(&out));
     let out = flowd(&["test", "flows"], repo());
     assert!(out.status.success(), "{}", text(&out));
-    assert!(text(&out).contains("10 passed, 0 failed"), "{}", text(&out));
+    assert!(text(&out).contains("13 passed, 0 failed"), "{}", text(&out));
 }
 
 #[test]
@@ -106,6 +106,9 @@ fn schema_is_json_schema_listing_catalog_keys() {
     assert!(out.status.success(), "{}", text(&out));
     let schema: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     assert!(schema.to_string().contains("contacts.create_task"));
+    let fan = &schema["properties"]["trigger"]["properties"]["for_each_record"];
+    assert_eq!(fan["required"], serde_json::json!(["of"]), "{fan}");
+    assert_eq!(fan["properties"]["max_per_poll"]["maximum"], 500);
 }
 
 #[test]
@@ -125,6 +128,11 @@ fn demo_once_runs_the_examples_end_to_end() {
     assert!(t.contains(", 0 failures"), "{t}");
     assert!(t.contains("welcome-new-contacts run"), "{t}");
     assert!(t.contains("task -> tag -> push [succeeded]"), "{t}");
+    // Fan-out: tasks added to two contacts and one completed on a third, notes on two
+    // contacts, an appointment on another, each pushed once.
+    assert_eq!(t.matches("task-sync run").count(), 3, "{t}");
+    assert_eq!(t.matches("notes-to-feed run").count(), 2, "{t}");
+    assert_eq!(t.matches("appointments-to-feed run").count(), 1, "{t}");
 }
 
 #[test]

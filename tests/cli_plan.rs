@@ -60,3 +60,40 @@ fn flows_that_cannot_fit_are_refused_before_deployment() {
     assert!(t.contains("do not fit GHL's budget"), "{t}");
     assert!(t.contains("warning: over 80%"), "{t}");
 }
+
+#[test]
+fn a_fan_out_costs_max_per_poll_plus_one_and_a_long_round_is_warned_about() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir(dir.path().join("flows")).expect("flows dir");
+    std::fs::write(
+        dir.path().join("flowd.yaml"),
+        "store: ./data\nflows: ./flows\naccounts:\n  main:\n    location_id: loc_1\n    token: ${GHL_TOKEN}\n",
+    )
+    .expect("config");
+    std::fs::write(
+        dir.path().join("flows").join("tasks.yaml"),
+        "name: tasks\naccount: main\ntrigger:\n  uses: contacts.get_contact_tasks\n  for_each_record:\n    of: contacts.search_contacts\n    with: { locationId: loc_1 }\n    max_per_poll: 50\n  with: { contactId: \"{{ parent.id }}\" }\n  every: 2m\n  dedupe: changed\nsteps:\n  - id: n\n    uses: contacts.create_note\n    with: { contactId: \"{{ trigger.contactId }}\", body: x }\n",
+    )
+    .expect("flow");
+    let out = flowd(&["plan", "--records", "1000", "--changes", "0", "--json"], dir.path());
+    assert!(out.status.success(), "{}", text(&out));
+    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let f = &plan[0]["flows"][0];
+    assert_eq!(f["read"], "fan-out");
+    assert_eq!(f["fans_out_over"], "contacts.search_contacts");
+    // 1 read of the changed contacts + 1 of the round's next 49 + 49 children's tasks.
+    assert_eq!(f["requests_per_poll"], 51);
+    assert_eq!(f["requests_per_hour"], 51.0 * 30.0);
+    // ⌈1,001 / 49⌉ = 21 polls of 2 minutes.
+    assert_eq!(f["round_seconds"], 21.0 * 120.0);
+    // While 25 contacts change before every poll: ⌈1,001 / 24⌉ = 42 polls.
+    assert_eq!(f["busy_round_seconds"], 42.0 * 120.0);
+
+    let out = flowd(&["plan", "--records", "1000"], dir.path());
+    let t = text(&out);
+    assert!(t.contains("a round through 1000 records takes 42m (1h 24m while many change)"), "{t}");
+    assert!(!t.contains("takes over an hour"), "{t}");
+    let out = flowd(&["plan", "--records", "10000"], dir.path());
+    let t = text(&out);
+    assert!(t.contains("the round of tasks takes over an hour"), "{t}");
+}

@@ -5,6 +5,7 @@
 //! This crate does no IO beyond reading those files, and nothing async.
 
 mod cost;
+mod fanout;
 mod load;
 mod model;
 mod problem;
@@ -16,6 +17,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 pub use cost::{PollCost, WINDOW_DAYS};
+pub use fanout::{FanOutCost, ParentRead, DEFAULT_MAX_PER_POLL, MAX_PER_POLL, MIN_PER_POLL};
 pub use load::Category;
 pub use model::*;
 pub use problem::{CatalogError, Place, Problem};

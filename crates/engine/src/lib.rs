@@ -13,6 +13,7 @@ mod engine;
 mod error;
 mod failure;
 mod fair;
+mod fanout;
 mod http_step;
 mod inbound;
 mod metrics;

@@ -66,7 +66,7 @@ impl Backlog {
 
     /// Waits until `n` more runs may be held in memory; the permit holds as many slots,
     /// one per run, at most all of them.
-    async fn room_for(&self, n: usize) -> Option<OwnedSemaphorePermit> {
+    pub(crate) async fn room_for(&self, n: usize) -> Option<OwnedSemaphorePermit> {
         let n = n.min(self.max);
         if n == 0 {
             return None;
@@ -95,7 +95,10 @@ impl Poller<'_> {
             return Ok(PollReport::default());
         };
         let started = std::time::Instant::now();
-        let result = self.poll_inner(rt, polled, on_runs).await;
+        let result = match &rt.trigger.fan_out {
+            Some(fan) => crate::fanout::poll(self, rt, polled, fan, on_runs).await,
+            None => self.poll_inner(rt, polled, on_runs).await,
+        };
         self.svc.metrics.record_poll(&rt.name, &polled.op.key, started.elapsed(), result.as_ref().ok());
         result
     }
@@ -230,7 +233,7 @@ impl Poller<'_> {
         Ok(report)
     }
 
-    async fn room_for(&self, n: usize) -> Option<OwnedSemaphorePermit> {
+    pub(crate) async fn room_for(&self, n: usize) -> Option<OwnedSemaphorePermit> {
         match self.backlog {
             Some(b) => b.room_for(n).await,
             None => None,
@@ -300,7 +303,7 @@ impl Poller<'_> {
     /// Records seen keys, runs and (with the last commit of a poll) the trigger's state,
     /// durably; returns the runs created, each with its item, and how many keys were
     /// already recorded (no run for those).
-    async fn commit(
+    pub(crate) async fn commit(
         &self,
         rt: &Arc<FlowRuntime>,
         state: Option<Value>,

@@ -46,6 +46,8 @@ pub struct Polled {
     pub op: SharedOperation,
     /// The trigger's `items` JSONPath, parsed.
     pub items: Arc<JsonPath>,
+    /// The parent of a fan-out trigger (`for_each_record:`).
+    pub parent: Option<crate::fanout::Parent>,
 }
 
 impl Polled {
@@ -153,8 +155,22 @@ impl FlowRuntime {
                     catalog.get_shared(&trigger.op).ok_or_else(|| err(format!("unknown trigger `{}`", trigger.op)))?;
                 let spec = op.trigger.as_ref().ok_or_else(|| err(format!("`{}` is not a trigger", op.key)))?;
                 let items = paths.get(&spec.items).map_err(err)?;
-                let id = format!("{name}/{}/{}", op.key, trigger.dedupe.as_str());
-                (Source::Poll(Polled { op, items }), id)
+                let mut id = format!("{name}/{}/{}", op.key, trigger.dedupe.as_str());
+                let parent = match &trigger.fan_out {
+                    Some(fan) => {
+                        let op = catalog
+                            .get_shared(&fan.parent)
+                            .ok_or_else(|| err(format!("unknown trigger `{}`", fan.parent)))?;
+                        let spec = op.trigger.as_ref().ok_or_else(|| err(format!("`{}` is not a trigger", op.key)))?;
+                        let items = paths.get(&spec.items).map_err(err)?;
+                        // Its keys are per parent: a trigger that starts or stops fanning out
+                        // records a new baseline.
+                        id.push_str(&format!("/each.{}", op.key));
+                        Some(crate::fanout::Parent { op, items })
+                    }
+                    None => None,
+                };
+                (Source::Poll(Polled { op, items, parent }), id)
             }
         };
         let mut resolved = Vec::with_capacity(steps.len());

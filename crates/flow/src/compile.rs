@@ -71,6 +71,8 @@ pub struct CompiledTrigger {
     pub webhook: Option<WebhookTrigger>,
     /// Set for `http:` triggers (the app calls flowd); `op` is then empty.
     pub http: Option<HttpTrigger>,
+    /// Set for `for_each_record:`: `op` is polled once for each record of a parent trigger.
+    pub fan_out: Option<crate::fanout::FanOut>,
 }
 
 /// A trigger fired by GHL webhook deliveries.
@@ -207,7 +209,14 @@ fn compile_doc(doc: FlowDoc, top: Pos, cat: &Catalog, env: &CompileEnv, sink: &m
         }
     };
     let filter = doc.filter.as_ref().and_then(|f| {
-        let scope = Scope { trigger_fields: Some(&fields), earlier_steps: &[], all_steps: &step_ids, env, item: false };
+        let scope = Scope {
+            trigger_fields: Some(&fields),
+            parent_fields: None,
+            earlier_steps: &[],
+            all_steps: &step_ids,
+            env,
+            item: false,
+        };
         match Filter::compile(&f.value) {
             Ok(filter) => {
                 validate::check_paths(filter.template(), f.pos, &scope, sink);
@@ -292,6 +301,11 @@ fn compile_trigger(
         ("lookback", t.lookback.as_ref().map(|a| a.pos)),
         ("sweep", t.sweep.as_ref().map(|a| a.pos)),
     ];
+    if let Some(f) = &t.for_each_record {
+        sink.error(f.pos, "`for_each_record` is a polling trigger and cannot be paired with `webhook`")
+            .help("use a separate flow for the webhook, or poll with `for_each_record` alone");
+        ok = false;
+    }
     for (key, at) in polling_keys {
         if let Some(at) = at {
             sink.error(at, format!("`{key}` belongs to polling; a `webhook` trigger takes it under `reconcile`"))
@@ -335,6 +349,7 @@ fn compile_trigger(
             sweep: None,
             webhook: Some(webhook),
             http: None,
+            fan_out: None,
         }),
     };
     (compiled.filter(|_| ok), Vec::new())
@@ -397,7 +412,23 @@ fn compile_poll_trigger(
         return (None, Vec::new());
     };
     let fields = spec.fields.clone();
-    let scope = Scope { trigger_fields: None, earlier_steps: &[], all_steps: step_ids, env, item: false };
+    let scope =
+        Scope { trigger_fields: None, parent_fields: None, earlier_steps: &[], all_steps: step_ids, env, item: false };
+    let (fan_out, parent_fields) = match &t.for_each_record {
+        Some(f) => {
+            let (c, fields) = crate::fanout::compile(f, op, uses.pos, cat, &scope, sink);
+            (c.map(Some), fields)
+        }
+        None => (Some(None), Vec::new()),
+    };
+    if let (Some(w), true) = (&t.sweep, t.for_each_record.is_some()) {
+        sink.error(
+            w.pos,
+            "`sweep` does not apply to `for_each_record`: its parents are read round-robin on every poll",
+        )
+        .help("`max_per_poll` sets how many parents a poll reads, and so how long a round takes");
+    }
+    let scope = Scope { parent_fields: t.for_each_record.as_ref().map(|_| parent_fields.as_slice()), ..scope };
     let with = validate::check_ghl_with(op, t.with.as_ref(), uses.pos, &scope, sink);
 
     let dedupe = match &t.dedupe {
@@ -459,19 +490,22 @@ fn compile_poll_trigger(
             );
         }
     }
-    let compiled = match (with, schedule, dedupe, start, lookback, sweep) {
-        (Some(with), Some(schedule), Some(dedupe), Some(start), Some(lookback), Some(sweep)) => Some(CompiledTrigger {
-            op: op.key.clone(),
-            with,
-            schedule,
-            dedupe,
-            start,
-            max_new,
-            lookback,
-            sweep,
-            webhook: None,
-            http: None,
-        }),
+    let compiled = match (with, schedule, dedupe, start, lookback, sweep, fan_out) {
+        (Some(with), Some(schedule), Some(dedupe), Some(start), Some(lookback), Some(sweep), Some(fan_out)) => {
+            Some(CompiledTrigger {
+                op: op.key.clone(),
+                with,
+                schedule,
+                dedupe,
+                start,
+                max_new,
+                lookback,
+                sweep,
+                webhook: None,
+                http: None,
+                fan_out,
+            })
+        }
         _ => None,
     };
     (compiled, fields)
@@ -536,7 +570,14 @@ fn compile_step(
         sink.error(s.pos, "every step needs `uses`: a catalog action key or `http.request`");
         return None;
     };
-    let mut scope = Scope { trigger_fields: Some(fields), earlier_steps: earlier, all_steps: all, env, item: false };
+    let mut scope = Scope {
+        trigger_fields: Some(fields),
+        parent_fields: None,
+        earlier_steps: earlier,
+        all_steps: all,
+        env,
+        item: false,
+    };
     let control = crate::step_control::compile(&s.control, &scope, sink);
     scope.item = s.control.for_each.is_some();
     let (target, with) = if uses.value == HTTP_STEP {

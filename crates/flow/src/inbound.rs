@@ -167,7 +167,14 @@ pub(crate) fn compile_http_trigger(
     let mut max_body = DEFAULT_MAX_BODY;
     let mut headers = Vec::new();
     let mut respond = None;
-    let item_scope = Scope { trigger_fields: Some(&fields), earlier_steps: &[], all_steps: step_ids, env, item: false };
+    let item_scope = Scope {
+        trigger_fields: Some(&fields),
+        parent_fields: None,
+        earlier_steps: &[],
+        all_steps: step_ids,
+        env,
+        item: false,
+    };
     for (key, value) in entries {
         let name = format!("trigger.http.{}", key.value);
         match key.value.as_str() {
@@ -215,6 +222,7 @@ pub(crate) fn compile_http_trigger(
             "respond" => {
                 let scope = Scope {
                     trigger_fields: Some(&fields),
+                    parent_fields: None,
                     earlier_steps: step_ids,
                     all_steps: step_ids,
                     env,
@@ -254,6 +262,7 @@ pub(crate) fn compile_http_trigger(
         sweep: None,
         webhook: None,
         http: Some(http),
+        fan_out: None,
     };
     (Some(compiled), fields)
 }

@@ -7,6 +7,7 @@
 
 mod compile;
 mod diagnostic;
+mod fanout;
 mod helpers;
 mod inbound;
 mod parse;
@@ -23,6 +24,7 @@ pub use compile::{
     StepTarget, TestOutcome, WebhookTrigger, DEFAULT_ACCOUNT, DEFAULT_EVERY, DEFAULT_MAX_NEW, HTTP_STEP,
 };
 pub use diagnostic::{render_all, Diagnostic, Pos, Severity};
+pub use fanout::FanOut;
 pub use helpers::Helper;
 pub use inbound::{
     HttpTrigger, Idempotency, InboundAuth, Reply, Respond, DEFAULT_MAX_BODY, DEFAULT_RESPOND_TIMEOUT, DEFAULT_TOLERANCE,

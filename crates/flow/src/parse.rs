@@ -215,6 +215,7 @@ pub(crate) struct TriggerDoc {
     pub coalesce: Option<At<String>>,
     /// An inbound HTTP trigger: the app calls flowd (see `inbound`).
     pub http: Option<Spanned<Node>>,
+    pub for_each_record: Option<crate::fanout::FanOutDoc>,
 }
 
 #[derive(Debug)]
@@ -255,6 +256,7 @@ pub(crate) const TRIGGER_KEYS: &[&str] = &[
     "reconcile",
     "coalesce",
     "http",
+    crate::fanout::KEY,
 ];
 /// `reconcile:` is a polling trigger: the trigger's keys minus the webhook ones.
 pub(crate) const RECONCILE_KEYS: &[&str] =
@@ -305,6 +307,7 @@ fn read_trigger(node: &Spanned<Node>, what: &str, keys: &[&str], sink: &mut Sink
         reconcile: None,
         coalesce: None,
         http: None,
+        for_each_record: None,
     };
     let nested = keys.len() < TRIGGER_KEYS.len();
     for (key, value) in entries {
@@ -322,6 +325,7 @@ fn read_trigger(node: &Spanned<Node>, what: &str, keys: &[&str], sink: &mut Sink
             "webhook" => t.webhook = string(value, &name, sink),
             "coalesce" => t.coalesce = string(value, &name, sink),
             "http" if !nested => t.http = Some(value.clone()),
+            crate::fanout::KEY => t.for_each_record = crate::fanout::read(value, sink),
             "reconcile" if !nested => {
                 t.reconcile = read_trigger(value, "trigger.reconcile", RECONCILE_KEYS, sink).map(Box::new)
             }
@@ -453,7 +457,7 @@ pub(crate) fn string(node: &Spanned<Node>, what: &str, sink: &mut Sink) -> Optio
     }
 }
 
-fn with_block(node: &Spanned<Node>, what: &str, sink: &mut Sink) -> Option<At<Entries>> {
+pub(crate) fn with_block(node: &Spanned<Node>, what: &str, sink: &mut Sink) -> Option<At<Entries>> {
     match &node.value {
         Node::Null => Some(At { value: Vec::new(), pos: pos(node) }),
         Node::Map(entries) => Some(At {

@@ -149,6 +149,17 @@ fn build(catalog: Option<&Catalog>) -> Value {
                                 }
                             }
                         }
+                    },
+                    "for_each_record": {
+                        "type": "object",
+                        "additionalProperties": false,
+                        "required": ["of"],
+                        "description": "Fan-out: poll `uses` (a per-record trigger such as contacts.get_contact_tasks) for each record of the parent trigger `of`, changed parents first, then round-robin through all of them; `with` templates see the parent as `parent`.",
+                        "properties": {
+                            "of": {"type": "string", "description": "Catalog key of the parent trigger, read by search (contacts.search_contacts)."},
+                            "with": {"type": "object", "description": "The parent's request parameters (locationId)."},
+                            "max_per_poll": {"type": "integer", "minimum": catalog::MIN_PER_POLL, "maximum": catalog::MAX_PER_POLL, "default": catalog::DEFAULT_MAX_PER_POLL, "description": "Parents one poll reads; a poll sends at most this many requests plus one."}
+                        }
                     }
                 },
                 "not": {"required": ["every", "cron"]}

@@ -18,6 +18,8 @@ pub(crate) const ROOTS: &[&str] = &["trigger", "steps", "account", "env", "flow"
 pub(crate) struct Scope<'a> {
     /// `None` where there is no trigger item yet (the trigger's own `with`).
     pub trigger_fields: Option<&'a [String]>,
+    /// `Some` in a fan-out trigger's `with`: the parent's item fields, seen as `parent.*`.
+    pub parent_fields: Option<&'a [String]>,
     /// Steps that ran before this point.
     pub earlier_steps: &'a [String],
     /// Every step of the flow, to tell "later" from "unknown".
@@ -130,6 +132,17 @@ pub(crate) fn check_paths(t: &ValueTemplate, at: Pos, scope: &Scope<'_>, sink: &
                     }
                 }
             }
+            "parent" => match scope.parent_fields {
+                None => {
+                    sink.error(at, "`parent` is only available in the `with` of a trigger with `for_each_record`")
+                        .help("`parent` is the parent record a fan-out trigger is polled for");
+                }
+                Some(fields) if !fields.is_empty() && p.len() > 1 && !fields.iter().any(|f| f == &p[1]) => {
+                    let d = sink.error(at, format!("`parent.{}`: the parent's items have no field `{}`", p[1], p[1]));
+                    d.suggest(&catalog::nearest(&p[1], fields.iter().map(String::as_str), 3));
+                }
+                Some(_) => {}
+            },
             r if ROOTS.contains(&r) => {}
             "item" | "index" if scope.item => {}
             "item" | "index" => {

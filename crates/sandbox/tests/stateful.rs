@@ -153,3 +153,35 @@ async fn upsert_and_admin_records_act_like_users() {
     let (_, found) = get(&c, &sb, &format!("/opportunities/search?location_id={loc}&id={opp}"), V_CONTACTS).await;
     assert_eq!(found["opportunities"][0]["status"], "won");
 }
+
+/// GHL documents no change to a contact when a task or note is added to it, and flowd's
+/// fan-out must not rely on one: the sandbox leaves the contact's `dateUpdated` (and so
+/// its place in a search by `dateUpdated`) as it was.
+#[tokio::test]
+async fn tasks_and_notes_do_not_touch_their_contact() {
+    let sb = start(Seed::Demo).await;
+    let c = client();
+    let loc = sb.location_id().to_string();
+    let (s, created) = send(
+        req(&c, &sb, Method::POST, "/contacts/", V_CONTACTS)
+            .json(&json!({"locationId": loc, "firstName": "Una", "email": "una@example.org"})),
+    )
+    .await;
+    assert_eq!(s, 201, "{created}");
+    let id = created["contact"]["id"].as_str().expect("id").to_string();
+    let updated = created["contact"]["dateUpdated"].clone();
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    let (s, task) = send(
+        req(&c, &sb, Method::POST, &format!("/contacts/{id}/tasks"), V_CONTACTS)
+            .json(&json!({"title": "Call", "dueDate": "2030-01-01T00:00:00.000Z", "completed": false})),
+    )
+    .await;
+    assert_eq!(s, 201, "{task}");
+    let (s, note) =
+        send(req(&c, &sb, Method::POST, &format!("/contacts/{id}/notes"), V_CONTACTS).json(&json!({"body": "hi"})))
+            .await;
+    assert_eq!(s, 201, "{note}");
+    let (s, got) = send(req(&c, &sb, Method::GET, &format!("/contacts/{id}"), V_CONTACTS)).await;
+    assert_eq!(s, 200);
+    assert_eq!(got["contact"]["dateUpdated"], updated, "a task or note leaves its contact as it was");
+}

@@ -11,8 +11,8 @@
 //! The `flowd` binary is looked for next to this one (same target directory) unless
 //! `--flowd` names it. flowd gets a `flowd.yaml` in a temporary directory (store there,
 //! `flows:` pointing at the repository's `flows/`, one account `main` on the sandbox) and
-//! the environment the examples read (`WATCH_CONTACT_ID`: a demo contact with tasks;
-//! `APP_HOOK_URL`: a sink in this process that answers 200). Nothing changes in the
+//! the environment the examples read (`APP_HOOK_URL`: a sink in this process that answers
+//! 200; the `trigger.http` flows are idle without a `webhooks:` listener). Nothing changes in the
 //! sandbox, so after their first (baseline) polls the flows find nothing new: that is
 //! idle. The bench waits until flowd's `/metrics` counts a poll of every flow, then
 //! `--settle` seconds (default 10), prints RSS, then samples RSS every 5 s for `--watch`
@@ -153,13 +153,9 @@ async fn measure(a: &Args, flowd: &Path, dir: &Path) -> Result<()> {
     let mut config = SandboxConfig::default().with_seed(Seed::Demo).with_rate_limit(RateLimitConfig::disabled());
     config.tokens = vec![TOKEN.into()];
     let sb = Sandbox::start(config).await.map_err(|e| anyhow::anyhow!("sandbox: {e}"))?;
-    let watched = watched_contact(&sb).context("the demo data has no contact with tasks")?;
     let hook = start_sink().await?;
     let listen = format!("127.0.0.1:{}", free_port()?);
-    let flow_files = std::fs::read_dir(&a.flows)?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
-        .count();
+    let flow_files = polling_flows(&a.flows)?;
     std::fs::write(
         dir.join("flowd.yaml"),
         format!(
@@ -175,7 +171,6 @@ async fn measure(a: &Args, flowd: &Path, dir: &Path) -> Result<()> {
         .args(["run", "--config", "flowd.yaml"])
         .current_dir(dir)
         .env("IDLE_TOKEN", TOKEN)
-        .env("WATCH_CONTACT_ID", &watched)
         .env("APP_HOOK_URL", &hook)
         .env("RUST_LOG", "info")
         .stdout(Stdio::null())
@@ -185,7 +180,7 @@ async fn measure(a: &Args, flowd: &Path, dir: &Path) -> Result<()> {
     let pid = child.id();
     let mut flowd_child = Flowd(child);
     println!(
-        "idle: {} as pid {pid}, {} flows from {}, sandbox {} (demo data)",
+        "idle: {} as pid {pid}, {} polling flows from {}, sandbox {} (demo data)",
         flowd.display(),
         flow_files,
         a.flows.display(),
@@ -258,7 +253,20 @@ async fn measure(a: &Args, flowd: &Path, dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// A demo contact that has tasks (what the example flows watch), as `flowd demo` picks it.
-fn watched_contact(sb: &Sandbox) -> Option<String> {
-    sb.records("tasks").iter().find_map(|t| t["contactId"].as_str().map(str::to_string))
+/// The flows of `dir` that poll: an inbound (`trigger.http`) flow waits for the app and
+/// never polls, so it is not waited for.
+fn polling_flows(dir: &Path) -> Result<usize> {
+    let catalog = catalog::Catalog::builtin().map_err(|e| anyhow::anyhow!("catalog: {e}"))?;
+    let env = flow::CompileEnv::default();
+    let mut n = 0;
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if !path.extension().is_some_and(|x| x == "yaml" || x == "yml") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path)?;
+        let (compiled, _) = flow::load(&path.display().to_string(), &text, &catalog, &env);
+        n += usize::from(compiled.is_some_and(|f| f.trigger.polls()));
+    }
+    Ok(n)
 }

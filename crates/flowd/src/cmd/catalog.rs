@@ -144,6 +144,21 @@ pub fn read_summary(op: &Operation) -> Vec<String> {
             cost.requests(20_000, 0)
         ));
     }
+    if let Some(param) = op.fan_out_param() {
+        let cost = catalog::FanOutCost { max_per_poll: catalog::DEFAULT_MAX_PER_POLL };
+        lines.push(format!(
+            "fans out: `for_each_record: {{ of: <parent> }}` polls it for every parent record, `{param}: \"{{{{ parent.id }}}}\"`; \
+             one poll with max_per_poll {}: {}",
+            cost.max_per_poll,
+            cost.describe()
+        ));
+    }
+    if op.parent_read().is_some() {
+        lines.push(
+            "can be the parent of a fan-out (`for_each_record: { of: ... }`): changed records first, then round-robin"
+                .into(),
+        );
+    }
     lines
 }
 

@@ -41,10 +41,13 @@ pub async fn run(catalog: Arc<catalog::Catalog>, args: &DemoArgs) -> anyhow::Res
     let sb = Sandbox::start(config).await.map_err(|e| Failed::new(format!("cannot start the sandbox: {e}")))?;
     let (app_url, received) = start_app().await?;
     let watched = watched_contact(&sb).ok_or_else(|| Failed::new("the demo data has no contact with tasks"))?;
+    let others = other_contacts(&sb, &watched);
+    if others.len() < 3 {
+        return Err(Failed::new("the demo data has fewer than four contacts").into());
+    }
 
     let mut env: BTreeMap<String, String> = BTreeMap::new();
     env.insert("APP_HOOK_URL".into(), app_url.clone());
-    env.insert("WATCH_CONTACT_ID".into(), watched.clone());
     // The app's credentials for the `trigger.http` flows; the demo's app calls the engine
     // in-process (no listener), so they are only there for the flows to load cleanly.
     env.insert("APP_TOKEN".into(), "demo-app-token".into());
@@ -80,7 +83,7 @@ pub async fn run(catalog: Arc<catalog::Catalog>, args: &DemoArgs) -> anyhow::Res
     println!("flowd demo");
     println!("  GHL sandbox   {} (location {}, demo data)", sb.base_url(), sb.location_id());
     println!("  your app      {app_url} (receives the http.request pushes)");
-    println!("  watching      contact {watched}");
+    println!("  contacts      all of them: tasks, notes and appointments change on several below");
     println!("  webhooks      {} (the sandbox sends signed GHL webhooks here)", hooks.url());
     println!("  flows         {}", engine.flow_names().join(", "));
     println!();
@@ -88,8 +91,14 @@ pub async fn run(catalog: Arc<catalog::Catalog>, args: &DemoArgs) -> anyhow::Res
     let mut totals = Totals::default();
     poll_all(&engine, &mut totals).await;
 
-    let user =
-        User { http: reqwest::Client::new(), base: sb.base_url(), token, location: sb.location_id().into(), watched };
+    let user = User {
+        http: reqwest::Client::new(),
+        base: sb.base_url(),
+        token,
+        location: sb.location_id().into(),
+        watched,
+        others,
+    };
     let mut cycle = 0;
     loop {
         cycle += 1;
@@ -251,26 +260,42 @@ fn watched_contact(sb: &Sandbox) -> Option<String> {
     with_tasks.into_iter().next().map(str::to_string)
 }
 
+/// Contacts other than `watched`, in id order, so each cycle changes the same ones.
+fn other_contacts(sb: &Sandbox, watched: &str) -> Vec<String> {
+    let mut ids: Vec<String> = sb
+        .records("contacts")
+        .iter()
+        .filter_map(|c| c["id"].as_str().map(str::to_string))
+        .filter(|id| id != watched)
+        .collect();
+    ids.sort();
+    ids
+}
+
 /// Changes a person would make in GHL, through the API.
 struct User {
     http: reqwest::Client,
     base: String,
     token: String,
     location: String,
+    /// A contact with tasks: one is completed, and its record is edited.
     watched: String,
+    /// Other contacts: tasks, notes and appointments are added to them.
+    others: Vec<String>,
 }
 
 impl User {
     async fn call(&self, method: reqwest::Method, path: &str, version: &str, body: Value) -> Option<Value> {
-        let res = self
+        let mut req = self
             .http
             .request(method, format!("{}{path}", self.base))
             .bearer_auth(&self.token)
-            .header("Version", version)
-            .json(&body)
-            .send()
-            .await
-            .ok()?;
+            .header("Version", version);
+        // A GET carries no body: GHL (and the sandbox) refuse a JSON `null` with a 400.
+        if !body.is_null() {
+            req = req.json(&body);
+        }
+        let res = req.send().await.ok()?;
         res.json().await.ok()
     }
 
@@ -298,10 +323,20 @@ impl User {
                 done.push(format!("completed task {task}"));
             }
         }
-        let note = json!({ "body": format!("Called back, cycle {cycle}") });
-        if self.call(post.clone(), &format!("/contacts/{c}/notes"), "2021-07-28", note).await.is_some() {
-            done.push(format!("added a note to contact {c}"));
+        for contact in &self.others[..2] {
+            let task = json!({ "title": format!("Follow up, cycle {cycle}"), "dueDate": "2030-01-01T10:00:00.000Z",
+                "completed": false });
+            if self.call(post.clone(), &format!("/contacts/{contact}/tasks"), "2021-07-28", task).await.is_some() {
+                done.push(format!("added a task to contact {contact}"));
+            }
         }
+        for contact in [c, &self.others[2]] {
+            let note = json!({ "body": format!("Called back, cycle {cycle}") });
+            if self.call(post.clone(), &format!("/contacts/{contact}/notes"), "2021-07-28", note).await.is_some() {
+                done.push(format!("added a note to contact {contact}"));
+            }
+        }
+        let c = &self.others[1];
         let calendars = self
             .call(reqwest::Method::GET, &format!("/calendars/?locationId={}", self.location), "2021-04-15", Value::Null)
             .await;
@@ -315,6 +350,7 @@ impl User {
                 done.push(format!("booked an appointment for contact {c}"));
             }
         }
+        let c = &self.watched;
         let update = json!({ "city": format!("Springfield {cycle}") });
         if self.call(reqwest::Method::PUT, &format!("/contacts/{c}"), "2021-07-28", update).await.is_some() {
             done.push(format!("edited contact {c}"));

@@ -16,6 +16,8 @@ const PER_10S: f64 = 100.0;
 const PER_DAY: f64 = 200_000.0;
 /// Above this share of either budget, the plan warns.
 const WARN_SHARE: f64 = 0.8;
+/// A fan-out whose round through all parents takes longer than this is warned about.
+const WARN_ROUND_SECS: f64 = 3600.0;
 
 #[derive(Debug, Serialize)]
 struct FlowPlan {
@@ -27,6 +29,16 @@ struct FlowPlan {
     requests_per_poll: u64,
     ghl_steps_per_run: usize,
     requests_per_hour: f64,
+    /// A fan-out trigger: how long a round through all its parents takes when nothing
+    /// changes, so how late a child of an unchanged parent may be seen.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    round_seconds: Option<f64>,
+    /// The same when half of every poll goes to changed parents (the longest a round takes).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    busy_round_seconds: Option<f64>,
+    /// The parent trigger of a fan-out.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    fans_out_over: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -120,11 +132,27 @@ fn plan_flow(catalog: &Catalog, flow: &CompiledFlow, records: u64, changes: f64)
             // Changes re-read while they are within the lookback of the watermark.
             let window_h = (3600.0 / polls + flow.trigger.lookback.as_secs_f64()) / 3600.0;
             let changed = (changes * window_h).ceil() as u64;
-            let label = format!("{}{}", read.strategy(), if incremental { ", incremental" } else { "" });
-            (label, spec.poll_cost(mode).requests(records, changed))
+            match &flow.trigger.fan_out {
+                Some(fan) => (
+                    "fan-out".to_string(),
+                    catalog::FanOutCost { max_per_poll: fan.max_per_poll }.requests(records, changed),
+                ),
+                None => {
+                    let label = format!("{}{}", read.strategy(), if incremental { ", incremental" } else { "" });
+                    (label, spec.poll_cost(mode).requests(records, changed))
+                }
+            }
         }
         _ => ("-".to_string(), 0),
     };
+    let cost = flow
+        .trigger
+        .fan_out
+        .as_ref()
+        .filter(|_| polls > 0.0)
+        .map(|fan| catalog::FanOutCost { max_per_poll: fan.max_per_poll });
+    let round_seconds = cost.map(|c| c.polls_per_round(records) as f64 * 3600.0 / polls);
+    let busy_round_seconds = cost.map(|c| c.busy_polls_per_round(records) as f64 * 3600.0 / polls);
     let sweep = match (flow.trigger.sweep, spec) {
         (Some(every), Some(spec)) if polls > 0.0 => {
             catalog::PollCost::Pages { page: page_of(spec.poll_cost(catalog::DedupeMode::Changed)) }
@@ -148,6 +176,9 @@ fn plan_flow(catalog: &Catalog, flow: &CompiledFlow, records: u64, changes: f64)
         requests_per_poll: per_poll,
         ghl_steps_per_run: ghl_steps,
         requests_per_hour,
+        round_seconds,
+        busy_round_seconds,
+        fans_out_over: flow.trigger.fan_out.as_ref().map(|f| f.parent.clone()),
     }
 }
 
@@ -214,6 +245,28 @@ fn render(plan: &BTreeMap<String, LocationPlan>, args: &PlanArgs, out: &mut dyn 
                 f.ghl_steps_per_run,
                 f.requests_per_hour
             )?;
+        }
+        for f in &loc.flows {
+            let (Some(secs), Some(busy), Some(parent)) = (f.round_seconds, f.busy_round_seconds, &f.fans_out_over)
+            else {
+                continue;
+            };
+            let human = |s: f64| humantime::format_duration(std::time::Duration::from_secs(s.round() as u64));
+            writeln!(
+                out,
+                "  {}: fans out over {parent}, round-robin: a round through {} records takes {} ({} while many change), so a new child of a record that did not change waits up to that long",
+                f.flow,
+                args.records,
+                human(secs),
+                human(busy)
+            )?;
+            if secs > WARN_ROUND_SECS {
+                writeln!(
+                    out,
+                    "  warning: the round of {} takes over an hour: raise max_per_poll or poll more often",
+                    f.flow
+                )?;
+            }
         }
         writeln!(
             out,

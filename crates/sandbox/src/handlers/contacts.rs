@@ -651,6 +651,8 @@ fn bulk_tags(ctx: &Ctx) -> Result<Reply, ApiError> {
     created(json!({ "succeded": errors.is_empty(), "errorCount": errors.len(), "responses": errors }))
 }
 
+/// The contact is left as it is (its `dateUpdated` too): GHL documents no change to a
+/// contact when a task or note is added, and a client must not count on one.
 fn create_task(ctx: &Ctx) -> Result<Reply, ApiError> {
     let contact_id = ctx.existing_id(k::CONTACTS, ctx.p("contactId"), CONTACT)?;
     let mut r = new_record(ctx, ctx.declared_body());
