@@ -128,9 +128,10 @@ fn demo_once_runs_the_examples_end_to_end() {
     assert!(t.contains(", 0 failures"), "{t}");
     assert!(t.contains("welcome-new-contacts run"), "{t}");
     assert!(t.contains("task -> tag -> push [succeeded]"), "{t}");
-    // Fan-out: tasks added to two contacts and one completed on a third, notes on two
-    // contacts, an appointment on another, each pushed once.
-    assert_eq!(t.matches("task-sync run").count(), 3, "{t}");
+    // Fan-out: tasks added to two contacts and one completed on a third, and the task the
+    // app created through flowd, notes on two contacts, an appointment on another, each
+    // pushed once.
+    assert_eq!(t.matches("task-sync run").count(), 4, "{t}");
     assert_eq!(t.matches("notes-to-feed run").count(), 2, "{t}");
     assert_eq!(t.matches("appointments-to-feed run").count(), 1, "{t}");
 }
