@@ -233,7 +233,7 @@ pub(crate) async fn poll(
                 Start::Now => born_since(spec, &read, &kid, p, baseline_ms),
                 Start::Since(t) => born_since(spec, &read, &kid, p, t.timestamp_millis()),
             };
-        let fire = fire && passes_filter(rt, &mut ctx, &kid, &mut report)?;
+        let fire = fire && crate::poll::passes_filter(rt, &mut ctx, &kid, &mut report)?;
         let run = fire.then(|| {
             let touched = crate::touched::of_item(&polled.op, &kid);
             let mut run = NewRun::new(flow.name.clone(), kid);
@@ -397,23 +397,4 @@ fn parent_id(p: &Value) -> Option<String> {
 fn born_since(spec: &catalog::TriggerSpec, read: &ParentRead<'_>, kid: &Value, parent: &Value, since: i64) -> bool {
     let own = spec.created.as_deref().or(spec.updated.as_deref()).and_then(|f| time_ms(kid, f));
     own.or_else(|| time_ms(parent, read.sweep_field)).is_some_and(|t| t >= since)
-}
-
-fn passes_filter(
-    rt: &FlowRuntime,
-    ctx: &mut Value,
-    item: &Value,
-    report: &mut PollReport,
-) -> Result<bool, EngineError> {
-    let Some(filter) = &rt.filter else { return Ok(true) };
-    ctx["trigger"] = item.clone();
-    let keep = filter.matches(ctx).map_err(|source| EngineError::Render {
-        flow: rt.name.clone(),
-        what: "if".into(),
-        source: Box::new(source),
-    })?;
-    if !keep {
-        report.filtered += 1;
-    }
-    Ok(keep)
 }

@@ -288,7 +288,7 @@ impl Poller<'_> {
             } else {
                 read_plan::after_baseline(scope.plan, &item, scope.since_baseline)
             };
-            let fire = fire && self.passes_filter(rt, ctx, &item, report)?;
+            let fire = fire && passes_filter(rt, ctx, &item, report)?;
             let run = fire.then(|| {
                 let mut run = NewRun::new(flow.name.clone(), item);
                 run.trigger = Some(rt.trigger_id.clone());
@@ -329,26 +329,6 @@ impl Poller<'_> {
             }
         }
         Ok((out, outcome.already_seen.len()))
-    }
-
-    fn passes_filter(
-        &self,
-        rt: &FlowRuntime,
-        ctx: &mut Value,
-        item: &Value,
-        report: &mut PollReport,
-    ) -> Result<bool, EngineError> {
-        let Some(filter) = &rt.filter else { return Ok(true) };
-        ctx["trigger"] = item.clone();
-        let keep = filter.matches(ctx).map_err(|source| EngineError::Render {
-            flow: rt.name.clone(),
-            what: "if".into(),
-            source: Box::new(source),
-        })?;
-        if !keep {
-            report.filtered += 1;
-        }
-        Ok(keep)
     }
 
     /// The trigger's items, a page at a time (a single-record trigger is one page).
@@ -466,4 +446,25 @@ fn item_time(spec: &catalog::TriggerSpec, item: &Value) -> Option<DateTime<Utc>>
         Value::Number(n) => n.as_i64().and_then(DateTime::from_timestamp_millis),
         _ => None,
     }
+}
+
+/// Whether an item passes the flow's `if:` (counted in the report when it does not); the
+/// template sees the item as `trigger`. Shared by plain and fan-out polls.
+pub(crate) fn passes_filter(
+    rt: &FlowRuntime,
+    ctx: &mut Value,
+    item: &Value,
+    report: &mut PollReport,
+) -> Result<bool, EngineError> {
+    let Some(filter) = &rt.filter else { return Ok(true) };
+    ctx["trigger"] = item.clone();
+    let keep = filter.matches(ctx).map_err(|source| EngineError::Render {
+        flow: rt.name.clone(),
+        what: "if".into(),
+        source: Box::new(source),
+    })?;
+    if !keep {
+        report.filtered += 1;
+    }
+    Ok(keep)
 }
