@@ -40,7 +40,8 @@ pub(crate) struct Claim<'a> {
 impl Claims {
     pub(crate) fn claim(&self, id: RunId) -> Option<Claim<'_>> {
         let mut set = self.0.lock().ok()?;
-        set.insert(id).then_some(Claim { claims: self, id })
+        // Built only when inserted: a `Claim` dropped here would take the lock held above.
+        set.insert(id).then(|| Claim { claims: self, id })
     }
 }
 
@@ -471,5 +472,27 @@ steps:
         );
         assert_eq!(sb.records("tasks").len(), tasks, "nothing was sent again");
         assert_eq!(store.get_run(id).unwrap().unwrap().status, RunStatus::Succeeded);
+    }
+}
+
+#[cfg(test)]
+mod claim_tests {
+    use super::Claims;
+    use store::RunId;
+
+    /// A second claim of a run this process executes is refused, and the refusal leaves
+    /// the first claim standing (it once dropped a claim while holding the set's lock).
+    #[test]
+    fn a_run_claimed_twice_is_refused_the_second_time_and_stays_claimed() {
+        let (done, wait) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let claims = Claims::default();
+            let first = claims.claim(RunId(7));
+            let second = claims.claim(RunId(7));
+            let third = claims.claim(RunId(7));
+            let _ = done.send((first.is_some(), second.is_none(), third.is_none()));
+        });
+        let got = wait.recv_timeout(std::time::Duration::from_secs(5)).expect("claiming twice must not hang");
+        assert_eq!(got, (true, true, true));
     }
 }
