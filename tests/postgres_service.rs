@@ -14,23 +14,6 @@ use std::time::{Duration, Instant};
 
 const TOKEN: &str = "pit-postgres-test";
 
-fn pg_url() -> Option<String> {
-    match std::env::var("FLOWD_TEST_POSTGRES") {
-        Ok(url) if !url.is_empty() => Some(url),
-        _ if std::env::var("CI").is_ok_and(|v| v == "true") => {
-            panic!("CI=true and FLOWD_TEST_POSTGRES is not set: this test needs a PostgreSQL database")
-        }
-        _ => {
-            eprintln!("not run: needs FLOWD_TEST_POSTGRES=postgres://… (README: `.ci/with-postgres cargo test`)");
-            None
-        }
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
-}
-
 fn flow() -> &'static str {
     r#"name: tasks
 account: main
@@ -128,7 +111,7 @@ fn new_contact(sb: &Sandbox, name: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_embedded_store_moved_to_postgres_goes_on_without_firing_again() {
-    let Some(url) = pg_url() else { return };
+    let Some(url) = support::pg_url() else { return };
     let mut config = SandboxConfig::default().with_seed(Seed::Contacts(3)).with_rate_limit(RateLimitConfig::disabled());
     config.tokens = vec![TOKEN.into()];
     let sb = Sandbox::start(config).await.expect("sandbox");
@@ -138,7 +121,7 @@ async fn an_embedded_store_moved_to_postgres_goes_on_without_firing_again() {
     std::fs::write(d.join("flows/tasks.yaml"), flow()).expect("flow");
 
     // 1. On the embedded store: a baseline, then one new contact fires.
-    let listen = format!("127.0.0.1:{}", free_port());
+    let listen = format!("127.0.0.1:{}", support::free_port());
     write_config(d, "store: ./data\n", &listen, &sb);
     let mut node = start(d, "embedded.log");
     wait_until("the baseline", Duration::from_secs(20), d, "embedded.log", || {

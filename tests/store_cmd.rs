@@ -35,6 +35,7 @@ fn migrate_moves_a_sled_store_to_fjall_and_keeps_the_sled_copy() {
         let s = store::create_or_open(&data, store::Backend::Sled).expect("sled store");
         s.put_tokens("loc", &json!({"refresh_token": "r1"})).expect("tokens");
         let commit = store::PollCommit {
+            lease: None,
             trigger: "t".into(),
             state: Some(json!({"cursor": 2})),
             items: vec![store::PollItem { key: "c1".into(), run: Some(store::NewRun::new("f", json!({"id": "c1"}))) }],

@@ -40,3 +40,23 @@ pub fn run(dir: &Path, args: &[&str]) -> Output {
 pub fn text(o: &Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
 }
+
+/// The database the PostgreSQL tests use (`FLOWD_TEST_POSTGRES`); `None`, said on stderr,
+/// when it is not set, except under `CI=true`, where a missing database fails the test.
+pub fn pg_url() -> Option<String> {
+    match std::env::var("FLOWD_TEST_POSTGRES") {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ if std::env::var("CI").is_ok_and(|v| v == "true") => {
+            panic!("CI=true and FLOWD_TEST_POSTGRES is not set: this test needs a PostgreSQL database")
+        }
+        _ => {
+            eprintln!("not run: needs FLOWD_TEST_POSTGRES=postgres://… (README: `.ci/with-postgres cargo test`)");
+            None
+        }
+    }
+}
+
+/// A port nothing listens on now, on 127.0.0.1.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
+}

@@ -128,10 +128,12 @@ impl Engine {
         let writer = Writer::start(store.clone());
         let cache = crate::cache::ReadCache::new(config.read_cache_entries);
         metrics.register_with(|r| cache.register(r));
+        let cluster =
+            store.cluster().map(|_| Arc::new(crate::cluster::ClusterState::new(config.concurrency, &metrics)));
         Arc::new(Engine {
             catalog,
             accounts: accounts.into_iter().map(|a| (a.name.clone(), a)).collect(),
-            svc: Services { store, writer, client, http, http_targets, config, env, metrics, cache },
+            svc: Services { store, writer, client, http, http_targets, config, env, metrics, cache, cluster },
             flows: RwLock::new(HashMap::new()),
             scheduled: Mutex::new(HashSet::new()),
             claims: Claims::default(),
@@ -282,6 +284,11 @@ impl Engine {
         &self.poll_slots
     }
 
+    /// This node's share of a cluster, when the store is shared.
+    pub(crate) fn cluster_state(&self) -> Option<&crate::cluster::ClusterState> {
+        self.svc.cluster.as_deref()
+    }
+
     fn runner(&self) -> Runner<'_> {
         Runner { svc: &self.svc, claims: &self.claims }
     }
@@ -297,8 +304,15 @@ impl Engine {
     /// for a flow whose flood guard cannot trip (`max_new` at least the engine's
     /// `max_items`), every page is committed and its runs start while later pages are
     /// still being fetched. Returns the report and the dispatched runs' handles.
+    ///
+    /// On a cluster node the runs are committed for any node to claim (see `cluster`), and
+    /// none is returned.
     pub async fn poll_and_dispatch(self: &Arc<Self>, name: &str) -> Result<(PollReport, Vec<RunHandle>), EngineError> {
         let rt = self.flow(name)?;
+        if self.svc.cluster.is_some() {
+            let report = Poller { svc: &self.svc, backlog: None }.poll(&rt, &mut |_, _| {}).await?;
+            return Ok((report, Vec::new()));
+        }
         let mut handles = Vec::new();
         let engine = self.clone();
         let poller = Poller { svc: &self.svc, backlog: Some(&self.backlog) };
@@ -386,7 +400,7 @@ impl Engine {
 
     /// Spawns `execute` once a concurrency permit is free in `flow`'s turn (see `fair`),
     /// counting it as queued meanwhile.
-    fn spawn_run<F, Fut>(self: &Arc<Self>, flow: &str, execute: F) -> RunHandle
+    pub(crate) fn spawn_run<F, Fut>(self: &Arc<Self>, flow: &str, execute: F) -> RunHandle
     where
         F: FnOnce(Arc<Engine>) -> Fut + Send + 'static,
         Fut: std::future::Future<Output = Result<RunStatus, EngineError>> + Send,
@@ -404,7 +418,12 @@ impl Engine {
     }
 
     /// Runs left unfinished by a previous process, and failed runs whose retry is due.
+    /// A cluster node resumes nothing here: its claimer takes the runs of nodes that
+    /// stopped, this node's earlier instance included.
     pub async fn resume(self: &Arc<Self>) -> Result<Vec<RunStatus>, EngineError> {
+        if self.svc.cluster.is_some() {
+            return Ok(Vec::new());
+        }
         let store = self.svc.store.clone();
         let runs = blocking(move || Ok(store.list_resumable()?)).await?;
         if !runs.is_empty() {

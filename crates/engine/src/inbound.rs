@@ -72,8 +72,12 @@ impl Engine {
         run.touched = crate::touched::of_inputs(
             run.item.get("body").and_then(Value::as_object).unwrap_or(&serde_json::Map::new()),
         );
-        let commit =
-            PollCommit { trigger: rt.trigger_id.clone(), state: None, items: vec![PollItem { key, run: Some(run) }] };
+        let commit = PollCommit {
+            lease: None,
+            trigger: rt.trigger_id.clone(),
+            state: None,
+            items: vec![PollItem { key, run: Some(run) }],
+        };
         let store = self.store().clone();
         let outcome = blocking(move || Ok(store.commit_poll(&commit)?)).await?;
         match outcome.created.first() {

@@ -5,7 +5,9 @@
 //! Architecture invariant: the engine never parses YAML (it takes compiled flows) and
 //! never reads the environment or files (flowd hands it what it needs).
 
+mod budget;
 mod cache;
+mod cluster;
 mod config;
 mod dedupe;
 mod dry_run;
@@ -32,6 +34,7 @@ pub mod touched;
 mod webhook;
 mod writer;
 
+pub use budget::StoreBudget;
 pub use config::{AccountInfo, EngineConfig};
 pub use dedupe::{content_hash, dedupe_key, item_id};
 pub use dry_run::{dry_run, DryRun, DryStep};

@@ -312,13 +312,30 @@ impl Poller<'_> {
         if items.is_empty() && state.is_none() {
             return Ok((Vec::new(), 0));
         }
-        let commit = PollCommit { trigger: rt.trigger_id.clone(), state, items };
+        let lease = match &self.svc.cluster {
+            Some(c) => Some(c.lease(&rt.trigger_id).ok_or_else(|| {
+                EngineError::Store(store::StoreError::Fenced(format!(
+                    "this node holds no lease on {}: another node polls it",
+                    rt.trigger_id
+                )))
+            })?),
+            None => None,
+        };
+        let commit = PollCommit { lease, trigger: rt.trigger_id.clone(), state, items };
         let store = self.svc.store.clone();
-        let (outcome, commit) = blocking(move || {
+        let committed = blocking(move || {
             let outcome = store.commit_poll(&commit)?;
             Ok((outcome, commit))
         })
-        .await?;
+        .await;
+        if let Some(c) = &self.svc.cluster {
+            match &committed {
+                Err(EngineError::Store(store::StoreError::Fenced(_))) => c.lost(&rt.trigger_id),
+                Ok((outcome, _)) if !outcome.created.is_empty() => c.runs_committed(),
+                _ => {}
+            }
+        }
+        let (outcome, commit) = committed?;
         // `created` follows the items' order, skipping keys already seen.
         let mut created = outcome.created.into_iter().peekable();
         let mut out = Vec::with_capacity(created.len());

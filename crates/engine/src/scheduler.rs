@@ -12,6 +12,7 @@ impl Engine {
     /// stop when `shutdown` turns true; `EngineTasks::join` waits for them.
     pub fn start(self: &Arc<Self>, shutdown: watch::Receiver<bool>) -> EngineTasks {
         let mut tasks = self.schedule_new_flows(&shutdown);
+        tasks.extend(self.spawn_cluster(&shutdown));
         tasks.push(spawn_retries(self.clone(), shutdown));
         EngineTasks { tasks }
     }
@@ -106,6 +107,10 @@ fn spawn_flow(engine: Arc<Engine>, name: String, mut shutdown: watch::Receiver<b
             // scheduler's lateness alone; the wait for a slot (the account's earlier polls,
             // mostly waiting for its rate limit) is counted apart.
             let Ok(rt) = engine.flow(&name) else { continue };
+            // On a cluster node, the node holding the trigger's lease polls it.
+            if !engine.may_poll(&rt.trigger_id) {
+                continue;
+            }
             let waiting = std::time::Instant::now();
             let slot = tokio::select! {
                 slot = engine.poll_slots().acquire(&rt.account) => slot,

@@ -23,6 +23,8 @@ pub(crate) struct Services {
     pub(crate) metrics: Arc<Metrics>,
     /// Results of `cache:` GET steps (see `cache`).
     pub(crate) cache: crate::cache::ReadCache,
+    /// Set when the store is shared by a cluster of nodes (see `cluster`).
+    pub(crate) cluster: Option<Arc<crate::cluster::ClusterState>>,
 }
 
 impl Services {

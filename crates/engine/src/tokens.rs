@@ -20,4 +20,11 @@ impl ghl::TokenStore for StoreTokens {
         let value = serde_json::to_value(tokens).map_err(|e| ghl::TokenStoreError(e.to_string()))?;
         self.0.put_tokens(account, &value).map_err(|e| ghl::TokenStoreError(e.to_string()))
     }
+
+    fn lock(&self, account: &str) -> Result<Option<Box<dyn Send>>, ghl::TokenStoreError> {
+        match self.0.cluster() {
+            Some(c) => c.lock_account(account).map(Some).map_err(|e| ghl::TokenStoreError(e.to_string())),
+            None => Ok(None),
+        }
+    }
 }

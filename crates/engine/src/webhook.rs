@@ -122,6 +122,7 @@ impl Engine {
             crate::runtime::Source::Inbound { .. } => Vec::new(),
         };
         Ok(Some(PollCommit {
+            lease: None,
             trigger: rt.trigger_id.clone(),
             state: None,
             items: vec![PollItem { key, run: Some(run) }],

@@ -122,7 +122,12 @@ async fn an_event_is_processed_once_even_when_processing_repeats() {
     let mut run = store::NewRun::new("instant", again.clone());
     run.trigger = Some("instant/webhook.ContactCreate".into());
     let item = store::PollItem { key: "w-2".into(), run: Some(run) };
-    let commit = store::PollCommit { trigger: "instant/webhook.ContactCreate".into(), state: None, items: vec![item] };
+    let commit = store::PollCommit {
+        lease: None,
+        trigger: "instant/webhook.ContactCreate".into(),
+        state: None,
+        items: vec![item],
+    };
     assert_eq!(store.commit_poll(&commit).expect("commit").created.len(), 1);
     let second = h.engine.process_webhooks().await.expect("pass");
     assert_eq!((second.events, second.runs.len()), (1, 0), "{second:?}");

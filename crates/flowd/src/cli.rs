@@ -70,6 +70,9 @@ pub enum Command {
     /// Connect GHL accounts (OAuth) and check that every account's credentials work.
     #[command(subcommand)]
     Auth(AuthCommand),
+    /// List the nodes sharing the config's PostgreSQL store: alive or not, the triggers
+    /// whose lease each holds and the runs it is executing.
+    Nodes(NodesArgs),
     /// Inspect the store, move a sled store to fjall, or copy a store into PostgreSQL.
     #[command(subcommand)]
     Store(StoreCommand),
@@ -143,6 +146,15 @@ pub struct TestArgs {
     /// Take the default flows directory, `account:` names and `catalog_dir` from this config.
     #[arg(long, short, value_name = "FILE")]
     pub config: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct NodesArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

@@ -84,6 +84,26 @@ pub struct RawConfig {
     /// The GHL webhook receiver; off when absent.
     #[serde(default)]
     pub webhooks: Option<webhooks::RawWebhooks>,
+    /// This node, when several share a `postgres://` store (docs/operating.md).
+    #[serde(default)]
+    pub cluster: Option<RawCluster>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCluster {
+    /// The node's name, stable across restarts and unique in the cluster (`${HOSTNAME}`);
+    /// default: the host name.
+    #[serde(default)]
+    pub node: Option<String>,
+    /// How long a node's leases and claims last without a heartbeat: a node that dies is
+    /// replaced within it.
+    #[serde(default = "default_lease", deserialize_with = "bounded::duration::<_, 1_000, HOUR>")]
+    pub lease: Duration,
+}
+
+fn default_lease() -> Duration {
+    store::pg::DEFAULT_LEASE_TTL
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -218,6 +238,8 @@ pub struct Config {
     pub request_timeout: Duration,
     pub retry: RawRetry,
     pub webhooks: Option<webhooks::Webhooks>,
+    /// This node of a cluster: set for every `postgres://` store (see [`Config::node_store`]).
+    pub node: Option<store::NodeOptions>,
     pub warnings: Vec<String>,
 }
 
@@ -362,6 +384,26 @@ fn resolve(path: &Path, raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) ->
             Some(store::PgOptions { password: store_password, ..store::PgOptions::new(url) }),
         ),
     };
+    let node = match (&postgres, &raw.cluster) {
+        (None, Some(_)) => {
+            return Err(invalid("cluster: nodes share a `postgres://` store; this `store:` is a directory".into()))
+        }
+        (None, None) => None,
+        (Some(_), cluster) => {
+            let cluster = cluster.clone().unwrap_or(RawCluster { node: None, lease: default_lease() });
+            let name = match &cluster.node {
+                Some(n) => expand(n, env).map_err(|m| invalid(format!("cluster.node: {m}")))?,
+                None => gethostname::gethostname().to_string_lossy().into_owned(),
+            };
+            if name.is_empty()
+                || name.len() > 100
+                || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            {
+                return Err(invalid(format!("cluster.node: {name:?}: use 1 to 100 letters, digits, `-`, `_` or `.`")));
+            }
+            Some(store::NodeOptions { name, lease_ttl: cluster.lease, polls: true })
+        }
+    };
     Ok(Config {
         path: path.to_path_buf(),
         store: store_dir,
@@ -384,11 +426,29 @@ fn resolve(path: &Path, raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) ->
         request_timeout: raw.request_timeout,
         retry: raw.retry,
         webhooks,
+        node,
         warnings,
     })
 }
 
 impl Config {
+    /// The PostgreSQL options for a process that executes runs: a cluster node. The service
+    /// is the node named in the config; any other command (`flowd replay`, `flowd run
+    /// --once`) is a node of its own, named after the config's and `role`, so that it never
+    /// supersedes the service running beside it.
+    pub fn node_store(&self, role: Option<&str>) -> Option<store::PgOptions> {
+        let mut pg = self.postgres.clone()?;
+        let mut node = self.node.clone()?;
+        if let Some(role) = role {
+            node.name = format!("{}.{role}-{}", node.name, std::process::id());
+            // `--once` polls what it gets a lease on; the other commands only execute runs.
+            node.polls = role == "once";
+        }
+        pg.application_name = format!("flowd {}", node.name);
+        pg.node = Some(node);
+        Some(pg)
+    }
+
     /// The store as messages name it: its directory, or its URL (never with a password).
     pub fn store_name(&self) -> String {
         match &self.postgres {
@@ -701,5 +761,51 @@ mod tests {
         let c = load(&path, &env).expect("valid");
         assert!(matches!(&c.accounts["a"].credentials, Credentials::PrivateToken(t) if t == "from-file"));
         assert_eq!(c.warnings.len(), 1, "{:?}", c.warnings);
+    }
+
+    #[test]
+    fn a_cluster_node_is_named_and_needs_a_postgres_store() {
+        let (_d, path) = write("store: postgres://flowd@db/flowd\ncluster:\n  node: ${NODE}\n  lease: 5s\n");
+        let named = |n: &str| -> Option<String> { (n == "NODE").then(|| "web-1".into()) };
+        let c = load(&path, &named).expect("valid");
+        let node = c.node.clone().expect("a node");
+        assert_eq!((node.name.as_str(), node.lease_ttl), ("web-1", Duration::from_secs(5)));
+        let replay = c.node_store(Some("replay")).and_then(|pg| pg.node).expect("a node of its own");
+        assert_eq!(replay.name, format!("web-1.replay-{}", std::process::id()));
+        // Without `cluster:`, the host name.
+        let (_d, path) = write("store: postgres://flowd@db/flowd\n");
+        assert!(!load(&path, &env).expect("valid").node.expect("a node").name.is_empty());
+        let (_d, path) = write("store: ./data\ncluster:\n  node: a\n");
+        let e = load(&path, &env).unwrap_err().to_string();
+        assert!(e.contains("postgres://"), "{e}");
+        let (_d, path) = write("store: postgres://flowd@db/flowd\ncluster:\n  node: a/b\n");
+        assert!(load(&path, &env).unwrap_err().to_string().contains("cluster.node"));
+        let (_d, path) = write("store: postgres://flowd@db/flowd\ncluster:\n  lease: 10ms\n");
+        assert!(load(&path, &env).is_err(), "a lease under 1s is refused");
+    }
+
+    /// The config the compose example's nodes read loads as written.
+    #[test]
+    fn the_compose_example_config_loads() {
+        let example = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../../packaging/compose/flowd.yaml"));
+        let text = std::fs::read_to_string(example).expect("packaging/compose/flowd.yaml");
+        // The password file is compose's secret mount; here a file of the test's.
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("pg"), "secret\n").expect("password");
+        let text = text.replace("/run/secrets/pg_password", &dir.path().join("pg").display().to_string());
+        assert_ne!(text, std::fs::read_to_string(example).unwrap_or_default(), "the example reads the compose secret");
+        let path = dir.path().join("flowd.yaml");
+        std::fs::write(&path, text).expect("config");
+        let vars = |n: &str| -> Option<String> {
+            match n {
+                "FLOWD_NODE" => Some("flowd-1".into()),
+                "GHL_TOKEN" => Some("pit-x".into()),
+                "GHL_LOCATION_ID" => Some("loc".into()),
+                _ => None,
+            }
+        };
+        let c = load(&path, &vars).expect("the compose config loads");
+        assert_eq!(c.node.map(|n| n.name).as_deref(), Some("flowd-1"));
+        assert!(c.postgres.is_some());
     }
 }

@@ -91,6 +91,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let config = wiring::load_config(cmd::store::config_path(command))?;
             cmd::store::run(&config, command, &mut out)?
         }
+        Command::Nodes(args) => {
+            let config = wiring::load_config(&args.config.config)?;
+            cmd::nodes::run(&config, args, &mut out)?
+        }
         Command::Runs(args) => {
             let config = wiring::load_config(&args.config.config)?;
             runtime()?.block_on(cmd::runs::list(&config, args, &mut out))?;

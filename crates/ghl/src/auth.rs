@@ -231,6 +231,9 @@ impl Inner {
             }
             return Ok(acct.install(pending));
         }
+        // Other processes sharing the store (cluster nodes) refresh under the same lock, so
+        // the store read next holds whatever pair the last of them committed.
+        let _shared = self.lock_tokens(id).await?;
         // The store is the truth: another process may have refreshed since we last looked.
         let stored = self.load_tokens(id).await?;
         let current = acct.cached().map(|c| c.tokens);
@@ -388,6 +391,15 @@ impl Inner {
         tokio::task::spawn_blocking(move || store.load(&key))
             .await
             .map_err(|e| Error::TokenStore(format!("load task failed: {e}")))?
+            .map_err(|e| Error::TokenStore(e.0))
+    }
+
+    pub(crate) async fn lock_tokens(&self, account: &str) -> Result<Option<Box<dyn Send>>, Error> {
+        let store: Arc<dyn TokenStore> = self.store.clone();
+        let key = account.to_owned();
+        tokio::task::spawn_blocking(move || store.lock(&key))
+            .await
+            .map_err(|e| Error::TokenStore(format!("lock task failed: {e}")))?
             .map_err(|e| Error::TokenStore(e.0))
     }
 

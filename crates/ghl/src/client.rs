@@ -14,6 +14,7 @@ use crate::ratelimit::{LocationLimiter, RateHeaders, RateLimit, RateLimiters};
 use crate::redact::Secret;
 use crate::request::{form_pairs, Body, Request};
 use crate::retry::{decide, Decision, Outcome, RetryPolicy};
+use crate::shared_budget::{SharedBudget, SharedCredits};
 use crate::token_store::{MemoryTokenStore, TokenSet, TokenStore};
 
 /// Tunables; every field has a production default.
@@ -63,6 +64,9 @@ pub(crate) struct Inner {
     pub(crate) observer: Arc<dyn Observer>,
     accounts: RwLock<HashMap<String, Arc<AccountState>>>,
     limiters: RateLimiters,
+    /// Set when other processes spend the same locations' budgets (cluster nodes).
+    shared_budget: Option<Arc<dyn SharedBudget>>,
+    shared_credits: std::sync::Mutex<HashMap<String, Arc<SharedCredits>>>,
 }
 
 /// Builds a [`Client`].
@@ -70,6 +74,7 @@ pub struct ClientBuilder {
     config: ClientConfig,
     store: Option<Arc<dyn TokenStore>>,
     observer: Option<Arc<dyn Observer>>,
+    shared_budget: Option<Arc<dyn SharedBudget>>,
 }
 
 struct NoObserver;
@@ -89,6 +94,13 @@ impl ClientBuilder {
 
     pub fn observer(mut self, observer: Arc<dyn Observer>) -> Self {
         self.observer = Some(observer);
+        self
+    }
+
+    /// A request budget shared with other processes (see [`SharedBudget`]): every request
+    /// also takes one from it, after the local limiter, before it is sent.
+    pub fn shared_budget(mut self, budget: Arc<dyn SharedBudget>) -> Self {
+        self.shared_budget = Some(budget);
         self
     }
 
@@ -113,6 +125,8 @@ impl ClientBuilder {
                 store: self.store.unwrap_or_else(|| Arc::new(MemoryTokenStore::new())),
                 observer: self.observer.unwrap_or_else(|| Arc::new(NoObserver)),
                 accounts: RwLock::new(HashMap::new()),
+                shared_budget: self.shared_budget,
+                shared_credits: std::sync::Mutex::new(HashMap::new()),
             }),
         })
     }
@@ -120,7 +134,7 @@ impl ClientBuilder {
 
 impl Client {
     pub fn builder() -> ClientBuilder {
-        ClientBuilder { config: ClientConfig::default(), store: None, observer: None }
+        ClientBuilder { config: ClientConfig::default(), store: None, observer: None, shared_budget: None }
     }
 
     /// Adds or replaces an account. Replacing drops its cached tokens (they are re-read from
@@ -232,6 +246,12 @@ impl Client {
 }
 
 impl Inner {
+    /// The shared-budget credits of `location` (see [`SharedBudget`]).
+    fn shared_credits(&self, location: &str) -> Arc<SharedCredits> {
+        let mut map = self.shared_credits.lock().unwrap_or_else(|p| p.into_inner());
+        map.entry(location.to_string()).or_default().clone()
+    }
+
     pub(crate) fn account(&self, id: &str) -> Result<Arc<AccountState>, Error> {
         let map = self.accounts.read().unwrap_or_else(|p| p.into_inner());
         map.get(id).cloned().ok_or_else(|| Error::InvalidRequest(format!("unknown account {id:?}")))
@@ -304,7 +324,13 @@ impl Inner {
             // Token first: a refresh may take a while, and the limiter's slot should be
             // used the moment it is granted.
             let bearer = ghl!(self.bearer(acct).await);
-            let waited = ghl!(prepared.limiter.acquire_for(req.origin.flow.as_ref()).await);
+            let mut waited = ghl!(prepared.limiter.acquire_for(req.origin.flow.as_ref()).await);
+            if let Some(budget) = &self.shared_budget {
+                let credits = self.shared_credits(location);
+                let limit = prepared.limiter.current_limit();
+                let daily = prepared.limiter.daily().1;
+                waited += ghl!(credits.acquire(budget, location, limit, daily).await);
+            }
             if !waited.is_zero() {
                 self.observer.rate_limit_wait(waited);
             }

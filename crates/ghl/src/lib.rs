@@ -27,6 +27,7 @@ mod ratelimit;
 mod redact;
 mod request;
 mod retry;
+mod shared_budget;
 mod token_store;
 
 pub use auth::{Account, Credentials, OAuthApp};
@@ -39,6 +40,7 @@ pub use ratelimit::{parse_retry_after, LocationLimiter, RateHeaders, RateLimit};
 pub use redact::Secret;
 pub use request::{render_path, Body, Origin, Purpose, Request, DEFAULT_BASE_URL, DEFAULT_VERSION};
 pub use retry::{decide, verdict, Decision, Outcome, RetryPolicy, Verdict};
+pub use shared_budget::{Grant, SharedBudget, WINDOWS_PER_INTERVAL};
 pub use token_store::{MemoryTokenStore, TokenSet, TokenStore, TokenStoreError};
 
 pub use catalog::{Method, Pagination, ParamIn};

@@ -501,7 +501,7 @@ impl LocationLimiter {
     }
 }
 
-fn until_next_utc_day() -> Duration {
+pub(crate) fn until_next_utc_day() -> Duration {
     let now = Utc::now();
     let next = now.date_naive().succ_opt().and_then(|d| d.and_hms_opt(0, 0, 0)).map(|d| d.and_utc());
     next.and_then(|n| (n - now).to_std().ok()).unwrap_or(Duration::from_secs(3600))

@@ -42,6 +42,14 @@ pub trait TokenStore: Send + Sync + 'static {
     /// Must not return before the set is durable (flushed); the client uses the new tokens
     /// only after this returns `Ok`.
     fn save(&self, account: &str, tokens: &TokenSet) -> Result<(), TokenStoreError>;
+
+    /// A lock on `account` shared with every other process using this store, held while the
+    /// guard lives: the client refreshes under it (re-reading the store first), so that of
+    /// several processes one refreshes and the others use the pair it saved. `None`: no
+    /// other process shares the store (the in-process single flight is enough).
+    fn lock(&self, _account: &str) -> Result<Option<Box<dyn Send>>, TokenStoreError> {
+        Ok(None)
+    }
 }
 
 #[derive(Debug, Clone, thiserror::Error)]

@@ -20,6 +20,7 @@ const RUNS: usize = 300;
 
 fn poll(trigger: &str, from: usize, n: usize) -> PollCommit {
     PollCommit {
+        lease: None,
         trigger: trigger.into(),
         state: Some(json!({ "cursor": from + n })),
         items: (from..from + n)
@@ -105,7 +106,8 @@ fn bench(label: &str, s: Arc<dyn Store>, url: Option<&str>) {
     );
 
     // A poll of 100 items, 10 new: filter_unseen + commit_poll of the 10.
-    s.commit_poll(&PollCommit { trigger: "t10".into(), state: None, items: poll("t10", 0, 90).items }).expect("seed");
+    s.commit_poll(&PollCommit { lease: None, trigger: "t10".into(), state: None, items: poll("t10", 0, 90).items })
+        .expect("seed");
     let t = Instant::now();
     for p in 0..POLLS {
         let from = p * 10;

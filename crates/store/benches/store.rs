@@ -28,7 +28,7 @@ fn poll_dedupe<S: OpenStore>(c: &mut Criterion) {
     let mut next = 0u64;
     // A window of 90 already-seen keys that slides with each poll.
     let seed: Vec<PollItem> = (0..90).map(|i| PollItem { key: format!("c{i}@2024"), run: None }).collect();
-    s.commit_poll(&PollCommit { trigger: "bench".into(), state: None, items: seed }).expect("seed");
+    s.commit_poll(&PollCommit { lease: None, trigger: "bench".into(), state: None, items: seed }).expect("seed");
     next += 90;
     c.bench_function(&name::<S>("poll 100 items, 10 new: filter_unseen + commit_poll (flushed)"), |b| {
         b.iter(|| {
@@ -44,8 +44,13 @@ fn poll_dedupe<S: OpenStore>(c: &mut Criterion) {
                 })
                 .collect::<Vec<_>>();
             assert_eq!(items.len(), 10);
-            s.commit_poll(&PollCommit { trigger: "bench".into(), state: Some(json!({ "cursor": next })), items })
-                .expect("commit");
+            s.commit_poll(&PollCommit {
+                lease: None,
+                trigger: "bench".into(),
+                state: Some(json!({ "cursor": next })),
+                items,
+            })
+            .expect("commit");
             next += 10;
         })
     });
@@ -132,7 +137,7 @@ fn batched<S: OpenStore>(c: &mut Criterion) {
         b.iter_batched(
             || {
                 let items = page(&mut next);
-                PollCommit { trigger: "bench".into(), state: Some(json!({ "page": next })), items }
+                PollCommit { lease: None, trigger: "bench".into(), state: Some(json!({ "page": next })), items }
             },
             |commit| s.commit_poll(&commit).expect("commit"),
             BatchSize::SmallInput,
@@ -170,7 +175,9 @@ fn batched<S: OpenStore>(c: &mut Criterion) {
                     .map(|i| PollItem { key: format!("c{i}"), run: Some(NewRun::new("welcome", contact(i))) })
                     .collect();
                 next += 64;
-                let out = s.commit_poll(&PollCommit { trigger: "bench".into(), state: None, items }).expect("commit");
+                let out = s
+                    .commit_poll(&PollCommit { lease: None, trigger: "bench".into(), state: None, items })
+                    .expect("commit");
                 let ids: Vec<RunId> = out.created.into_iter().map(|(_, id)| id).collect();
                 (
                     ids.iter().map(|id| start(*id)).collect::<Vec<_>>(),

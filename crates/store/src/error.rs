@@ -40,6 +40,11 @@ pub enum StoreError {
     #[error("{0}")]
     Conflict(String),
 
+    /// A cluster node's lease (on a trigger) or claim (on a run) moved to another node, or
+    /// this node was superseded: what it tried is not written.
+    #[error("{0}")]
+    Fenced(String),
+
     #[error("invalid input: {0}")]
     Invalid(String),
 

@@ -9,6 +9,7 @@
 //! [`PgStore`] implements it in PostgreSQL, for several nodes on one database ([`pg`]).
 
 pub mod clock;
+pub mod cluster;
 mod commit;
 pub mod error;
 mod keys;
@@ -31,6 +32,7 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 
 pub use clock::Clock;
+pub use cluster::{BudgetGrant, ClaimedRun, Cluster, Heartbeat, NodeInfo};
 pub use commit::{LockTime, TransactionTime};
 pub use error::{Result, StoreError};
 pub use kv_store::KvStore;
@@ -39,7 +41,7 @@ pub use model::{
     NewRun, NewRunFields, Payload, PollCommit, PollItem, PollOutcome, PruneStats, Retention, Run, RunChange, RunFilter,
     RunId, RunStatus, StepRecord, StepStatus, WebhookEvent,
 };
-pub use pg::{PgOptions, PgStore};
+pub use pg::{NodeOptions, PgOptions, PgStore};
 
 /// The store on fjall 2 (an LSM tree with a journal): what new stores are created with.
 pub type FjallStore = KvStore<kv::fjall::FjallKv>;
@@ -247,5 +249,11 @@ pub trait Store: Send + Sync {
     /// "not ready" while the database is unreachable.
     fn ready(&self) -> Result<()> {
         Ok(())
+    }
+
+    /// How this store shares triggers and runs between nodes, when it does (a PostgreSQL
+    /// store opened as a node); `None` for a store one process owns.
+    fn cluster(&self) -> Option<&dyn Cluster> {
+        None
     }
 }

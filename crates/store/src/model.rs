@@ -237,6 +237,14 @@ pub struct PollCommit {
     /// The trigger's new cursor/state; `None` leaves the stored state as is.
     pub state: Option<Value>,
     pub items: Vec<PollItem>,
+    /// Set by a node of a cluster ([`crate::Cluster`]): the epoch of its lease on `trigger`.
+    /// The commit is refused ([`crate::StoreError::Fenced`]) unless that lease is still the
+    /// node's, so a node that was paused past its lease cannot move the trigger's state or
+    /// record its items; the runs it creates are for any node to claim
+    /// ([`crate::Cluster::claim_runs`]). `None`: no lease is checked and the runs belong to
+    /// the committer (a webhook's or an inbound request's runs, executed where they came in;
+    /// every commit of a store one process owns).
+    pub lease: Option<i64>,
 }
 
 impl PollCommit {

@@ -78,6 +78,7 @@ fn a_poll_and_its_runs_survive_a_reopen<S: OpenStore>() {
     let path = dir.path().join("store");
     let s = S::create_or_open(&path).unwrap();
     let commit = store::PollCommit {
+        lease: None,
         trigger: "t".into(),
         state: Some(json!({"cursor": 7})),
         items: (0..600)

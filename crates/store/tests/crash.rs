@@ -48,7 +48,7 @@ fn crash_child() {
             })
             .collect();
         let out = s
-            .commit_poll(&PollCommit { trigger: TRIGGER.into(), state: Some(json!({ "n": n })), items })
+            .commit_poll(&PollCommit { lease: None, trigger: TRIGGER.into(), state: Some(json!({ "n": n })), items })
             .expect("commit");
         let ids: Vec<String> = out.created.iter().map(|(_, id)| id.to_string()).collect();
         println!("COMMIT {n} {}", ids.join(" "));

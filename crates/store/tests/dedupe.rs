@@ -49,6 +49,7 @@ fn baseline_items_are_recorded_without_runs<S: OpenStore>() {
     let dir = tempfile::tempdir().unwrap();
     let s = store_in::<S>(&dir);
     let commit = PollCommit {
+        lease: None,
         trigger: "t".into(),
         state: Some(json!({"baseline": true})),
         items: ["x", "y"].iter().map(|k| PollItem { key: k.to_string(), run: None }).collect(),

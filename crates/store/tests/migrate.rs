@@ -42,7 +42,9 @@ fn filled<S: OpenStore>(from: &std::path::Path) -> serde_json::Value {
             run: (i < 6).then(|| NewRun::new(if i < 3 { "f" } else { "g" }, json!({ "i": i }))),
         })
         .collect();
-    let out = s.commit_poll(&PollCommit { trigger: "t".into(), state: Some(json!({"cursor": 8})), items }).unwrap();
+    let out = s
+        .commit_poll(&PollCommit { lease: None, trigger: "t".into(), state: Some(json!({"cursor": 8})), items })
+        .unwrap();
     let ids: Vec<_> = out.created.iter().map(|(_, id)| *id).collect();
     // One of each: succeeded, failed with a retry, held, running with a step sent, pending.
     s.update_run(ids[0], &[RunChange::Status { status: RunStatus::Running, error: None }]).unwrap();
@@ -83,6 +85,7 @@ fn a_sled_store_copied_to_fjall_reads_the_same_and_goes_on() {
     assert!(new > max_old, "{new} <= {max_old}");
     let out = s
         .commit_poll(&PollCommit {
+            lease: None,
             trigger: "t".into(),
             state: None,
             items: vec![PollItem { key: "k1".into(), run: None }, PollItem { key: "new".into(), run: None }],
@@ -145,6 +148,7 @@ fn a_fjall_store_copied_to_postgres_reads_the_same_and_goes_on() {
     assert!(new > max_old, "{new} <= {max_old}");
     let out = s
         .commit_poll(&PollCommit {
+            lease: None,
             trigger: "t".into(),
             state: None,
             items: vec![PollItem { key: "k1".into(), run: None }, PollItem { key: "new".into(), run: None }],

@@ -43,7 +43,8 @@ fn two_nodes_never_both_fire_an_item() {
                         .iter()
                         .map(|k| PollItem { key: k.clone(), run: Some(store::NewRun::new("f", json!({"k": k}))) })
                         .collect();
-                    let out = node.commit_poll(&PollCommit { trigger: "t".into(), state: None, items }).unwrap();
+                    let out =
+                        node.commit_poll(&PollCommit { lease: None, trigger: "t".into(), state: None, items }).unwrap();
                     assert_eq!(out.created.len() + out.already_seen.len(), page.len());
                     created.extend(out.created.into_iter().map(|(k, _)| k));
                 }

@@ -290,7 +290,7 @@ fn transaction_time_counts_poll_commits_and_update_batches<S: OpenStore>() {
     let items = (0..50)
         .map(|i| store::PollItem { key: format!("k{i}"), run: Some(NewRun::new("f", json!({"i": i}))) })
         .collect();
-    let out = s.commit_poll(&store::PollCommit { trigger: "t".into(), state: None, items }).unwrap();
+    let out = s.commit_poll(&store::PollCommit { lease: None, trigger: "t".into(), state: None, items }).unwrap();
     let start: Vec<_> = out
         .created
         .iter()

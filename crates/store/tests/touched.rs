@@ -30,6 +30,7 @@ fn runs_record_the_records_they_touched_and_are_listed_by_them<S: OpenStore>() {
     let a = s.create_run(&new_run("f", &["contact:1"])).unwrap();
     clock.advance_secs(10);
     let commit = PollCommit {
+        lease: None,
         trigger: "t".into(),
         state: None,
         items: vec![PollItem { key: "k".into(), run: Some(new_run("g", &["contact:2", "contact:2"])) }],

@@ -71,7 +71,7 @@ fn fill(path: &std::path::Path, runs: usize) -> Result<String> {
                 PollItem { key: format!("c{i:08}"), run: Some(run) }
             })
             .collect();
-        let out = s.commit_poll(&PollCommit { trigger: format!("bench/{start}"), state: None, items })?;
+        let out = s.commit_poll(&PollCommit { lease: None, trigger: format!("bench/{start}"), state: None, items })?;
         let batch: Vec<_> = out
             .created
             .iter()

@@ -1,6 +1,7 @@
 pub mod auth;
 pub mod catalog;
 pub mod demo;
+pub mod nodes;
 pub mod plan;
 pub mod runs;
 pub mod sandbox;

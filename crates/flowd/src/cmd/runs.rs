@@ -20,7 +20,14 @@ enum Backend {
 }
 
 fn backend(config: &Config) -> anyhow::Result<Backend> {
-    Ok(match wiring::open_store(config, Open::Existing)? {
+    backend_as(config, None)
+}
+
+/// As [`backend`] for a command that executes runs: on a `postgres://` store it is a cluster
+/// node of its own, named after `role` (see [`Config::node_store`]).
+fn backend_as(config: &Config, role: Option<&str>) -> anyhow::Result<Backend> {
+    let node = role.and_then(|r| config.node_store(Some(r)));
+    Ok(match wiring::open_store_as(config, Open::Existing, node)? {
         Opened::Ready(s) => Backend::Store(s),
         Opened::InUse(_) => {
             Backend::Api { base: format!("http://{}", config.listen), token: config.admin_token.clone() }
@@ -168,7 +175,7 @@ pub async fn replay(
     args: &ReplayArgs,
     out: &mut dyn Write,
 ) -> anyhow::Result<()> {
-    match backend(config)? {
+    match backend_as(config, Some("replay"))? {
         Backend::Store(s) => {
             let engine = offline_engine(config, catalog, s)?;
             let ids: Vec<RunId> = match args.id {
@@ -209,6 +216,9 @@ pub async fn replay(
                 progress.inc(1);
             }
             progress.finish_and_clear();
+            // On a cluster, this command's node goes; what it did not finish is claimed by
+            // the service's nodes.
+            engine.leave_cluster().await;
             if skipped > 0 {
                 writeln!(out, "{skipped} run(s) were no longer dead and were left alone")?;
             }
@@ -342,7 +352,7 @@ pub async fn release(
     args: &ReleaseArgs,
     out: &mut dyn Write,
 ) -> anyhow::Result<()> {
-    match backend(config)? {
+    match backend_as(config, Some("release"))? {
         Backend::Store(s) => {
             let engine = offline_engine(config, catalog, s)?;
             if !engine.flow_names().contains(&args.flow) {
@@ -352,6 +362,7 @@ pub async fn release(
                 Err(engine::EngineError::UnknownFlow(flow)) => return Err(not_loaded(config, &flow).into()),
                 other => other?,
             };
+            engine.leave_cluster().await;
             let ok = statuses.iter().filter(|s| **s == RunStatus::Succeeded).count();
             writeln!(out, "released {} run(s) of {}: {ok} succeeded", statuses.len(), args.flow)?;
         }
@@ -384,5 +395,7 @@ fn offline_engine(
     let env = crate::flows::compile_env(config.accounts.keys().cloned().collect());
     let loaded = crate::flows::load_files(&files, engine.catalog(), &env);
     engine.set_flows(loaded.flows.into_iter().map(|(_, f)| f).collect())?;
+    // On a cluster, this command is a node for as long as it executes runs.
+    engine.keep_alive();
     Ok(engine)
 }

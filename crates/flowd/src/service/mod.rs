@@ -26,7 +26,7 @@ pub async fn run(config: Config, catalog: Arc<catalog::Catalog>, once: bool) -> 
     for w in &config.warnings {
         tracing::warn!("{}: {w}", config.path.display());
     }
-    let engine = wiring::build_engine(&config, catalog.clone())?;
+    let engine = wiring::build_engine(&config, catalog.clone(), once.then_some("once"))?;
     let mut flows = reload::FlowSet::new(config.flows.clone(), config.accounts.keys().cloned().collect());
     let report = flows.reload(&catalog);
     report.log();
@@ -77,9 +77,14 @@ pub async fn run(config: Config, catalog: Arc<catalog::Catalog>, once: bool) -> 
     let pruner = spawn_pruner(engine.store().clone(), shutdown_rx.clone());
 
     let store = engine.store().clone();
+    let mut superseded = false;
     let fault = tokio::select! {
         _ = wait_for_stop_signal() => None,
         fault = store_fault(&store) => Some(fault),
+        _ = engine.superseded() => {
+            superseded = true;
+            None
+        }
     };
     ready.store(false, std::sync::atomic::Ordering::SeqCst);
     match &fault {
@@ -100,6 +105,15 @@ pub async fn run(config: Config, catalog: Arc<catalog::Catalog>, once: bool) -> 
     if !engine.drain(config.shutdown_timeout).await {
         tracing::warn!("runs still executing at the deadline: they resume on the next start");
     }
+    if superseded {
+        let _ = server.await;
+        return Err(crate::exit::Failed::new(
+            "another flowd started under this node's name (`cluster.node`) and took its work: this one stops",
+        )
+        .into());
+    }
+    // A cluster node hands its leases and unfinished runs over before it goes.
+    engine.leave_cluster().await;
     if let Some(fault) = fault {
         // No flush: the database takes no more writes; what it made durable is kept.
         let _ = server.await;
@@ -150,6 +164,10 @@ fn spawn_pruner(store: Arc<dyn store::Store>, mut shutdown: watch::Receiver<bool
 }
 
 async fn run_once(engine: &Arc<Engine>) -> anyhow::Result<()> {
+    // A cluster node polls the triggers whose lease it gets, and executes the runs it claims;
+    // it stays alive for the others until it leaves.
+    engine.heartbeat_now().await?;
+    engine.keep_alive();
     let mut failures = 0;
     for name in engine.flow_names() {
         match engine.poll_and_run(&name).await {
@@ -172,6 +190,13 @@ async fn run_once(engine: &Arc<Engine>) -> anyhow::Result<()> {
         }
     }
     failures += run_stored_webhooks(engine).await?;
+    let claimed = engine.run_claimed().await?;
+    if !claimed.is_empty() {
+        let ok = claimed.iter().filter(|s| **s == store::RunStatus::Succeeded).count();
+        failures += claimed.len() - ok;
+        println!("cluster: {} claimed run(s) ({ok} succeeded)", claimed.len());
+    }
+    engine.leave_cluster().await;
     let store = engine.store().clone();
     tokio::task::spawn_blocking(move || store.flush()).await??;
     if failures > 0 {

@@ -69,7 +69,13 @@ impl Opened {
 /// Opens the config's store; a store another process holds is [`Opened::InUse`], every
 /// other problem an error ([`store_error`]).
 pub fn open_store(config: &Config, how: Open) -> anyhow::Result<Opened> {
-    if let Some(pg) = &config.postgres {
+    open_store_as(config, how, None)
+}
+
+/// As [`open_store`]; a `postgres://` store is opened as the cluster node `node` (see
+/// [`Config::node_store`]) when one is given.
+pub fn open_store_as(config: &Config, how: Open, node: Option<store::PgOptions>) -> anyhow::Result<Opened> {
+    if let Some(pg) = node.as_ref().or(config.postgres.as_ref()) {
         // Any number of processes share a PostgreSQL store: it is never "in use".
         let create = match how {
             Open::CreateIfMissing => store::pg::Create::Yes,
@@ -139,9 +145,16 @@ pub fn add_account(
     Ok(AccountInfo { name: name.to_string(), location_id: a.location_id.clone() })
 }
 
-/// The engine of `flowd run`: over the config's store, created if missing.
-pub fn build_engine(config: &Config, catalog: Arc<catalog::Catalog>) -> anyhow::Result<Arc<Engine>> {
-    let store = open_store(config, Open::CreateIfMissing)?.or_in_use("stop the other process first")?;
+/// The engine of `flowd run`: over the config's store, created if missing; on a
+/// `postgres://` store, the config's cluster node (`role` names a command's own node, see
+/// [`Config::node_store`]).
+pub fn build_engine(
+    config: &Config,
+    catalog: Arc<catalog::Catalog>,
+    role: Option<&str>,
+) -> anyhow::Result<Arc<Engine>> {
+    let store = open_store_as(config, Open::CreateIfMissing, config.node_store(role))?
+        .or_in_use("stop the other process first")?;
     build_engine_on(config, catalog, store)
 }
 
@@ -168,11 +181,15 @@ pub fn build_engine_on(
             ..client_config.rate_limit
         };
     }
-    let client = ghl::Client::builder()
+    let mut client = ghl::Client::builder()
         .config(client_config)
         .observer(metrics.clone())
-        .token_store(Arc::new(StoreTokens(store.clone())))
-        .build()?;
+        .token_store(Arc::new(StoreTokens(store.clone())));
+    // Nodes of a cluster spend each location's budget together (docs/operating.md).
+    if store.cluster().is_some() {
+        client = client.shared_budget(Arc::new(engine::StoreBudget(store.clone())));
+    }
+    let client = client.build()?;
     let mut accounts = Vec::new();
     for (name, a) in &config.accounts {
         accounts.push(add_account(&client, Some(store.as_ref()), config, name, a)?);

@@ -19,7 +19,10 @@
 //! next [`Store::flush`] or durable commit (the WAL is written in order), as the embedded
 //! store's buffered writes wait for the next fsync.
 
+mod cluster;
 mod pool;
+
+pub use cluster::{NodeOptions, DEFAULT_LEASE_TTL};
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -65,6 +68,10 @@ pub struct PgOptions {
     pub connections: usize,
     /// The name the connections show in `pg_stat_activity` (e.g. the node's name).
     pub application_name: String,
+    /// Set to open the store as a cluster node ([`Store::cluster`]): the service, and the
+    /// commands that execute runs. Without it, the handle reads and writes as told, with no
+    /// lease or claim of its own (tools, read-only commands).
+    pub node: Option<NodeOptions>,
 }
 
 impl std::fmt::Debug for PgOptions {
@@ -75,6 +82,7 @@ impl std::fmt::Debug for PgOptions {
             .field("schema", &self.schema)
             .field("connections", &self.connections)
             .field("application_name", &self.application_name)
+            .field("node", &self.node)
             .finish()
     }
 }
@@ -87,6 +95,7 @@ impl PgOptions {
             schema: None,
             connections: DEFAULT_CONNECTIONS,
             application_name: "flowd".into(),
+            node: None,
         }
     }
 
@@ -163,6 +172,9 @@ pub struct PgStore {
     drop_schema: Option<(postgres::Config, String)>,
     url: String,
     schema: Option<String>,
+    /// Set when the store was opened as a cluster node.
+    node: Option<cluster::Node>,
+    config: postgres::Config,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -208,11 +220,14 @@ struct RunRow {
     record: String,
     /// Refs added to [`Run::touched`].
     touched: Vec<String>,
+    /// The node instance executing it (see [`crate::Cluster`]).
+    owner: Option<String>,
 }
 
 impl RunRow {
-    fn of(run: &Run, touched_before: usize) -> Result<RunRow> {
+    fn of(run: &Run, touched_before: usize, owner: Option<String>) -> Result<RunRow> {
         Ok(RunRow {
+            owner,
             id: to_i64(run.id)?,
             status: run.status.as_str(),
             updated_at: run.updated_at,
@@ -233,13 +248,14 @@ fn write_runs(tx: &mut impl GenericClient, rows: &[RunRow]) -> Result<()> {
     let updated: Vec<DateTime<Utc>> = rows.iter().map(|r| r.updated_at).collect();
     let retry: Vec<Option<DateTime<Utc>>> = rows.iter().map(|r| r.next_retry_at).collect();
     let records: Vec<&str> = rows.iter().map(|r| r.record.as_str()).collect();
+    let owners: Vec<Option<&str>> = rows.iter().map(|r| r.owner.as_deref()).collect();
     tx.execute(
         "UPDATE runs AS r SET status = u.status, updated_at = u.updated_at, next_retry_at = u.next_retry_at, \
-         record = u.record::json \
-         FROM unnest($1::bigint[], $2::text[], $3::timestamptz[], $4::timestamptz[], $5::text[]) \
-           AS u(id, status, updated_at, next_retry_at, record) \
+         record = u.record::json, owner = u.owner \
+         FROM unnest($1::bigint[], $2::text[], $3::timestamptz[], $4::timestamptz[], $5::text[], $6::text[]) \
+           AS u(id, status, updated_at, next_retry_at, record, owner) \
          WHERE r.id = u.id",
-        &[&ids, &statuses, &updated, &retry, &records],
+        &[&ids, &statuses, &updated, &retry, &records, &owners],
     )?;
     insert_touched(tx, rows.iter().flat_map(|r| r.touched.iter().map(move |t| (t.as_str(), r.id))))
 }
@@ -256,8 +272,9 @@ fn insert_touched<'a>(tx: &mut impl GenericClient, refs: impl Iterator<Item = (&
     Ok(())
 }
 
-/// Inserts new runs (records made by [`transitions::new_run`]) with their items.
-fn insert_runs(tx: &mut impl GenericClient, runs: &[(Run, String)]) -> Result<()> {
+/// Inserts new runs (records made by [`transitions::new_run`]) with their items, claimed by
+/// `owner` (`None`: for any node to claim).
+fn insert_runs(tx: &mut impl GenericClient, runs: &[(Run, String)], owner: Option<&str>) -> Result<()> {
     if runs.is_empty() {
         return Ok(());
     }
@@ -276,11 +293,11 @@ fn insert_runs(tx: &mut impl GenericClient, runs: &[(Run, String)]) -> Result<()
         items.push(item.as_str());
     }
     tx.execute(
-        "INSERT INTO runs (id, flow, status, created_at, updated_at, record, item) \
-         SELECT id, flow, status, created, created, record::json, item::json \
+        "INSERT INTO runs (id, flow, status, created_at, updated_at, record, item, owner) \
+         SELECT id, flow, status, created, created, record::json, item::json, $7 \
          FROM unnest($1::bigint[], $2::text[], $3::text[], $4::timestamptz[], $5::text[], $6::text[]) \
            AS u(id, flow, status, created, record, item)",
-        &[&ids, &flows, &statuses, &created, &records, &items],
+        &[&ids, &flows, &statuses, &created, &records, &items, &owner],
     )?;
     insert_touched(tx, runs.iter().flat_map(|(run, _)| run.touched.iter().map(|t| (t.as_str(), run.id.0 as i64))))
 }
@@ -302,40 +319,56 @@ fn new_ids(c: &mut Client, n: usize) -> Result<Vec<RunId>> {
 
 /// What a batch of changes does to the runs it names, worked out on the rows locked
 /// `FOR UPDATE` in `tx`: each run's result in its slot, and the rows to write.
+///
+/// With `me` (a cluster node), a run another node claimed is refused
+/// ([`StoreError::Fenced`]) unless the change is an operator's replay, which hands the run
+/// to `me`; a run nobody claimed becomes `me`'s with its first change.
 fn apply_changes(
     tx: &mut impl GenericClient,
     batch: &[(RunId, Vec<RunChange>)],
     now: DateTime<Utc>,
     with_item: bool,
+    me: Option<&str>,
 ) -> Result<(Vec<Result<Run>>, Vec<RunRow>)> {
     let mut ids: Vec<i64> = batch.iter().map(|(id, _)| to_i64(*id)).collect::<Result<_>>()?;
     ids.sort_unstable();
     ids.dedup();
     // In id order, so two batches that share runs lock them in one order (no deadlock).
     let sql = if with_item {
-        "SELECT id, record::text, item::text FROM runs WHERE id = ANY($1) ORDER BY id FOR UPDATE"
+        "SELECT id, record::text, item::text, owner FROM runs WHERE id = ANY($1) ORDER BY id FOR UPDATE"
     } else {
-        "SELECT id, record::text, NULL::text FROM runs WHERE id = ANY($1) ORDER BY id FOR UPDATE"
+        "SELECT id, record::text, NULL::text, owner FROM runs WHERE id = ANY($1) ORDER BY id FOR UPDATE"
     };
     let rows = tx.query(sql, &[&ids])?;
-    let mut current: HashMap<RunId, (Run, usize)> = HashMap::with_capacity(rows.len());
-    for run in runs_from(&rows)? {
+    let mut current: HashMap<RunId, (Run, usize, Option<String>)> = HashMap::with_capacity(rows.len());
+    for (run, row) in runs_from(&rows)?.into_iter().zip(&rows) {
         let touched = run.touched.len();
-        current.insert(run.id, (run, touched));
+        current.insert(run.id, (run, touched, row.try_get(3)?));
     }
     let mut dirty: Vec<RunId> = Vec::new();
     let mut results = Vec::with_capacity(batch.len());
     for (id, changes) in batch {
-        let Some((stored, _)) = current.get(id) else {
+        let Some((stored, _, owner)) = current.get(id) else {
             results.push(Err(StoreError::RunNotFound(*id)));
             continue;
         };
+        let replay = changes.iter().any(|c| matches!(c, RunChange::Replay { .. }));
+        if let (Some(me), Some(owner)) = (me, owner) {
+            if owner != me && !replay {
+                results.push(Err(StoreError::Fenced(format!(
+                    "run {id} is executed by node {owner} now: this node's change is not written"
+                ))));
+                continue;
+            }
+        }
+        let owner = if replay || owner.is_none() { me.map(str::to_string) } else { owner.clone() };
         let mut run = stored.clone();
         let applied = changes.iter().try_for_each(|c| transitions::apply(&mut run, c, now));
         results.push(applied.map(|()| run.clone()));
         if results.last().is_some_and(Result::is_ok) {
             if let Some(entry) = current.get_mut(id) {
                 entry.0 = run;
+                entry.2 = owner;
             }
             if !dirty.contains(id) {
                 dirty.push(*id);
@@ -344,10 +377,10 @@ fn apply_changes(
     }
     let mut out = Vec::with_capacity(dirty.len());
     for id in dirty {
-        if let Some((run, touched_before)) = current.get(&id) {
+        if let Some((run, touched_before, owner)) = current.get(&id) {
             let mut record = run.clone();
             record.item = Value::Null;
-            out.push(RunRow::of(&record, *touched_before)?);
+            out.push(RunRow::of(&record, *touched_before, owner.clone())?);
         }
     }
     Ok((results, out))
@@ -358,16 +391,25 @@ impl PgStore {
     /// connection threads.
     pub fn connect(options: &PgOptions, create: Create) -> Result<PgStore> {
         let config = options.config()?;
-        let (client, store_id) = off_runtime(|| {
+        let (client, store_id, node) = off_runtime(|| {
             let mut client = config.connect(NoTls)?;
             if let Some(schema) = &options.schema {
                 client.batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {schema}"))?;
             }
             let store_id = prepare_schema(&mut client, create, &redacted_url(&options.url))?;
-            Ok((client, store_id))
+            let node = options.node.as_ref().map(|n| cluster::Node::register(&config, &mut client, n)).transpose()?;
+            Ok((client, store_id, node))
         })?;
         Ok(PgStore {
-            pool: Pool::start(&config, options.connections, client)?,
+            pool: Pool::start(
+                &config,
+                options.connections,
+                Some(client),
+                "flowd-pg",
+                &options.node.as_ref().map(|n| cluster::session_setup(n.lease_ttl)).unwrap_or_default(),
+            )?,
+            node,
+            config: config.clone(),
             store_id,
             clock: Clock::system(),
             tx_time: TxTime::default(),
@@ -419,6 +461,18 @@ impl PgStore {
 
     fn now(&self) -> DateTime<Utc> {
         self.clock.now()
+    }
+
+    /// This handle's node instance, for the runs it creates and claims; refused once the
+    /// node has left the cluster.
+    fn me(&self) -> Result<Option<String>> {
+        match &self.node {
+            Some(n) if n.left.load(Ordering::Acquire) => {
+                Err(StoreError::Fenced(format!("node {} has left the cluster: it writes nothing more", n.id)))
+            }
+            Some(n) => Ok(Some(n.id.clone())),
+            None => Ok(None),
+        }
     }
 
     /// A durable commit was made: counted as the server's WAL flush.
@@ -515,8 +569,9 @@ impl PgStore {
                         Ok((record, item))
                     })
                     .collect::<Result<Vec<_>>>()?;
-                insert_runs(&mut tx, &runs)?;
-                let rows: Vec<RunRow> = runs.iter().map(|(r, _)| RunRow::of(r, r.touched.len())).collect::<Result<_>>()?;
+                insert_runs(&mut tx, &runs, None)?;
+                let rows: Vec<RunRow> =
+                    runs.iter().map(|(r, _)| RunRow::of(r, r.touched.len(), None)).collect::<Result<_>>()?;
                 // insert_runs writes what a new run has; an imported run also has its
                 // status, times and retry as they were.
                 write_runs(&mut tx, &rows)?;
@@ -547,6 +602,7 @@ impl PgStore {
             return Ok(Vec::new());
         }
         let now = self.now();
+        let me = self.me()?;
         let batch = batch.to_vec();
         // The whole call is timed: the transaction runs on a connection thread, and its
         // row locks are what other writers wait for.
@@ -556,7 +612,7 @@ impl PgStore {
             if !durable {
                 tx.batch_execute("SET LOCAL synchronous_commit = off")?;
             }
-            let (results, rows) = apply_changes(&mut tx, &batch, now, false)?;
+            let (results, rows) = apply_changes(&mut tx, &batch, now, false, me.as_deref())?;
             write_runs(&mut tx, &rows)?;
             tx.commit()?;
             Ok(results.into_iter().map(|r| r.map(drop)).collect())
@@ -685,10 +741,30 @@ impl Store for PgStore {
             items.push((i.key.clone(), run));
         }
         let trigger = commit.trigger.clone();
+        let me = self.me()?;
+        let lease = commit.lease;
+        if lease.is_some() && me.is_none() {
+            return Err(StoreError::Invalid("a commit under a lease needs a store opened as a cluster node".into()));
+        }
+        // Runs polled under a lease are for any node to claim; the others are the committer's.
+        let owner = if lease.is_some() { None } else { me.clone() };
         let timer = self.tx_time.polls.start();
         let outcome = self.pool.call(move |c| {
             let ids = new_ids(c, items.iter().filter(|(_, r)| r.is_some()).count())?;
             let mut tx = c.transaction()?;
+            if let (Some(epoch), Some(me)) = (lease, &me) {
+                // FOR SHARE: a node taking the lease over waits for this commit to end, and
+                // this commit sees the lease as it is, not as it was when the poll began.
+                let held = tx.query_opt(
+                    "SELECT 1 FROM trigger_leases WHERE trigger = $1 AND owner = $2 AND epoch = $3 FOR SHARE",
+                    &[&trigger, me, &epoch],
+                )?;
+                if held.is_none() {
+                    return Err(StoreError::Fenced(format!(
+                        "the lease on {trigger} (epoch {epoch}) is no longer this node's: the poll is not committed"
+                    )));
+                }
+            }
             if let Some(state) = &state {
                 tx.execute(
                     "INSERT INTO triggers (trigger, state) VALUES ($1, $2::text::json) \
@@ -719,7 +795,7 @@ impl Store for PgStore {
                     outcome.created.push((key.clone(), id));
                 }
             }
-            insert_runs(&mut tx, &runs)?;
+            insert_runs(&mut tx, &runs, owner.as_deref())?;
             tx.commit()?;
             Ok(outcome)
         });
@@ -737,11 +813,12 @@ impl Store for PgStore {
         let now = self.now();
         let new = new.clone();
         let item = json_text(&new.item)?;
+        let me = self.me()?;
         let id = self.pool.call(move |c| {
             let id = new_ids(c, 1)?.into_iter().next().ok_or_else(|| StoreError::Invalid("no run id".into()))?;
             let run = transitions::new_run(id, &new, None, None, now);
             let mut tx = c.transaction()?;
-            insert_runs(&mut tx, &[(run, item)])?;
+            insert_runs(&mut tx, &[(run, item)], me.as_deref())?;
             tx.commit()?;
             Ok(id)
         })?;
@@ -797,9 +874,10 @@ impl Store for PgStore {
     fn update_run(&self, id: RunId, changes: &[RunChange]) -> Result<Run> {
         let now = self.now();
         let batch = vec![(id, changes.to_vec())];
+        let me = self.me()?;
         let run = self.pool.call(move |c| {
             let mut tx = c.transaction()?;
-            let (mut results, rows) = apply_changes(&mut tx, &batch, now, true)?;
+            let (mut results, rows) = apply_changes(&mut tx, &batch, now, true, me.as_deref())?;
             let run = results.pop().ok_or(StoreError::RunNotFound(id))??;
             write_runs(&mut tx, &rows)?;
             tx.commit()?;
@@ -826,8 +904,30 @@ impl Store for PgStore {
         })
     }
 
+    /// For a cluster node, the runs listed are also claimed (`FOR UPDATE SKIP LOCKED`):
+    /// its own, unclaimed ones and those of nodes that stopped renewing, never a run another
+    /// live node holds, so two nodes never retry one run.
     fn list_due_retries(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<Run>> {
         let limit = (limit != 0).then(|| i64::try_from(limit).unwrap_or(i64::MAX));
+        if let Some(me) = self.me()? {
+            return self.pool.call(move |c| {
+                runs_from(&c.query(
+                    "WITH c AS ( \
+                       SELECT r.id FROM runs r \
+                       WHERE r.status = 'failed' AND r.next_retry_at IS NOT NULL AND r.next_retry_at <= $1 \
+                         AND (r.owner IS NULL OR r.owner = $3 OR NOT EXISTS ( \
+                           SELECT 1 FROM nodes n WHERE n.id = r.owner AND n.ended IS NULL AND n.heartbeat_at + n.ttl > now())) \
+                       ORDER BY r.next_retry_at, r.id LIMIT $2 FOR UPDATE OF r SKIP LOCKED) \
+                     UPDATE runs SET owner = $3 FROM c WHERE runs.id = c.id \
+                     RETURNING runs.id, runs.record::text, runs.item::text",
+                    &[&now, &limit, &me],
+                )?)
+                .map(|mut runs| {
+                    runs.sort_by_key(|r| (r.next_retry_at, r.id));
+                    runs
+                })
+            });
+        }
         self.pool.read(move |c| {
             runs_from(&c.query(
                 &format!(
@@ -842,6 +942,7 @@ impl Store for PgStore {
     fn release_held(&self, flow: &str) -> Result<Vec<RunId>> {
         let now = self.now();
         let flow = flow.to_string();
+        let me = self.me()?;
         let released = self.pool.call(move |c| {
             let mut tx = c.transaction()?;
             // Locked here, and the condition checked again on the locked rows: a run another
@@ -858,7 +959,7 @@ impl Store for PgStore {
             if batch.is_empty() {
                 return Ok(Vec::new());
             }
-            let (results, rows) = apply_changes(&mut tx, &batch, now, false)?;
+            let (results, rows) = apply_changes(&mut tx, &batch, now, false, me.as_deref())?;
             let released: Vec<RunId> =
                 batch.iter().zip(&results).filter(|(_, r)| r.is_ok()).map(|((id, _), _)| *id).collect();
             write_runs(&mut tx, &rows)?;
@@ -1021,5 +1122,9 @@ impl Store for PgStore {
 
     fn ready(&self) -> Result<()> {
         self.pool.read(|c| Ok(c.batch_execute("SELECT 1")?))
+    }
+
+    fn cluster(&self) -> Option<&dyn crate::Cluster> {
+        self.node.as_ref().map(|_| self as &dyn crate::Cluster)
     }
 }

@@ -26,15 +26,24 @@ type Job = Box<dyn FnOnce(&mut Conn) + Send>;
 pub(crate) struct Conn {
     config: postgres::Config,
     client: Option<Client>,
+    /// Run on each connection before its first call (session settings).
+    setup: Arc<str>,
+    set_up: bool,
 }
 
 impl Conn {
     pub(crate) fn client(&mut self) -> Result<&mut Client> {
         if self.client.as_ref().is_none_or(Client::is_closed) {
             self.client = None;
+            self.set_up = false;
             self.client = Some(self.config.connect(NoTls)?);
         }
-        self.client.as_mut().ok_or_else(|| StoreError::Invalid("no database connection".into()))
+        let client = self.client.as_mut().ok_or_else(|| StoreError::Invalid("no database connection".into()))?;
+        if !self.set_up && !self.setup.is_empty() {
+            client.batch_execute(&self.setup)?;
+            self.set_up = true;
+        }
+        Ok(client)
     }
 }
 
@@ -44,17 +53,25 @@ pub(crate) struct Pool {
 }
 
 impl Pool {
-    /// Starts `size` connection threads. `first` is a connection already open (the one the
-    /// schema was migrated with), given to the first thread.
-    pub(crate) fn start(config: &postgres::Config, size: usize, first: Client) -> Result<Pool> {
+    /// Starts `size` connection threads named `name-N`. `first` is a connection already open
+    /// (the one the schema was migrated with), given to the first thread. `setup` (SQL, may
+    /// be empty) runs on every connection before its first call.
+    pub(crate) fn start(
+        config: &postgres::Config,
+        size: usize,
+        first: Option<Client>,
+        name: &str,
+        setup: &str,
+    ) -> Result<Pool> {
+        let setup: Arc<str> = Arc::from(setup);
         let (jobs, queue) = mpsc::channel::<Job>();
         let queue = Arc::new(Mutex::new(queue));
-        let mut first = Some(first);
+        let mut first = first;
         let mut threads = Vec::with_capacity(size.max(1));
         for n in 0..size.max(1) {
-            let mut conn = Conn { config: config.clone(), client: first.take() };
+            let mut conn = Conn { config: config.clone(), client: first.take(), setup: setup.clone(), set_up: false };
             let queue = queue.clone();
-            let spawned = std::thread::Builder::new().name(format!("flowd-pg-{n}")).spawn(move || loop {
+            let spawned = std::thread::Builder::new().name(format!("{name}-{n}")).spawn(move || loop {
                 // The queue is held only while a job is taken, not while it runs.
                 let job = queue.lock().unwrap_or_else(PoisonError::into_inner).recv();
                 match job {

@@ -82,6 +82,7 @@ pub fn keys(ks: &[&str]) -> Vec<String> {
 /// A poll where every key fires a run of `flow`.
 pub fn poll(trigger: &str, flow: &str, ks: &[&str], state: Option<serde_json::Value>) -> PollCommit {
     PollCommit {
+        lease: None,
         trigger: trigger.into(),
         state,
         items: ks
