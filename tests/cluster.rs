@@ -463,3 +463,56 @@ async fn two_nodes_keep_to_one_locations_budget_together() {
     assert_eq!(refused, 0, "the nodes together stayed within 100 requests per 10 s");
     assert!(claimed.iter().all(|n| *n > 0.0), "both nodes sent some: {claimed:?}");
 }
+
+/// The command that restarts the test database (`FLOWD_TEST_POSTGRES_RESTART`, set by
+/// `.ci/with-postgres`); required under CI=true.
+fn pg_restart() -> Option<String> {
+    match std::env::var("FLOWD_TEST_POSTGRES_RESTART") {
+        Ok(cmd) if !cmd.is_empty() => Some(cmd),
+        _ if std::env::var("CI").is_ok_and(|v| v == "true") => {
+            panic!("CI=true and FLOWD_TEST_POSTGRES_RESTART is not set: run the tests through .ci/with-postgres")
+        }
+        _ => {
+            eprintln!("not run: needs FLOWD_TEST_POSTGRES_RESTART (`.ci/with-postgres cargo test` sets it)");
+            None
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_come_through_the_database_restarting_during_a_burst() {
+    let Some(url) = support::pg_url() else { return };
+    let Some(restart) = pg_restart() else { return };
+    let _one = ONE_AT_A_TIME.lock().await;
+    let c = Cluster3::start(&url, &["d1", "d2"], Duration::from_secs(3)).await;
+    c.ready().await;
+    let db = c.db();
+    let contacts = c.add_contacts(2_000, "Down");
+    c.wait("the burst under way", Duration::from_secs(60), || c.tasks().len() >= 200).await;
+    // The server stops (immediate: every connection cut) and is away for 4 s.
+    let mut down = Command::new(&restart).arg("4").spawn().expect("restart");
+    let mut unready = false;
+    let deadline = Instant::now() + Duration::from_secs(8);
+    while !unready && Instant::now() < deadline {
+        for n in &c.nodes {
+            let status = reqwest::get(format!("http://{}/readyz", n.listen)).await.map(|r| r.status().as_u16());
+            unready |= status.is_ok_and(|s| s == 503);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(down.wait().expect("restart").success(), "the database restarted");
+    assert!(unready, "a node said it was not ready while its database was away; logs:\n{}", c.logs());
+    let in_doubt = finished(&c, &db, &contacts, Duration::from_secs(180)).await;
+    assert_exactly_once(&c, &contacts, in_doubt);
+    // Both nodes reconnected by themselves, and one of them polls the trigger again.
+    for i in 0..2 {
+        let up = c.metric(i, "flowd_cluster_database_up").await;
+        assert_eq!(up, 1.0, "node {i} reconnected; logs:\n{}", c.logs());
+    }
+    let after = c.add_contacts(1, "AfterRestart");
+    let mut all = contacts.clone();
+    all.extend(after);
+    let in_doubt = finished(&c, &db, &all, Duration::from_secs(60)).await;
+    assert_exactly_once(&c, &all, in_doubt);
+    eprintln!("database restarted mid-burst: {in_doubt} run(s) in doubt of {}", all.len());
+}
