@@ -32,6 +32,25 @@ pub(crate) struct Conn {
 }
 
 impl Conn {
+    /// Drops the connection when `result` says the server ended its session: the server's
+    /// "terminating connection" error (a restart, `pg_terminate_backend`, an idle timeout)
+    /// can arrive before the client sees the socket close, and the next call on it would
+    /// fail a second time.
+    fn forget_if_ended<R>(&mut self, result: &Result<R>) {
+        if let Err(StoreError::Postgres(e)) = result {
+            let ended = e.is_closed()
+                || e.code().is_some_and(|c| {
+                    *c == postgres::error::SqlState::ADMIN_SHUTDOWN
+                        || *c == postgres::error::SqlState::CRASH_SHUTDOWN
+                        || *c == postgres::error::SqlState::CANNOT_CONNECT_NOW
+                        || *c == postgres::error::SqlState::IDLE_IN_TRANSACTION_SESSION_TIMEOUT
+                });
+            if ended {
+                self.client = None;
+            }
+        }
+    }
+
     pub(crate) fn client(&mut self) -> Result<&mut Client> {
         if self.client.as_ref().is_none_or(Client::is_closed) {
             self.client = None;
@@ -96,6 +115,7 @@ impl Pool {
         let (reply, answer) = mpsc::sync_channel(1);
         let job: Job = Box::new(move |conn: &mut Conn| {
             let result = conn.client().and_then(f);
+            conn.forget_if_ended(&result);
             let _ = reply.send(result);
         });
         let stopped = || StoreError::Invalid("the store's database threads have stopped".into());
@@ -111,8 +131,11 @@ impl Pool {
         let (reply, answer) = mpsc::sync_channel(1);
         let job: Job = Box::new(move |conn: &mut Conn| {
             let mut result = conn.client().and_then(&f);
-            if matches!(&result, Err(StoreError::Postgres(_))) && conn.client.as_ref().is_some_and(Client::is_closed) {
+            let broke = conn.client.as_ref().is_some_and(Client::is_closed);
+            conn.forget_if_ended(&result);
+            if matches!(&result, Err(StoreError::Postgres(_))) && (broke || conn.client.is_none()) {
                 result = conn.client().and_then(&f);
+                conn.forget_if_ended(&result);
             }
             let _ = reply.send(result);
         });
