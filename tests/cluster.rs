@@ -150,8 +150,16 @@ impl Cluster3 {
             .iter()
             .map(|n| {
                 let log = std::fs::read_to_string(self.dir.path().join(format!("{}.log", n.name))).unwrap_or_default();
-                let tail: Vec<&str> = log.lines().rev().take(40).collect();
-                format!("--- {} ---\n{}\n", n.name, tail.into_iter().rev().collect::<Vec<_>>().join("\n"))
+                // What went wrong, then what the node did last.
+                let notable: Vec<&str> =
+                    log.lines().filter(|l| !l.contains(" INFO ") || l.contains("cluster:")).take(60).collect();
+                let tail: Vec<&str> = log.lines().rev().take(20).collect();
+                format!(
+                    "--- {} ---\n{}\n[…]\n{}\n",
+                    n.name,
+                    notable.join("\n"),
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                )
             })
             .collect()
     }
@@ -267,7 +275,13 @@ impl Drop for Cluster3 {
 fn assert_exactly_once(c: &Cluster3, contacts: &[String], in_doubt: usize) {
     let tasks = c.tasks();
     let twice: Vec<(&String, &usize)> = tasks.iter().filter(|(_, n)| **n > 1).collect();
-    assert!(twice.is_empty(), "{} contact(s) got more than one task: {:?}", twice.len(), &twice[..twice.len().min(5)]);
+    assert!(
+        twice.is_empty(),
+        "{} contact(s) got more than one task: {:?}; logs:\n{}",
+        twice.len(),
+        &twice[..twice.len().min(5)],
+        c.logs()
+    );
     let missing = contacts.iter().filter(|id| !tasks.contains_key(*id)).count();
     assert!(missing <= in_doubt, "{missing} contact(s) have no task and only {in_doubt} run(s) are in doubt");
 }
@@ -296,7 +310,10 @@ async fn finished(c: &Cluster3, db: &PgStore, contacts: &[String], within: Durat
         }
         assert!(
             Instant::now() < deadline,
-            "not done within {within:?}: runs still open ({open}), {} task(s) for {} contacts; logs:\n{}",
+            "not done within {within:?}: runs still open ({open}): {:?}, {} task(s) for {} contacts; logs:\n{}",
+            [RunStatus::Pending, RunStatus::Running].map(|status| db
+                .list_runs(&RunFilter { status: Some(status), limit: 5, ..RunFilter::default() })
+                .map(|runs| runs.iter().map(|r| (r.id, r.status, r.attempts, r.steps.len())).collect::<Vec<_>>())),
             c.tasks().len(),
             contacts.len(),
             c.logs()

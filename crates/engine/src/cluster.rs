@@ -38,9 +38,10 @@ pub(crate) struct ClusterState {
     connected: AtomicBool,
     /// Another instance started under this node's name: this one stops.
     superseded: watch::Sender<bool>,
-    /// Claimed runs whose execution failed (on the database): handed back once it answers,
-    /// so that they do not wait for this node's restart.
-    unfinished: Mutex<Vec<store::RunId>>,
+    /// Runs dispatched here whose task has not ended (queued or executing), with how many
+    /// tasks hold each: the claim query must not hand them to this node again. Its own runs
+    /// outside this set are claimed again, see [`store::Cluster::claim_runs`].
+    holding: Arc<Mutex<HashMap<store::RunId, u32>>>,
     /// Stops the heartbeat of a command's node (see [`Engine::keep_alive`]).
     keep_alive: Mutex<Option<watch::Sender<bool>>>,
     metrics: ClusterMetrics,
@@ -83,7 +84,7 @@ impl ClusterState {
             wake: Notify::new(),
             connected: AtomicBool::new(false),
             superseded: watch::Sender::new(false),
-            unfinished: Mutex::new(Vec::new()),
+            holding: Arc::default(),
             keep_alive: Mutex::new(None),
             metrics: m,
         }
@@ -252,64 +253,31 @@ fn spawn_heartbeat(engine: Arc<Engine>, mut shutdown: watch::Receiver<bool>) -> 
     })
 }
 
-/// Hands back the runs this node could not finish (see `ClusterState::unfinished`).
-async fn release_unfinished(engine: &Arc<Engine>, state: &ClusterState) {
-    let ids: Vec<store::RunId> = match state.unfinished.lock() {
-        Ok(mut u) if !u.is_empty() => std::mem::take(&mut *u),
-        _ => return,
-    };
-    let store = engine.store().clone();
-    let back = ids.clone();
-    let released = blocking(move || match store.cluster() {
-        Some(c) => Ok(c.release_runs(&back)?),
-        None => Ok(0),
-    })
-    .await;
-    match released {
-        Ok(n) => tracing::info!(runs = n, "cluster: unfinished runs handed back"),
-        Err(_) => {
-            if let Ok(mut u) = state.unfinished.lock() {
-                u.extend(ids);
-            }
-        }
-    }
-}
-
 fn spawn_claimer(engine: Arc<Engine>, mut shutdown: watch::Receiver<bool>) -> JoinHandle<()> {
     tokio::spawn(async move {
         let Some(state) = engine.cluster_state() else { return };
         let room = state.room.clone();
         loop {
-            release_unfinished(&engine, state).await;
             let free = room.available_permits().min(CLAIM_BATCH);
             let mut full_batch = false;
             if free > 0 && state.connected.load(Ordering::Acquire) {
-                let store = engine.store().clone();
-                let claimed = blocking(move || match store.cluster() {
-                    Some(c) => Ok(c.claim_runs(free)?),
-                    None => Ok(Vec::new()),
-                })
-                .await;
-                match claimed {
+                match engine.claim(free, &[]).await {
                     Ok(runs) => {
                         full_batch = runs.len() == free;
-                        let from_dead = runs.iter().filter(|r| r.from.is_some()).count();
-                        if from_dead > 0 {
-                            tracing::info!(runs = from_dead, "cluster: claimed runs of a node that stopped renewing");
-                        }
-                        state.metrics.taken_over_runs.inc_by(from_dead as u64);
-                        state.metrics.claimed.inc_by(runs.len() as u64);
                         for run in runs {
                             let Ok(permit) = room.clone().try_acquire_owned() else { break };
                             let id = run.id;
-                            engine.spawn_run(&run.flow, move |engine| async move {
+                            // Dispatched meanwhile by another path (a webhook's run, say).
+                            if state.is_held(id) {
+                                continue;
+                            }
+                            engine.spawn_run(&run.flow, id, move |engine| async move {
                                 let _permit = permit;
                                 let result = engine.execute(id).await;
-                                if let (Err(e), Some(c)) = (&result, engine.cluster_state()) {
-                                    tracing::warn!(run = %id, error = %e, "cluster: run not finished; handing it back");
-                                    if let Ok(mut u) = c.unfinished.lock() {
-                                        u.push(id);
-                                    }
+                                if let Err(e) = &result {
+                                    // Still this node's: a later claim takes it again once
+                                    // the database answers.
+                                    tracing::warn!(run = %id, error = %e, "cluster: run not finished; it will be claimed again");
                                 }
                                 result
                             });
@@ -331,6 +299,69 @@ fn spawn_claimer(engine: Arc<Engine>, mut shutdown: watch::Receiver<bool>) -> Jo
             }
         }
     })
+}
+
+/// A run held by a dispatched task (see `ClusterState::holding`), until dropped.
+pub(crate) struct Held {
+    holding: Arc<Mutex<HashMap<store::RunId, u32>>>,
+    id: store::RunId,
+}
+
+impl ClusterState {
+    pub(crate) fn hold(&self, id: store::RunId) -> Held {
+        if let Ok(mut h) = self.holding.lock() {
+            *h.entry(id).or_default() += 1;
+        }
+        Held { holding: self.holding.clone(), id }
+    }
+
+    fn is_held(&self, id: store::RunId) -> bool {
+        self.holding.lock().is_ok_and(|h| h.contains_key(&id))
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        if let Ok(mut h) = self.holding.lock() {
+            if let Some(n) = h.get_mut(&self.id) {
+                *n -= 1;
+                if *n == 0 {
+                    h.remove(&self.id);
+                }
+            }
+        }
+    }
+}
+
+impl Engine {
+    /// Claims up to `limit` runs of the loaded flows (see [`store::Cluster::claim_runs`]),
+    /// none this process holds or is executing, nor any in `skip`.
+    async fn claim(&self, limit: usize, skip: &[store::RunId]) -> Result<Vec<store::ClaimedRun>, crate::EngineError> {
+        let Some(state) = self.cluster_state() else { return Ok(Vec::new()) };
+        let mut holding: Vec<store::RunId> = self.executing();
+        if let Ok(h) = state.holding.lock() {
+            holding.extend(h.keys().copied());
+        }
+        holding.extend_from_slice(skip);
+        let flows = self.flow_names();
+        let store = self.store().clone();
+        let runs = blocking(move || match store.cluster() {
+            Some(c) => Ok(c.claim_runs(limit, store::ClaimScope { flows: &flows, holding: &holding })?),
+            None => Ok(Vec::new()),
+        })
+        .await?;
+        let from_dead = runs.iter().filter(|r| r.from.is_some()).count();
+        if from_dead > 0 {
+            tracing::info!(runs = from_dead, "cluster: claimed runs of a node that stopped renewing");
+        }
+        let again = runs.iter().filter(|r| r.again).count();
+        if again > 0 {
+            tracing::info!(runs = again, "cluster: claimed again runs this node had lost track of");
+        }
+        state.metrics.taken_over_runs.inc_by(from_dead as u64);
+        state.metrics.claimed.inc_by(runs.len() as u64);
+        Ok(runs)
+    }
 }
 
 impl Engine {
@@ -357,17 +388,16 @@ impl Engine {
         if self.cluster_state().is_none() {
             return Ok(out);
         }
+        // Each run once: one left unfinished here is for the service, not this loop.
+        let mut done = Vec::new();
         loop {
-            let store = self.store().clone();
-            let runs = blocking(move || match store.cluster() {
-                Some(c) => Ok(c.claim_runs(CLAIM_BATCH)?),
-                None => Ok(Vec::new()),
-            })
-            .await?;
+            let runs = self.claim(CLAIM_BATCH, &done).await?;
             if runs.is_empty() {
                 return Ok(out);
             }
-            out.extend(self.execute_all(runs.into_iter().map(|r| r.id).collect()).await?);
+            let ids: Vec<store::RunId> = runs.into_iter().map(|r| r.id).collect();
+            done.extend_from_slice(&ids);
+            out.extend(self.execute_all(ids).await?);
         }
     }
 }

@@ -169,6 +169,11 @@ impl Engine {
         Ok(())
     }
 
+    /// The runs this process is executing now.
+    pub(crate) fn executing(&self) -> Vec<RunId> {
+        self.claims.ids()
+    }
+
     pub fn flow_names(&self) -> Vec<String> {
         let mut names: Vec<String> = self.flows.read().map(|f| f.keys().cloned().collect()).unwrap_or_default();
         names.sort();
@@ -367,7 +372,7 @@ impl Engine {
     async fn execute_runs(self: &Arc<Self>, runs: Vec<(String, RunId)>) -> Result<Vec<RunStatus>, EngineError> {
         let handles: Vec<RunHandle> = runs
             .into_iter()
-            .map(|(flow, id)| self.spawn_run(&flow, move |engine| async move { engine.execute(id).await }))
+            .map(|(flow, id)| self.spawn_run(&flow, id, move |engine| async move { engine.execute(id).await }))
             .collect();
         Self::wait_for(handles).await
     }
@@ -384,7 +389,7 @@ impl Engine {
     /// Starts executing a run in the background, once a concurrency permit is free. Runs
     /// dispatched by id alone (their flow is read when they start) share one turn.
     pub fn dispatch(self: &Arc<Self>, id: RunId) -> RunHandle {
-        self.spawn_run("", move |engine| async move { engine.execute(id).await })
+        self.spawn_run("", id, move |engine| async move { engine.execute(id).await })
     }
 
     /// Like [`Engine::dispatch`], for a run a poll has just created: it starts from what the
@@ -392,23 +397,26 @@ impl Engine {
     /// kept until the run ends.
     fn dispatch_created(self: &Arc<Self>, run: Created, hold: Option<tokio::sync::OwnedSemaphorePermit>) -> RunHandle {
         let flow = run.rt.clone();
-        self.spawn_run(&flow.name, move |engine| async move {
+        self.spawn_run(&flow.name, run.id, move |engine| async move {
             let _hold = hold;
             engine.execute_created(run).await
         })
     }
 
-    /// Spawns `execute` once a concurrency permit is free in `flow`'s turn (see `fair`),
-    /// counting it as queued meanwhile.
-    pub(crate) fn spawn_run<F, Fut>(self: &Arc<Self>, flow: &str, execute: F) -> RunHandle
+    /// Spawns `execute` (of run `id`) once a concurrency permit is free in `flow`'s turn
+    /// (see `fair`), counting it as queued meanwhile. A cluster node holds the run until
+    /// the task ends, so that its claimer does not take it again meanwhile.
+    pub(crate) fn spawn_run<F, Fut>(self: &Arc<Self>, flow: &str, id: RunId, execute: F) -> RunHandle
     where
         F: FnOnce(Arc<Engine>) -> Fut + Send + 'static,
         Fut: std::future::Future<Output = Result<RunStatus, EngineError>> + Send,
     {
         let engine = self.clone();
         let flow = flow.to_owned();
+        let held = self.cluster_state().map(|c| c.hold(id));
         self.svc.metrics.queue_depth.inc();
         tokio::spawn(async move {
+            let _held = held;
             let _permit = engine.permits.acquire(&flow).await;
             engine.svc.metrics.queue_depth.dec();
             // Boxed once the run may start: a queued task then holds a small future, not

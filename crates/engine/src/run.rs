@@ -43,6 +43,11 @@ impl Claims {
         // Built only when inserted: a `Claim` dropped here would take the lock held above.
         set.insert(id).then(|| Claim { claims: self, id })
     }
+
+    /// The runs being executed now.
+    pub(crate) fn ids(&self) -> Vec<RunId> {
+        self.0.lock().map(|set| set.iter().copied().collect()).unwrap_or_default()
+    }
 }
 
 impl Drop for Claim<'_> {
@@ -87,6 +92,11 @@ impl Runner<'_> {
         };
         // A point read (no flush): cheaper inline than on the blocking pool.
         let run = self.svc.store.get_run(id)?.ok_or(EngineError::UnknownRun(id))?;
+        // A failed run waits for its retry: one dispatched twice (a cluster node claiming
+        // a run a webhook also dispatched) must not be retried by the second task early.
+        if run.status == RunStatus::Failed && run.next_retry_at.is_some_and(|at| at > Utc::now()) {
+            return Ok(run.status);
+        }
         let Some(rt) = rt.or_else(|| flow_of(&run.flow)) else {
             tracing::warn!(run = %id, flow = %run.flow, "run left pending: its flow is not loaded");
             return Ok(run.status);

@@ -21,7 +21,9 @@
 //! batch of only those is not flushed on its own: the next durable write's flush carries
 //! it, as the store's log is written in commit order. When no write comes within
 //! [`MAX_UNFLUSHED`], the writer flushes anyway. A refused change is that run's error
-//! alone.
+//! alone. On a database server a flush cannot vouch for commits made before the server
+//! restarted ([`store::Store::flush_covers_applied`]), so a batch with a durable write is
+//! committed durably itself there.
 
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -160,6 +162,13 @@ fn run(store: &dyn Store, queue: &Mutex<mpsc::Receiver<Job>>) {
         let durable = match jobs {
             Some(jobs) => {
                 let needs_flush = jobs.iter().any(|j| j.durable);
+                if needs_flush && !store.flush_covers_applied() {
+                    if write_durably(store, jobs) {
+                        // That commit flushed every earlier one as well.
+                        unflushed_since = None;
+                    }
+                    continue;
+                }
                 let durable = write_batch(store, jobs);
                 let since = *unflushed_since.get_or_insert_with(Instant::now);
                 // Only committed writes: their flush waits for the next durable write's.
@@ -194,6 +203,25 @@ fn run(store: &dyn Store, queue: &Mutex<mpsc::Receiver<Job>>) {
             tracing::error!(error = %e, "flushing the runs' bookkeeping failed");
         }
     }
+}
+
+/// Commits a batch durably ([`Store::update_runs`]) and answers every caller: for a store
+/// whose flush cannot vouch for earlier commits (see [`Store::flush_covers_applied`]).
+/// Returns whether the batch's one transaction committed.
+fn write_durably(store: &dyn Store, jobs: Vec<Job>) -> bool {
+    let (batch, replies): (Vec<(RunId, Vec<RunChange>)>, Vec<_>) =
+        jobs.into_iter().map(|j| ((j.id, j.changes), j.reply)).unzip();
+    let (committed, results) = match store.update_runs(&batch) {
+        Ok(results) => (true, results),
+        Err(e) => {
+            tracing::warn!(error = %e, runs = batch.len(), "batched run write failed; writing runs one by one");
+            (false, batch.iter().map(|(id, changes)| store.update_run(*id, changes).map(drop)).collect())
+        }
+    };
+    for (reply, result) in replies.into_iter().zip(results) {
+        let _ = reply.send(result);
+    }
+    committed
 }
 
 /// Commits a batch and answers the callers that do not wait for the disk; returns the

@@ -4,6 +4,7 @@
 mod common;
 
 use common::*;
+use engine::EngineConfig;
 use sandbox::{FaultRule, FaultSettings, Seed};
 use serde_json::json;
 use store::{NewRun, RunChange, RunStatus, StepStatus};
@@ -57,6 +58,30 @@ async fn a_failed_step_is_retried_on_backoff_and_succeeds_once() {
     assert_eq!(h.sandbox.record("contacts", id).expect("contact")["city"], "Marked");
     assert_eq!(requests_for(&h.sandbox, "contacts.update_contact"), 6, "5 refused, then 1 served");
     assert!(h.engine.retry_due().await.expect("nothing due").is_empty());
+}
+
+/// A failed run waits for its retry even when it is dispatched again at once (a cluster
+/// node's claimer and a webhook can both hand it to the engine): the second task sends
+/// nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_run_executed_again_before_its_retry_is_due_sends_nothing() {
+    let slow = EngineConfig { retry_base: std::time::Duration::from_secs(60), ..fast_retries() };
+    let h = harness(Seed::Contacts(1), &[UPDATE_FLOW], slow).await;
+    h.sandbox.set_faults(
+        fault_on(
+            "contacts.update_contact",
+            FaultRule { error_rate: 1.0, error_status: Some(503), ..FaultRule::default() },
+        ),
+        Some(7),
+    );
+    let contact = h.sandbox.records("contacts").pop().expect("a contact");
+    let id = h.engine.store().create_run(&NewRun::new("mark", json!({ "id": contact["id"] }))).expect("run");
+    assert_eq!(h.engine.execute(id).await.expect("execute"), RunStatus::Failed);
+    let sent = requests_for(&h.sandbox, "contacts.update_contact");
+    assert!(sent > 0);
+    assert_eq!(h.engine.execute(id).await.expect("execute"), RunStatus::Failed);
+    assert_eq!(requests_for(&h.sandbox, "contacts.update_contact"), sent, "nothing sent before the retry is due");
+    assert_eq!(h.engine.store().get_run(id).expect("store").expect("run").attempts, 1);
 }
 
 /// GHL created the task, then its gateway answered 502: the run is in doubt after the

@@ -35,6 +35,18 @@ pub struct ClaimedRun {
     pub flow: String,
     /// The node instance that had it, when it was taken from a node that stopped renewing.
     pub from: Option<String>,
+    /// This node had claimed it already but was not executing it (the answer to that claim
+    /// was lost, or its execution failed on the database).
+    pub again: bool,
+}
+
+/// Which runs a node may claim (see [`Cluster::claim_runs`]).
+#[derive(Debug, Clone, Copy)]
+pub struct ClaimScope<'a> {
+    /// The flows this node has loaded: a run of another flow is left to a node that has it.
+    pub flows: &'a [String],
+    /// Runs this node holds (queued or executing) that it must not be given again.
+    pub holding: &'a [RunId],
 }
 
 /// Requests granted from a location's shared budget (see [`Cluster::take_budget`]).
@@ -85,14 +97,14 @@ pub trait Cluster: Send + Sync {
     /// this instance was superseded (a node of its name started again).
     fn heartbeat(&self, wanted: &[String]) -> Result<Heartbeat>;
 
-    /// Claims up to `limit` runs to execute: `pending` or `running` runs nobody claimed
-    /// (a poll under a lease created them), then those of nodes that stopped renewing,
-    /// oldest first, each for one node only (`FOR UPDATE SKIP LOCKED`).
-    fn claim_runs(&self, limit: usize) -> Result<Vec<ClaimedRun>>;
-
-    /// Hands back runs this node claimed but could not finish (their execution failed on
-    /// the database, say), for any node to claim again; returns how many it had.
-    fn release_runs(&self, ids: &[RunId]) -> Result<u64>;
+    /// Claims up to `limit` runs of `scope.flows` to execute, oldest first, each for one
+    /// node only (`FOR UPDATE SKIP LOCKED`): `pending` or `running` runs nobody claimed (a
+    /// poll under a lease created them), those of nodes that stopped renewing, and this
+    /// node's own that are not in `scope.holding`. The last are runs this node claimed and
+    /// then lost track of: a claim committed whose answer the connection dropped, a run
+    /// whose execution failed on the database. Nobody else would ever take them while this
+    /// node is alive.
+    fn claim_runs(&self, limit: usize, scope: ClaimScope<'_>) -> Result<Vec<ClaimedRun>>;
 
     /// Gives up this node's leases and claims and marks it gone (a clean stop), so that
     /// other nodes take its work at once instead of after the lease period.

@@ -32,7 +32,7 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 
 pub use clock::Clock;
-pub use cluster::{BudgetGrant, ClaimedRun, Cluster, Heartbeat, NodeInfo};
+pub use cluster::{BudgetGrant, ClaimScope, ClaimedRun, Cluster, Heartbeat, NodeInfo};
 pub use commit::{LockTime, TransactionTime};
 pub use error::{Result, StoreError};
 pub use kv_store::KvStore;
@@ -191,6 +191,14 @@ pub trait Store: Send + Sync {
     /// [`Store::update_runs`] (sled has no cheaper way to survive a kill).
     fn apply_runs(&self, batch: &[(RunId, Vec<RunChange>)]) -> Result<Vec<Result<()>>> {
         self.update_runs(batch)
+    }
+    /// Whether a [`Store::flush`] that succeeds makes every earlier [`Store::apply_runs`]
+    /// durable. True of a store whose log is this process's own, written in order. False
+    /// for a database server: one that crashed between the two loses the commits it had not
+    /// flushed, and the flush then succeeds on the restarted server. The engine's writer
+    /// then commits each batch a caller waits on with [`Store::update_runs`] instead.
+    fn flush_covers_applied(&self) -> bool {
+        true
     }
     /// Runs a restarted engine must pick up: `pending` and `running`, oldest
     /// first. A `running` run's steps show how far it got.

@@ -15,8 +15,8 @@ use std::time::Duration;
 use common::Pg;
 use serde_json::json;
 use store::{
-    Cluster, NewRun, NodeOptions, OpenStore, PgOptions, PgStore, PollCommit, PollItem, RunChange, RunStatus, Store,
-    StoreError,
+    ClaimScope, Cluster, NewRun, NodeOptions, OpenStore, PgOptions, PgStore, PollCommit, PollItem, RunChange,
+    RunStatus, Store, StoreError,
 };
 
 fn node(options: &PgOptions, name: &str, ttl: Duration) -> PgStore {
@@ -48,6 +48,11 @@ fn poll(trigger: &str, keys: &[&str], lease: Option<i64>) -> PollCommit {
             .collect(),
         lease,
     }
+}
+
+/// Claims runs of flow "f" (the one [`poll`] creates), none of `holding`.
+fn claim(node: &PgStore, limit: usize, holding: &[store::RunId]) -> Vec<store::ClaimedRun> {
+    node.claim_runs(limit, ClaimScope { flows: &["f".to_string()], holding }).expect("claim")
 }
 
 fn epoch(beat: &store::Heartbeat, trigger: &str) -> Option<i64> {
@@ -131,7 +136,7 @@ fn runs_are_claimed_by_one_node_each_and_a_dead_nodes_runs_move() {
                 start.wait();
                 let mut mine = Vec::new();
                 loop {
-                    let got = n.claim_runs(25).expect("claim");
+                    let got = claim(&n, 25, &mine);
                     if got.is_empty() {
                         return mine;
                     }
@@ -156,12 +161,42 @@ fn runs_are_claimed_by_one_node_each_and_a_dead_nodes_runs_move() {
     a.update_run(of_a, &[RunChange::Status { status: RunStatus::Running, error: None }]).expect("its owner may");
     // a stops renewing: its runs, pending and running, go to the next claimer.
     std::thread::sleep(Duration::from_millis(1300));
-    let moved = b.claim_runs(1000).expect("claim");
+    let moved = claim(&b, 1000, &claimed[1]);
     assert_eq!(moved.len(), claimed[0].len(), "all of a's runs move to b");
     assert!(moved.iter().all(|r| r.from.as_deref() == Some(a.node_id())));
     // a, woken up, cannot send a step of a run b now holds.
     let late = a.update_run(of_a, &[RunChange::StepStarted { step: "s".into(), request: json!({}).into() }]);
     assert!(matches!(late, Err(StoreError::Fenced(_))), "{late:?}");
+}
+
+#[test]
+fn a_node_claims_again_its_own_runs_it_lost_track_of_and_only_flows_it_has() {
+    let Some(_scope) = common::PgScope::enter() else { return };
+    let (_dir, options) = schema();
+    let wanted = triggers(1);
+    let a = node(&options, "a", Duration::from_secs(60));
+    let b = node(&options, "b", Duration::from_secs(60));
+    let beat = a.heartbeat(&wanted).expect("beat");
+    b.heartbeat(&wanted).expect("beat");
+    // Runs of a poll under a lease belong to nobody until claimed.
+    let mut commit = poll(&wanted[0], &["k0", "k1", "k2"], epoch(&beat, &wanted[0]));
+    commit.items.push(PollItem { key: "k3".into(), run: Some(NewRun::new("g", json!({}))) });
+    let created: Vec<store::RunId> =
+        a.commit_poll(&commit).expect("commit").created.into_iter().map(|(_, id)| id).collect();
+    let (runs, other) = (created[..3].to_vec(), created[3]);
+    // a claims all three; the answer is "lost": a holds none of them.
+    let first = claim(&a, 10, &[]);
+    assert_eq!(first.iter().map(|r| r.id).collect::<Vec<_>>(), runs);
+    assert!(first.iter().all(|r| !r.again && r.from.is_none()), "{first:?}");
+    // b, alive beside it, never gets them; a gets back the two it does not hold.
+    assert!(claim(&b, 10, &[]).is_empty(), "a live node's runs stay with it");
+    let again = claim(&a, 10, &runs[..1]);
+    assert_eq!(again.iter().map(|r| r.id).collect::<Vec<_>>(), runs[1..].to_vec());
+    assert!(again.iter().all(|r| r.again && r.from.is_none()), "{again:?}");
+    // The run of flow "g" goes to a node that has "g" loaded, and to no other.
+    let g = a.claim_runs(10, ClaimScope { flows: &["g".to_string()], holding: &runs }).expect("claim");
+    assert_eq!(g.iter().map(|r| r.id).collect::<Vec<_>>(), vec![other]);
+    assert!(a.claim_runs(10, ClaimScope { flows: &[], holding: &[] }).expect("claim").is_empty());
 }
 
 #[test]
@@ -178,7 +213,7 @@ fn a_new_start_under_a_name_takes_over_at_once_and_fences_the_old_one() {
     let beat = new.heartbeat(&wanted).expect("beat");
     assert_eq!(beat.leases.len(), 2, "{beat:?}");
     assert_eq!(beat.taken_over.len(), 2);
-    let claimed = new.claim_runs(10).expect("claim");
+    let claimed = claim(&new, 10, &[]);
     assert_eq!(claimed.iter().map(|r| r.id).collect::<Vec<_>>(), vec![run]);
     // The old instance learns it was superseded, and cannot commit or send.
     assert!(matches!(old.heartbeat(&wanted), Err(StoreError::Fenced(_))));
@@ -205,7 +240,7 @@ fn a_node_that_leaves_hands_its_work_over_and_writes_nothing_more() {
     let b = node(&options, "b", Duration::from_secs(60));
     let beat = b.heartbeat(&wanted).expect("beat");
     assert_eq!(beat.leases.len(), 1, "the lease is free at once");
-    assert_eq!(b.claim_runs(10).expect("claim").len(), 1, "so is the run");
+    assert_eq!(claim(&b, 10, &[]).len(), 1, "so is the run");
 }
 
 #[test]

@@ -22,6 +22,12 @@ pub async fn sandbox(seed: Seed) -> Sandbox {
 }
 
 pub fn engine_for(sb: &Sandbox, store_dir: &Path, config: EngineConfig) -> Arc<Engine> {
+    let store = store::create_or_open(store_dir, store::Backend::FOR_NEW_STORES).expect("store");
+    engine_on(sb, store, config)
+}
+
+/// An engine on a store the test opened (a PostgreSQL node, say).
+pub fn engine_on(sb: &Sandbox, store: Arc<dyn store::Store>, config: EngineConfig) -> Arc<Engine> {
     let metrics = Arc::new(Metrics::new());
     let client = ghl::Client::builder().observer(metrics.clone()).build().expect("client");
     let account = ghl::Account::new("main", ghl::Credentials::PrivateToken(ghl::Secret::new(TOKEN)))
@@ -30,7 +36,6 @@ pub fn engine_for(sb: &Sandbox, store_dir: &Path, config: EngineConfig) -> Arc<E
         .expect("base url")
         .with_resource(sb.location_id());
     client.add_account(account);
-    let store = store::create_or_open(store_dir, store::Backend::FOR_NEW_STORES).expect("store");
     let catalog = Arc::new(catalog::Catalog::builtin().expect("catalog"));
     let accounts = vec![AccountInfo { name: "main".into(), location_id: sb.location_id().into() }];
     let mut env = BTreeMap::new();

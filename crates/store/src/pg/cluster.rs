@@ -12,7 +12,7 @@ use std::time::Duration;
 use postgres::{Client, GenericClient, NoTls};
 
 use super::{off_runtime, pool::Pool, PgStore};
-use crate::cluster::{BudgetGrant, ClaimedRun, Cluster, Heartbeat, NodeInfo};
+use crate::cluster::{BudgetGrant, ClaimScope, ClaimedRun, Cluster, Heartbeat, NodeInfo};
 use crate::error::{Result, StoreError};
 use crate::model::RunId;
 
@@ -176,45 +176,38 @@ impl Cluster for PgStore {
         })
     }
 
-    fn claim_runs(&self, limit: usize) -> Result<Vec<ClaimedRun>> {
+    fn claim_runs(&self, limit: usize, scope: ClaimScope<'_>) -> Result<Vec<ClaimedRun>> {
         let node = self.node()?;
-        if limit == 0 || node.left.load(Ordering::Acquire) {
+        if limit == 0 || scope.flows.is_empty() || node.left.load(Ordering::Acquire) {
             return Ok(Vec::new());
         }
         let me = node.id.clone();
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let flows = scope.flows.to_vec();
+        let holding: Vec<i64> = scope.holding.iter().map(|id| id.0 as i64).collect();
         node.pool.call(move |c| {
             let rows = c.query(
                 "WITH c AS ( \
                    SELECT r.id, r.owner FROM runs r \
-                   WHERE r.status IN ('pending', 'running') \
-                     AND (r.owner IS NULL OR NOT EXISTS ( \
-                       SELECT 1 FROM nodes n WHERE n.id = r.owner AND n.ended IS NULL AND n.heartbeat_at + n.ttl > now())) \
+                   WHERE r.status IN ('pending', 'running') AND r.flow = ANY($3) \
+                     AND (r.owner IS NULL \
+                       OR (r.owner = $1 AND r.id <> ALL($4)) \
+                       OR (r.owner <> $1 AND NOT EXISTS ( \
+                         SELECT 1 FROM nodes n WHERE n.id = r.owner AND n.ended IS NULL AND n.heartbeat_at + n.ttl > now()))) \
                    ORDER BY r.id LIMIT $2 FOR UPDATE OF r SKIP LOCKED) \
-                 UPDATE runs SET owner = $1 FROM c WHERE runs.id = c.id RETURNING runs.id, runs.flow, c.owner",
-                &[&me, &limit],
+                 UPDATE runs SET owner = $1 FROM c WHERE runs.id = c.id \
+                 RETURNING runs.id, runs.flow, NULLIF(c.owner, $1), c.owner IS NOT DISTINCT FROM $1",
+                &[&me, &limit, &flows, &holding],
             )?;
             let mut claimed = rows
                 .iter()
                 .map(|r| {
                     let id: i64 = r.try_get(0)?;
-                    Ok(ClaimedRun { id: RunId(id as u64), flow: r.try_get(1)?, from: r.try_get(2)? })
+                    Ok(ClaimedRun { id: RunId(id as u64), flow: r.try_get(1)?, from: r.try_get(2)?, again: r.try_get(3)? })
                 })
                 .collect::<Result<Vec<_>>>()?;
             claimed.sort_by_key(|r| r.id);
             Ok(claimed)
-        })
-    }
-
-    fn release_runs(&self, ids: &[RunId]) -> Result<u64> {
-        let node = self.node()?;
-        let me = node.id.clone();
-        let ids: Vec<i64> = ids.iter().map(|id| id.0 as i64).collect();
-        node.pool.call(move |c| {
-            Ok(c.execute(
-                "UPDATE runs SET owner = NULL WHERE id = ANY($1) AND owner = $2 AND status IN ('pending', 'running')",
-                &[&ids, &me],
-            )?)
         })
     }
 

@@ -17,7 +17,10 @@
 //! [`Store::apply_runs`] commits with `synchronous_commit = off`: visible at once and kept
 //! when flowd is killed (the server has it), flushed by the server within moments or by the
 //! next [`Store::flush`] or durable commit (the WAL is written in order), as the embedded
-//! store's buffered writes wait for the next fsync.
+//! store's buffered writes wait for the next fsync. A server that crashes first loses them,
+//! and a flush after its restart succeeds without them, so what must be durable is never
+//! left to a flush here ([`Store::flush_covers_applied`] is false): it is committed
+//! synchronously.
 
 mod cluster;
 mod pool;
@@ -1110,6 +1113,10 @@ impl Store for PgStore {
                 Err(e)
             }
         }
+    }
+
+    fn flush_covers_applied(&self) -> bool {
+        false
     }
 
     fn transaction_time(&self) -> TransactionTime {
