@@ -44,7 +44,27 @@ pub struct PollReport {
 pub(crate) struct Created {
     pub(crate) id: RunId,
     pub(crate) rt: Arc<FlowRuntime>,
-    pub(crate) item: Value,
+    pub(crate) item: HeldItem,
+}
+
+/// A created run's trigger item while the run waits for its slot. A poll hands over up to
+/// `max_runs_in_memory` runs at once, and an item as a `Value` tree (a map entry and a
+/// string per field) takes several times the memory of its JSON; so when the store gives
+/// back the JSON it wrote (see [`store::PollOutcome::created_items`]), that is what waits,
+/// decoded once when the run starts.
+pub(crate) enum HeldItem {
+    Json(Box<[u8]>),
+    Tree(Value),
+}
+
+impl HeldItem {
+    /// The item as the run's template context takes it.
+    pub(crate) fn into_value(self) -> Result<Value, serde_json::Error> {
+        match self {
+            HeldItem::Json(bytes) => serde_json::from_slice(&bytes),
+            HeldItem::Tree(v) => Ok(v),
+        }
+    }
 }
 
 /// Runs created by a commit, handed over as soon as they are durable, with the room they
@@ -337,12 +357,16 @@ impl Poller<'_> {
         }
         let (outcome, commit) = committed?;
         // `created` follows the items' order, skipping keys already seen.
+        let jsons = (outcome.created_items.len() == outcome.created.len()).then_some(outcome.created_items);
+        let mut jsons = jsons.into_iter().flatten();
         let mut created = outcome.created.into_iter().peekable();
         let mut out = Vec::with_capacity(created.len());
         for item in commit.items {
             let Some(run) = item.run else { continue };
             if let Some((_, id)) = created.next_if(|(key, _)| *key == item.key) {
-                out.push(Created { id, rt: rt.clone(), item: run.item });
+                // The decoded tree goes with the rest of the page, when the JSON is given.
+                let item = jsons.next().map_or(HeldItem::Tree(run.item), HeldItem::Json);
+                out.push(Created { id, rt: rt.clone(), item });
             }
         }
         Ok((out, outcome.already_seen.len()))
@@ -484,4 +508,20 @@ pub(crate) fn passes_filter(
         report.filtered += 1;
     }
     Ok(keep)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_item_held_as_json_decodes_to_the_item_with_its_key_order() {
+        let item = json!({"id": "c1", "b": [1, 2.5, "x\"y\u{e9}\n"], "a": {"z": null, "y": true}, "n": -7});
+        let held = HeldItem::Json(serde_json::to_vec(&item).unwrap().into_boxed_slice());
+        let back = held.into_value().unwrap();
+        assert_eq!(back, item);
+        // The template context iterates maps in the item's order (`{{#each trigger}}`).
+        let keys: Vec<&String> = back.as_object().unwrap().keys().collect();
+        assert_eq!(keys, ["id", "b", "a", "n"]);
+    }
 }

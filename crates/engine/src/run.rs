@@ -112,7 +112,11 @@ impl Runner<'_> {
             return Ok(RunStatus::Running);
         };
         let fields = NewRunFields { flow: created.rt.name.clone(), ..NewRunFields::default() };
-        let run = Run::new(created.id, fields, created.item, Utc::now());
+        let item = created.item.into_value().map_err(|e| EngineError::Flow {
+            flow: created.rt.name.clone(),
+            message: format!("run {}: decoding its trigger item: {e}", created.id),
+        })?;
+        let run = Run::new(created.id, fields, item, Utc::now());
         let mut pending = Pending::default();
         pending.0.push(RunChange::Expect { status: RunStatus::Pending });
         self.execute_claimed(&created.rt, run, pending).await
@@ -417,6 +421,7 @@ impl Pending {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::poll::HeldItem;
     use crate::{AccountInfo, Engine, EngineConfig, Metrics};
     use std::collections::BTreeMap;
     use std::sync::Arc;
@@ -474,7 +479,7 @@ steps:
         assert_eq!(engine.execute(id).await.unwrap(), RunStatus::Succeeded);
         let tasks = sb.records("tasks").len();
 
-        let stale = Created { id, rt: engine.flow("welcome").unwrap(), item: contact };
+        let stale = Created { id, rt: engine.flow("welcome").unwrap(), item: HeldItem::Tree(contact) };
         let err = engine.execute_created(stale).await.unwrap_err();
         assert!(
             matches!(&err, EngineError::Store(StoreError::Conflict(m)) if m.contains("expected it pending")),

@@ -593,8 +593,11 @@ impl<K: Kv> Store for KvStore<K> {
         // The engine's first write to each new run (usually within milliseconds) finds it
         // decoded. Runs of already-seen keys were never written; their ids stay unused.
         let created: HashSet<RunId> = outcome.created.iter().map(|(_, id)| *id).collect();
+        let mut outcome = outcome;
+        outcome.created_items.reserve_exact(created.len());
         for (_, run) in prepared {
             if let Some(p) = run.filter(|p| created.contains(&p.run.id)) {
+                outcome.created_items.push(Box::from(p.item.as_ref()));
                 self.open.keep(p.record, p.run);
             }
         }

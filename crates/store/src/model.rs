@@ -272,6 +272,10 @@ pub struct PollOutcome {
     /// Keys that were already recorded (another poller got there first): no run
     /// was created for them. The engine should treat this as a bug or a race.
     pub already_seen: Vec<String>,
+    /// Each created run's trigger item as the compact JSON the store wrote, in the order of
+    /// `created`, from a store that encodes it anyway (empty otherwise): the engine holds
+    /// a waiting run's item in this form instead of a decoded tree several times its size.
+    pub created_items: Vec<Box<[u8]>>,
 }
 
 /// Which runs [`crate::Store::list_runs`] returns: newest first. The conditions that are
