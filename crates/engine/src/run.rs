@@ -17,15 +17,19 @@ use crate::http_step;
 use crate::poll::Created;
 use crate::render::{self, Prepared};
 use crate::runtime::{FlowRuntime, Step, StepKind};
-use crate::services::Services;
+use crate::services::{blocking, Services};
 use crate::step_control::{self, Resume, Stop};
 use crate::EngineError;
 use chrono::Utc;
 use serde_json::{json, Value};
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
-use store::{NewRunFields, Run, RunChange, RunId, RunStatus, StepStatus};
+use std::time::{Duration, Instant};
+use store::{NewRunFields, Run, RunChange, RunId, RunStatus, StepStatus, StoreError};
+
+/// How long a run's last write is tried again while the database is unreachable (see
+/// `Runner::write_final`): a restart or a failover, not an outage.
+const FINAL_WRITE_PATIENCE: Duration = Duration::from_secs(30);
 
 /// The runs this process is executing, so one run is never executed twice at once.
 #[derive(Default)]
@@ -196,7 +200,7 @@ impl Runner<'_> {
         }
         // Nothing is sent after it, so it need not wait for the disk: the next step start's
         // flush (or the writer's own, soon after) carries it (see `writer`).
-        self.write(id, &mut pending, false).await?;
+        self.write_final(id, pending, final_status).await?;
         self.svc.metrics.record_run(&rt.name, final_status, started.elapsed());
         match (&final_status, &error_text) {
             (RunStatus::Succeeded, _) => {
@@ -352,6 +356,40 @@ impl Runner<'_> {
     ) -> Result<(), EngineError> {
         pending.0.push(RunChange::StepStarted { step: step.to_string(), request: request.into() });
         self.write(id, pending, true).await
+    }
+
+    /// Writes a run's last changes (its steps' answers, its final status). What was sent is
+    /// known only here: if the write is lost, a later attempt finds the steps started with
+    /// no answer and the run ends in doubt. So while the database is unreachable (a
+    /// restart, a failover) the write is tried again for up to [`FINAL_WRITE_PATIENCE`].
+    /// A retry refused because the first try was committed after all is a success.
+    async fn write_final(&self, id: RunId, pending: Pending, status: RunStatus) -> Result<(), EngineError> {
+        if pending.0.is_empty() {
+            return Ok(());
+        }
+        let deadline = Instant::now() + FINAL_WRITE_PATIENCE;
+        let mut pause = Duration::from_millis(250);
+        let mut tried = false;
+        loop {
+            match self.svc.writer.write(id, pending.0.clone(), false).await {
+                Ok(()) => return Ok(()),
+                Err(EngineError::Store(StoreError::Conflict(why))) if tried => {
+                    let store = self.svc.store.clone();
+                    let stored = blocking(move || Ok(store.get_run(id)?)).await;
+                    return match stored {
+                        Ok(Some(run)) if run.status == status => Ok(()),
+                        _ => Err(EngineError::Store(StoreError::Conflict(why))),
+                    };
+                }
+                Err(EngineError::Store(e)) if e.is_unreachable() && Instant::now() + pause < deadline => {
+                    tracing::warn!(run = %id, error = %e, "recording the run's outcome failed: the database is unreachable; trying again");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(2));
+                    tried = true;
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// Writes the pending changes, batched with other runs' writes: durably if `durable`,

@@ -63,6 +63,27 @@ pub enum StoreError {
     Migration(String),
 }
 
+impl StoreError {
+    /// The database server could not be reached or ended the session (it restarted, the
+    /// network dropped): the same call may succeed once it answers again. Never true of the
+    /// embedded stores, whose errors are the disk's.
+    pub fn is_unreachable(&self) -> bool {
+        let StoreError::Postgres(e) = self else { return false };
+        if e.is_closed() {
+            return true;
+        }
+        if let Some(code) = e.code() {
+            use postgres::error::SqlState;
+            return code.code().starts_with("08")
+                || *code == SqlState::ADMIN_SHUTDOWN
+                || *code == SqlState::CRASH_SHUTDOWN
+                || *code == SqlState::CANNOT_CONNECT_NOW;
+        }
+        // Connecting failed, or the socket did.
+        std::error::Error::source(e).is_some_and(|s| s.is::<std::io::Error>())
+    }
+}
+
 impl From<fjall::LsmError> for StoreError {
     fn from(e: fjall::LsmError) -> Self {
         StoreError::Fjall(fjall::Error::Storage(e))

@@ -121,3 +121,18 @@ fn a_password_in_the_url_never_shows() {
     let shown = format!("{o:?}");
     assert!(!shown.contains("secret") && !shown.contains(":pw@"), "{shown}");
 }
+
+/// A server that does not answer is "unreachable" (worth trying again once it is back);
+/// a refused change and the embedded store's errors are not.
+#[test]
+fn an_unanswering_server_is_unreachable_and_a_refusal_is_not() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port();
+    let options = PgOptions::new(format!("postgres://flowd@127.0.0.1:{port}/flowd"));
+    let Err(err) = PgStore::connect(&options, store::pg::Create::Yes) else { panic!("nothing listens there") };
+    assert!(err.is_unreachable(), "{err}");
+    assert!(!store::StoreError::Conflict("run 1 is succeeded".into()).is_unreachable());
+    let dir = tempfile::tempdir().unwrap();
+    let embedded = store::create_or_open(dir.path().join("s"), store::Backend::FOR_NEW_STORES).unwrap();
+    let Err(missing) = embedded.update_run(store::RunId(999), &[]) else { panic!("no such run") };
+    assert!(!missing.is_unreachable(), "{missing}");
+}
