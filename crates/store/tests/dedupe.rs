@@ -70,9 +70,14 @@ fn a_key_already_seen_never_gets_a_second_run<S: OpenStore>() {
     assert_eq!(out.created.len(), 1);
     assert_eq!(out.created[0].0, "b");
     assert_eq!(s.list_runs(&RunFilter::default()).unwrap().len(), 2);
-    // The item's JSON as written, for the created run only.
-    assert_eq!(out.created_items.len(), 1);
-    assert_eq!(serde_json::from_slice::<serde_json::Value>(&out.created_items[0]).unwrap(), json!({"id": "b"}));
+    // The embedded stores give back the item's JSON they wrote, for the created run only;
+    // PostgreSQL encodes it in its own driver and gives nothing back.
+    if s.backend() == store::Backend::Postgres {
+        assert!(out.created_items.is_empty());
+    } else {
+        assert_eq!(out.created_items.len(), 1);
+        assert_eq!(serde_json::from_slice::<serde_json::Value>(&out.created_items[0]).unwrap(), json!({"id": "b"}));
+    }
 }
 
 fn a_failing_poll_commit_writes_nothing<S: OpenStore>() {
